@@ -1,0 +1,150 @@
+"""Typed view of a WorkspaceSecret. Parsing is defensive: the CRD schema and CEL rules reject bad input at
+admission, but an object stored under an older schema (or applied to a cluster without our CRD version)
+must still produce a clear Condition rather than a traceback."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import constants as c
+
+WORKSPACE_KINDS: dict[str, tuple[str, str]] = {
+    # kind -> (apiVersion, plural). The lifecycle anchors a WorkspaceSecret may bind to.
+    "Pod": ("v1", "pods"),
+    "Deployment": ("apps/v1", "deployments"),
+    "StatefulSet": ("apps/v1", "statefulsets"),
+    "PersistentVolumeClaim": ("v1", "persistentvolumeclaims"),
+}
+
+HOST_KEY_POLICIES = {"Strict": "yes", "AcceptNew": "accept-new", "Off": "no"}
+
+
+class SpecError(ValueError):
+    """The spec cannot be acted on. `field` is the JSON path, the message says how to fix it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+@dataclass(frozen=True)
+class WorkspaceRef:
+    api_version: str
+    kind: str
+    name: str
+
+    @property
+    def plural(self) -> str:
+        return WORKSPACE_KINDS[self.kind][1]
+
+
+@dataclass(frozen=True)
+class ExistingKeyRef:
+    name: str
+    private_key_key: str = c.KEY_SSH_PRIVATE
+    passphrase_key: str | None = None
+
+
+@dataclass(frozen=True)
+class SSHSpec:
+    key_type: str = "ed25519"
+    rsa_bits: int | None = None
+    existing_secret_ref: ExistingKeyRef | None = None
+    known_hosts: tuple[str, ...] = ()
+    host_key_policy: str = "Strict"
+
+
+@dataclass(frozen=True)
+class DisplayItem:
+    key: str
+    value: str | None = None
+    secret_key: str | None = None  # valueFrom.secretKeyRef.key: a key of the workspace Secret
+    sensitive: bool = False
+
+
+@dataclass(frozen=True)
+class WorkspaceSecret:
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+    user: str
+    workspace_ref: WorkspaceRef
+    secret_name: str
+    mount_path: str
+    ssh: SSHSpec
+    display: tuple[DisplayItem, ...] = ()
+    rotate_ssh_key: str | None = None  # value of the rotate annotation, if any
+    deleting: bool = False
+    status: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> WorkspaceSecret:
+        meta = body.get("metadata", {})
+        spec = body.get("spec") or {}
+        name = meta["name"]
+        user = spec.get("user")
+        if not isinstance(user, str) or not user:
+            raise SpecError("spec.user", "is required: the user who owns the workspace")
+        ref = spec.get("workspaceRef") or {}
+        kind = ref.get("kind")
+        if kind not in WORKSPACE_KINDS:
+            raise SpecError("spec.workspaceRef.kind", f"must be one of {', '.join(WORKSPACE_KINDS)}, got {kind!r}")
+        if not ref.get("name"):
+            raise SpecError("spec.workspaceRef.name", "is required")
+        expected_api = WORKSPACE_KINDS[kind][0]
+        api_version = ref.get("apiVersion") or expected_api
+        if api_version != expected_api:
+            raise SpecError("spec.workspaceRef.apiVersion", f"{kind} is served as {expected_api}, got {api_version}")
+        return cls(
+            namespace=meta["namespace"],
+            name=name,
+            uid=meta.get("uid", ""),
+            generation=int(meta.get("generation", 0)),
+            user=user,
+            workspace_ref=WorkspaceRef(api_version, kind, ref["name"]),
+            secret_name=spec.get("secretName") or name,
+            mount_path=spec.get("mountPath") or c.DEFAULT_MOUNT_PATH,
+            ssh=_ssh(spec.get("ssh") or {}),
+            display=tuple(_display(item) for item in spec.get("display") or ()),
+            rotate_ssh_key=(meta.get("annotations") or {}).get(c.ANNOTATION_ROTATE_SSH_KEY) or None,
+            deleting=bool(meta.get("deletionTimestamp")),
+            status=body.get("status") or {},
+        )
+
+
+def _ssh(ssh: Mapping[str, Any]) -> SSHSpec:
+    key_type = ssh.get("keyType", "ed25519")
+    if key_type not in ("ed25519", "ecdsa", "rsa"):
+        raise SpecError("spec.ssh.keyType", f"must be ed25519, ecdsa or rsa, got {key_type!r}")
+    bits = ssh.get("rsaBits")
+    if key_type == "rsa":
+        bits = bits or 3072
+        if bits not in (3072, 4096):
+            raise SpecError("spec.ssh.rsaBits", f"rsa needs 3072 or 4096 bits, got {bits}")
+    elif bits is not None:
+        raise SpecError("spec.ssh.rsaBits", f"applies to keyType rsa only, not {key_type}")
+    existing = ssh.get("existingSecretRef")
+    policy = ssh.get("hostKeyPolicy", "Strict")
+    if policy not in HOST_KEY_POLICIES:
+        raise SpecError("spec.ssh.hostKeyPolicy", f"must be one of {', '.join(HOST_KEY_POLICIES)}, got {policy!r}")
+    return SSHSpec(
+        key_type=key_type,
+        rsa_bits=bits,
+        existing_secret_ref=ExistingKeyRef(
+            name=existing["name"],
+            private_key_key=existing.get("privateKeyKey") or c.KEY_SSH_PRIVATE,
+            passphrase_key=existing.get("passphraseKey") or None,
+        )
+        if existing
+        else None,
+        known_hosts=tuple(ssh.get("knownHosts") or ()),
+        host_key_policy=policy,
+    )
+
+
+def _display(item: Mapping[str, Any]) -> DisplayItem:
+    ref = ((item.get("valueFrom") or {}).get("secretKeyRef") or {}).get("key")
+    return DisplayItem(key=item["key"], value=item.get("value"), secret_key=ref, sensitive=bool(item.get("sensitive")))

@@ -1,0 +1,1 @@
+"""Read -> decide (domain) -> write. No kopf here: handlers call in, and so does the Secret watch."""

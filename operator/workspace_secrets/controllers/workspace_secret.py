@@ -1,0 +1,338 @@
+"""Reconcile one WorkspaceSecret: the per-user key, the workspace binding, the Secret, the status.
+
+Every step is idempotent and keyed by deterministic names, so the reconcile can run twice, crash
+halfway, or run after a restart and converge to the same state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import weakref
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any
+
+from ..api import constants as c
+from ..api.workspacesecret import WORKSPACE_KINDS, SpecError, WorkspaceSecret
+from ..domain import conditions as cond
+from ..domain import sshkeys
+from ..domain import workspace_secret as policy
+from ..domain.naming import user_key_secret_name
+from ..domain.sshkeys import KeySpec, KeyType, SSHKeyPair
+from ..kube.client import Conflict, Kube, core_path, group_path
+from ..kube.events import EventRecorder
+
+log = logging.getLogger(__name__)
+
+KEY_SOURCE_GENERATED = "Generated"
+KEY_SOURCE_EXISTING = "Existing"
+
+
+class RetryLater(Exception):
+    """A transient race (e.g. a compare-and-swap lost to another writer); reconcile again soon."""
+
+
+class ProblemFound(Exception):
+    """Something only a human can fix; reported as a Condition, not retried in a hot loop."""
+
+    def __init__(self, problem: policy.Problem) -> None:
+        super().__init__(problem.message)
+        self.problem = problem
+
+
+class WorkspaceSecretController:
+    def __init__(self, kube: Kube, events: EventRecorder, *, clock: Callable[[], datetime] = cond.utcnow) -> None:
+        self._kube = kube
+        self._events = events
+        self._clock = clock
+        self._locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = weakref.WeakValueDictionary()
+        # resourceVersions of Secrets we wrote ourselves, so the Secret watch can skip our own echoes.
+        self.written: dict[tuple[str, str], str] = {}
+        self._key_cache: dict[tuple[str, str, str], SSHKeyPair] = {}
+
+    # --- entry points ---------------------------------------------------------------------------
+    async def reconcile(self, body: Mapping[str, Any]) -> None:
+        meta = body["metadata"]
+        async with self._lock(meta["namespace"], meta["name"]):
+            await self._reconcile(body)
+
+    async def reconcile_by_name(self, namespace: str, name: str) -> None:
+        """Used by the Secret watch and the resync loop: fetch the latest object, then reconcile it."""
+        async with self._lock(namespace, name):
+            body = await self._kube.get(_ws_path(namespace, name))
+            if body is not None:
+                await self._reconcile(body)
+
+    async def names_for_user(self, namespace: str, user: str) -> list[str]:
+        listing = await self._kube.list(group_path(c.API_VERSION, namespace, c.WORKSPACE_SECRET_PLURAL))
+        return [
+            item["metadata"]["name"] for item in listing.get("items", ()) if (item.get("spec") or {}).get("user") == user
+        ]
+
+    def _lock(self, namespace: str, name: str) -> asyncio.Lock:
+        key = (namespace, name)
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = asyncio.Lock()
+        return lock
+
+    # --- the reconcile --------------------------------------------------------------------------
+    async def _reconcile(self, body: Mapping[str, Any]) -> None:
+        if (body.get("metadata") or {}).get("deletionTimestamp"):
+            return  # the Secret goes with it through its ownerReference
+        try:
+            ws = WorkspaceSecret.from_body(body)
+        except SpecError as exc:
+            await self._write_status(body, None, [cond.Condition(c.CONDITION_READY, False, "InvalidSpec", str(exc))])
+            return
+
+        key, source, rotation, problem = await self._key(ws)
+        workspace_uid = await self._bind(body, ws)
+
+        action: policy.SecretAction | None = None
+        secret_data: Mapping[str, str] | None = None
+        if key is not None:
+            action, secret_data, problem = await self._apply_secret(body, ws, key)
+
+        obs = policy.Observation(
+            key=key, key_source=source, problem=problem, secret_action=action,
+            secret_data=secret_data, workspace_uid=workspace_uid, rotation_handled=rotation,
+        )
+        await self._write_status(body, ws, policy.conditions(ws, obs), policy.desired_status(ws, obs))
+        await self._announce(body, ws, obs)
+
+    # --- the key --------------------------------------------------------------------------------
+    async def _key(self, ws: WorkspaceSecret) -> tuple[SSHKeyPair | None, str | None, str | None, policy.Problem | None]:
+        if ws.ssh.existing_secret_ref is not None:
+            key, problem = await self._existing_key(ws)
+            return key, KEY_SOURCE_EXISTING, None, problem
+        try:
+            key, rotation = await self._user_key(ws)
+        except ProblemFound as exc:
+            return None, KEY_SOURCE_GENERATED, None, exc.problem
+        return key, KEY_SOURCE_GENERATED, rotation, None
+
+    async def _existing_key(self, ws: WorkspaceSecret) -> tuple[SSHKeyPair | None, policy.Problem | None]:
+        ref = ws.ssh.existing_secret_ref
+        assert ref is not None
+        where = f"spec.ssh.existingSecretRef: Secret {ref.name!r}"
+        source = await self._kube.get(core_path(ws.namespace, "secrets", ref.name))
+        if source is None:
+            return None, policy.Problem("ExistingKeyNotFound", f"{where} does not exist in namespace {ws.namespace!r}; create it with the private key under {ref.private_key_key!r}.")
+        data = source.get("data") or {}
+        if ref.private_key_key not in data:
+            return None, policy.Problem("InvalidExistingKey", f"{where} has no key {ref.private_key_key!r} (it has: {', '.join(sorted(data)) or 'none'}); set privateKeyKey.")
+        passphrase = None
+        if ref.passphrase_key:
+            if ref.passphrase_key not in data:
+                return None, policy.Problem("InvalidExistingKey", f"{where} has no key {ref.passphrase_key!r} named by passphraseKey.")
+            passphrase = base64.b64decode(data[ref.passphrase_key]).rstrip(b"\r\n")
+        try:
+            key = sshkeys.load(base64.b64decode(data[ref.private_key_key]), passphrase=passphrase, comment=_comment(ws))
+        except sshkeys.InvalidKey as exc:
+            return None, policy.Problem("InvalidExistingKey", f"{where}, key {ref.private_key_key!r}: {exc}.")
+        return key, None
+
+    async def _user_key(self, ws: WorkspaceSecret) -> tuple[SSHKeyPair, str | None]:
+        """The (namespace, user, key type) key pair, created once and shared by that user's workspaces.
+
+        Rotation: a new value of the rotate annotation regenerates it. The request id is stamped on the
+        user-key Secret in the same write as the new key, so a crash between that write and our status
+        update is recognized on the next run instead of rotating twice.
+        """
+        spec = KeySpec(KeyType(ws.ssh.key_type), ws.ssh.rsa_bits)
+        name = user_key_secret_name(ws.user, spec)
+        path = core_path(ws.namespace, "secrets", name)
+        wants_rotation = ws.rotate_ssh_key is not None and ws.status.get("sshKeyRotation") != ws.rotate_ssh_key
+        request_id = f"{ws.uid}/{ws.rotate_ssh_key}"
+
+        existing = await self._kube.get(path)
+        if existing is not None and not _is_user_key_secret(existing, ws.user):
+            raise ProblemFound(policy.Problem(
+                "UserKeyConflict",
+                f"Secret {name!r} (where the operator keeps {ws.user!r}'s {spec.slug} key) exists but was not created "
+                f"by the operator for this user; it was left untouched. Remove or rename it.",
+            ))
+        if existing is None:
+            key = await _generate(spec, _comment(ws))
+            try:
+                created = await self._kube.create(path.rsplit("/", 1)[0], _user_key_body(ws, name, key, request_id if wants_rotation else None))
+            except Conflict:  # another workspace of this user won the race: use its key
+                raise RetryLater(f"user key {name!r} was created concurrently") from None
+            self._remember(created)
+            return key, ws.rotate_ssh_key
+        if wants_rotation and (existing["metadata"].get("annotations") or {}).get(c.ANNOTATION_ROTATION_REQUEST) != request_id:
+            key = await _generate(spec, _comment(ws))
+            body = _user_key_body(ws, name, key, request_id)
+            body["metadata"]["resourceVersion"] = existing["metadata"]["resourceVersion"]
+            try:
+                replaced = await self._kube.replace(path, body)
+            except Conflict:
+                raise RetryLater(f"user key {name!r} changed while rotating") from None
+            self._remember(replaced)
+            await self._events.normal(_ref(ws), "SSHKeyRotated", f"Rotated {ws.user!r}'s {key.type} key to {key.fingerprint}; every workspace of the user gets the new key.")
+            return key, ws.rotate_ssh_key
+        return self._load_user_key(existing, ws), ws.rotate_ssh_key
+
+    def _load_user_key(self, secret: Mapping[str, Any], ws: WorkspaceSecret) -> SSHKeyPair:
+        meta = secret["metadata"]
+        cache_key = (meta["namespace"], meta["name"], meta["resourceVersion"])
+        key = self._key_cache.get(cache_key)
+        if key is None:
+            try:
+                private = base64.b64decode((secret.get("data") or {})[c.KEY_SSH_PRIVATE])
+                key = sshkeys.load(private, comment=_comment(ws))
+            except (KeyError, ValueError) as exc:
+                reason = exc if isinstance(exc, sshkeys.InvalidKey) else "the key is missing"
+                raise ProblemFound(policy.Problem(
+                    "InvalidUserKey",
+                    f"Secret {meta['name']!r} holding {ws.user!r}'s key is damaged ({reason}); delete it and the "
+                    f"operator generates a new key for every workspace of the user.",
+                )) from None
+            if len(self._key_cache) > 4096:
+                self._key_cache.clear()
+            self._key_cache[cache_key] = key
+        return key
+
+    # --- the workspace binding ------------------------------------------------------------------
+    async def _bind(self, body: Mapping[str, Any], ws: WorkspaceSecret) -> str | None:
+        """Make the workspace the owner of this WorkspaceSecret, so Kubernetes' garbage collector deletes
+        us (and, through our ownerReference, the Secret) when the workspace goes -- even while the
+        operator is down."""
+        ref = ws.workspace_ref
+        api_version, plural = WORKSPACE_KINDS[ref.kind]
+        path = core_path(ws.namespace, plural, ref.name) if api_version == "v1" else group_path(api_version, ws.namespace, plural, ref.name)
+        workspace = await self._kube.get(path)
+        if workspace is None or workspace["metadata"].get("deletionTimestamp"):
+            return None
+        uid = workspace["metadata"]["uid"]
+        owners = list(body["metadata"].get("ownerReferences") or ())
+        if not any(o.get("uid") == uid for o in owners):
+            owners.append({"apiVersion": api_version, "kind": ref.kind, "name": ref.name, "uid": uid})
+            try:
+                await self._kube.merge_patch(
+                    _ws_path(ws.namespace, ws.name),
+                    {"metadata": {"ownerReferences": owners, "resourceVersion": body["metadata"]["resourceVersion"]}},
+                )
+            except Conflict:
+                raise RetryLater("WorkspaceSecret changed while binding it to its workspace") from None
+        return uid
+
+    # --- the Secret -----------------------------------------------------------------------------
+    async def _apply_secret(
+        self, body: Mapping[str, Any], ws: WorkspaceSecret, key: SSHKeyPair
+    ) -> tuple[policy.SecretAction, Mapping[str, str] | None, policy.Problem | None]:
+        desired = policy.desired_secret(ws, key)
+        path = core_path(ws.namespace, "secrets", ws.secret_name)
+        existing = await self._kube.get(path)
+        action = policy.secret_action(existing, desired, ws.uid)
+        if action is policy.SecretAction.CONFLICT:
+            assert existing is not None
+            return action, None, policy.Problem("SecretConflict", policy.conflict_message(existing, ws))
+        if action is policy.SecretAction.CREATE:
+            try:
+                self._remember(await self._kube.create(path.rsplit("/", 1)[0], desired))
+            except Conflict:
+                raise RetryLater(f"Secret {ws.secret_name!r} appeared while creating it") from None
+        elif action is policy.SecretAction.UPDATE:
+            assert existing is not None
+            try:
+                self._remember(await self._kube.replace(path, policy.merged_for_update(existing, desired)))
+            except Conflict:
+                raise RetryLater(f"Secret {ws.secret_name!r} changed while updating it") from None
+        return action, desired["data"], None
+
+    def _remember(self, obj: Mapping[str, Any]) -> None:
+        meta = obj["metadata"]
+        self.written[(meta["namespace"], meta["name"])] = meta["resourceVersion"]
+
+    # --- status and events ----------------------------------------------------------------------
+    async def _write_status(
+        self,
+        body: Mapping[str, Any],
+        ws: WorkspaceSecret | None,
+        conditions: list[cond.Condition],
+        fields: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Patch status only when it changed (conditions keep their transition times when unchanged)."""
+        meta = body["metadata"]
+        current = body.get("status") or {}
+        generation = int(meta.get("generation", 0))
+        merged = {**current, **(fields or {}), "observedGeneration": generation}
+        new = {k: v for k, v in merged.items() if v is not None}  # None: the field no longer applies
+        new["conditions"] = cond.merge(current.get("conditions"), conditions, generation=generation, now=self._clock())
+        if new == current:
+            return
+        patch = {k: v for k, v in new.items() if current.get(k) != v}
+        patch.update({k: None for k in current if k not in new})
+        await self._kube.merge_patch(_ws_path(meta["namespace"], meta["name"], status=True), {"status": patch})
+
+    async def _announce(self, body: Mapping[str, Any], ws: WorkspaceSecret, obs: policy.Observation) -> None:
+        ref = _ref(ws)
+        previous = cond.find((body.get("status") or {}).get("conditions"), c.CONDITION_READY) or {}
+        if obs.secret_action is policy.SecretAction.CREATE:
+            await self._events.normal(ref, "SecretCreated", f"Created Secret {ws.secret_name!r} with {obs.key.type} key {obs.key.fingerprint}.")  # type: ignore[union-attr]
+        elif obs.secret_action is policy.SecretAction.UPDATE:
+            await self._events.normal(ref, "SecretUpdated", f"Updated Secret {ws.secret_name!r} to match the spec (key {obs.key.fingerprint}).")  # type: ignore[union-attr]
+        if obs.problem and previous.get("reason") != obs.problem.reason:
+            await self._events.warning(ref, obs.problem.reason, obs.problem.message)
+        was_bound = bool((body.get("status") or {}).get("workspaceUID"))
+        if obs.workspace_uid and not was_bound:
+            r = ws.workspace_ref
+            await self._events.normal(ref, "WorkspaceBound", f"Bound to {r.kind} {r.name!r}: the WorkspaceSecret and its Secret are deleted with it.")
+
+
+def _ws_path(namespace: str, name: str, *, status: bool = False) -> str:
+    return group_path(c.API_VERSION, namespace, c.WORKSPACE_SECRET_PLURAL, name, subresource="status" if status else None)
+
+
+def _ref(ws: WorkspaceSecret) -> dict[str, Any]:
+    return {"apiVersion": c.API_VERSION, "kind": c.WORKSPACE_SECRET_KIND, "metadata": {"name": ws.name, "namespace": ws.namespace, "uid": ws.uid}}
+
+
+def _comment(ws: WorkspaceSecret) -> str:
+    return f"{ws.user}@{c.OPERATOR_NAME}"
+
+
+async def _generate(spec: KeySpec, comment: str) -> SSHKeyPair:
+    if spec.type is KeyType.RSA:  # ~0.1-2 s of CPU: keep it off the event loop so other objects progress
+        return await asyncio.to_thread(sshkeys.generate, spec, comment=comment)
+    return sshkeys.generate(spec, comment=comment)
+
+
+def _is_user_key_secret(secret: Mapping[str, Any], user: str) -> bool:
+    labels = secret["metadata"].get("labels") or {}
+    return (
+        labels.get(c.LABEL_MANAGED_BY) == c.OPERATOR_NAME
+        and labels.get(c.LABEL_COMPONENT) == c.COMPONENT_USER_SSH_KEY
+        and labels.get(c.LABEL_USER) == user
+    )
+
+
+def _user_key_body(ws: WorkspaceSecret, name: str, key: SSHKeyPair, request_id: str | None) -> dict[str, Any]:
+    annotations = {c.ANNOTATION_SSH_FINGERPRINT: key.fingerprint}
+    if request_id:
+        annotations[c.ANNOTATION_ROTATION_REQUEST] = request_id
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": policy.SECRET_TYPE,
+        "metadata": {
+            "name": name,
+            "namespace": ws.namespace,
+            "labels": {
+                c.LABEL_MANAGED_BY: c.OPERATOR_NAME,
+                c.LABEL_NAME: c.OPERATOR_NAME,
+                c.LABEL_PART_OF: c.OPERATOR_NAME,
+                c.LABEL_COMPONENT: c.COMPONENT_USER_SSH_KEY,
+                c.LABEL_USER: ws.user,
+            },
+            "annotations": annotations,
+        },
+        "data": {
+            c.KEY_SSH_PRIVATE: base64.b64encode(key.private_openssh.reveal()).decode(),
+            c.KEY_SSH_PUBLIC: base64.b64encode((key.public_openssh + "\n").encode()).decode(),
+        },
+    }

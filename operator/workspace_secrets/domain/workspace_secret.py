@@ -1,0 +1,231 @@
+"""What a WorkspaceSecret's Secret and status should be, decided from the spec and the observed state.
+
+The controller gathers an `Observation` (I/O), these functions decide (pure), and the controller writes
+only what differs. Shaped after cert-manager's policy chains: inputs -> (reason, message).
+"""
+
+from __future__ import annotations
+
+import base64
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from ..api import constants as c
+from ..api.workspacesecret import HOST_KEY_POLICIES, WorkspaceSecret
+from .conditions import Condition
+from .sensitive import MASK
+from .sshkeys import SSHKeyPair
+
+SECRET_TYPE = "kubernetes.io/ssh-auth"
+
+
+# --- the workspace Secret ------------------------------------------------------------------------
+def git_ssh_command(mount_path: str, host_key_policy: str) -> str:
+    key = shlex.quote(f"{mount_path.rstrip('/')}/{c.KEY_SSH_PRIVATE}")
+    known_hosts = shlex.quote(f"{mount_path.rstrip('/')}/{c.KEY_KNOWN_HOSTS}")
+    return (
+        f"ssh -i {key} -o IdentitiesOnly=yes -o UserKnownHostsFile={known_hosts}"
+        f" -o StrictHostKeyChecking={HOST_KEY_POLICIES[host_key_policy]}"
+    )
+
+
+def known_hosts(lines: tuple[str, ...]) -> str:
+    return "".join(f"{line.strip()}\n" for line in lines if line.strip())
+
+
+def managed_labels(ws: WorkspaceSecret, component: str) -> dict[str, str]:
+    return {
+        c.LABEL_MANAGED_BY: c.OPERATOR_NAME,
+        c.LABEL_NAME: c.OPERATOR_NAME,
+        c.LABEL_PART_OF: c.OPERATOR_NAME,
+        c.LABEL_COMPONENT: component,
+        c.LABEL_INSTANCE: ws.name,
+        c.LABEL_USER: ws.user,
+    }
+
+
+def owner_reference(ws: WorkspaceSecret) -> dict[str, Any]:
+    return {
+        "apiVersion": c.API_VERSION,
+        "kind": c.WORKSPACE_SECRET_KIND,
+        "name": ws.name,
+        "uid": ws.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def desired_secret(ws: WorkspaceSecret, key: SSHKeyPair) -> dict[str, Any]:
+    """The full workspace Secret. Its data is the only place key material ever goes."""
+    data = {
+        c.KEY_SSH_PRIVATE: key.private_openssh.reveal(),
+        c.KEY_SSH_PUBLIC: (key.public_openssh + "\n").encode(),
+        c.KEY_KNOWN_HOSTS: known_hosts(ws.ssh.known_hosts).encode(),
+        c.KEY_GIT_SSH_COMMAND: git_ssh_command(ws.mount_path, ws.ssh.host_key_policy).encode(),
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": SECRET_TYPE,
+        "metadata": {
+            "name": ws.secret_name,
+            "namespace": ws.namespace,
+            "labels": managed_labels(ws, c.COMPONENT_WORKSPACE_SECRET),
+            "annotations": {c.ANNOTATION_SSH_FINGERPRINT: key.fingerprint},
+            "ownerReferences": [owner_reference(ws)],
+        },
+        "data": {k: base64.b64encode(v).decode() for k, v in data.items()},
+    }
+
+
+class SecretAction(str, Enum):
+    CREATE = "Create"
+    UPDATE = "Update"
+    UNCHANGED = "Unchanged"
+    CONFLICT = "Conflict"
+
+
+def is_owned_by(obj: Mapping[str, Any], owner_uid: str) -> bool:
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or ()
+    return any(r.get("uid") == owner_uid and r.get("controller") for r in refs)
+
+
+def secret_action(existing: Mapping[str, Any] | None, desired: Mapping[str, Any], owner_uid: str) -> SecretAction:
+    """Never overwrite a Secret that this WorkspaceSecret does not control."""
+    if existing is None:
+        return SecretAction.CREATE
+    if not is_owned_by(existing, owner_uid):
+        return SecretAction.CONFLICT
+    meta, want = existing.get("metadata") or {}, desired["metadata"]
+    same = (
+        (existing.get("data") or {}) == desired["data"]
+        and existing.get("type") == desired["type"]
+        and _contains(meta.get("labels"), want["labels"])
+        and _contains(meta.get("annotations"), want["annotations"])
+    )
+    return SecretAction.UNCHANGED if same else SecretAction.UPDATE
+
+
+def merged_for_update(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
+    """PUT body: our data and metadata, keeping labels/annotations others added and the resourceVersion,
+    so the write is a compare-and-swap against what we looked at."""
+    meta = dict(existing["metadata"])
+    meta["labels"] = {**(meta.get("labels") or {}), **desired["metadata"]["labels"]}
+    meta["annotations"] = {**(meta.get("annotations") or {}), **desired["metadata"]["annotations"]}
+    return {**desired, "metadata": {**meta, "ownerReferences": desired["metadata"]["ownerReferences"]}}
+
+
+def _contains(actual: Mapping[str, str] | None, wanted: Mapping[str, str]) -> bool:
+    actual = actual or {}
+    return all(actual.get(k) == v for k, v in wanted.items())
+
+
+def conflict_message(existing: Mapping[str, Any], ws: WorkspaceSecret) -> str:
+    owners = [f"{r.get('kind')}/{r.get('name')}" for r in (existing.get("metadata") or {}).get("ownerReferences") or ()]
+    held = f"owned by {', '.join(owners)}" if owners else "not created by this operator"
+    return (
+        f"Secret {ws.secret_name!r} already exists and is {held}; it was left untouched. "
+        f"Delete or rename it, or set spec.secretName to another name."
+    )
+
+
+# --- status --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Problem:
+    """Why the Secret could not be materialized: a stable reason and a message that says how to fix it."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Observation:
+    """Everything the controller learned in one reconcile, in the form the status decision needs."""
+
+    key: SSHKeyPair | None
+    key_source: str | None  # "Generated" or "Existing"
+    problem: Problem | None
+    secret_action: SecretAction | None
+    secret_data: Mapping[str, str] | None  # base64 data of the Secret as written (for display items)
+    workspace_uid: str | None  # None: the workspace does not exist (yet)
+    rotation_handled: str | None = None
+
+
+def conditions(ws: WorkspaceSecret, obs: Observation) -> list[Condition]:
+    ref = ws.workspace_ref
+    bound = (
+        Condition(c.CONDITION_WORKSPACE_BOUND, True, "Bound", f"Bound to {ref.kind} {ref.name!r}; deleting it deletes this WorkspaceSecret and its Secret.")
+        if obs.workspace_uid
+        else Condition(c.CONDITION_WORKSPACE_BOUND, False, "WorkspaceNotFound", f"{ref.kind} {ref.name!r} does not exist yet; the Secret is ready for it and will be bound when it appears.")
+    )
+    if obs.problem:
+        key_ok = obs.key is not None
+        return [
+            Condition(c.CONDITION_READY, False, obs.problem.reason, obs.problem.message),
+            Condition(c.CONDITION_SSH_KEY_READY, key_ok, obs.key_source or obs.problem.reason,
+                      _key_message(obs) if key_ok else obs.problem.message),
+            bound,
+        ]
+    return [
+        Condition(c.CONDITION_READY, True, "SecretReady", f"Secret {ws.secret_name!r} holds the workspace's SSH key, known_hosts and GIT_SSH_COMMAND."),
+        Condition(c.CONDITION_SSH_KEY_READY, True, obs.key_source or "Generated", _key_message(obs)),
+        bound,
+    ]
+
+
+def _key_message(obs: Observation) -> str:
+    assert obs.key is not None
+    if obs.key_source == "Existing":
+        return f"Using the user's own {obs.key.type} key {obs.key.fingerprint}."
+    return f"Using the user's operator-generated {obs.key.type} key {obs.key.fingerprint}."
+
+
+def display_items(ws: WorkspaceSecret, secret_data: Mapping[str, str] | None) -> list[dict[str, Any]]:
+    """The seed's coder_metadata. Sensitive items are only ever shown masked."""
+    items = []
+    for item in ws.display:
+        if item.sensitive:
+            value = MASK
+        elif item.secret_key is not None:
+            raw = (secret_data or {}).get(item.secret_key)
+            value = _decode_displayable(raw) if raw is not None else "<missing>"
+        else:
+            value = item.value or ""
+        items.append({"key": item.key, "value": value, "sensitive": item.sensitive})
+    return items
+
+
+def _decode_displayable(b64: str) -> str:
+    try:
+        text = base64.b64decode(b64).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return "<binary>"
+    return text.strip()[:256]
+
+
+def desired_status(ws: WorkspaceSecret, obs: Observation) -> dict[str, Any]:
+    """The status fields this controller owns (conditions are merged separately, see conditions.merge)."""
+    status: dict[str, Any] = {
+        "observedGeneration": ws.generation,
+        "secretName": ws.secret_name,
+        "display": display_items(ws, obs.secret_data),
+        "workspaceUID": obs.workspace_uid,
+    }
+    if obs.key is not None:
+        status.update(
+            sshPublicKey=obs.key.public_openssh,
+            sshKeyFingerprint=obs.key.fingerprint,
+            sshKeyType=obs.key.type,
+            sshKeySource=obs.key_source,
+        )
+    else:  # keep what was published before, so a broken BYO key does not blank a working workspace
+        for field in ("sshPublicKey", "sshKeyFingerprint", "sshKeyType", "sshKeySource"):
+            if field in ws.status:
+                status[field] = ws.status[field]
+    handled = obs.rotation_handled if obs.rotation_handled is not None else ws.status.get("sshKeyRotation")
+    if handled is not None:
+        status["sshKeyRotation"] = handled
+    return status

@@ -1,0 +1,199 @@
+"""An asyncio facade over the `kubernetes` client's transport, speaking plain JSON dicts.
+
+Why not the generated typed APIs: they deserialize every response into model objects, which costs CPU and
+memory per call, and this operator only ever needs a handful of fields. The design card's `kubernetes`
+package still does what it is good at -- kubeconfig/in-cluster loading, TLS and auth (including exec
+plugins and token refresh) -- and we reuse its connection pool. Blocking calls run in a bounded thread
+pool of our own so that they never share kopf's pool for sync handlers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from urllib.parse import quote
+
+import kubernetes
+
+JSON = dict[str, Any]
+MERGE_PATCH = "application/merge-patch+json"
+
+
+class KubeError(Exception):
+    """An API error. The message is the API server's own (it never contains Secret data)."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+class NotFound(KubeError):
+    pass
+
+
+class Conflict(KubeError):
+    """409: AlreadyExists on create, or a stale resourceVersion on update."""
+
+
+class Kube:
+    """Async JSON access to the API server. One instance per operator process."""
+
+    def __init__(self, api_client: kubernetes.client.ApiClient, *, max_concurrency: int = 16) -> None:
+        self._api = api_client
+        # urllib3 keeps one pool per host; size it for our concurrency so connections are reused.
+        api_client.rest_client.pool_manager.connection_pool_kw["maxsize"] = max_concurrency
+        self._executor = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="kube")
+
+    @classmethod
+    def from_environment(cls, *, kubeconfig: str | None = None, max_concurrency: int = 16) -> Kube:
+        """In-cluster config when running in a pod, else the kubeconfig (KUBECONFIG or ~/.kube/config)."""
+        configuration = load_configuration(kubeconfig)
+        configuration.connection_pool_maxsize = max_concurrency
+        return cls(kubernetes.client.ApiClient(configuration), max_concurrency=max_concurrency)
+
+    @property
+    def configuration(self) -> kubernetes.client.Configuration:
+        return self._api.configuration
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._api.close()
+
+    # --- plumbing -------------------------------------------------------------------------------
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, str] | None = None,
+        body: Any = None,
+        content_type: str | None = None,
+        timeout: float | tuple[float, float] | None = 30,
+    ) -> Any:
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type or "application/json"
+        request = self._api.param_serialize(
+            method=method,
+            resource_path=path,
+            query_params=list((query or {}).items()),
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        response = self._api.call_api(*request, _request_timeout=timeout)
+        raw = response.read()
+        if not 200 <= response.status <= 299:
+            raise _error(response.status, raw)
+        return json.loads(raw) if raw else None
+
+    async def _run(self, method: str, path: str, **kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: self._call(method, path, **kwargs))
+
+    # --- verbs ----------------------------------------------------------------------------------
+    async def get(self, path: str) -> JSON | None:
+        try:
+            return await self._run("GET", path)
+        except NotFound:
+            return None
+
+    async def list(self, path: str, *, label_selector: str | None = None) -> JSON:
+        query = {"labelSelector": label_selector} if label_selector else None
+        return await self._run("GET", path, query=query)
+
+    async def create(self, path: str, body: JSON) -> JSON:
+        return await self._run("POST", path, body=body)
+
+    async def replace(self, path: str, body: JSON) -> JSON:
+        """PUT; `body.metadata.resourceVersion` makes it a compare-and-swap (409 Conflict if stale)."""
+        return await self._run("PUT", path, body=body)
+
+    async def merge_patch(self, path: str, patch: JSON) -> JSON:
+        return await self._run("PATCH", path, body=patch, content_type=MERGE_PATCH)
+
+    async def delete(self, path: str, *, uid: str | None = None) -> bool:
+        """Delete; with `uid`, only that incarnation of the object. False if it was already gone."""
+        body = {"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": {"uid": uid}} if uid else None
+        try:
+            await self._run("DELETE", path, body=body)
+            return True
+        except NotFound:
+            return False
+
+    def stream(self, path: str, query: Mapping[str, str], *, timeout: float) -> Iterator[JSON]:
+        """Blocking: yield the JSON lines of a watch. Run it in a thread (see kube.watch)."""
+        headers = {"Accept": "application/json"}
+        request = self._api.param_serialize(
+            method="GET", resource_path=path, query_params=list(query.items()),
+            header_params=headers, auth_settings=["BearerToken"],
+        )
+        response = self._api.call_api(*request, _request_timeout=(10, timeout))
+        if not 200 <= response.status <= 299:
+            raise _error(response.status, response.read())
+        urllib3_response = response.response
+        try:
+            buffer = b""
+            for chunk in urllib3_response.stream(amt=65536, decode_content=True):
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        yield json.loads(line)
+        finally:
+            urllib3_response.release_conn()
+
+
+def load_configuration(kubeconfig: str | None = None) -> kubernetes.client.Configuration:
+    """In-cluster config when running in a pod (and no kubeconfig is given), else the kubeconfig file."""
+    configuration = kubernetes.client.Configuration()
+    try:
+        if kubeconfig:
+            raise kubernetes.config.ConfigException("explicit kubeconfig")
+        kubernetes.config.load_incluster_config(client_configuration=configuration)
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config(
+            config_file=kubeconfig or os.environ.get("KUBECONFIG") or None,
+            client_configuration=configuration,
+            persist_config=False,
+        )
+    return configuration
+
+
+def _error(status: int, raw: bytes) -> KubeError:
+    try:
+        payload = json.loads(raw)
+        reason, message = payload.get("reason", ""), payload.get("message", "")
+    except ValueError:
+        reason, message = "", raw[:200].decode("utf-8", "replace")
+    if status == 404:
+        return NotFound(status, reason, message)
+    if status == 409:
+        return Conflict(status, reason, message)
+    return KubeError(status, reason, message)
+
+
+# --- paths --------------------------------------------------------------------------------------
+def core_path(namespace: str, plural: str, name: str | None = None, *, subresource: str | None = None) -> str:
+    return _path("/api/v1", namespace, plural, name, subresource)
+
+
+def group_path(
+    api_version: str, namespace: str, plural: str, name: str | None = None, *, subresource: str | None = None
+) -> str:
+    return _path(f"/apis/{api_version}", namespace, plural, name, subresource)
+
+
+def _path(prefix: str, namespace: str, plural: str, name: str | None, subresource: str | None) -> str:
+    path = f"{prefix}/namespaces/{quote(namespace, safe='')}/{plural}"
+    if name is not None:
+        path += "/" + quote(name, safe="")
+    if subresource:
+        path += "/" + subresource
+    return path

@@ -1,0 +1,284 @@
+"""End-to-end wiring: one Kubernetes cluster per session, a fresh namespace per test.
+
+By default a local control plane (etcd + kube-apiserver + kube-controller-manager, see
+``workspace_secrets.testing.controlplane``) is started once per session. To run against an existing
+cluster instead (kind or anything else), set ``WSO_E2E_KUBECONFIG=<path>``, or set
+``WSO_E2E_USE_KUBECONFIG=1`` to use ``$KUBECONFIG``. ``KUBECONFIG`` alone is deliberately *not*
+enough: a developer's everyday KUBECONFIG often points at a real cluster, and the tests create and
+delete namespaces and CRDs.
+
+The CRDs in ``crds/`` are applied once per session. On a test failure the control plane's log tails
+are attached to the report. Every test under tests/e2e is marked ``e2e``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.client.exceptions import ApiException
+
+from workspace_secrets.testing.controlplane import REPO_ROOT, ControlPlane, resolve_bin_dir
+from operator_process import OperatorProcess
+
+E2E_DIR = Path(__file__).resolve().parent
+CRD_DIR = REPO_ROOT / "crds"
+NAMESPACE_PREFIX = "wso-e2e-"
+
+_BIN_DIR_KEY = pytest.StashKey[Path]()
+_CLUSTER_KEY = pytest.StashKey["Cluster"]()
+_STARTUP_KEY = pytest.StashKey[dict[str, float]]()
+
+
+class CommandError(subprocess.CalledProcessError):
+    """A failed kubectl/helm call whose message includes stderr (never stdout, which may hold
+    Secret data) so the failure is diagnosable from the test report."""
+
+    def __str__(self) -> str:
+        stderr = (self.stderr or "").strip()
+        return f"{super().__str__()}\nstderr:\n{stderr[-4000:]}"
+
+
+@dataclass
+class Cluster:
+    """Handle on the cluster the e2e tests run against."""
+
+    kubeconfig: Path
+    #: kubectl and helm to use; pinned builds unless an external cluster found them on PATH.
+    tools: dict[str, Path]
+    #: Per-session HOME-like directory for helm and kubectl caches (keeps the user's HOME clean).
+    scratch: Path
+    #: The local control plane, or None for an external cluster.
+    control_plane: ControlPlane | None = None
+    #: Names of the CRDs applied from crds/ (all Established).
+    crd_names: list[str] = field(default_factory=list)
+
+    @property
+    def external(self) -> bool:
+        return self.control_plane is None
+
+    @property
+    def bin_dir(self) -> Path:
+        """Directory of the kubectl in use (the pinned build dir for the local control plane)."""
+        return self.tools["kubectl"].parent
+
+    def env(self) -> dict[str, str]:
+        """Environment for subprocesses (kubectl, helm, the operator) that talk to this cluster."""
+        env = dict(os.environ)
+        env["KUBECONFIG"] = str(self.kubeconfig)
+        env["KUBECACHEDIR"] = str(self.scratch / "kube-cache")
+        for var in ("HELM_CACHE_HOME", "HELM_CONFIG_HOME", "HELM_DATA_HOME"):
+            env[var] = str(self.scratch / var.lower())
+        env["PATH"] = os.pathsep.join([str(self.bin_dir), env.get("PATH", "")])
+        return env
+
+    def run(
+        self, tool: str, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        """Run kubectl or helm against this cluster, capturing text output.
+
+        Callers must not print stdout of commands that read Secrets.
+        """
+        argv = [str(self.tools[tool]), *args]
+        result = subprocess.run(
+            argv, input=input, capture_output=True, text=True, env=self.env(), timeout=timeout, check=False
+        )
+        if check and result.returncode != 0:
+            raise CommandError(result.returncode, argv, output=result.stdout, stderr=result.stderr)
+        return result
+
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        return self.run("kubectl", *args, input=input, check=check, timeout=timeout)
+
+    def helm(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        return self.run("helm", *args, input=input, check=check, timeout=timeout)
+
+    def api_client(self) -> k8s.ApiClient:
+        """A new ApiClient for this cluster; use it as a context manager so its pool is closed."""
+        return k8s_config.new_client_from_config(config_file=str(self.kubeconfig))
+
+    def logs_tail(self, lines: int = 30) -> str:
+        if self.control_plane is None:
+            return "(external cluster: no control plane logs)"
+        return self.control_plane.logs_tail(lines)
+
+
+def _external_kubeconfig() -> Path | None:
+    if os.environ.get("WSO_E2E_KUBECONFIG"):
+        return Path(os.environ["WSO_E2E_KUBECONFIG"])
+    if os.environ.get("WSO_E2E_USE_KUBECONFIG") == "1" and os.environ.get("KUBECONFIG"):
+        return Path(os.environ["KUBECONFIG"])
+    return None
+
+
+def _external_tools(config: pytest.Config) -> dict[str, Path]:
+    """kubectl/helm from PATH when present, else the pinned builds."""
+    tools: dict[str, Path] = {}
+    for name in ("kubectl", "helm"):
+        found = shutil.which(name)
+        tools[name] = Path(found) if found else _bin_dir(config) / name
+    return tools
+
+
+def _bin_dir(config: pytest.Config) -> Path:
+    if _BIN_DIR_KEY not in config.stash:
+        config.stash[_BIN_DIR_KEY] = resolve_bin_dir()
+    return config.stash[_BIN_DIR_KEY]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.is_relative_to(E2E_DIR):
+            item.add_marker(pytest.mark.e2e)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build (or locate) the binaries before any test runs.
+
+    A cold ``hack/build-tools.sh`` takes many minutes; done inside the session fixture it would count
+    against the first test's pytest-timeout and fail it with a misleading timeout.
+    """
+    config = session.config
+    if config.option.collectonly or _external_kubeconfig() is not None:
+        return
+    if any(item.get_closest_marker("e2e") for item in session.items):
+        _bin_dir(config)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> pytest.TestReport:
+    """Attach the control plane's log tails to the report of a failed e2e test."""
+    report: pytest.TestReport = yield
+    cluster = item.config.stash.get(_CLUSTER_KEY, None)
+    if report.failed and cluster is not None and "cluster" in getattr(item, "fixturenames", ()):
+        report.sections.append(("control plane logs (tail)", cluster.logs_tail()))
+    return report
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    # The cluster is gone by now (session teardown precedes the summary), hence the separate key.
+    timings = terminalreporter.config.stash.get(_STARTUP_KEY, None)
+    if timings:
+        phases = ", ".join(f"{phase} {seconds:.1f}s" for phase, seconds in timings.items())
+        terminalreporter.write_line(f"local control plane startup: {phases}")
+
+
+def _apply_crds(cluster: Cluster) -> list[str]:
+    """Server-side apply crds/*.yaml and wait until every CRD is Established; return their names."""
+    files = sorted([*CRD_DIR.glob("*.yaml"), *CRD_DIR.glob("*.yml")])
+    if not files:
+        return []
+    args = ["apply", "--server-side", "--force-conflicts", "--field-manager=wso-e2e", "-o", "name"]
+    for path in files:
+        args += ["-f", str(path)]
+    applied = cluster.kubectl(*args).stdout.split()
+    crds = [name for name in applied if name.startswith("customresourcedefinition")]
+    if crds:
+        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", *crds)
+    return [name.split("/", 1)[1] for name in crds]
+
+
+@pytest.fixture(scope="session")
+def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """The session's cluster: the external one if configured, else a local control plane."""
+    config = request.config
+    scratch = tmp_path_factory.mktemp("cluster-home")
+    external = _external_kubeconfig()
+    plane: ControlPlane | None = None
+    if external is not None:
+        handle = Cluster(kubeconfig=external, tools=_external_tools(config), scratch=scratch)
+    else:
+        bin_dir = _bin_dir(config)
+        plane = ControlPlane(bin_dir=bin_dir).start()
+        config.stash[_STARTUP_KEY] = dict(plane.timings)
+        handle = Cluster(
+            kubeconfig=plane.kubeconfig,
+            tools={name: bin_dir / name for name in ("kubectl", "helm")},
+            scratch=scratch,
+            control_plane=plane,
+        )
+    config.stash[_CLUSTER_KEY] = handle
+    try:
+        handle.crd_names = _apply_crds(handle)
+        yield handle
+    finally:
+        del config.stash[_CLUSTER_KEY]
+        if plane is not None:
+            plane.stop()
+
+
+def _wait_for_default_service_account(api: k8s.ApiClient, namespace: str, timeout: float = 30) -> None:
+    """Pods are rejected until the namespace's `default` ServiceAccount exists; wait for it so tests
+    that create workloads do not depend on controller back-off timing."""
+    core = k8s.CoreV1Api(api)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            core.read_namespaced_service_account("default", namespace)
+            return
+        except ApiException as exc:
+            if exc.status != 404 or time.monotonic() > deadline:
+                raise
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def namespace(cluster: Cluster) -> Iterator[str]:
+    """A fresh namespace ``wso-e2e-<random>``; deleted afterwards without waiting for termination."""
+    name = f"{NAMESPACE_PREFIX}{secrets.token_hex(3)}"
+    with cluster.api_client() as api:
+        k8s.CoreV1Api(api).create_namespace(
+            {"metadata": {"name": name, "labels": {"app.kubernetes.io/part-of": "wso-e2e"}}}
+        )
+        _wait_for_default_service_account(api, name)
+    try:
+        yield name
+    finally:
+        with cluster.api_client() as api:
+            try:
+                k8s.CoreV1Api(api).delete_namespace(name, propagation_policy="Background")
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+
+
+@dataclass
+class RunningOperator:
+    """The operator process the e2e tests share, and a kubectl argv bound to the test cluster."""
+
+    process: OperatorProcess
+    kubectl: list[str]
+
+
+@pytest.fixture(scope="session")
+def wso_operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningOperator]:
+    """The real operator, run as a child process (see operator_process.py). Tests that stop it must
+    restart it before they return; the fixture restarts it anyway if it is found dead."""
+    process = OperatorProcess(str(cluster.kubeconfig), tmp_path_factory.mktemp("operator"))
+    process.start()
+    try:
+        yield RunningOperator(process, [str(cluster.tools["kubectl"]), "--kubeconfig", str(cluster.kubeconfig)])
+    finally:
+        process.stop()
+
+
+@pytest.fixture(autouse=True)
+def _operator_alive(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    if "wso_operator" in request.fixturenames:
+        running = request.getfixturevalue("wso_operator")
+        if running.process.process is None or running.process.process.poll() is not None:
+            running.process.start()

@@ -1,0 +1,126 @@
+"""Small helpers shared by the e2e tests."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from workspace_secrets.api import constants as c
+
+T = TypeVar("T")
+
+
+def wait_for(probe: Callable[[], T], *, timeout: float = 30, interval: float = 0.25, what: str = "condition") -> T:
+    """Poll until `probe()` returns something truthy; return it. Fails with the last value seen."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+def digest(value: bytes) -> str:
+    """Compare secret values by digest, so a failing assertion can never print one."""
+    return "sha256:" + hashlib.sha256(value).hexdigest()[:16]
+
+
+class Api:
+    """The bits of the Kubernetes API the tests use, bound to one ApiClient."""
+
+    def __init__(self, api_client: client.ApiClient) -> None:
+        self.core = client.CoreV1Api(api_client)
+        self.apps = client.AppsV1Api(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
+
+    # WorkspaceSecrets
+    def create_ws(self, namespace: str, name: str, spec: dict, annotations: dict | None = None) -> dict:
+        body = {"apiVersion": c.API_VERSION, "kind": c.WORKSPACE_SECRET_KIND,
+                "metadata": {"name": name, **({"annotations": annotations} if annotations else {})}, "spec": spec}
+        return self.custom.create_namespaced_custom_object(c.GROUP, c.VERSION, namespace, c.WORKSPACE_SECRET_PLURAL, body)
+
+    def get_ws(self, namespace: str, name: str) -> dict | None:
+        try:
+            return self.custom.get_namespaced_custom_object(c.GROUP, c.VERSION, namespace, c.WORKSPACE_SECRET_PLURAL, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def patch_ws(self, namespace: str, name: str, patch: dict) -> dict:
+        return self.custom.patch_namespaced_custom_object(c.GROUP, c.VERSION, namespace, c.WORKSPACE_SECRET_PLURAL, name, patch)
+
+    def delete_ws(self, namespace: str, name: str) -> None:
+        self.custom.delete_namespaced_custom_object(c.GROUP, c.VERSION, namespace, c.WORKSPACE_SECRET_PLURAL, name)
+
+    def condition(self, namespace: str, name: str, type_: str = "Ready") -> dict | None:
+        ws = self.get_ws(namespace, name) or {}
+        return next((x for x in (ws.get("status") or {}).get("conditions", ()) if x["type"] == type_), None)
+
+    def wait_condition(self, namespace: str, name: str, status: str = "True", type_: str = "Ready",
+                       reason: str | None = None, timeout: float = 30) -> dict:
+        def probe():
+            cond = self.condition(namespace, name, type_)
+            if cond and cond["status"] == status and (reason is None or cond["reason"] == reason):
+                return cond
+            return None
+        return wait_for(probe, timeout=timeout, what=f"{name} {type_}={status} {reason or ''}")
+
+    # Secrets
+    def get_secret(self, namespace: str, name: str) -> client.V1Secret | None:
+        try:
+            return self.core.read_namespaced_secret(name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def secret_data(self, namespace: str, name: str) -> dict[str, bytes] | None:
+        secret = self.get_secret(namespace, name)
+        if secret is None:
+            return None
+        return {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
+
+    def secret_digests(self, namespace: str, name: str) -> dict[str, str] | None:
+        data = self.secret_data(namespace, name)
+        return None if data is None else {k: digest(v) for k, v in data.items()}
+
+    def create_secret(self, namespace: str, name: str, data: dict[str, bytes], labels: dict | None = None) -> None:
+        self.core.create_namespaced_secret(namespace, client.V1Secret(
+            metadata=client.V1ObjectMeta(name=name, labels=labels),
+            data={k: base64.b64encode(v).decode() for k, v in data.items()},
+        ))
+
+    def events_for(self, namespace: str, name: str) -> list[client.CoreV1Event]:
+        events = self.core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}").items
+        return [e for e in events if e.involved_object.kind == c.WORKSPACE_SECRET_KIND]
+
+    # Workspaces
+    def create_deployment(self, namespace: str, name: str, labels: dict | None = None, annotations: dict | None = None) -> client.V1Deployment:
+        selector = {"app": name}
+        pod_meta = client.V1ObjectMeta(labels={**selector, **(labels or {})}, annotations=annotations)
+        return self.apps.create_namespaced_deployment(namespace, client.V1Deployment(
+            metadata=client.V1ObjectMeta(name=name),
+            spec=client.V1DeploymentSpec(
+                replicas=1,
+                selector=client.V1LabelSelector(match_labels=selector),
+                template=client.V1PodTemplateSpec(
+                    metadata=pod_meta,
+                    spec=client.V1PodSpec(containers=[client.V1Container(name="workspace", image="registry.invalid/workspace:1")]),
+                ),
+            ),
+        ))
+
+    def create_pod(self, namespace: str, name: str, labels: dict | None = None, annotations: dict | None = None) -> client.V1Pod:
+        return self.core.create_namespaced_pod(namespace, client.V1Pod(
+            metadata=client.V1ObjectMeta(name=name, labels=labels, annotations=annotations),
+            spec=client.V1PodSpec(containers=[client.V1Container(name="workspace", image="registry.invalid/workspace:1")]),
+        ))
