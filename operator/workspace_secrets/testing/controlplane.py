@@ -576,6 +576,8 @@ class RunRecord:
     kubeconfig: str = ""
     server: str = ""
     processes: list[ProcessRecord] = field(default_factory=list)
+    #: Each component's arguments, so it can be restarted on the same ports, certs and data dir.
+    commands: dict[str, list[str]] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
@@ -927,6 +929,65 @@ class ControlPlane:
         )
         self.timings["kube-controller-manager"] = time.monotonic() - phase
 
+    # ---- fault injection: stop and restart one component (same ports, certificates, data) ----
+
+    def stop_component(self, name: str, *, kill: bool = False, timeout: float = 10.0) -> None:
+        """Stop one server: SIGTERM (a clean shutdown) or, with ``kill``, SIGKILL (a crash).
+
+        Its clients see what they would see in a real cluster: refused connections, then the same
+        server back on the same address with the same data once :meth:`start_component` runs.
+        """
+        record = self._require()
+        proc = self._component(name)
+        if not _is_our_process(proc.pid, proc.binary, record.workdir):
+            return  # already gone
+        if kill:
+            _signal(proc.pid, signal.SIGKILL)
+            _wait_gone(proc.pid, timeout)
+        else:
+            _terminate([proc], record.workdir, timeout)
+        popen = self._children.pop(proc.pid, None)
+        if popen is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                popen.wait(timeout=1)
+
+    def start_component(self, name: str) -> None:
+        """Start a stopped server again with the arguments of its first start; wait until it serves."""
+        record = self._require()
+        proc = self._component(name)
+        if _is_our_process(proc.pid, proc.binary, record.workdir):
+            raise ControlPlaneError(f"{name} is still running (pid {proc.pid}); stop it first")
+        args = record.commands.get(name)
+        if not args:
+            raise ControlPlaneError(f"no recorded command line for {name}; was it started by this launcher?")
+        self._spawn(name, args)
+        self._wait_for(f"{name} to serve again", self._readiness(name, args))
+
+    def restart(self, name: str, *, kill: bool = False, down_for: float = 0.0) -> None:
+        """Stop ``name`` (SIGKILL with ``kill``), keep it down for ``down_for`` seconds, start it again."""
+        self.stop_component(name, kill=kill)
+        if down_for > 0:
+            time.sleep(down_for)
+        self.start_component(name)
+
+    def _component(self, name: str) -> ProcessRecord:
+        if name not in SERVER_BINARIES:
+            raise ControlPlaneError(f"unknown component {name!r}; one of {', '.join(SERVER_BINARIES)}")
+        for proc in self._require().processes:
+            if proc.name == name:
+                return proc
+        raise ControlPlaneError(f"{name} was never started")
+
+    def _readiness(self, name: str, args: Sequence[str]) -> Callable[[], bool]:
+        if name == "etcd":
+            url = _flag(args, "--listen-client-urls")
+            port = int(url.rsplit(":", 1)[1])
+            return lambda: self._etcd_healthy(port)
+        if name == "kube-apiserver":
+            return lambda: self._get("/readyz") == (200, "ok")
+        port = int(_flag(args, "--secure-port"))
+        return lambda: _https_ok(port, "/healthz")
+
     def _spawn(self, name: str, args: list[str]) -> None:
         record = self._require()
         binary = str(Path(record.bin_dir) / name)
@@ -940,7 +1001,15 @@ class ControlPlane:
                 start_new_session=True,  # own process group: no stray Ctrl-C, group-wide signals
             )
         self._children[popen.pid] = popen
-        record.processes.append(ProcessRecord(name=name, pid=popen.pid, binary=binary))
+        # A restarted component replaces its old record (same position: stop order stays reversed start order).
+        entry = ProcessRecord(name=name, pid=popen.pid, binary=binary)
+        for index, proc in enumerate(record.processes):
+            if proc.name == name:
+                record.processes[index] = entry
+                break
+        else:
+            record.processes.append(entry)
+        record.commands[name] = list(args)
         (self.workdir / "pids" / f"{name}.pid").write_text(f"{popen.pid}\n")
         self._save_record()
 
@@ -1055,6 +1124,27 @@ class ControlPlane:
             parts.append(f"----- {proc.name} (pid {proc.pid}) {path} -----")
             parts.append(_tail(path, lines) or "(empty)")
         return "\n".join(parts) if parts else "(no processes started)"
+
+
+def _flag(args: Sequence[str], name: str) -> str:
+    for arg in args:
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    raise ControlPlaneError(f"{name} not found in the recorded command line")
+
+
+def _https_ok(port: int, path: str) -> bool:
+    """GET an HTTPS health endpoint on loopback that serves a self-signed certificate (the
+    controller-manager's); only the status matters, so the certificate is not verified."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=2)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().status == 200
+    finally:
+        conn.close()
 
 
 def _tail(path: Path, lines: int) -> str:
