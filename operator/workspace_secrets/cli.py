@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
+import secrets
+import socket
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 import kopf
 
-from . import __version__
+from . import __version__, metrics
 from .config import OperatorConfig
+from .domain.peering import auto_priority
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,6 +39,17 @@ def _parser() -> argparse.ArgumentParser:
                          help="kopf liveness endpoint URL ('' to disable)")
         cmd.add_argument("--peering", default=None,
                          help="kopf peering object name for running several replicas with one active (default: standalone)")
+        cmd.add_argument("--priority", type=int, default=None,
+                         help="peering priority of this replica (default: derived from the start time, so the "
+                              "earliest-started replica is the active one; replicas must not share a priority)")
+        cmd.add_argument("--peering-lifetime", type=int, default=60,
+                         help="seconds a replica's keep-alive stays valid: the failover time after a crash")
+        cmd.add_argument("--metrics-port", type=int, default=int(os.environ.get("WSO_METRICS_PORT", "9090")),
+                         help="serve Prometheus metrics on this port at /metrics (0 disables)")
+        cmd.add_argument("--metrics-address", default=os.environ.get("WSO_METRICS_ADDRESS", "0.0.0.0"),
+                         help="address the metrics server listens on")
+        cmd.add_argument("--watch-unhealthy-threshold", type=float, default=60.0,
+                         help="seconds a Secret watch may stay disconnected before the liveness probe fails")
         cmd.add_argument("--api-concurrency", type=int, default=16, help="parallel Kubernetes API requests")
         cmd.add_argument("--workers", type=int, default=4, help="workers for watch- and resync-driven reconciles")
         cmd.add_argument("--resync-interval", type=float, default=300.0, help="seconds between safety-net resyncs")
@@ -61,21 +75,36 @@ def _run(args: argparse.Namespace) -> int:
     kopf.configure(
         verbose=args.verbose,
         log_format={"plain": kopf.LogFormat.PLAIN, "json": kopf.LogFormat.JSON, "full": kopf.LogFormat.FULL}[args.log_format],
+        # JSON lines carry the object as {"object": {kind, namespace, name, uid}}; text lines get a
+        # "[namespace/name]" prefix instead.
+        log_prefix=args.log_format != "json",
         log_refkey="object",
     )
+    # Our identity in the peering object, shared with kopf so both read the same entry. In a pod,
+    # POD_ID (the pod name, from the downward API) makes it readable in `kubectl get clusterkopfpeering -o yaml`.
+    identity = f"{os.environ.get('POD_ID') or socket.gethostname()}/{os.getpid()}/{secrets.token_hex(3)}"
+    priority = args.priority if args.priority is not None else auto_priority(datetime.now(timezone.utc))
     config = OperatorConfig(
         namespaces=tuple(args.namespaces),
         kubeconfig=args.kubeconfig,
         api_concurrency=args.api_concurrency,
         secret_workers=args.workers,
         resync_interval=args.resync_interval,
+        watch_unhealthy_threshold=args.watch_unhealthy_threshold,
+        peering=args.peering,
+        identity=identity,
+        priority=priority,
+        peering_lifetime=args.peering_lifetime,
     )
+    metrics.serve(args.metrics_port, args.metrics_address)
     asyncio.run(
         kopf.operator(
             clusterwide=config.clusterwide,
             namespaces=list(config.namespaces),
             standalone=args.peering is None,
             peering_name=args.peering,
+            priority=priority if args.peering is not None else None,
+            identity=identity,  # type: ignore[arg-type]  # kopf's Identity is a NewType of str
             liveness_endpoint=args.liveness or None,
             memo=kopf.Memo(config=config),
         )
@@ -111,6 +140,8 @@ def _dev(args: argparse.Namespace) -> int:
         )
         if args.liveness == "http://0.0.0.0:8080/healthz":
             args.liveness = "http://127.0.0.1:8080/healthz"
+        if args.metrics_address == "0.0.0.0":
+            args.metrics_address = "127.0.0.1"
         return _run(args)
     except KeyboardInterrupt:
         return 0

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -30,6 +31,7 @@ class OperatorProcess:
         self.env = env or {}
         self.process: subprocess.Popen | None = None
         self.port = 0
+        self.metrics_port = 0
         self.starts = 0
 
     @property
@@ -39,6 +41,7 @@ class OperatorProcess:
     def start(self, timeout: float = 60) -> None:
         assert self.process is None or self.process.poll() is not None, "already running"
         self.port = free_port()
+        self.metrics_port = free_port()
         self.starts += 1
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
@@ -46,7 +49,8 @@ class OperatorProcess:
         log.flush()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "workspace_secrets", "run", "--kubeconfig", self.kubeconfig, "--verbose",
-             "--liveness", f"http://127.0.0.1:{self.port}/healthz", "--resync-interval", "20", *self.extra_args],
+             "--liveness", f"http://127.0.0.1:{self.port}/healthz", "--resync-interval", "20",
+             "--metrics-port", str(self.metrics_port), "--metrics-address", "127.0.0.1", *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env}, start_new_session=True,
         )
         log.close()
@@ -60,11 +64,22 @@ class OperatorProcess:
         raise TimeoutError(f"operator not healthy after {timeout}s; see {self.log_path}")
 
     def healthy(self) -> bool:
+        return self.liveness()[0] == 200
+
+    def liveness(self) -> tuple[int, str]:
+        """(HTTP status, body) of the liveness endpoint; (0, reason) if it does not answer."""
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2) as response:
-                return response.status == 200
-        except OSError:
-            return False
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=5) as response:
+                return response.status, response.read().decode(errors="replace")
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode(errors="replace")
+        except OSError as exc:
+            return 0, type(exc).__name__
+
+    def metrics(self) -> str:
+        """The Prometheus text exposition from the operator's /metrics."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
+            return response.read().decode()
 
     def stop(self, timeout: float = 30) -> int | None:
         """Graceful stop (SIGTERM -> kopf's cleanup handlers)."""

@@ -1,6 +1,12 @@
 """A small deduplicating work queue (the client-go workqueue idea) for reconciles that do not come from
-kopf: changes seen on our own Secrets, and periodic resyncs. A key queued twice before a worker takes it
-is reconciled once; a failed key is retried with per-key exponential backoff."""
+kopf: changes seen on our own Secrets, periodic resyncs, and delayed re-checks (e.g. a workspace that
+does not exist yet). A key queued twice before a worker takes it is reconciled once; a failed key is
+retried with per-key exponential backoff (never sooner than the API server's Retry-After); a key
+scheduled for later twice keeps only the earlier time.
+
+The queue can be paused (`active` cleared): workers then take nothing, keys accumulate (deduplicated),
+and work resumes when the flag is set again. Peering uses this so a standby replica does not act.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +14,36 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Hashable
 
+from ..kube.client import KubeError
+from ..metrics import WORKQUEUE_DEPTH, WORKQUEUE_RETRIES
+
 log = logging.getLogger(__name__)
 
 
 class WorkQueue:
-    def __init__(self, work: Callable[[Hashable], Awaitable[None]], *, workers: int = 4, max_backoff: float = 60.0):
+    def __init__(
+        self,
+        work: Callable[[Hashable], Awaitable[None]],
+        *,
+        workers: int = 4,
+        max_backoff: float = 60.0,
+        name: str = "default",
+        active: asyncio.Event | None = None,
+    ):
         self._work = work
         self._queue: asyncio.Queue[Hashable] = asyncio.Queue()
         self._pending: set[Hashable] = set()
         self._failures: dict[Hashable, int] = {}
+        self._delayed: dict[Hashable, asyncio.TimerHandle] = {}
         self._workers = workers
         self._max_backoff = max_backoff
         self._tasks: list[asyncio.Task] = []
+        self._name = name
+        if active is None:
+            active = asyncio.Event()
+            active.set()
+        self._active = active
+        WORKQUEUE_DEPTH.labels(queue=name).set_function(lambda: len(self._pending))
 
     def add(self, key: Hashable) -> None:
         if key not in self._pending:
@@ -27,12 +51,26 @@ class WorkQueue:
             self._queue.put_nowait(key)
 
     def add_after(self, key: Hashable, delay: float) -> None:
-        asyncio.get_running_loop().call_later(delay, self.add, key)
+        """Queue `key` after `delay` seconds; an earlier pending schedule of the same key wins."""
+        loop = asyncio.get_running_loop()
+        existing = self._delayed.get(key)
+        if existing is not None and not existing.cancelled() and existing.when() <= loop.time() + delay:
+            return
+        if existing is not None:
+            existing.cancel()
+        self._delayed[key] = loop.call_later(delay, self._fire, key)
+
+    def _fire(self, key: Hashable) -> None:
+        self._delayed.pop(key, None)
+        self.add(key)
 
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._worker(), name=f"workqueue-{i}") for i in range(self._workers)]
+        self._tasks = [asyncio.create_task(self._worker(), name=f"workqueue-{self._name}-{i}") for i in range(self._workers)]
 
     async def stop(self) -> None:
+        for handle in self._delayed.values():
+            handle.cancel()
+        self._delayed.clear()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -42,6 +80,7 @@ class WorkQueue:
 
     async def _worker(self) -> None:
         while True:
+            await self._active.wait()  # paused (a standby peer): take nothing
             key = await self._queue.get()
             self._pending.discard(key)
             try:
@@ -52,5 +91,8 @@ class WorkQueue:
             except Exception as exc:
                 failures = self._failures[key] = self._failures.get(key, 0) + 1
                 delay = min(0.5 * 2 ** (failures - 1), self._max_backoff)
+                if isinstance(exc, KubeError) and exc.retry_after:
+                    delay = max(delay, exc.retry_after)
+                WORKQUEUE_RETRIES.labels(queue=self._name).inc()
                 log.warning("reconcile of %s failed (%s: %s); retrying in %.1fs", key, type(exc).__name__, exc, delay)
                 self.add_after(key, delay)

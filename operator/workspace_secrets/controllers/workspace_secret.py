@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import time
 import weakref
 from collections.abc import Callable, Mapping
 from datetime import datetime
@@ -21,17 +22,31 @@ from ..domain import sshkeys
 from ..domain import workspace_secret as policy
 from ..domain.naming import user_key_secret_name
 from ..domain.sshkeys import KeySpec, KeyType, SSHKeyPair
-from ..kube.client import Conflict, Kube, core_path, group_path
+from ..kube.client import Conflict, Kube, NotFound, core_path, group_path
 from ..kube.events import EventRecorder
+from ..metrics import RECONCILE_DURATION, RECONCILES, SECRET_WRITES
+from .logref import log_extra
 
 log = logging.getLogger(__name__)
 
 KEY_SOURCE_GENERATED = "Generated"
 KEY_SOURCE_EXISTING = "Existing"
 
+#: How often an unbound WorkspaceSecret looks for its workspace: often while it is young (the
+#: workspace is usually created right after it), rarely once it has waited a while.
+BIND_RECHECK_SECONDS = 5.0
+BIND_RECHECK_SLOW_SECONDS = 30.0
+BIND_RECHECK_SLOW_AFTER_SECONDS = 600.0
+
+Requeue = Callable[[tuple[str, str], float], None]
+
 
 class RetryLater(Exception):
     """A transient race (e.g. a compare-and-swap lost to another writer); reconcile again soon."""
+
+
+class ObjectGone(Exception):
+    """The WorkspaceSecret was deleted while it was being reconciled: nothing left to do."""
 
 
 class ProblemFound(Exception):
@@ -43,10 +58,21 @@ class ProblemFound(Exception):
 
 
 class WorkspaceSecretController:
-    def __init__(self, kube: Kube, events: EventRecorder, *, clock: Callable[[], datetime] = cond.utcnow) -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        events: EventRecorder,
+        *,
+        clock: Callable[[], datetime] = cond.utcnow,
+        requeue: Requeue | None = None,
+    ) -> None:
         self._kube = kube
         self._events = events
         self._clock = clock
+        # Schedules a later reconcile by (namespace, name): how an unbound WorkspaceSecret keeps looking
+        # for its workspace (a kopf timer would need kopf's finalizer on every unbound object, which
+        # would block its deletion while the operator is down).
+        self._requeue = requeue
         self._locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = weakref.WeakValueDictionary()
         # resourceVersions of Secrets we wrote ourselves, so the Secret watch can skip our own echoes.
         self.written: dict[tuple[str, str], str] = {}
@@ -56,14 +82,29 @@ class WorkspaceSecretController:
     async def reconcile(self, body: Mapping[str, Any]) -> None:
         meta = body["metadata"]
         async with self._lock(meta["namespace"], meta["name"]):
-            await self._reconcile(body)
+            await self._measured(body)
 
     async def reconcile_by_name(self, namespace: str, name: str) -> None:
-        """Used by the Secret watch and the resync loop: fetch the latest object, then reconcile it."""
+        """Used by the Secret watch, the resync loop and re-checks: fetch the latest object, reconcile it."""
         async with self._lock(namespace, name):
             body = await self._kube.get(_ws_path(namespace, name))
             if body is not None:
-                await self._reconcile(body)
+                await self._measured(body)
+
+    async def _measured(self, body: Mapping[str, Any]) -> None:
+        """One reconcile, counted by result and timed (the metrics an operator of this operator reads)."""
+        started = time.perf_counter()
+        result = "error"
+        try:
+            result = await self._reconcile(body)
+        except ObjectGone:
+            result = "gone"
+        except RetryLater:
+            result = "retry"
+            raise
+        finally:
+            RECONCILES.labels(kind=c.WORKSPACE_SECRET_KIND, result=result).inc()
+            RECONCILE_DURATION.labels(kind=c.WORKSPACE_SECRET_KIND).observe(time.perf_counter() - started)
 
     async def names_for_user(self, namespace: str, user: str) -> list[str]:
         listing = await self._kube.list(group_path(c.API_VERSION, namespace, c.WORKSPACE_SECRET_PLURAL))
@@ -79,14 +120,15 @@ class WorkspaceSecretController:
         return lock
 
     # --- the reconcile --------------------------------------------------------------------------
-    async def _reconcile(self, body: Mapping[str, Any]) -> None:
+    async def _reconcile(self, body: Mapping[str, Any]) -> str:
+        """Returns the metric result: success, problem (Ready=False for a human to fix) or gone."""
         if (body.get("metadata") or {}).get("deletionTimestamp"):
-            return  # the Secret goes with it through its ownerReference
+            return "gone"  # the Secret goes with it through its ownerReference
         try:
             ws = WorkspaceSecret.from_body(body)
         except SpecError as exc:
             await self._write_status(body, None, [cond.Condition(c.CONDITION_READY, False, "InvalidSpec", str(exc))])
-            return
+            return "problem"
 
         key, source, rotation, problem = await self._key(ws)
         workspace_uid = await self._bind(body, ws)
@@ -102,6 +144,16 @@ class WorkspaceSecretController:
         )
         await self._write_status(body, ws, policy.conditions(ws, obs), policy.desired_status(ws, obs))
         await self._announce(body, ws, obs)
+        if workspace_uid is None:
+            self._recheck_binding(body, ws)
+        return "problem" if problem else "success"
+
+    def _recheck_binding(self, body: Mapping[str, Any], ws: WorkspaceSecret) -> None:
+        if self._requeue is None:
+            return
+        age = _age_seconds(body["metadata"].get("creationTimestamp"), self._clock())
+        delay = BIND_RECHECK_SECONDS if age is None or age < BIND_RECHECK_SLOW_AFTER_SECONDS else BIND_RECHECK_SLOW_SECONDS
+        self._requeue((ws.namespace, ws.name), delay)
 
     # --- the key --------------------------------------------------------------------------------
     async def _key(self, ws: WorkspaceSecret) -> tuple[SSHKeyPair | None, str | None, str | None, policy.Problem | None]:
@@ -161,7 +213,8 @@ class WorkspaceSecretController:
                 created = await self._kube.create(path.rsplit("/", 1)[0], _user_key_body(ws, name, key, request_id if wants_rotation else None))
             except Conflict:  # another workspace of this user won the race: use its key
                 raise RetryLater(f"user key {name!r} was created concurrently") from None
-            self._remember(created)
+            self._remember(created, c.COMPONENT_USER_SSH_KEY, "create")
+            log.info("Created Secret %r with %r's %s key %s.", name, ws.user, key.type, key.fingerprint, extra=_log_ref(ws))
             return key, ws.rotate_ssh_key
         if wants_rotation and (existing["metadata"].get("annotations") or {}).get(c.ANNOTATION_ROTATION_REQUEST) != request_id:
             key = await _generate(spec, _comment(ws))
@@ -171,7 +224,8 @@ class WorkspaceSecretController:
                 replaced = await self._kube.replace(path, body)
             except Conflict:
                 raise RetryLater(f"user key {name!r} changed while rotating") from None
-            self._remember(replaced)
+            self._remember(replaced, c.COMPONENT_USER_SSH_KEY, "update")
+            log.info("Rotated %r's %s key to %s.", ws.user, key.type, key.fingerprint, extra=_log_ref(ws))
             await self._events.normal(_ref(ws), "SSHKeyRotated", f"Rotated {ws.user!r}'s {key.type} key to {key.fingerprint}; every workspace of the user gets the new key.")
             return key, ws.rotate_ssh_key
         return self._load_user_key(existing, ws), ws.rotate_ssh_key
@@ -218,6 +272,8 @@ class WorkspaceSecretController:
                 )
             except Conflict:
                 raise RetryLater("WorkspaceSecret changed while binding it to its workspace") from None
+            except NotFound:
+                raise ObjectGone() from None
         return uid
 
     # --- the Secret -----------------------------------------------------------------------------
@@ -233,20 +289,21 @@ class WorkspaceSecretController:
             return action, None, policy.Problem("SecretConflict", policy.conflict_message(existing, ws))
         if action is policy.SecretAction.CREATE:
             try:
-                self._remember(await self._kube.create(path.rsplit("/", 1)[0], desired))
+                self._remember(await self._kube.create(path.rsplit("/", 1)[0], desired), c.COMPONENT_WORKSPACE_SECRET, "create")
             except Conflict:
                 raise RetryLater(f"Secret {ws.secret_name!r} appeared while creating it") from None
         elif action is policy.SecretAction.UPDATE:
             assert existing is not None
             try:
-                self._remember(await self._kube.replace(path, policy.merged_for_update(existing, desired)))
+                self._remember(await self._kube.replace(path, policy.merged_for_update(existing, desired)), c.COMPONENT_WORKSPACE_SECRET, "update")
             except Conflict:
                 raise RetryLater(f"Secret {ws.secret_name!r} changed while updating it") from None
         return action, desired["data"], None
 
-    def _remember(self, obj: Mapping[str, Any]) -> None:
+    def _remember(self, obj: Mapping[str, Any], component: str, operation: str) -> None:
         meta = obj["metadata"]
         self.written[(meta["namespace"], meta["name"])] = meta["resourceVersion"]
+        SECRET_WRITES.labels(component=component, operation=operation).inc()
 
     # --- status and events ----------------------------------------------------------------------
     async def _write_status(
@@ -267,11 +324,17 @@ class WorkspaceSecretController:
             return
         patch = {k: v for k, v in new.items() if current.get(k) != v}
         patch.update({k: None for k in current if k not in new})
-        await self._kube.merge_patch(_ws_path(meta["namespace"], meta["name"], status=True), {"status": patch})
+        try:
+            await self._kube.merge_patch(_ws_path(meta["namespace"], meta["name"], status=True), {"status": patch})
+        except NotFound:
+            raise ObjectGone() from None
 
     async def _announce(self, body: Mapping[str, Any], ws: WorkspaceSecret, obs: policy.Observation) -> None:
         ref = _ref(ws)
         previous = cond.find((body.get("status") or {}).get("conditions"), c.CONDITION_READY) or {}
+        if obs.secret_action in (policy.SecretAction.CREATE, policy.SecretAction.UPDATE):
+            log.info("%s Secret %r (key %s).", "Created" if obs.secret_action is policy.SecretAction.CREATE else "Updated",
+                     ws.secret_name, obs.key.fingerprint, extra=_log_ref(ws))  # type: ignore[union-attr]
         if obs.secret_action is policy.SecretAction.CREATE:
             await self._events.normal(ref, "SecretCreated", f"Created Secret {ws.secret_name!r} with {obs.key.type} key {obs.key.fingerprint}.")  # type: ignore[union-attr]
         elif obs.secret_action is policy.SecretAction.UPDATE:
@@ -284,12 +347,25 @@ class WorkspaceSecretController:
             await self._events.normal(ref, "WorkspaceBound", f"Bound to {r.kind} {r.name!r}: the WorkspaceSecret and its Secret are deleted with it.")
 
 
+def _age_seconds(timestamp: str | None, now: datetime) -> float | None:
+    if not timestamp:
+        return None
+    try:
+        return (now - datetime.fromisoformat(timestamp.replace("Z", "+00:00"))).total_seconds()
+    except ValueError:
+        return None
+
+
 def _ws_path(namespace: str, name: str, *, status: bool = False) -> str:
     return group_path(c.API_VERSION, namespace, c.WORKSPACE_SECRET_PLURAL, name, subresource="status" if status else None)
 
 
 def _ref(ws: WorkspaceSecret) -> dict[str, Any]:
     return {"apiVersion": c.API_VERSION, "kind": c.WORKSPACE_SECRET_KIND, "metadata": {"name": ws.name, "namespace": ws.namespace, "uid": ws.uid}}
+
+
+def _log_ref(ws: WorkspaceSecret) -> dict[str, Any]:
+    return log_extra(c.API_VERSION, c.WORKSPACE_SECRET_KIND, ws.namespace, ws.name, ws.uid)
 
 
 def _comment(ws: WorkspaceSecret) -> str:

@@ -23,4 +23,5 @@ def retry_policy() -> Iterator[None]:
         raise kopf.TemporaryError(str(exc), delay=0.5) from None
     except KubeError as exc:
         delay = 5 if exc.status in _TRANSIENT else 30
+        delay = max(delay, exc.retry_after or 0)  # never sooner than the API server asked
         raise kopf.TemporaryError(f"Kubernetes API answered {exc.status} {exc.reason}: {exc.message}", delay=delay) from None

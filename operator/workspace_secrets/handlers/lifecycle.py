@@ -1,4 +1,5 @@
-"""Operator start-up and shutdown: kopf settings, the API client, the Secret watch, the resync loop."""
+"""Operator start-up and shutdown: kopf settings, the API client, the Secret watch, the resync loop,
+peering, and the liveness probe."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import kopf
 
 from ..api import constants as c
 from ..config import OperatorConfig
+from ..controllers.peering import PeeringGate
 from ..controllers.workqueue import WorkQueue
 from ..controllers.workspace_secret import WorkspaceSecretController
+from ..domain import conditions as cond
 from ..kube.client import Kube, group_path, load_configuration
 from ..kube.events import EventRecorder
 from ..kube.watch import LabelSelectedWatch
@@ -49,21 +52,33 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=c.GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=c.GROUP, key="last-handled-configuration")
     settings.posting.level = logging.WARNING
-    # Re-establish watches regularly; a watch that hangs silently (API server restart) is noticed.
+    # Re-establish watches regularly; a watch that hangs silently (API server restart) is noticed:
+    # kopf >= 1.44.1 also drops a stream that delivers nothing for watching.inactivity_timeout (70 s).
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 10
     settings.networking.request_timeout = 60
+    # A replica killed without a goodbye is considered gone after this long: the failover time.
+    settings.peering.lifetime = config.peering_lifetime
 
+    # The operator's own work pauses with kopf's peering; standalone, it is always active.
+    active = asyncio.Event()
+    if config.peering is None:
+        active.set()
     kube = Kube.from_environment(kubeconfig=config.kubeconfig, max_concurrency=config.api_concurrency)
-    controller = WorkspaceSecretController(kube, EventRecorder(kube))
-    queue = WorkQueue(lambda key: controller.reconcile_by_name(*key), workers=config.secret_workers)
+    queue: WorkQueue
+    controller = WorkspaceSecretController(kube, EventRecorder(kube), requeue=lambda key, delay: queue.add_after(key, delay))
+    queue = WorkQueue(lambda key: controller.reconcile_by_name(*key), workers=config.secret_workers,
+                      name=c.WORKSPACE_SECRET_PLURAL, active=active)
     memo.kube = kube
     memo.workspace_secrets = controller
     memo.queue = queue
+    memo.active = active
     queue.start()
 
     async def on_secret(type_: str, obj: dict[str, Any]) -> None:
+        if not active.is_set():
+            return  # a standby replica: the full resync on activation covers whatever happened meanwhile
         meta = obj.get("metadata") or {}
         key = (meta.get("namespace"), meta.get("name"))
         if type_ == "DELETED":
@@ -86,25 +101,40 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.tasks = [asyncio.create_task(w.run(), name=f"secret-watch {w}") for w in memo.watches]
     memo.tasks.append(asyncio.create_task(_resync(memo, config), name="resync"))
 
+    if config.peering is not None:
+        gate = PeeringGate(
+            kube, name=config.peering, namespaces=[None] if config.clusterwide else list(config.namespaces),
+            identity=config.identity, priority=config.priority, active=active, clock=cond.utcnow,
+            on_activated=lambda: memo.tasks.append(asyncio.create_task(_enqueue_all(memo, config), name="resync-on-activation")),
+        )
+        await gate.ensure_objects()
+        memo.tasks.append(asyncio.create_task(gate.run(), name="peering-gate"))
+
+
+def _workspace_secret_paths(config: OperatorConfig) -> list[str]:
+    if config.clusterwide:
+        return [f"/apis/{c.API_VERSION}/{c.WORKSPACE_SECRET_PLURAL}"]
+    return [group_path(c.API_VERSION, ns, c.WORKSPACE_SECRET_PLURAL) for ns in config.namespaces]
+
+
+async def _enqueue_all(memo: kopf.Memo, config: OperatorConfig) -> None:
+    """Queue every WorkspaceSecret once (deduplicated, so a burst never exceeds the worker count)."""
+    for path in _workspace_secret_paths(config):
+        try:
+            listing = await memo.kube.list(path)
+        except Exception as exc:  # noqa: BLE001 - retried next interval
+            log.warning("resync listing failed: %s", exc)
+            continue
+        for item in listing.get("items", ()):
+            memo.queue.add((item["metadata"]["namespace"], item["metadata"]["name"]))
+
 
 async def _resync(memo: kopf.Memo, config: OperatorConfig) -> None:
-    """Safety net for missed events: every interval, reconcile every WorkspaceSecret once (deduplicated
-    through the work queue, so a burst never exceeds its worker count)."""
-    paths = (
-        [f"/apis/{c.API_VERSION}/{c.WORKSPACE_SECRET_PLURAL}"]
-        if config.clusterwide
-        else [group_path(c.API_VERSION, ns, c.WORKSPACE_SECRET_PLURAL) for ns in config.namespaces]
-    )
+    """Safety net for missed events: every interval, reconcile every WorkspaceSecret once."""
     while True:
         await asyncio.sleep(config.resync_interval)
-        for path in paths:
-            try:
-                listing = await memo.kube.list(path)
-            except Exception as exc:  # noqa: BLE001 - retried next interval
-                log.warning("resync listing failed: %s", exc)
-                continue
-            for item in listing.get("items", ()):
-                memo.queue.add((item["metadata"]["namespace"], item["metadata"]["name"]))
+        if memo.active.is_set():
+            await _enqueue_all(memo, config)
 
 
 @kopf.on.cleanup(id="shutdown")
@@ -119,6 +149,17 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.probe(id="secretWatch")
-async def secret_watch_health(memo: kopf.Memo, **_: Any) -> bool:
-    """Reported by the liveness endpoint: whether our label-selected Secret watches are connected."""
-    return all(w.healthy for w in getattr(memo, "watches", ()))
+async def secret_watch_health(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
+    """The liveness endpoint fails (HTTP 500) once a label-selected Secret watch has been disconnected
+    for longer than --watch-unhealthy-threshold: the operator can no longer repair drift, and a restart
+    is the remedy. A shorter disconnection (an API server restart, a watch timeout) is reported, not failed.
+    kopf caches probe results for 10 s, so the endpoint reacts within threshold + 10 s."""
+    config: OperatorConfig = memo.config
+    watches = getattr(memo, "watches", ())
+    down = {str(w): round(w.unhealthy_for(), 1) for w in watches if not w.healthy}
+    failing = {name: seconds for name, seconds in down.items() if seconds > config.watch_unhealthy_threshold}
+    if failing:
+        raise kopf.PermanentError(
+            f"Secret watch disconnected for longer than {config.watch_unhealthy_threshold:.0f}s: {failing}"
+        )
+    return {"connected": not down, "disconnectedSeconds": down}

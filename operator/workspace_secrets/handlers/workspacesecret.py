@@ -1,4 +1,10 @@
-"""kopf registrations for WorkspaceSecret."""
+"""kopf registrations for WorkspaceSecret.
+
+Deliberately no kopf timer, daemon or delete handler: kopf puts its finalizer on every object such a
+handler matches, and a finalizer would block `kubectl delete` while the operator is down. An unbound
+WorkspaceSecret looks for its workspace through the controller's delayed re-check (the work queue)
+instead, and cleanup is Kubernetes' garbage collection (ownerReferences).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,6 @@ from typing import Any
 import kopf
 
 from ..api import constants as c
-from ..domain import conditions as cond
 from .errors import retry_policy
 
 RESOURCE = (c.GROUP, c.VERSION, c.WORKSPACE_SECRET_PLURAL)
@@ -17,18 +22,5 @@ RESOURCE = (c.GROUP, c.VERSION, c.WORKSPACE_SECRET_PLURAL)
 @kopf.on.create(*RESOURCE, id="reconcile-on-create")
 @kopf.on.update(*RESOURCE, id="reconcile-on-update")
 async def reconcile(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    with retry_policy():
-        await memo.workspace_secrets.reconcile(body)
-
-
-def _unbound(status: kopf.Status, meta: kopf.Meta, **_: Any) -> bool:
-    bound = cond.find(status.get("conditions"), c.CONDITION_WORKSPACE_BOUND) or {}
-    return bound.get("status") != "True" and not meta.get("deletionTimestamp")
-
-
-@kopf.timer(*RESOURCE, id="bind-workspace", interval=5, initial_delay=5, when=_unbound)
-async def bind_when_workspace_appears(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """A WorkspaceSecret may be created before its workspace; look for the workspace until it exists.
-    The timer only runs for unbound objects (the `when=` filter stops it once bound)."""
     with retry_policy():
         await memo.workspace_secrets.reconcile(body)

@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import quote
 
 import kubernetes
+
+from ..metrics import KUBE_REQUESTS
 
 JSON = dict[str, Any]
 MERGE_PATCH = "application/merge-patch+json"
@@ -26,11 +28,13 @@ MERGE_PATCH = "application/merge-patch+json"
 class KubeError(Exception):
     """An API error. The message is the API server's own (it never contains Secret data)."""
 
-    def __init__(self, status: int, reason: str, message: str) -> None:
+    def __init__(self, status: int, reason: str, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(f"{status} {reason}: {message}")
         self.status = status
         self.reason = reason
         self.message = message
+        #: Seconds the server asked us to wait (429/503 Retry-After); callers back off at least this long.
+        self.retry_after = retry_after
 
 
 class NotFound(KubeError):
@@ -87,10 +91,15 @@ class Kube:
             body=body,
             auth_settings=["BearerToken"],
         )
-        response = self._api.call_api(*request, _request_timeout=timeout)
+        try:
+            response = self._api.call_api(*request, _request_timeout=timeout)
+        except Exception:
+            KUBE_REQUESTS.labels(verb=method, code="error").inc()
+            raise
+        KUBE_REQUESTS.labels(verb=method, code=str(response.status)).inc()
         raw = response.read()
         if not 200 <= response.status <= 299:
-            raise _error(response.status, raw)
+            raise _error(response.status, raw, response.getheader("Retry-After"))
         return json.loads(raw) if raw else None
 
     async def _run(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -127,16 +136,26 @@ class Kube:
         except NotFound:
             return False
 
-    def stream(self, path: str, query: Mapping[str, str], *, timeout: float) -> Iterator[JSON]:
-        """Blocking: yield the JSON lines of a watch. Run it in a thread (see kube.watch)."""
+    def stream(
+        self, path: str, query: Mapping[str, str], *, timeout: float, on_connected: Callable[[], None] | None = None
+    ) -> Iterator[JSON]:
+        """Blocking: yield the JSON lines of a watch. Run it in a thread (see kube.watch).
+        `on_connected` is called once the server accepted the watch (200), before the first event."""
         headers = {"Accept": "application/json"}
         request = self._api.param_serialize(
             method="GET", resource_path=path, query_params=list(query.items()),
             header_params=headers, auth_settings=["BearerToken"],
         )
-        response = self._api.call_api(*request, _request_timeout=(10, timeout))
+        try:
+            response = self._api.call_api(*request, _request_timeout=(10, timeout))
+        except Exception:
+            KUBE_REQUESTS.labels(verb="WATCH", code="error").inc()
+            raise
+        KUBE_REQUESTS.labels(verb="WATCH", code=str(response.status)).inc()
         if not 200 <= response.status <= 299:
-            raise _error(response.status, response.read())
+            raise _error(response.status, response.read(), response.getheader("Retry-After"))
+        if on_connected is not None:
+            on_connected()
         urllib3_response = response.response
         try:
             buffer = b""
@@ -166,7 +185,7 @@ def load_configuration(kubeconfig: str | None = None) -> kubernetes.client.Confi
     return configuration
 
 
-def _error(status: int, raw: bytes) -> KubeError:
+def _error(status: int, raw: bytes, retry_after: str | None = None) -> KubeError:
     try:
         payload = json.loads(raw)
         reason, message = payload.get("reason", ""), payload.get("message", "")
@@ -176,7 +195,15 @@ def _error(status: int, raw: bytes) -> KubeError:
         return NotFound(status, reason, message)
     if status == 409:
         return Conflict(status, reason, message)
-    return KubeError(status, reason, message)
+    return KubeError(status, reason, message, retry_after=_seconds(retry_after))
+
+
+def _seconds(header: str | None) -> float | None:
+    """Retry-After in seconds (the API server sends integers; an HTTP date is not used by it)."""
+    try:
+        return max(0.0, float(header)) if header else None
+    except ValueError:
+        return None
 
 
 # --- paths --------------------------------------------------------------------------------------

@@ -4,19 +4,30 @@ kopf's watches send no label selector and keep per-object memory for everything 
 watches our CRDs. For the Secrets we create, this watch asks the API server for just the labelled ones,
 keeps no copies, and hands each change to a callback. It lists once to learn a resourceVersion, then
 watches from there (with bookmarks), relisting on 410 Gone, and backs off on errors.
+
+Health: `healthy` is True only while the API server has accepted a watch request; `unhealthy_for()`
+says for how long it has not been, which the liveness probe compares with a threshold (a watch that
+reconnects within seconds after an API server restart is normal; one that cannot for minutes is not).
+Backoff after errors is exponential with jitter, capped, and never shorter than a Retry-After.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from ..metrics import WATCH_HEALTHY, WATCH_RESTARTS
 from .client import Kube, KubeError
 
 log = logging.getLogger(__name__)
+
+#: A watch that the server ends sooner than this counts as a failure for backoff purposes.
+_MIN_STREAM_SECONDS = 1.0
 
 Handler = Callable[[str, dict[str, Any]], Awaitable[None] | None]
 
@@ -38,7 +49,31 @@ class LabelSelectedWatch:
         self._handler = handler
         self._timeout = timeout_seconds
         self._max_backoff = max_backoff
-        self.healthy = False  # True while a watch stream is established (exposed through the probes)
+        self._resource = path.rsplit("/", 1)[-1]  # metric label: "secrets" (never a namespace or name)
+        self._unhealthy_since: float | None = time.monotonic()
+        self._healthy_gauge = WATCH_HEALTHY.labels(resource=self._resource)
+        self._healthy_gauge.set(0)
+
+    def __str__(self) -> str:
+        return f"{self._path}?labelSelector={self._selector}"
+
+    @property
+    def healthy(self) -> bool:
+        """True while a watch stream is established (exposed through the liveness probe)."""
+        return self._unhealthy_since is None
+
+    def unhealthy_for(self, now: float | None = None) -> float:
+        """Seconds since the watch was last connected (0 while it is)."""
+        if self._unhealthy_since is None:
+            return 0.0
+        return (time.monotonic() if now is None else now) - self._unhealthy_since
+
+    def _set_healthy(self, healthy: bool) -> None:
+        if healthy:
+            self._unhealthy_since = None
+        elif self._unhealthy_since is None:
+            self._unhealthy_since = time.monotonic()
+        self._healthy_gauge.set(1 if healthy else 0)
 
     async def run(self) -> None:
         backoff = 0.5
@@ -48,23 +83,43 @@ class LabelSelectedWatch:
                 if resource_version is None:
                     listing = await self._kube.list(self._path, label_selector=self._selector)
                     resource_version = listing["metadata"]["resourceVersion"]
+                started = time.monotonic()
                 resource_version = await self._stream(resource_version)
-                backoff = 0.5
+                WATCH_RESTARTS.labels(resource=self._resource, reason="timeout").inc()
+                if time.monotonic() - started < _MIN_STREAM_SECONDS:
+                    # A server (or proxy) that ends every watch at once must not make us spin.
+                    await asyncio.sleep(self._delay(backoff, None))
+                    backoff = min(backoff * 2, self._max_backoff)
+                else:
+                    backoff = 0.5
             except asyncio.CancelledError:
                 raise
             except KubeError as exc:
-                self.healthy = False
+                self._set_healthy(False)
                 if exc.status == 410:
+                    WATCH_RESTARTS.labels(resource=self._resource, reason="expired").inc()
                     resource_version = None  # expired: relist
                     continue
-                log.warning("watch %s failed (%s); retrying in %.1fs", self._path, exc.reason or exc.status, backoff)
-                await asyncio.sleep(backoff)
+                WATCH_RESTARTS.labels(resource=self._resource, reason="error").inc()
+                delay = self._delay(backoff, exc.retry_after)
+                log.warning("watch %s failed (%s %s); retrying in %.1fs", self._path, exc.status, exc.reason, delay)
+                await asyncio.sleep(delay)
                 backoff = min(backoff * 2, self._max_backoff)
             except Exception as exc:  # connection reset, API server restart, ...
-                self.healthy = False
-                log.warning("watch %s interrupted (%s); retrying in %.1fs", self._path, type(exc).__name__, backoff)
-                await asyncio.sleep(backoff)
+                self._set_healthy(False)
+                WATCH_RESTARTS.labels(resource=self._resource, reason="error").inc()
+                delay = self._delay(backoff, None)
+                log.warning("watch %s interrupted (%s); retrying in %.1fs", self._path, type(exc).__name__, delay)
+                await asyncio.sleep(delay)
                 backoff = min(backoff * 2, self._max_backoff)
+
+    def _delay(self, backoff: float, retry_after: float | None) -> float:
+        """Full-jitter-ish backoff (so replicas and watches do not reconnect in lockstep), at least the
+        server's Retry-After, at most max_backoff (or the Retry-After if that is longer)."""
+        delay = backoff * random.uniform(0.75, 1.25)
+        if retry_after is not None:
+            delay = max(delay, retry_after)
+        return delay
 
     async def _stream(self, resource_version: str) -> str | None:
         """Stream events until the server closes the watch. Returns the resourceVersion to resume from."""
@@ -79,9 +134,12 @@ class LabelSelectedWatch:
             "timeoutSeconds": str(self._timeout),
         }
 
+        def connected() -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, ("connected", None))
+
         def pump() -> None:
             try:
-                for event in self._kube.stream(self._path, query, timeout=self._timeout + 30):
+                for event in self._kube.stream(self._path, query, timeout=self._timeout + 30, on_connected=connected):
                     if stop.is_set():
                         return
                     loop.call_soon_threadsafe(queue.put_nowait, ("event", event))
@@ -91,10 +149,12 @@ class LabelSelectedWatch:
 
         thread = threading.Thread(target=pump, name=f"watch{self._path}", daemon=True)
         thread.start()
-        self.healthy = True
         try:
             while True:
                 kind, item = await queue.get()
+                if kind == "connected":
+                    self._set_healthy(True)
+                    continue
                 if kind == "end":
                     return resource_version
                 if kind == "error":
