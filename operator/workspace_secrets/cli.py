@@ -51,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--watch-unhealthy-threshold", type=float, default=60.0,
                          help="seconds a Secret watch may stay disconnected before the liveness probe fails")
         cmd.add_argument("--api-concurrency", type=int, default=16, help="parallel Kubernetes API requests")
+        cmd.add_argument("--api-qps", type=float, default=50.0,
+                         help="steady rate of the operator's own API requests (kopf's are separate); 0: unlimited")
+        cmd.add_argument("--api-burst", type=int, default=100, help="requests allowed in a burst above --api-qps")
         cmd.add_argument("--workers", type=int, default=4, help="workers for watch- and resync-driven reconciles")
         cmd.add_argument("--resync-interval", type=float, default=300.0, help="seconds between safety-net resyncs")
     return parser
@@ -88,6 +91,8 @@ def _run(args: argparse.Namespace) -> int:
         namespaces=tuple(args.namespaces),
         kubeconfig=args.kubeconfig,
         api_concurrency=args.api_concurrency,
+        api_qps=args.api_qps,
+        api_burst=args.api_burst,
         secret_workers=args.workers,
         resync_interval=args.resync_interval,
         watch_unhealthy_threshold=args.watch_unhealthy_threshold,

@@ -10,6 +10,8 @@ class OperatorConfig:
     namespaces: tuple[str, ...] = ()  # empty: cluster-wide
     kubeconfig: str | None = None
     api_concurrency: int = 16  # parallel API requests (thread pool + connection pool size)
+    api_qps: float = 50.0  # client-side pacing of our own API requests (0: unlimited) ...
+    api_burst: int = 100  # ... with bursts up to this many
     secret_workers: int = 4  # reconciles driven by the Secret watch and resyncs
     resync_interval: float = 300.0  # seconds between safety-net resyncs of every WorkspaceSecret
     # Liveness: the probe fails once a Secret watch has been disconnected for longer than this. Not 0:

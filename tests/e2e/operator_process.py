@@ -14,6 +14,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -24,7 +27,10 @@ def free_port() -> int:
 
 
 class OperatorProcess:
+    _instances: weakref.WeakSet[OperatorProcess] = weakref.WeakSet()
+
     def __init__(self, kubeconfig: str, log_dir: Path, *extra_args: str, env: dict[str, str] | None = None) -> None:
+        OperatorProcess._instances.add(self)
         self.kubeconfig = kubeconfig
         self.log_dir = log_dir
         self.extra_args = extra_args
@@ -99,3 +105,27 @@ class OperatorProcess:
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log_since_last_start(self) -> str:
+        text = self.log_text()
+        marker = f"===== operator start #{self.starts} ====="
+        return text[text.rfind(marker) + len(marker):] if marker in text else text
+
+
+@contextmanager
+def other_operators_stopped(*keep: OperatorProcess) -> Iterator[None]:
+    """Stop every running operator process (e.g. the session's shared one) except `keep`, and start
+    them again afterwards: for tests whose operators must be the only ones acting on the cluster."""
+    stopped = [p for p in list(OperatorProcess._instances) if p.running and p not in keep]
+    for process in stopped:
+        process.stop()
+    try:
+        yield
+    finally:
+        for process in stopped:
+            if not process.running:
+                process.start()

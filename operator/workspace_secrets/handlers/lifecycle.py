@@ -65,7 +65,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     active = asyncio.Event()
     if config.peering is None:
         active.set()
-    kube = Kube.from_environment(kubeconfig=config.kubeconfig, max_concurrency=config.api_concurrency)
+    kube = Kube.from_environment(kubeconfig=config.kubeconfig, max_concurrency=config.api_concurrency,
+                                 qps=config.api_qps, burst=config.api_burst)
     queue: WorkQueue
     controller = WorkspaceSecretController(kube, EventRecorder(kube), requeue=lambda key, delay: queue.add_after(key, delay))
     queue = WorkQueue(lambda key: controller.reconcile_by_name(*key), workers=config.secret_workers,

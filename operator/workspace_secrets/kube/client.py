@@ -20,6 +20,7 @@ from urllib.parse import quote
 import kubernetes
 
 from ..metrics import KUBE_REQUESTS
+from .ratelimit import RateLimiter
 
 JSON = dict[str, Any]
 MERGE_PATCH = "application/merge-patch+json"
@@ -48,18 +49,23 @@ class Conflict(KubeError):
 class Kube:
     """Async JSON access to the API server. One instance per operator process."""
 
-    def __init__(self, api_client: kubernetes.client.ApiClient, *, max_concurrency: int = 16) -> None:
+    def __init__(
+        self, api_client: kubernetes.client.ApiClient, *, max_concurrency: int = 16, qps: float = 50, burst: int = 100
+    ) -> None:
         self._api = api_client
         # urllib3 keeps one pool per host; size it for our concurrency so connections are reused.
         api_client.rest_client.pool_manager.connection_pool_kw["maxsize"] = max_concurrency
         self._executor = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="kube")
+        self._limiter = RateLimiter(qps, burst)
 
     @classmethod
-    def from_environment(cls, *, kubeconfig: str | None = None, max_concurrency: int = 16) -> Kube:
+    def from_environment(
+        cls, *, kubeconfig: str | None = None, max_concurrency: int = 16, qps: float = 50, burst: int = 100
+    ) -> Kube:
         """In-cluster config when running in a pod, else the kubeconfig (KUBECONFIG or ~/.kube/config)."""
         configuration = load_configuration(kubeconfig)
         configuration.connection_pool_maxsize = max_concurrency
-        return cls(kubernetes.client.ApiClient(configuration), max_concurrency=max_concurrency)
+        return cls(kubernetes.client.ApiClient(configuration), max_concurrency=max_concurrency, qps=qps, burst=burst)
 
     @property
     def configuration(self) -> kubernetes.client.Configuration:
@@ -103,8 +109,14 @@ class Kube:
         return json.loads(raw) if raw else None
 
     async def _run(self, method: str, path: str, **kwargs: Any) -> Any:
+        await self._limiter.acquire()
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: self._call(method, path, **kwargs))
+        try:
+            return await loop.run_in_executor(self._executor, lambda: self._call(method, path, **kwargs))
+        except KubeError as exc:
+            if exc.status in (429, 503) and exc.retry_after:
+                self._limiter.hold(exc.retry_after)
+            raise
 
     # --- verbs ----------------------------------------------------------------------------------
     async def get(self, path: str) -> JSON | None:
