@@ -240,24 +240,30 @@ def test_throttling_and_errors_back_off_without_a_hot_loop_and_converge(api, clu
     try:
         with other_operators_stopped():
             operator.start()
+            # Bound workspaces (the Pods exist): an unbound object is re-checked every few seconds,
+            # which would blur the request counts this test is about.
             for i in range(6):
-                api.create_ws(namespace, f"base-{i}", spec(f"u{i % 3}"))
+                api.create_pod(namespace, f"pod-base-{i}")
+                api.create_ws(namespace, f"base-{i}", spec(f"u{i % 3}", workspace=f"pod-base-{i}"))
             wait_for(lambda: all_ready(api, namespace, {f"base-{i}" for i in range(6)}), timeout=60, what="baseline Ready")
             baseline_start = time.monotonic()
-            time.sleep(5)
-            idle_rate = len(proxy.requests_between(baseline_start, time.monotonic())) / 5
+            time.sleep(3)
+            idle = proxy.requests_between(baseline_start, time.monotonic())
+            idle_rate = len(idle) / 3
+            print(f"\nidle: {proxy.breakdown(idle)}")
 
             rates = {}
             for label, fault in (
                 ("429", Fault(429, fraction=1.0, retry_after=2)),
                 ("500", Fault(500, fraction=0.7)),
             ):
-                window = 10.0
+                window = 8.0
                 with proxy.failing(fault):
                     start = time.monotonic()
                     # Work arrives during the fault: new objects and a tampered Secret.
                     for i in range(4):
-                        api.create_ws(namespace, f"f{label}-{i}", spec(f"u{i % 3}"))
+                        api.create_pod(namespace, f"pod-f{label}-{i}")
+                        api.create_ws(namespace, f"f{label}-{i}", spec(f"u{i % 3}", workspace=f"pod-f{label}-{i}"))
                     api.core.patch_namespaced_secret("base-0", namespace, {"metadata": {"labels": {"tampered": label}}})
                     import base64
                     api.core.patch_namespaced_secret("base-0", namespace, {"data": {c.KEY_KNOWN_HOSTS: base64.b64encode(label.encode()).decode()}})
@@ -265,15 +271,17 @@ def test_throttling_and_errors_back_off_without_a_hot_loop_and_converge(api, clu
                     end = time.monotonic()
                 during = proxy.requests_between(start, end)
                 per_second = Counter(int(r.at - start) for r in during)
-                rates[label] = (len(during) / window, max(per_second.values(), default=0))
+                rates[label] = (len(during) / window, max(per_second.values(), default=0))  # (average, peak) per second
                 injected = sum(r.injected for r in during)
                 print(f"{label}: {len(during)} requests in {window:.0f}s ({injected} failed by the proxy), "
-                      f"peak {rates[label][1]}/s; idle rate {idle_rate:.1f}/s")
+                      f"peak {rates[label][1]}/s; idle rate {idle_rate:.1f}/s; {proxy.breakdown(during)}")
                 # Still trying (no give-up) ...
                 assert any(r.at > start + window / 2 for r in during), "the operator stopped retrying"
-                # ... but backing off: no hot loop.
-                assert len(during) / window < 8, f"{label}: {len(during)} requests in {window}s is a hot loop"
-                assert rates[label][1] < 25, f"{label}: a burst of {rates[label][1]} requests in one second"
+                # ... but backing off: no hot loop. (Our client alone is paced at 50 requests/s, and kopf
+                # retries without a cap on its rate: either spinning would blow through these bounds.)
+                second_half = [r for r in during if r.at >= start + window / 2]
+                assert len(during) / window < 12, f"{label}: {len(during)} requests in {window}s: {proxy.breakdown(during)}"
+                assert len(second_half) / (window / 2) < 8, f"{label}: still {len(second_half)} requests in the last {window / 2}s: {proxy.breakdown(second_half)}"
                 # Converges once the fault is over (bounded backoff: within the backoff cap, not minutes).
                 names = {f"f{label}-{i}" for i in range(4)} | {f"base-{i}" for i in range(6)}
                 wait_for(lambda: all_ready(api, namespace, names), timeout=60, interval=1, what=f"Ready after the {label} window")
@@ -317,8 +325,10 @@ def test_two_replicas_with_peering_one_acts_and_the_other_takes_over(api, cluste
                 api.create_ws(namespace, f"p-{i}", spec(f"peer{i % 2}"))
             wait_for(lambda: all_ready(api, namespace, {"p-4", "p-5"}), timeout=60, what="Ready after failover")
             print(f"failover: new objects Ready {time.monotonic() - killed:.1f}s after the active replica was killed")
-            assert metric(second.metrics(), "wso_peering_active") == 1
+            # Our own work (Secret watch reactions, resyncs) resumes with kopf: within the gate's poll interval.
+            wait_for(lambda: metric(second.metrics(), "wso_peering_active") == 1, timeout=10, what="the second replica's gate open")
             assert {"p-4", "p-5"} <= _reconciled_objects(second.log_since_last_start(), namespace)
+            _tamper_and_expect_repair(api, namespace, "p-0")  # drift repair: our Secret watch acts on the new active replica
     finally:
         for process in (first, second):
             process.stop()

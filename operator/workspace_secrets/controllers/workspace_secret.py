@@ -32,11 +32,11 @@ log = logging.getLogger(__name__)
 KEY_SOURCE_GENERATED = "Generated"
 KEY_SOURCE_EXISTING = "Existing"
 
-#: How often an unbound WorkspaceSecret looks for its workspace: often while it is young (the
-#: workspace is usually created right after it), rarely once it has waited a while.
-BIND_RECHECK_SECONDS = 5.0
-BIND_RECHECK_SLOW_SECONDS = 30.0
-BIND_RECHECK_SLOW_AFTER_SECONDS = 600.0
+#: How often an unbound WorkspaceSecret looks for its workspace, by its age: often while it is young
+#: (the workspace is usually created right after it), rarely once it has waited a while -- each look is
+#: a full reconcile (a few GETs), so thousands of forever-unbound objects must not poll every 5 s.
+BIND_RECHECK_SCHEDULE = ((120.0, 5.0), (600.0, 15.0))  # (age below, re-check every)
+BIND_RECHECK_SLOWEST = 60.0
 
 Requeue = Callable[[tuple[str, str], float], None]
 
@@ -151,8 +151,8 @@ class WorkspaceSecretController:
     def _recheck_binding(self, body: Mapping[str, Any], ws: WorkspaceSecret) -> None:
         if self._requeue is None:
             return
-        age = _age_seconds(body["metadata"].get("creationTimestamp"), self._clock())
-        delay = BIND_RECHECK_SECONDS if age is None or age < BIND_RECHECK_SLOW_AFTER_SECONDS else BIND_RECHECK_SLOW_SECONDS
+        age = _age_seconds(body["metadata"].get("creationTimestamp"), self._clock()) or 0.0
+        delay = next((every for below, every in BIND_RECHECK_SCHEDULE if age < below), BIND_RECHECK_SLOWEST)
         self._requeue((ws.namespace, ws.name), delay)
 
     # --- the key --------------------------------------------------------------------------------
