@@ -37,8 +37,8 @@ class RateLimiter:
             return 0.0  # unlimited
         self._tokens = min(self._burst, self._tokens + (now - self._updated) * self._qps)
         self._updated = now
-        if self._tokens >= 1:
-            self._tokens -= 1
+        if self._tokens >= 1 - 1e-9:  # (float sums of elapsed time land a hair below 1)
+            self._tokens = max(0.0, self._tokens - 1)
             return 0.0
         return (1 - self._tokens) / self._qps
 

@@ -1,0 +1,164 @@
+"""Unit tests for the reliability pieces: the peering rule, request pacing, the work queue's delays and
+pause, and the control plane's restart bookkeeping. No cluster, no network."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from workspace_secrets.controllers.workqueue import WorkQueue
+from workspace_secrets.domain import peering
+from workspace_secrets.kube.client import KubeError
+from workspace_secrets.kube.ratelimit import RateLimiter
+from workspace_secrets.testing.controlplane import ControlPlaneError, ProcessRecord, RunRecord, _flag
+
+NOW = datetime(2026, 11, 29, 12, 0, tzinfo=timezone.utc)
+
+
+def keepalive(priority: int, seen_ago: float, lifetime: int = 60) -> dict:
+    return {"priority": priority, "lifetime": lifetime, "lastseen": (NOW - timedelta(seconds=seen_ago)).isoformat()}
+
+
+# --- peering: kopf's rule --------------------------------------------------------------------------
+def test_alone_or_above_every_live_peer_is_active():
+    assert peering.is_active({}, "me", 10, NOW)
+    assert peering.is_active({"me": keepalive(10, 1)}, "me", 10, NOW)
+    assert peering.is_active({"me": keepalive(10, 1), "other": keepalive(5, 1)}, "me", 10, NOW)
+
+
+def test_a_live_peer_with_a_higher_or_equal_priority_pauses_us():
+    assert not peering.is_active({"other": keepalive(11, 1)}, "me", 10, NOW)
+    # kopf pauses *all* replicas of the same priority: hence distinct (auto) priorities.
+    assert not peering.is_active({"other": keepalive(10, 1)}, "me", 10, NOW)
+
+
+def test_a_peer_whose_keepalive_expired_is_dead():
+    assert peering.is_active({"other": keepalive(99, 61, lifetime=60)}, "me", 10, NOW)
+    assert not peering.is_active({"other": keepalive(99, 59, lifetime=60)}, "me", 10, NOW)
+
+
+def test_unreadable_entries_are_ignored():
+    assert peering.is_active({"other": {"priority": 99}, "junk": "x"}, "me", 10, NOW)
+
+
+def test_auto_priority_prefers_the_earliest_started_replica():
+    rng = random.Random(1)
+    earlier = peering.auto_priority(NOW, rng)
+    later = peering.auto_priority(NOW + timedelta(milliseconds=1), rng)
+    assert earlier > later
+    assert earlier < 2**53  # exact in JSON
+
+
+# --- request pacing -----------------------------------------------------------------------------------
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_token_bucket_allows_a_burst_then_the_steady_rate():
+    clock = FakeClock()
+    limiter = RateLimiter(qps=10, burst=3, clock=clock)
+    assert [limiter.delay() for _ in range(3)] == [0, 0, 0]
+    assert limiter.delay() == pytest.approx(0.1)
+    clock.now += 0.1
+    assert limiter.delay() == 0
+
+
+def test_retry_after_holds_every_caller():
+    clock = FakeClock()
+    limiter = RateLimiter(qps=0, burst=1, clock=clock)  # unlimited rate, but...
+    limiter.hold(2.0)
+    assert limiter.delay() == pytest.approx(2.0)
+    limiter.hold(1.0)  # a shorter hold never shortens the current one
+    assert limiter.delay() == pytest.approx(2.0)
+    clock.now += 2.0
+    assert limiter.delay() == 0
+
+
+# --- the work queue -----------------------------------------------------------------------------------
+def test_add_after_keeps_only_the_earliest_schedule():
+    async def scenario() -> list[str]:
+        done: list[str] = []
+
+        async def work(key):
+            done.append(key)
+
+        queue = WorkQueue(work, workers=1)
+        queue.start()
+        queue.add_after("a", 0.05)
+        queue.add_after("a", 0.01)  # earlier: replaces
+        queue.add_after("a", 10)  # later: ignored
+        await asyncio.sleep(0.2)
+        await queue.stop()
+        return done
+
+    assert asyncio.run(scenario()) == ["a"]
+
+
+def test_a_paused_queue_takes_nothing_until_resumed():
+    async def scenario() -> tuple[list[str], list[str]]:
+        done: list[str] = []
+
+        async def work(key):
+            done.append(key)
+
+        active = asyncio.Event()
+        queue = WorkQueue(work, workers=2, active=active)
+        queue.start()
+        queue.add("a")
+        queue.add("b")
+        queue.add("a")  # deduplicated while waiting
+        await asyncio.sleep(0.05)
+        paused = list(done)
+        active.set()
+        await asyncio.sleep(0.05)
+        await queue.stop()
+        return paused, sorted(done)
+
+    assert asyncio.run(scenario()) == ([], ["a", "b"])
+
+
+def test_failures_back_off_and_honour_retry_after():
+    async def scenario() -> list[float]:
+        attempts: list[float] = []
+        loop = asyncio.get_running_loop()
+
+        async def work(key):
+            attempts.append(loop.time())
+            if len(attempts) == 1:
+                raise KubeError(429, "TooManyRequests", "slow down", retry_after=0.3)
+
+        queue = WorkQueue(work, workers=1, max_backoff=0.05)  # the backoff alone would retry after 0.05 s
+        queue.start()
+        queue.add("k")
+        await asyncio.sleep(0.6)
+        await queue.stop()
+        return attempts
+
+    attempts = asyncio.run(scenario())
+    assert len(attempts) == 2
+    assert attempts[1] - attempts[0] >= 0.29  # the server's Retry-After won over the shorter backoff
+
+
+# --- the control plane's restart bookkeeping -------------------------------------------------------------
+def test_run_records_keep_commands_and_old_records_still_load():
+    record = RunRecord("r1", "/tmp/w", True, False, 1, None, "/bin", processes=[ProcessRecord("etcd", 5, "/bin/etcd")],
+                       commands={"etcd": ["--listen-client-urls=http://127.0.0.1:2379"]})
+    again = RunRecord.from_json(record.to_json())
+    assert again.commands == record.commands and again.processes == record.processes
+    legacy = json.loads(record.to_json())
+    del legacy["commands"]  # written by a launcher without restart support
+    assert RunRecord.from_json(json.dumps(legacy)).commands == {}
+
+
+def test_flag_reads_a_recorded_argument():
+    assert _flag(["--a=1", "--secure-port=6443"], "--secure-port") == "6443"
+    with pytest.raises(ControlPlaneError):
+        _flag(["--a=1"], "--secure-port")
