@@ -49,6 +49,9 @@ class Fault:
     fraction: float = 1.0  # share of matching requests that fail
     retry_after: int | None = None  # seconds, sent as Retry-After (429)
     match: Callable[[str, str], bool] = lambda method, path: True
+    #: Fail watches the way an API server in trouble sometimes does: 200, then an ERROR event in the
+    #: stream (with `status` as its code). Other requests pass.
+    watch_error: bool = False
 
 
 class FaultProxy:
@@ -127,10 +130,10 @@ class FaultProxy:
             except OSError:
                 pass
 
-    def decide(self, method: str, path: str) -> Fault | None:
+    def decide(self, method: str, path: str, watch: bool) -> Fault | None:
         with self._lock:
             fault = self._fault
-            if fault is None or not fault.match(method, path):
+            if fault is None or not fault.match(method, path) or (fault.watch_error and not watch):
                 return None
             return fault if self._rng.random() < fault.fraction else None
 
@@ -183,7 +186,7 @@ class _Handler(BaseHTTPRequestHandler):
         path, _, query = self.path.partition("?")
         watch = "watch=true" in query or "watch=1" in query
         client = "kopf" if "kopf" in (self.headers.get("User-Agent") or "").lower() else "operator"
-        fault = self.owner.decide(self.command, path)
+        fault = self.owner.decide(self.command, path, watch)
         if fault is not None:
             self._inject(fault)
             self.owner.record(Request(time.monotonic(), self.command, path, watch, fault.status, True, client))
@@ -224,6 +227,14 @@ class _Handler(BaseHTTPRequestHandler):
                    "message": f"injected by the e2e fault proxy ({fault.status})"}
         if fault.retry_after is not None:
             payload["details"] = {"retryAfterSeconds": fault.retry_after}
+        if fault.watch_error:
+            data = json.dumps({"type": "ERROR", "object": payload}).encode() + b"\n"
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
         data = json.dumps(payload).encode()
         self.send_response(fault.status)
         self.send_header("Content-Type", "application/json")

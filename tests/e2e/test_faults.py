@@ -236,7 +236,8 @@ def test_operator_recovers_its_watches_after_apiserver_and_etcd_restarts(api, cl
 def test_throttling_and_errors_back_off_without_a_hot_loop_and_converge(api, cluster, namespace, tmp_path):
     pki = cluster.control_plane.pki
     proxy = FaultProxy(cluster.control_plane.server, pki.ca_cert, pki.admin_cert, pki.admin_key, tmp_path / "proxy").start()
-    operator = new_operator(cluster, tmp_path, "op", "--namespace", namespace, kubeconfig=str(proxy.kubeconfig))
+    operator = new_operator(cluster, tmp_path, "op", "--namespace", namespace, "--watch-unhealthy-threshold", "4",
+                            kubeconfig=str(proxy.kubeconfig))
     try:
         with other_operators_stopped():
             operator.start()
@@ -282,12 +283,26 @@ def test_throttling_and_errors_back_off_without_a_hot_loop_and_converge(api, clu
                 second_half = [r for r in during if r.at >= start + window / 2]
                 assert len(during) / window < 12, f"{label}: {len(during)} requests in {window}s: {proxy.breakdown(during)}"
                 assert len(second_half) / (window / 2) < 8, f"{label}: still {len(second_half)} requests in the last {window / 2}s: {proxy.breakdown(second_half)}"
+                if fault.retry_after:
+                    # Every client waits as long as it was told: at most one try per Retry-After per stream.
+                    per_stream = Counter((r.client, r.method, r.watch, r.path) for r in during)
+                    assert max(per_stream.values()) <= window / fault.retry_after + 1, proxy.breakdown(during)
                 # Converges once the fault is over (bounded backoff: within the backoff cap, not minutes).
                 names = {f"f{label}-{i}" for i in range(4)} | {f"base-{i}" for i in range(6)}
                 wait_for(lambda: all_ready(api, namespace, names), timeout=60, interval=1, what=f"Ready after the {label} window")
                 wait_for(lambda: api.secret_data(namespace, "base-0")[c.KEY_KNOWN_HOSTS] != label.encode(),
                          timeout=60, interval=1, what=f"drift repaired after the {label} window")
-            assert operator.running
+            assert operator.running and operator.healthy()
+
+            # A failure kopf does not retry -- an ERROR event in its watch stream -- ends kopf's orchestrator,
+            # and with it the process (a Pod restarts it): no half-alive operator that no longer sees
+            # new WorkspaceSecrets while its liveness endpoint still answers 200.
+            def kopf_watch(method: str, path: str) -> bool:
+                return path.endswith(f"/{c.WORKSPACE_SECRET_PLURAL}")
+            with proxy.failing(Fault(500, watch_error=True, match=kopf_watch)):
+                wait_for(lambda: not operator.running, timeout=30, interval=0.5, what="the operator to exit")
+            assert "Error in the watch-stream" in operator.log_text()
+            assert not operator.healthy()
     finally:
         operator.stop()
         proxy.stop()

@@ -162,3 +162,17 @@ def test_flag_reads_a_recorded_argument():
     assert _flag(["--a=1", "--secure-port=6443"], "--secure-port") == "6443"
     with pytest.raises(ControlPlaneError):
         _flag(["--a=1"], "--secure-port")
+
+
+def test_consecutive_failures_hold_everyone_longer_until_a_success():
+    clock = FakeClock()
+    limiter = RateLimiter(qps=0, burst=1, clock=clock, base_hold=0.25, max_hold=1.0)
+    holds = []
+    for _ in range(4):
+        limiter.failed()
+        holds.append(round(limiter.delay(), 3))
+        clock.now += holds[-1]
+    assert holds == [0.25, 0.5, 1.0, 1.0]  # doubling, capped
+    limiter.succeeded()
+    limiter.failed()
+    assert limiter.delay() == pytest.approx(0.25)  # reset by the success

@@ -164,3 +164,4 @@ async def secret_watch_health(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
             f"Secret watch disconnected for longer than {config.watch_unhealthy_threshold:.0f}s: {failing}"
         )
     return {"connected": not down, "disconnectedSeconds": down}
+

@@ -112,11 +112,20 @@ class Kube:
         await self._limiter.acquire()
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._executor, lambda: self._call(method, path, **kwargs))
+            result = await loop.run_in_executor(self._executor, lambda: self._call(method, path, **kwargs))
         except KubeError as exc:
-            if exc.status in (429, 503) and exc.retry_after:
-                self._limiter.hold(exc.retry_after)
+            if exc.status == 429 or exc.status >= 500:
+                self._limiter.failed()
+                if exc.retry_after:
+                    self._limiter.hold(exc.retry_after)
+            else:
+                self._limiter.succeeded()  # the server answered sanely (404, 409, 422, ...)
             raise
+        except Exception:
+            self._limiter.failed()  # no answer: refused, reset, timed out
+            raise
+        self._limiter.succeeded()
+        return result
 
     # --- verbs ----------------------------------------------------------------------------------
     async def get(self, path: str) -> JSON | None:
