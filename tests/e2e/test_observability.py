@@ -69,3 +69,21 @@ def test_json_logs_parse_and_carry_the_object_reference(api, cluster, namespace,
     # kopf's handler lines and the operator's own lines both carry it.
     assert any("reconcile-on-create" in r["message"] and "succeeded" in r["message"] for r in about)
     assert any(r["message"].startswith("Created Secret 'j1'") for r in about)
+
+
+def test_every_state_change_gets_an_event_with_a_stable_reason(api, namespace, wso_operator):
+    from workspace_secrets.domain.sshkeys import KeySpec, generate
+
+    spec = {"user": "eve", "workspaceRef": {"kind": "Pod", "name": "ws-eve"}, "ssh": {"existingSecretRef": {"name": "eve-key"}}}
+    api.create_ws(namespace, "ev", spec)
+    api.wait_condition(namespace, "ev", status="False", reason="ExistingKeyNotFound")
+    api.create_secret(namespace, "eve-key", {"ssh-privatekey": generate(KeySpec(), comment="eve").private_openssh.reveal()})
+    api.patch_ws(namespace, "ev", {"metadata": {"annotations": {"touch": "1"}}})  # the key Secret is not watched
+    api.wait_condition(namespace, "ev")
+    api.create_pod(namespace, "ws-eve")
+    api.wait_condition(namespace, "ev", type_="WorkspaceBound")
+    reasons = wait_for(lambda: (r := {e.reason for e in api.events_for(namespace, "ev")}) and "WorkspaceBound" in r and r,
+                       timeout=10, what="events")
+    # SecretReady is posted only on a False -> True change of Ready (Event timestamps have one-second
+    # resolution, so their order is not asserted).
+    assert {"ExistingKeyNotFound", "SecretCreated", "SecretReady", "WorkspaceBound"} <= reasons, reasons

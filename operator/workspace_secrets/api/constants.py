@@ -27,6 +27,10 @@ MANAGED_SELECTOR: Final = f"{LABEL_MANAGED_BY}={OPERATOR_NAME}"
 
 # Annotations a user or platform sets on a WorkspaceSecret.
 ANNOTATION_ROTATE_SSH_KEY: Final = f"{GROUP}/rotate-ssh-key"
+# The escape hatch for any finalizer the operator adds (see README, "Finalizers"): set to "true" on an
+# object stuck in deletion, the operator removes its finalizer without the external cleanup, records
+# that in an Event, and leaves whatever could not be cleaned up to a human.
+ANNOTATION_ABANDON_CLEANUP: Final = f"{GROUP}/abandon-cleanup"
 # Annotations the operator sets on the objects it creates (never a secret value).
 ANNOTATION_ROTATION_REQUEST: Final = f"{GROUP}/rotation-request"
 ANNOTATION_SSH_FINGERPRINT: Final = f"{GROUP}/ssh-key-fingerprint"

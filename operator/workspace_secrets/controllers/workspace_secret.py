@@ -341,6 +341,9 @@ class WorkspaceSecretController:
             await self._events.normal(ref, "SecretUpdated", f"Updated Secret {ws.secret_name!r} to match the spec (key {obs.key.fingerprint}).")  # type: ignore[union-attr]
         if obs.problem and previous.get("reason") != obs.problem.reason:
             await self._events.warning(ref, obs.problem.reason, obs.problem.message)
+        elif not obs.problem and previous.get("status") == "False":
+            # Recovered (a fixed key, a removed conflicting Secret): the state change gets its Event too.
+            await self._events.normal(ref, "SecretReady", f"Ready again (was {previous.get('reason')}): Secret {ws.secret_name!r} is up to date.")
         was_bound = bool((body.get("status") or {}).get("workspaceUID"))
         if obs.workspace_uid and not was_bound:
             r = ws.workspace_ref
