@@ -15,9 +15,10 @@ import os
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import kubernetes
+import urllib3
 
 JSON = dict[str, Any]
 MERGE_PATCH = "application/merge-patch+json"
@@ -47,7 +48,7 @@ class Kube:
     def __init__(self, api_client: kubernetes.client.ApiClient, *, max_concurrency: int = 16) -> None:
         self._api = api_client
         # urllib3 keeps one pool per host; size it for our concurrency so connections are reused.
-        api_client.rest_client.pool_manager.connection_pool_kw["maxsize"] = max_concurrency
+        api_client.rest_client.pool_manager.connection_pool_kw["maxsize"] = max_concurrency + 4
         self._executor = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="kube")
 
     @classmethod
@@ -66,7 +67,7 @@ class Kube:
         self._api.close()
 
     # --- plumbing -------------------------------------------------------------------------------
-    def _call(
+    def _request(
         self,
         method: str,
         path: str,
@@ -75,20 +76,33 @@ class Kube:
         body: Any = None,
         content_type: str | None = None,
         timeout: float | tuple[float, float] | None = 30,
+        stream: bool = False,
     ) -> Any:
-        headers = {"Accept": "application/json"}
+        """One HTTP request through the client's urllib3 pool (its TLS and client-certificate setup).
+
+        Only the pool and the Configuration's auth settings are used -- interfaces that are stable across
+        `kubernetes` releases, unlike the generated ApiClient's call signature."""
+        configuration = self._api.configuration
+        headers = {"Accept": "application/json", "User-Agent": self._api.user_agent}
+        for setting in configuration.auth_settings().values():  # calls the token refresh hook if any
+            if setting.get("in") == "header" and setting.get("value"):
+                headers[setting["key"]] = setting["value"]
+        payload = None
         if body is not None:
             headers["Content-Type"] = content_type or "application/json"
-        request = self._api.param_serialize(
-            method=method,
-            resource_path=path,
-            query_params=list((query or {}).items()),
-            header_params=headers,
-            body=body,
-            auth_settings=["BearerToken"],
+            payload = json.dumps(body).encode()
+        url = configuration.host.rstrip("/") + path
+        if query:
+            url += "?" + urlencode(query)
+        connect, read = timeout if isinstance(timeout, tuple) else (timeout, timeout)
+        return self._api.rest_client.pool_manager.request(
+            method, url, body=payload, headers=headers, preload_content=not stream,
+            timeout=urllib3.Timeout(connect=connect, read=read), retries=False,
         )
-        response = self._api.call_api(*request, _request_timeout=timeout)
-        raw = response.read()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._request(method, path, **kwargs)
+        raw = response.data
         if not 200 <= response.status <= 299:
             raise _error(response.status, raw)
         return json.loads(raw) if raw else None
@@ -129,25 +143,19 @@ class Kube:
 
     def stream(self, path: str, query: Mapping[str, str], *, timeout: float) -> Iterator[JSON]:
         """Blocking: yield the JSON lines of a watch. Run it in a thread (see kube.watch)."""
-        headers = {"Accept": "application/json"}
-        request = self._api.param_serialize(
-            method="GET", resource_path=path, query_params=list(query.items()),
-            header_params=headers, auth_settings=["BearerToken"],
-        )
-        response = self._api.call_api(*request, _request_timeout=(10, timeout))
-        if not 200 <= response.status <= 299:
-            raise _error(response.status, response.read())
-        urllib3_response = response.response
+        response = self._request("GET", path, query=query, timeout=(10, timeout), stream=True)
         try:
+            if not 200 <= response.status <= 299:
+                raise _error(response.status, response.read())
             buffer = b""
-            for chunk in urllib3_response.stream(amt=65536, decode_content=True):
+            for chunk in response.stream(amt=65536, decode_content=True):
                 buffer += chunk
                 *lines, buffer = buffer.split(b"\n")
                 for line in lines:
                     if line.strip():
                         yield json.loads(line)
         finally:
-            urllib3_response.release_conn()
+            response.release_conn()
 
 
 def load_configuration(kubeconfig: str | None = None) -> kubernetes.client.Configuration:
