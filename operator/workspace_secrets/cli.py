@@ -39,6 +39,11 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--api-concurrency", type=int, default=16, help="parallel Kubernetes API requests")
         cmd.add_argument("--workers", type=int, default=4, help="workers for watch- and resync-driven reconciles")
         cmd.add_argument("--resync-interval", type=float, default=300.0, help="seconds between safety-net resyncs")
+        cmd.add_argument("--sweep-interval", type=float, default=600.0, help="seconds between orphaned-credential sweeps")
+        cmd.add_argument("--providers-config", default=os.environ.get("WSO_PROVIDERS_CONFIG"),
+                         help="YAML file configuring dynamic-credential providers (see README)")
+        cmd.add_argument("--operator-namespace", default=os.environ.get("POD_NAMESPACE", "workspace-secrets-system"),
+                         help="namespace holding the providers' admin credential Secrets")
     return parser
 
 
@@ -63,12 +68,16 @@ def _run(args: argparse.Namespace) -> int:
         log_format={"plain": kopf.LogFormat.PLAIN, "json": kopf.LogFormat.JSON, "full": kopf.LogFormat.FULL}[args.log_format],
         log_refkey="object",
     )
+    _quiet_client_libraries()
     config = OperatorConfig(
         namespaces=tuple(args.namespaces),
         kubeconfig=args.kubeconfig,
         api_concurrency=args.api_concurrency,
         secret_workers=args.workers,
         resync_interval=args.resync_interval,
+        providers_config=args.providers_config,
+        sweep_interval=args.sweep_interval,
+        operator_namespace=args.operator_namespace,
     )
     asyncio.run(
         kopf.operator(
@@ -81,6 +90,13 @@ def _run(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+def _quiet_client_libraries() -> None:
+    """Provider SDKs log request and response bodies at DEBUG -- which include freshly minted secrets
+    (botocore logs CreateAccessKey's response). Never let them, whatever the operator's verbosity."""
+    for name in ("botocore", "boto3", "s3transfer", "urllib3", "google", "psycopg", "requests_oauthlib", "oauthlib"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _dev(args: argparse.Namespace) -> int:

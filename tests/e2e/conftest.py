@@ -28,6 +28,7 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
 from workspace_secrets.testing.controlplane import REPO_ROOT, ControlPlane, resolve_bin_dir
+from backends import ADMIN_NAMESPACE, Backends, Moto, providers_yaml
 from operator_process import OperatorProcess
 
 E2E_DIR = Path(__file__).resolve().parent
@@ -264,10 +265,42 @@ class RunningOperator:
 
 
 @pytest.fixture(scope="session")
-def wso_operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningOperator]:
+def credential_backends(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backends]:
+    """Provider servers for dynamic credentials, the admin credential Secrets in the operator's namespace,
+    and the operator's provider configuration file."""
+    workdir = tmp_path_factory.mktemp("backends")
+    moto = Moto.start(workdir)
+    try:
+        with cluster.api_client() as api:
+            core = k8s.CoreV1Api(api)
+            try:
+                core.create_namespace({"metadata": {"name": ADMIN_NAMESPACE}})
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+            secret = {"metadata": {"name": "aws-admin"},
+                      "stringData": {"AWS_ACCESS_KEY_ID": moto.admin_key_id, "AWS_SECRET_ACCESS_KEY": moto.admin_secret}}
+            try:
+                core.create_namespaced_secret(ADMIN_NAMESPACE, secret)
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+                core.replace_namespaced_secret("aws-admin", ADMIN_NAMESPACE, secret)
+        config_path = workdir / "providers.yaml"
+        config_path.write_text(providers_yaml(moto))
+        yield Backends(config_path, moto)
+    finally:
+        moto.stop()
+
+
+@pytest.fixture(scope="session")
+def wso_operator(cluster: Cluster, credential_backends: Backends, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningOperator]:
     """The real operator, run as a child process (see operator_process.py). Tests that stop it must
     restart it before they return; the fixture restarts it anyway if it is found dead."""
-    process = OperatorProcess(str(cluster.kubeconfig), tmp_path_factory.mktemp("operator"))
+    process = OperatorProcess(
+        str(cluster.kubeconfig), tmp_path_factory.mktemp("operator"),
+        "--providers-config", str(credential_backends.config_path), "--operator-namespace", ADMIN_NAMESPACE,
+    )
     process.start()
     try:
         yield RunningOperator(process, [str(cluster.tools["kubectl"]), "--kubeconfig", str(cluster.kubeconfig)])

@@ -27,9 +27,13 @@ MANAGED_SELECTOR: Final = f"{LABEL_MANAGED_BY}={OPERATOR_NAME}"
 
 # Annotations a user or platform sets on a WorkspaceSecret.
 ANNOTATION_ROTATE_SSH_KEY: Final = f"{GROUP}/rotate-ssh-key"
+ANNOTATION_ABANDON_CLEANUP: Final = f"{GROUP}/abandon-cleanup"  # "true": give up revoking credentials on delete
 # Annotations the operator sets on the objects it creates (never a secret value).
 ANNOTATION_ROTATION_REQUEST: Final = f"{GROUP}/rotation-request"
 ANNOTATION_SSH_FINGERPRINT: Final = f"{GROUP}/ssh-key-fingerprint"
+ANNOTATION_CREDENTIALS: Final = f"{GROUP}/credentials"  # ledger of issued credential ids (never values)
+COMPONENT_TOKEN_ANCHOR: Final = "token-anchor"
+FINALIZER_CREDENTIALS: Final = f"{GROUP}/revoke-credentials"
 
 # Keys of the workspace Secret (documented in the README and in the CRD's descriptions).
 KEY_SSH_PRIVATE: Final = "ssh-privatekey"  # kubernetes.io/ssh-auth's required key
@@ -43,3 +47,4 @@ DEFAULT_MOUNT_PATH: Final = "/var/run/workspace-secrets"
 CONDITION_READY: Final = "Ready"
 CONDITION_SSH_KEY_READY: Final = "SSHKeyReady"
 CONDITION_WORKSPACE_BOUND: Final = "WorkspaceBound"
+CONDITION_CREDENTIALS_READY: Final = "CredentialsReady"

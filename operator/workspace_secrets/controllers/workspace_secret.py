@@ -17,12 +17,14 @@ from typing import Any
 from ..api import constants as c
 from ..api.workspacesecret import WORKSPACE_KINDS, SpecError, WorkspaceSecret
 from ..domain import conditions as cond
+from ..domain.credentials import dump as ledger_dump
 from ..domain import sshkeys
 from ..domain import workspace_secret as policy
 from ..domain.naming import user_key_secret_name
 from ..domain.sshkeys import KeySpec, KeyType, SSHKeyPair
 from ..kube.client import Conflict, Kube, core_path, group_path
 from ..kube.events import EventRecorder
+from .credentials import CredentialManager, CredentialOutcome
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +45,20 @@ class ProblemFound(Exception):
 
 
 class WorkspaceSecretController:
-    def __init__(self, kube: Kube, events: EventRecorder, *, clock: Callable[[], datetime] = cond.utcnow) -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        events: EventRecorder,
+        *,
+        credentials: CredentialManager | None = None,
+        schedule: Callable[[str, str, float], None] | None = None,
+        clock: Callable[[], datetime] = cond.utcnow,
+    ) -> None:
         self._kube = kube
         self._events = events
         self._clock = clock
+        self.credentials = credentials or CredentialManager({}, clock=clock)
+        self._schedule = schedule or (lambda namespace, name, delay: None)
         self._locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = weakref.WeakValueDictionary()
         # resourceVersions of Secrets we wrote ourselves, so the Secret watch can skip our own echoes.
         self.written: dict[tuple[str, str], str] = {}
@@ -64,6 +76,33 @@ class WorkspaceSecretController:
             body = await self._kube.get(_ws_path(namespace, name))
             if body is not None:
                 await self._reconcile(body)
+
+    async def revoke_credentials(self, body: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+        """On deletion: revoke every credential of this WorkspaceSecret. Returns (revoked ids, errors)."""
+        ws = WorkspaceSecret.from_body(body)
+        existing = await self._kube.get(core_path(ws.namespace, "secrets", ws.secret_name))
+        if existing is not None and not policy.is_owned_by(existing, ws.uid):
+            existing = None
+        return await self.credentials.revoke_all(ws, existing)
+
+    async def finalize(self, body: Mapping[str, Any], *, attempt: int = 0) -> str | None:
+        """Deletion of a WorkspaceSecret with credentials. Returns None when done, else why not (retry)."""
+        ws = WorkspaceSecret.from_body(body)
+        ref = _ref(ws)
+        if ws.abandon_cleanup:
+            await self._events.warning(ref, "CleanupAbandoned", f"{c.ANNOTATION_ABANDON_CLEANUP}=true: credentials were NOT revoked; revoke them at the providers by hand (see status.credentials for their ids).")
+            return None
+        revoked, errors = await self.revoke_credentials(body)
+        if not errors:
+            if revoked:
+                await self._events.normal(ref, "CredentialsRevoked", f"Revoked {len(revoked)} credential(s) before deletion: {', '.join(revoked)}.")
+            return None
+        message = (f"Revocation failed (attempt {attempt + 1}), deletion waits and retries: {'; '.join(errors)}. "
+                   f"To give up, annotate {c.ANNOTATION_ABANDON_CLEANUP}=true.")
+        await self._write_status(body, ws, [cond.Condition(c.CONDITION_CREDENTIALS_READY, False, "RevocationFailed", message)])
+        if attempt == 0 or attempt % 5 == 0:
+            await self._events.warning(ref, "RevocationFailed", message)
+        return message
 
     async def names_for_user(self, namespace: str, user: str) -> list[str]:
         listing = await self._kube.list(group_path(c.API_VERSION, namespace, c.WORKSPACE_SECRET_PLURAL))
@@ -93,15 +132,30 @@ class WorkspaceSecretController:
 
         action: policy.SecretAction | None = None
         secret_data: Mapping[str, str] | None = None
+        creds: CredentialOutcome | None = None
         if key is not None:
-            action, secret_data, problem = await self._apply_secret(body, ws, key)
+            action, secret_data, problem, creds = await self._apply_secret(body, ws, key)
 
+        credential_problems: tuple[policy.Problem, ...] = ()
+        if creds is not None:
+            credential_problems = tuple(creds.problems)
+        elif ws.credentials:
+            credential_problems = (policy.Problem("Blocked", "Dynamic credentials are issued once the Secret can be written (see Ready)."),)
         obs = policy.Observation(
             key=key, key_source=source, problem=problem, secret_action=action,
             secret_data=secret_data, workspace_uid=workspace_uid, rotation_handled=rotation,
+            credentials=creds.status if creds is not None else (ws.status.get("credentials") or None),
+            credential_problems=credential_problems,
         )
         await self._write_status(body, ws, policy.conditions(ws, obs), policy.desired_status(ws, obs))
         await self._announce(body, ws, obs)
+        if creds is not None:
+            for type_, reason, message in creds.events:
+                await (self._events.normal if type_ == "Normal" else self._events.warning)(_ref(ws), reason, message)
+            if creds.wake_at is not None:
+                self._schedule(ws.namespace, ws.name, max(0.0, (creds.wake_at - self._clock()).total_seconds()))
+            elif creds.problems:
+                self._schedule(ws.namespace, ws.name, 10.0)  # provider trouble: try again soon (bounded by the queue's backoff)
 
     # --- the key --------------------------------------------------------------------------------
     async def _key(self, ws: WorkspaceSecret) -> tuple[SSHKeyPair | None, str | None, str | None, policy.Problem | None]:
@@ -223,14 +277,20 @@ class WorkspaceSecretController:
     # --- the Secret -----------------------------------------------------------------------------
     async def _apply_secret(
         self, body: Mapping[str, Any], ws: WorkspaceSecret, key: SSHKeyPair
-    ) -> tuple[policy.SecretAction, Mapping[str, str] | None, policy.Problem | None]:
-        desired = policy.desired_secret(ws, key)
+    ) -> tuple[policy.SecretAction, Mapping[str, str] | None, policy.Problem | None, CredentialOutcome | None]:
         path = core_path(ws.namespace, "secrets", ws.secret_name)
         existing = await self._kube.get(path)
+        if existing is not None and not policy.is_owned_by(existing, ws.uid):
+            return policy.SecretAction.CONFLICT, None, policy.Problem("SecretConflict", policy.conflict_message(existing, ws)), None
+        creds = None
+        if ws.credentials or c.ANNOTATION_CREDENTIALS in ((existing or {}).get("metadata") or {}).get("annotations", {}):
+            creds = await self.credentials.reconcile(ws, existing)
+        desired = policy.desired_secret(
+            ws, key,
+            extra_data=creds.data if creds else None,
+            ledger=ledger_dump(creds.ledger) if creds and creds.ledger else None,
+        )
         action = policy.secret_action(existing, desired, ws.uid)
-        if action is policy.SecretAction.CONFLICT:
-            assert existing is not None
-            return action, None, policy.Problem("SecretConflict", policy.conflict_message(existing, ws))
         if action is policy.SecretAction.CREATE:
             try:
                 self._remember(await self._kube.create(path.rsplit("/", 1)[0], desired))
@@ -242,7 +302,7 @@ class WorkspaceSecretController:
                 self._remember(await self._kube.replace(path, policy.merged_for_update(existing, desired)))
             except Conflict:
                 raise RetryLater(f"Secret {ws.secret_name!r} changed while updating it") from None
-        return action, desired["data"], None
+        return action, desired["data"], None, creds
 
     def _remember(self, obj: Mapping[str, Any]) -> None:
         meta = obj["metadata"]

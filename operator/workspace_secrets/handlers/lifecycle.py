@@ -10,7 +10,11 @@ import kopf
 
 from ..api import constants as c
 from ..config import OperatorConfig
+from ..controllers.credentials import CredentialManager, sweep_orphans
+from ..controllers.provider_setup import load_providers
 from ..controllers.workqueue import WorkQueue
+from ..domain.conditions import utcnow
+from ..providers.credentials.base import Scope
 from ..controllers.workspace_secret import WorkspaceSecretController
 from ..kube.client import Kube, group_path, load_configuration
 from ..kube.events import EventRecorder
@@ -56,8 +60,13 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.networking.request_timeout = 60
 
     kube = Kube.from_environment(kubeconfig=config.kubeconfig, max_concurrency=config.api_concurrency)
-    controller = WorkspaceSecretController(kube, EventRecorder(kube))
+    providers, unavailable = await load_providers(config.providers_config, kube, config.operator_namespace)
     queue = WorkQueue(lambda key: controller.reconcile_by_name(*key), workers=config.secret_workers)
+    controller = WorkspaceSecretController(
+        kube, EventRecorder(kube),
+        credentials=CredentialManager(providers, clock=utcnow, unavailable=unavailable),
+        schedule=lambda namespace, name, delay: queue.add_after((namespace, name), delay),
+    )
     memo.kube = kube
     memo.workspace_secrets = controller
     memo.queue = queue
@@ -85,6 +94,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.watches = [LabelSelectedWatch(kube, path, c.MANAGED_SELECTOR, on_secret) for path in paths]
     memo.tasks = [asyncio.create_task(w.run(), name=f"secret-watch {w}") for w in memo.watches]
     memo.tasks.append(asyncio.create_task(_resync(memo, config), name="resync"))
+    if providers:
+        memo.tasks.append(asyncio.create_task(_sweep(memo, config), name="orphan-sweep"))
 
 
 async def _resync(memo: kopf.Memo, config: OperatorConfig) -> None:
@@ -105,6 +116,33 @@ async def _resync(memo: kopf.Memo, config: OperatorConfig) -> None:
                 continue
             for item in listing.get("items", ()):
                 memo.queue.add((item["metadata"]["namespace"], item["metadata"]["name"]))
+
+
+def _ws_paths(config: OperatorConfig) -> list[str]:
+    if config.clusterwide:
+        return [f"/apis/{c.API_VERSION}/{c.WORKSPACE_SECRET_PLURAL}"]
+    return [group_path(c.API_VERSION, ns, c.WORKSPACE_SECRET_PLURAL) for ns in config.namespaces]
+
+
+async def _sweep(memo: kopf.Memo, config: OperatorConfig) -> None:
+    """Periodically revoke credentials at the providers that no WorkspaceSecret accounts for (leaked by
+    someone deleting a Secret's ledger, a force-removed finalizer, or a crash during deletion)."""
+
+    async def expected_tags() -> set[str]:
+        tags = set()
+        for path in _ws_paths(config):
+            for item in (await memo.kube.list(path)).get("items", ()):
+                meta = item["metadata"]
+                for entry in (item.get("spec") or {}).get("credentials") or ():
+                    tags.add(Scope.of(meta["namespace"], meta["name"], meta["uid"], entry.get("name", "")).tag)
+        return tags
+
+    while True:
+        await asyncio.sleep(config.sweep_interval)
+        try:
+            await sweep_orphans(memo.workspace_secrets.credentials, expected_tags)
+        except Exception as exc:  # noqa: BLE001 - retried next interval
+            log.warning("orphan sweep failed: %s", exc)
 
 
 @kopf.on.cleanup(id="shutdown")

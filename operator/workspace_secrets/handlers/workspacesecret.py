@@ -32,3 +32,18 @@ async def bind_when_workspace_appears(body: kopf.Body, memo: kopf.Memo, **_: Any
     The timer only runs for unbound objects (the `when=` filter stops it once bound)."""
     with retry_policy():
         await memo.workspace_secrets.reconcile(body)
+
+
+def _has_credentials(spec: kopf.Spec, **_: Any) -> bool:
+    return bool(spec.get("credentials"))
+
+
+@kopf.on.delete(*RESOURCE, id="revoke-credentials", when=_has_credentials)
+async def revoke_credentials(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
+    """Revoke every credential before the WorkspaceSecret goes. Failures keep the finalizer and retry
+    with backoff (TemporaryError: a PermanentError here would drop the finalizer and leak credentials);
+    the abandon-cleanup annotation is the documented way out."""
+    with retry_policy():
+        outcome = await memo.workspace_secrets.finalize(body, attempt=retry)
+    if outcome is not None:
+        raise kopf.TemporaryError(outcome, delay=min(2 ** min(retry, 6), 60))
