@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Any
 
 import kopf
@@ -23,11 +24,20 @@ from ..kube.watch import LabelSelectedWatch
 log = logging.getLogger(__name__)
 
 
+def operator_config(memo: kopf.Memo) -> OperatorConfig:
+    """Our configuration, as `workspace-secrets-operator run` puts it in the memo; defaults when the
+    handlers are loaded by kopf's own CLI (`kopf run -m workspace_secrets.handlers`)."""
+    config = memo.get("config")
+    if config is None:
+        config = memo["config"] = OperatorConfig(providers_config=os.environ.get("WSO_PROVIDERS_CONFIG"))
+    return config
+
+
 @kopf.on.login(id="login")
 async def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
     """kopf and our own client authenticate the same way: one place reads in-cluster or kubeconfig
     credentials (the `kubernetes` package, which also handles exec plugins and token files)."""
-    config: OperatorConfig = memo.config
+    config = operator_config(memo)
     cfg = await asyncio.to_thread(load_configuration, config.kubeconfig)
     bearer = cfg.get_api_key_with_prefix("BearerToken") or cfg.get_api_key_with_prefix("authorization") or ""
     scheme, _, token = bearer.partition(" ") if " " in bearer else ("Bearer", "", bearer)
@@ -46,7 +56,7 @@ async def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
 
 @kopf.on.startup(id="configure")
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    config: OperatorConfig = memo.config
+    config = operator_config(memo)
     # kopf's own bookkeeping lives under our group, and only warnings become Events (kopf would otherwise
     # post an Event for every handler success, doubling API writes for no reader).
     settings.persistence.finalizer = f"{c.GROUP}/finalizer"
