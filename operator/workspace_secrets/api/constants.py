@@ -28,6 +28,9 @@ MANAGED_SELECTOR: Final = f"{LABEL_MANAGED_BY}={OPERATOR_NAME}"
 # Annotations a user or platform sets on a WorkspaceSecret.
 ANNOTATION_ROTATE_SSH_KEY: Final = f"{GROUP}/rotate-ssh-key"
 ANNOTATION_ABANDON_CLEANUP: Final = f"{GROUP}/abandon-cleanup"  # "true": give up revoking credentials on delete
+# Annotations a user sets on their own Secrets (user secrets) to declare what is delivered, and how.
+ANNOTATION_USER_ENV: Final = f"{GROUP}/env"
+ANNOTATION_USER_FILES: Final = f"{GROUP}/files"
 # Annotations the operator sets on the objects it creates (never a secret value).
 ANNOTATION_ROTATION_REQUEST: Final = f"{GROUP}/rotation-request"
 ANNOTATION_SSH_FINGERPRINT: Final = f"{GROUP}/ssh-key-fingerprint"
@@ -48,3 +51,7 @@ CONDITION_READY: Final = "Ready"
 CONDITION_SSH_KEY_READY: Final = "SSHKeyReady"
 CONDITION_WORKSPACE_BOUND: Final = "WorkspaceBound"
 CONDITION_CREDENTIALS_READY: Final = "CredentialsReady"
+CONDITION_USER_SECRETS_READY: Final = "UserSecretsReady"
+
+# User secrets: the user's own Secrets, labelled with LABEL_USER and not created by the operator.
+USER_SECRETS_SELECTOR: Final = f"{LABEL_USER},{LABEL_MANAGED_BY}!={OPERATOR_NAME}"

@@ -10,6 +10,7 @@ import asyncio
 import base64
 import logging
 import weakref
+from dataclasses import dataclass
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
@@ -18,7 +19,7 @@ from ..api import constants as c
 from ..api.workspacesecret import WORKSPACE_KINDS, SpecError, WorkspaceSecret
 from ..domain import conditions as cond
 from ..domain.credentials import dump as ledger_dump
-from ..domain import sshkeys
+from ..domain import sshkeys, user_secrets
 from ..domain import workspace_secret as policy
 from ..domain.naming import user_key_secret_name
 from ..domain.sshkeys import KeySpec, KeyType, SSHKeyPair
@@ -30,6 +31,17 @@ log = logging.getLogger(__name__)
 
 KEY_SOURCE_GENERATED = "Generated"
 KEY_SOURCE_EXISTING = "Existing"
+
+
+@dataclass(frozen=True)
+class SecretOutcome:
+    """What writing the workspace Secret did, and what went into it."""
+
+    action: policy.SecretAction | None = None
+    data: Mapping[str, str] | None = None  # base64 data as written (for display items)
+    problem: policy.Problem | None = None
+    credentials: CredentialOutcome | None = None
+    user_secrets: user_secrets.UserSecretsPlan | None = None
 
 
 class RetryLater(Exception):
@@ -130,11 +142,11 @@ class WorkspaceSecretController:
         key, source, rotation, problem = await self._key(ws)
         workspace_uid = await self._bind(body, ws)
 
-        action: policy.SecretAction | None = None
-        secret_data: Mapping[str, str] | None = None
-        creds: CredentialOutcome | None = None
+        written = SecretOutcome()
         if key is not None:
-            action, secret_data, problem, creds = await self._apply_secret(body, ws, key)
+            written = await self._apply_secret(ws, key)
+            problem = written.problem
+        creds = written.credentials
 
         credential_problems: tuple[policy.Problem, ...] = ()
         if creds is not None:
@@ -142,10 +154,12 @@ class WorkspaceSecretController:
         elif ws.credentials:
             credential_problems = (policy.Problem("Blocked", "Dynamic credentials are issued once the Secret can be written (see Ready)."),)
         obs = policy.Observation(
-            key=key, key_source=source, problem=problem, secret_action=action,
-            secret_data=secret_data, workspace_uid=workspace_uid, rotation_handled=rotation,
+            key=key, key_source=source, problem=problem, secret_action=written.action,
+            secret_data=written.data, workspace_uid=workspace_uid, rotation_handled=rotation,
             credentials=creds.status if creds is not None else (ws.status.get("credentials") or None),
             credential_problems=credential_problems,
+            credential_env=tuple(creds.env) if creds is not None else (),
+            user_secrets=written.user_secrets,
         )
         await self._write_status(body, ws, policy.conditions(ws, obs), policy.desired_status(ws, obs))
         await self._announce(body, ws, obs)
@@ -275,19 +289,19 @@ class WorkspaceSecretController:
         return uid
 
     # --- the Secret -----------------------------------------------------------------------------
-    async def _apply_secret(
-        self, body: Mapping[str, Any], ws: WorkspaceSecret, key: SSHKeyPair
-    ) -> tuple[policy.SecretAction, Mapping[str, str] | None, policy.Problem | None, CredentialOutcome | None]:
+    async def _apply_secret(self, ws: WorkspaceSecret, key: SSHKeyPair) -> SecretOutcome:
+        """Compose the workspace Secret (SSH key, credentials, user secrets) and write it if it differs."""
         path = core_path(ws.namespace, "secrets", ws.secret_name)
         existing = await self._kube.get(path)
         if existing is not None and not policy.is_owned_by(existing, ws.uid):
-            return policy.SecretAction.CONFLICT, None, policy.Problem("SecretConflict", policy.conflict_message(existing, ws)), None
+            return SecretOutcome(policy.SecretAction.CONFLICT, problem=policy.Problem("SecretConflict", policy.conflict_message(existing, ws)))
         creds = None
         if ws.credentials or c.ANNOTATION_CREDENTIALS in ((existing or {}).get("metadata") or {}).get("annotations", {}):
             creds = await self.credentials.reconcile(ws, existing)
+        user_plan = await self._user_secrets(ws, creds)
         desired = policy.desired_secret(
             ws, key,
-            extra_data=creds.data if creds else None,
+            extra_data={**(creds.data if creds else {}), **(user_plan.data if user_plan else {})},
             ledger=ledger_dump(creds.ledger) if creds and creds.ledger else None,
         )
         action = policy.secret_action(existing, desired, ws.uid)
@@ -302,7 +316,18 @@ class WorkspaceSecretController:
                 self._remember(await self._kube.replace(path, policy.merged_for_update(existing, desired)))
             except Conflict:
                 raise RetryLater(f"Secret {ws.secret_name!r} changed while updating it") from None
-        return action, desired["data"], None, creds
+        return SecretOutcome(action, desired["data"], None, creds, user_plan)
+
+    async def _user_secrets(self, ws: WorkspaceSecret, creds: CredentialOutcome | None) -> user_secrets.UserSecretsPlan | None:
+        if not ws.user_secrets_enabled:
+            return None
+        listing = await self._kube.list(
+            core_path(ws.namespace, "secrets"),
+            label_selector=f"{c.LABEL_USER}={ws.user},{c.LABEL_MANAGED_BY}!={c.OPERATOR_NAME}",
+            from_cache=True,
+        )
+        reserved = {c.KEY_GIT_SSH_COMMAND, *(e["name"] for e in (creds.env if creds else ()))}
+        return user_secrets.plan(listing.get("items", ()), user=ws.user, select=ws.user_secret_names, reserved_env=reserved)
 
     def _remember(self, obj: Mapping[str, Any]) -> None:
         meta = obj["metadata"]
@@ -338,6 +363,9 @@ class WorkspaceSecretController:
             await self._events.normal(ref, "SecretUpdated", f"Updated Secret {ws.secret_name!r} to match the spec (key {obs.key.fingerprint}).")  # type: ignore[union-attr]
         if obs.problem and previous.get("reason") != obs.problem.reason:
             await self._events.warning(ref, obs.problem.reason, obs.problem.message)
+        previous_user = cond.find((body.get("status") or {}).get("conditions"), c.CONDITION_USER_SECRETS_READY) or {}
+        if obs.user_secrets is not None and obs.user_secrets.problems and previous_user.get("status") != "False":
+            await self._events.warning(ref, "UserSecretConflict", "; ".join(obs.user_secrets.problems)[:1000])
         was_bound = bool((body.get("status") or {}).get("workspaceUID"))
         if obs.workspace_uid and not was_bound:
             r = ws.workspace_ref

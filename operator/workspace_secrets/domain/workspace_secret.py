@@ -18,6 +18,7 @@ from ..api.workspacesecret import HOST_KEY_POLICIES, WorkspaceSecret
 from .conditions import Condition
 from .sensitive import MASK
 from .sshkeys import SSHKeyPair
+from .user_secrets import UserSecretsPlan
 
 SECRET_TYPE = "kubernetes.io/ssh-auth"
 
@@ -172,9 +173,15 @@ class Observation:
     rotation_handled: str | None = None
     credentials: list[dict[str, Any]] | None = None  # status entries (ids, never values)
     credential_problems: tuple[Problem, ...] = ()
+    credential_env: tuple[dict[str, str], ...] = ()
+    user_secrets: UserSecretsPlan | None = None  # None: disabled for this WorkspaceSecret
 
 
 def conditions(ws: WorkspaceSecret, obs: Observation) -> list[Condition]:
+    return [*_credential_conditions(ws, obs), user_secrets_condition(obs)]
+
+
+def _credential_conditions(ws: WorkspaceSecret, obs: Observation) -> list[Condition]:
     result = _ssh_and_binding_conditions(ws, obs)
     if not ws.credentials and not obs.credential_problems:
         return [*result, Condition(c.CONDITION_CREDENTIALS_READY, True, "NoCredentials", "No dynamic credentials requested.")]
@@ -187,6 +194,16 @@ def conditions(ws: WorkspaceSecret, obs: Observation) -> list[Condition]:
         return [*result, creds]
     names = ", ".join(e["name"] for e in obs.credentials or ())
     return [*result, Condition(c.CONDITION_CREDENTIALS_READY, True, "Issued", f"Credentials issued and current: {names}.")]
+
+
+def user_secrets_condition(obs: Observation) -> Condition:
+    plan = obs.user_secrets
+    if plan is None:
+        return Condition(c.CONDITION_USER_SECRETS_READY, True, "Disabled", "User secrets are not delivered to this workspace (spec.userSecrets.enabled=false).")
+    if plan.problems:
+        return Condition(c.CONDITION_USER_SECRETS_READY, False, "InvalidUserSecrets", "; ".join(plan.problems)[:2000] + ". Other user secrets are delivered.")
+    delivered = ", ".join(plan.delivered) or "none"
+    return Condition(c.CONDITION_USER_SECRETS_READY, True, "Delivered", f"User secrets delivered: {delivered}.")
 
 
 def _ssh_and_binding_conditions(ws: WorkspaceSecret, obs: Observation) -> list[Condition]:
@@ -261,6 +278,12 @@ def desired_status(ws: WorkspaceSecret, obs: Observation) -> dict[str, Any]:
             if field in ws.status:
                 status[field] = ws.status[field]
     status["credentials"] = obs.credentials or None
+    if obs.key is not None:  # the Secret was (re)written: publish what pod injection wires up
+        env = [{"name": c.KEY_GIT_SSH_COMMAND, "key": c.KEY_GIT_SSH_COMMAND}, *obs.credential_env]
+        plan = obs.user_secrets
+        status["env"] = env + (plan.env if plan else [])
+        status["files"] = (plan.files if plan else None) or None
+        status["userSecrets"] = (plan.delivered if plan else None) or None
     handled = obs.rotation_handled if obs.rotation_handled is not None else ws.status.get("sshKeyRotation")
     if handled is not None:
         status["sshKeyRotation"] = handled

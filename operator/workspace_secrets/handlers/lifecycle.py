@@ -100,8 +100,17 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
             for name in await controller.names_for_user(meta["namespace"], labels.get(c.LABEL_USER, "")):
                 queue.add((meta["namespace"], name))
 
+    async def on_user_secret(type_: str, obj: dict[str, Any]) -> None:
+        """A user's own Secret changed: every workspace of that user in the namespace follows."""
+        meta = obj.get("metadata") or {}
+        user = (meta.get("labels") or {}).get(c.LABEL_USER)
+        if user:
+            for name in await controller.names_for_user(meta["namespace"], user):
+                queue.add((meta["namespace"], name))
+
     paths = ["/api/v1/secrets"] if config.clusterwide else [f"/api/v1/namespaces/{ns}/secrets" for ns in config.namespaces]
     memo.watches = [LabelSelectedWatch(kube, path, c.MANAGED_SELECTOR, on_secret) for path in paths]
+    memo.watches += [LabelSelectedWatch(kube, path, c.USER_SECRETS_SELECTOR, on_user_secret) for path in paths]
     memo.tasks = [asyncio.create_task(w.run(), name=f"secret-watch {w}") for w in memo.watches]
     memo.tasks.append(asyncio.create_task(_resync(memo, config), name="resync"))
     if providers:

@@ -118,9 +118,13 @@ class Kube:
         except NotFound:
             return None
 
-    async def list(self, path: str, *, label_selector: str | None = None) -> JSON:
-        query = {"labelSelector": label_selector} if label_selector else None
-        return await self._run("GET", path, query=query)
+    async def list(self, path: str, *, label_selector: str | None = None, from_cache: bool = False) -> JSON:
+        """LIST; `from_cache` lets the API server answer from its watch cache (resourceVersion=0): cheaper,
+        possibly a moment stale -- fine where a watch will bring us back for any later change."""
+        query = {"labelSelector": label_selector} if label_selector else {}
+        if from_cache:
+            query["resourceVersion"] = "0"
+        return await self._run("GET", path, query=query or None)
 
     async def create(self, path: str, body: JSON) -> JSON:
         return await self._run("POST", path, body=body)
