@@ -43,3 +43,22 @@ DEFAULT_MOUNT_PATH: Final = "/var/run/workspace-secrets"
 CONDITION_READY: Final = "Ready"
 CONDITION_SSH_KEY_READY: Final = "SSHKeyReady"
 CONDITION_WORKSPACE_BOUND: Final = "WorkspaceBound"
+
+# --- Pod injection (the mutating admission webhook) ---------------------------------------------
+# The opt-in label on a workspace Pod (or a Deployment's pod template): the name of a WorkspaceSecret in
+# the pod's own namespace. The webhook configuration's objectSelector selects on this key only, so an
+# operator outage can never block an unlabelled pod.
+LABEL_WORKSPACE_SECRET: Final = f"{GROUP}/workspace-secret"
+# Optional pod annotations read by the webhook.
+ANNOTATION_CONTAINERS: Final = f"{GROUP}/containers"  # "a,b": only these (init) containers
+ANNOTATION_MOUNT_PATH: Final = f"{GROUP}/mount-path"  # must equal the WorkspaceSecret's spec.mountPath
+# The volume the webhook adds (the same name the manual example uses, so the two paths agree).
+POD_VOLUME_NAME: Final = "workspace-secrets"
+# Secret volume file modes: owner-only, or group-readable when the pod sets fsGroup (the files are
+# root-owned; a non-root user reads them through the fsGroup, and ssh accepts a key it does not own).
+MODE_OWNER_ONLY: Final = 0o400
+MODE_GROUP_READABLE: Final = 0o440
+# Default name of the MutatingWebhookConfiguration the operator manages (also the webhooks' name suffix).
+WEBHOOK_CONFIGURATION_NAME: Final = GROUP
+WEBHOOK_ID: Final = "mount-workspace-secret"
+EVENT_POD_INJECTION_CONFLICT: Final = "PodInjectionConflict"

@@ -206,6 +206,13 @@ def _decode_displayable(b64: str) -> str:
     return text.strip()[:256]
 
 
+def published_env(ws: WorkspaceSecret) -> list[dict[str, str]]:
+    """`status.env`: the env vars a workspace pod gets from the Secret, each `{name, key}` (a key of the
+    Secret). The pod-injection webhook maps every entry to a `secretKeyRef`; features that add keys to the
+    Secret (dynamic credentials, user secrets) add their entries here. Names only, never values."""
+    return [{"name": c.KEY_GIT_SSH_COMMAND, "key": c.KEY_GIT_SSH_COMMAND}]
+
+
 def desired_status(ws: WorkspaceSecret, obs: Observation) -> dict[str, Any]:
     """The status fields this controller owns (conditions are merged separately, see conditions.merge)."""
     status: dict[str, Any] = {
@@ -213,6 +220,7 @@ def desired_status(ws: WorkspaceSecret, obs: Observation) -> dict[str, Any]:
         "secretName": ws.secret_name,
         "display": display_items(ws, obs.secret_data),
         "workspaceUID": obs.workspace_uid,
+        "env": published_env(ws),
     }
     if obs.key is not None:
         status.update(

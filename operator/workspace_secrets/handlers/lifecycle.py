@@ -15,6 +15,7 @@ from ..controllers.workspace_secret import WorkspaceSecretController
 from ..kube.client import Kube, group_path, load_configuration
 from ..kube.events import EventRecorder
 from ..kube.watch import LabelSelectedWatch
+from . import admission
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.watches = [LabelSelectedWatch(kube, path, c.MANAGED_SELECTOR, on_secret) for path in paths]
     memo.tasks = [asyncio.create_task(w.run(), name=f"secret-watch {w}") for w in memo.watches]
     memo.tasks.append(asyncio.create_task(_resync(memo, config), name="resync"))
+    if config.webhook.enabled:
+        await admission.configure(settings, memo, config, kube)
 
 
 async def _resync(memo: kopf.Memo, config: OperatorConfig) -> None:
@@ -116,6 +119,7 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
         await memo.queue.stop()
     if hasattr(memo, "kube"):
         memo.kube.close()
+    admission.cleanup(memo)
 
 
 @kopf.on.probe(id="secretWatch")
