@@ -284,3 +284,49 @@ def test_apply_patch_leaves_the_input_alone():
     assert p == snapshot
     with pytest.raises(ValueError):
         inj.apply_patch(p, [{"op": "remove", "path": "/spec"}])
+
+
+# --- the admission controller, with stand-ins for the API server ----------------------------------------
+class FakeKube:
+    def __init__(self, objects: dict[str, dict]) -> None:
+        self.objects = objects
+        self.paths: list[str] = []
+
+    async def get(self, path: str):
+        self.paths.append(path)
+        return copy.deepcopy(self.objects.get(path.rsplit("/", 1)[1]))
+
+
+class FakeEvents:
+    def __init__(self) -> None:
+        self.posted: list[tuple[str, str, str]] = []
+
+    async def warning(self, obj, reason, message):
+        self.posted.append((obj["metadata"]["name"], reason, message))
+
+
+def admit(objects, p, *, namespaces=(), dry_run=False):
+    import asyncio
+
+    from workspace_secrets.controllers.pod_injection import PodInjectionController
+
+    kube, events = FakeKube(objects), FakeEvents()
+    result = asyncio.run(PodInjectionController(kube, events, namespaces=namespaces).admit(p, namespace="team", dry_run=dry_run))  # type: ignore[arg-type]
+    return result, events.posted, kube.paths
+
+
+def test_admission_posts_an_event_for_conflicts_but_not_on_a_dry_run():
+    conflicting = pod({"name": "w", "env": [{"name": "GIT_SSH_COMMAND", "value": "x"}]})
+    result, events, paths = admit({"alice-ws": ws_body()}, conflicting)
+    assert paths == [f"/apis/{c.API_VERSION}/namespaces/team/{c.WORKSPACE_SECRET_PLURAL}/alice-ws"]
+    assert [(name, reason) for name, reason, _ in events] == [("alice-ws", c.EVENT_POD_INJECTION_CONFLICT)]
+    assert "'ws-<generated>'" in events[0][2] and result.patch  # the mount is still added
+    _, events, _ = admit({"alice-ws": ws_body()}, conflicting, dry_run=True)
+    assert events == []
+
+
+def test_admission_refuses_a_missing_workspace_secret_and_skips_unserved_namespaces():
+    with pytest.raises(inj.Refused, match="does not exist in namespace 'team'"):
+        admit({}, pod({"name": "w"}))
+    result, events, paths = admit({"alice-ws": ws_body()}, pod({"name": "w"}), namespaces=("other",))
+    assert result.patch == [] and paths == [] and events == [] and "did not inject" in result.warnings[0]

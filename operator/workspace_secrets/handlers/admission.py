@@ -1,19 +1,21 @@
-"""Admission settings: the webhook server, its certificate, and the MutatingWebhookConfiguration.
+"""Admission settings: kopf's webhook server, its certificate, and the MutatingWebhookConfiguration.
 
-kopf serves the webhook (aiohttp, HTTPS) and manages the MutatingWebhookConfiguration named
-`--webhook-configuration`: it creates it if absent and rewrites its webhooks (rules, objectSelector,
-clientConfig with the caBundle) on start and whenever the server's certificate files change. The
-operator keeps those files valid (controllers/webhook_certs.py) and renews them in the background.
+kopf serves the webhook (aiohttp, HTTPS) and dispatches each AdmissionReview to the handler named by the
+URL path. The operator keeps the certificate files valid (controllers/webhook_certs.py) and writes the
+MutatingWebhookConfiguration itself (controllers/webhook_configuration.py; why not kopf's
+`settings.admission.managed`: see domain/webhook_configuration.py): at start-up and on every resync,
+so a changed caBundle or an edited/deleted configuration is restored within `--resync-interval`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import shutil
 import tempfile
-from collections.abc import AsyncIterator
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,29 +24,17 @@ import kopf
 from ..config import OperatorConfig, WebhookConfig
 from ..controllers.pod_injection import PodInjectionController
 from ..controllers.webhook_certs import WebhookCertificates
+from ..controllers.webhook_configuration import WebhookConfigurationController
+from ..domain import webhook_configuration as desired
 from ..domain.webhook_tls import service_hosts
 from ..kube.client import Kube
 from ..kube.events import EventRecorder
+from ..kube.webhook_configuration import MutatingWebhookConfigurations
 
 log = logging.getLogger(__name__)
 
 RENEWAL_CHECK_INTERVAL = 12 * 3600.0
-
-
-class ServiceWebhookServer(kopf.WebhookServer):
-    """kopf's webhook server, announced to the API server as a Service reference instead of a URL: in a
-    cluster, the API server reaches the operator through its Service (`<name>.<namespace>.svc`)."""
-
-    def __init__(self, *, service_namespace: str, service_name: str, service_port: int, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.service = {"namespace": service_namespace, "name": service_name, "port": service_port}
-
-    async def __call__(self, fn: Any) -> AsyncIterator[Any]:  # type: ignore[override]
-        async for client_config in super().__call__(fn):
-            config: dict[str, Any] = {"service": dict(self.service)}
-            if "caBundle" in client_config:
-                config["caBundle"] = client_config["caBundle"]
-            yield config
+CERT_FILE_CHECK_INTERVAL = 10.0  # how soon kopf's server picks up renewed certificate files
 
 
 def hosts_for(webhook: WebhookConfig) -> list[str]:
@@ -72,37 +62,48 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, config: Op
         memo.webhook_temp_dir = cert_dir
     certs = WebhookCertificates(cert_dir, hosts_for(webhook))
     files = await asyncio.to_thread(certs.ensure)
-    common: dict[str, Any] = dict(
-        addr=listen_address(webhook), port=webhook.port,
+    address = listen_address(webhook)
+    settings.admission.server = kopf.WebhookServer(
+        addr=address, port=webhook.port, host=webhook.host,
         certfile=str(files.cert_file), pkeyfile=str(files.key_file), cafile=str(files.ca_file),
+        file_check_interval=CERT_FILE_CHECK_INTERVAL,
     )
+    settings.admission.managed = None  # written by the operator itself, see the module docstring
     if webhook.service:
-        namespace, name = webhook.service
-        settings.admission.server = ServiceWebhookServer(
-            service_namespace=namespace, service_name=name, service_port=webhook.service_port, **common
-        )
-        target = f"Service {namespace}/{name}:{webhook.service_port}"
+        client_config = functools.partial(desired.service_client_config, *webhook.service, webhook.service_port)
+        target = f"Service {'/'.join(webhook.service)}:{webhook.service_port}"
     else:
-        settings.admission.server = kopf.WebhookServer(host=webhook.host, **common)
+        client_config = functools.partial(desired.url_client_config, webhook.host, webhook.port)
         target = f"https://{webhook.host}:{webhook.port}"
-    settings.admission.managed = webhook.configuration_name
+    configuration = WebhookConfigurationController(
+        MutatingWebhookConfigurations(kube), webhook.configuration_name, client_config,
+        files.ca_file.read_bytes, namespaces=config.namespaces,
+    )
     memo.pod_injection = PodInjectionController(kube, EventRecorder(kube), namespaces=config.namespaces)
-    if files.managed:
-        memo.tasks.append(asyncio.create_task(_keep_renewed(certs), name="webhook certificate renewal"))
-    log.info("pod-injection webhook: listening on %s:%d, called as %s, certificates in %s (%s), configuration %r",
-             common["addr"], webhook.port, target, cert_dir, "managed" if files.managed else "provided",
-             webhook.configuration_name)
+    memo.webhook_configuration = configuration
+    memo.tasks.append(asyncio.create_task(
+        _maintain(certs if files.managed else None, configuration, config.resync_interval), name="webhook maintenance"
+    ))
+    log.info("pod-injection webhook: listening on %s:%d, called as %s, certificates in %s (%s), "
+             "MutatingWebhookConfiguration %r", address, webhook.port, target, cert_dir,
+             "managed" if files.managed else "provided", webhook.configuration_name)
 
 
-async def _keep_renewed(certs: WebhookCertificates) -> None:
-    """Renew the serving certificate before it expires; kopf's server notices the changed file, restarts
-    with it and republishes the caBundle."""
+async def _maintain(certs: WebhookCertificates | None, configuration: WebhookConfigurationController, interval: float) -> None:
+    """Now and then every `interval`: renew an operator-managed certificate when due (kopf's server
+    re-reads the changed files), and restore the webhook configuration if it drifted."""
+    last_renewal_check = time.monotonic()  # configure() has just ensured the certificate
     while True:
-        await asyncio.sleep(RENEWAL_CHECK_INTERVAL)
         try:
-            await asyncio.to_thread(certs.ensure)
-        except Exception as exc:  # noqa: BLE001 - retried next interval; the current certificate still serves
-            log.warning("webhook certificate renewal failed (%s: %s)", type(exc).__name__, exc)
+            if certs is not None and time.monotonic() - last_renewal_check >= RENEWAL_CHECK_INTERVAL:
+                await asyncio.to_thread(certs.ensure)
+                last_renewal_check = time.monotonic()
+            await configuration.sync()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - retried next interval; what is in place keeps serving
+            log.warning("webhook maintenance failed (%s: %s); retrying in %.0fs", type(exc).__name__, exc, interval)
+        await asyncio.sleep(interval)
 
 
 def cleanup(memo: kopf.Memo) -> None:

@@ -1,14 +1,10 @@
 """The pod-injection mutating admission webhook (kopf admission), for pods labelled with a WorkspaceSecret.
 
 Registered by `register()` only when the webhook is enabled: kopf refuses to start with admission
-handlers but no webhook server. The registration is what kopf turns into the managed
-MutatingWebhookConfiguration (handlers/admission.py):
-
-- `labels={LABEL: PRESENT}` becomes the webhook's objectSelector (`Exists`), so the API server never calls
-  the operator for an unlabelled pod, and an operator outage cannot block one;
-- `persistent=True` keeps the webhook in place when the operator stops: a labelled pod created meanwhile
-  is rejected (failurePolicy Fail; its ReplicaSet retries) instead of starting without its secrets;
-- `side_effects=True` (sideEffects NoneOnDryRun): the Event about conflicts is not posted on dry runs.
+handlers but no webhook server. The API server reaches it at the URL path `/<id>`; the
+MutatingWebhookConfiguration (domain/webhook_configuration.py) selects labelled pods only, so this
+handler never sees another pod. The kopf filters below repeat that selection as a safety net; the
+configuration's `sideEffects: NoneOnDryRun` matches what the handler does (no Event on a dry run).
 """
 
 from __future__ import annotations
@@ -61,7 +57,6 @@ def register(registry: kopf.OperatorRegistry | None = None) -> None:
         id=c.WEBHOOK_ID,
         operations=["CREATE"],
         labels={c.LABEL_WORKSPACE_SECRET: kopf.PRESENT},
-        persistent=True,
         side_effects=True,
         registry=registry,
     )(mount_workspace_secret)
