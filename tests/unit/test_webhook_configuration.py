@@ -6,6 +6,8 @@ import asyncio
 import base64
 import copy
 
+import pytest
+
 from workspace_secrets.api import constants as c
 from workspace_secrets.controllers.webhook_configuration import WebhookConfigurationController
 from workspace_secrets.domain import webhook_configuration as wc
@@ -108,3 +110,21 @@ def test_sync_follows_a_new_ca_and_retries_a_lost_compare_and_swap():
     store.conflicts = 1
     assert asyncio.run(sync()) is True
     assert wc.drift(store.objects["cfg"], wc.desired_webhook(wc.url_client_config("127.0.0.1", 9443, base64.b64encode(ca[0]).decode()))) is None
+
+
+def test_cli_flags_make_the_webhook_config():
+    from workspace_secrets.cli import _parser, _webhook_config
+    from workspace_secrets.handlers.admission import hosts_for, listen_address
+
+    off = _webhook_config(_parser().parse_args(["run"]))
+    assert not off.enabled and off.host == "127.0.0.1" and off.port == 9443
+    assert _parser().parse_args(["dev"]).webhook is None  # decided by `dev`: on with its own control plane
+    local = _webhook_config(_parser().parse_args(["run", "--webhook", "--webhook-port", "8443"]))
+    assert local.enabled and hosts_for(local) == ["127.0.0.1"] and listen_address(local) == "127.0.0.1"
+    in_cluster = _webhook_config(_parser().parse_args(
+        ["run", "--webhook", "--webhook-service", "wso-system/wso-webhook", "--webhook-cert-dir", "/certs"]))
+    assert in_cluster.service == ("wso-system", "wso-webhook") and in_cluster.cert_dir == "/certs"
+    assert "wso-webhook.wso-system.svc" in hosts_for(in_cluster) and listen_address(in_cluster) == "0.0.0.0"
+    assert _webhook_config(_parser().parse_args(["run", "--no-webhook"])).enabled is False
+    with pytest.raises(SystemExit, match="NAMESPACE/NAME"):
+        _webhook_config(_parser().parse_args(["run", "--webhook-service", "just-a-name"]))

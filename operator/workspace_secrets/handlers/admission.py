@@ -61,7 +61,13 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, config: Op
         cert_dir = Path(tempfile.mkdtemp(prefix="wso-webhook-certs-"))
         memo.webhook_temp_dir = cert_dir
     certs = WebhookCertificates(cert_dir, hosts_for(webhook))
-    files = await asyncio.to_thread(certs.ensure)
+    try:
+        files = await asyncio.to_thread(certs.ensure)
+    except OSError as exc:  # a configuration error: stop the operator instead of retrying forever
+        raise kopf.PermanentError(
+            f"--webhook-cert-dir {cert_dir}: {exc.strerror or exc}; give a writable directory (managed "
+            f"certificate) or one holding tls.crt and tls.key (provided certificate)"
+        ) from None
     address = listen_address(webhook)
     settings.admission.server = kopf.WebhookServer(
         addr=address, port=webhook.port, host=webhook.host,
