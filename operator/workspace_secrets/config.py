@@ -2,7 +2,25 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from .api.constants import WEBHOOK_CONFIGURATION_NAME
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    """The pod-injection admission webhook (see the README, "How workspace pods get their secrets")."""
+
+    enabled: bool = False
+    port: int = 9443  # where the operator listens (HTTPS)
+    listen_address: str | None = None  # None: 0.0.0.0 behind a Service, else `host` when it is an IP
+    # Out of the cluster: the API server calls https://<host>:<port>.
+    host: str = "127.0.0.1"
+    # In the cluster: the API server calls this Service (namespace, name) on `service_port`.
+    service: tuple[str, str] | None = None
+    service_port: int = 443
+    cert_dir: str | None = None  # None: a private temporary directory (a new CA on every start)
+    configuration_name: str = WEBHOOK_CONFIGURATION_NAME  # the MutatingWebhookConfiguration kopf manages
 
 
 @dataclass(frozen=True)
@@ -15,6 +33,7 @@ class OperatorConfig:
     sweep_interval: float = 600.0  # seconds between orphan sweeps at the credential providers
     providers_config: str | None = None  # YAML file naming the dynamic-credential providers (see README)
     operator_namespace: str = "workspace-secrets-system"  # where the providers' admin credential Secrets live
+    webhook: WebhookConfig = field(default_factory=WebhookConfig)
 
     @property
     def clusterwide(self) -> bool:

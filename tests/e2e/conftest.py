@@ -27,9 +27,11 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
+from workspace_secrets.api.constants import WEBHOOK_CONFIGURATION_NAME
 from workspace_secrets.testing.controlplane import REPO_ROOT, ControlPlane, resolve_bin_dir
 from backends import ADMIN_NAMESPACE, Backends, Moto, providers_yaml
-from operator_process import OperatorProcess
+from helpers import webhook_answers
+from operator_process import OperatorProcess, free_port
 
 E2E_DIR = Path(__file__).resolve().parent
 CRD_DIR = REPO_ROOT / "crds"
@@ -262,6 +264,9 @@ class RunningOperator:
 
     process: OperatorProcess
     kubectl: list[str]
+    #: Whether it serves the pod-injection webhook (always on the local control plane; on an external
+    #: cluster only with WSO_E2E_WEBHOOK_HOST, an address of this machine the cluster's API server reaches).
+    webhook: bool = False
 
 
 @pytest.fixture(scope="session")
@@ -296,16 +301,32 @@ def credential_backends(cluster: Cluster, tmp_path_factory: pytest.TempPathFacto
 @pytest.fixture(scope="session")
 def wso_operator(cluster: Cluster, credential_backends: Backends, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningOperator]:
     """The real operator, run as a child process (see operator_process.py). Tests that stop it must
-    restart it before they return; the fixture restarts it anyway if it is found dead."""
-    process = OperatorProcess(
-        str(cluster.kubeconfig), tmp_path_factory.mktemp("operator"),
-        "--providers-config", str(credential_backends.config_path), "--operator-namespace", ADMIN_NAMESPACE,
-    )
+    restart it before they return; the fixture restarts it anyway if it is found dead. A (re)start
+    returns once the API server reaches its admission webhook."""
+    log_dir = tmp_path_factory.mktemp("operator")
+    webhook_host = "127.0.0.1" if not cluster.external else os.environ.get("WSO_E2E_WEBHOOK_HOST")
+    args: list[str] = []
+    ready = None
+    api_client = cluster.api_client()
+    if webhook_host:
+        # A fixed port and certificate directory across restarts, as a Deployment with a Service has.
+        args = ["--webhook", "--webhook-host", webhook_host, "--webhook-port", str(free_port()),
+                "--webhook-cert-dir", str(log_dir / "webhook-certs")]
+        if cluster.external:
+            args += ["--webhook-listen-address", "0.0.0.0"]
+        ready = lambda: webhook_answers(api_client)  # noqa: E731
+    args += ["--providers-config", str(credential_backends.config_path), "--operator-namespace", ADMIN_NAMESPACE]
+    process = OperatorProcess(str(cluster.kubeconfig), log_dir, *args, ready=ready)
     process.start()
     try:
-        yield RunningOperator(process, [str(cluster.tools["kubectl"]), "--kubeconfig", str(cluster.kubeconfig)])
+        yield RunningOperator(process, [str(cluster.tools["kubectl"]), "--kubeconfig", str(cluster.kubeconfig)],
+                              webhook=bool(webhook_host))
     finally:
         process.stop()
+        if webhook_host:
+            # The webhook is persistent (fail-closed for labelled pods): do not leave it behind.
+            cluster.kubectl("delete", "mutatingwebhookconfiguration", WEBHOOK_CONFIGURATION_NAME, "--ignore-not-found", check=False)
+        api_client.close()
 
 
 @pytest.fixture(autouse=True)

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -23,8 +24,12 @@ def free_port() -> int:
 
 
 class OperatorProcess:
-    def __init__(self, kubeconfig: str, log_dir: Path, *extra_args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, kubeconfig: str, log_dir: Path, *extra_args: str, env: dict[str, str] | None = None,
+        ready: Callable[[], bool] | None = None,
+    ) -> None:
         self.kubeconfig = kubeconfig
+        self.ready = ready  # beyond /healthz, e.g. "the API server reaches the admission webhook"
         self.log_dir = log_dir
         self.extra_args = extra_args
         self.env = env or {}
@@ -54,7 +59,7 @@ class OperatorProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"operator exited with {self.process.returncode}; see {self.log_path}")
-            if self.healthy():
+            if self.healthy() and (self.ready is None or self.ready()):
                 return
             time.sleep(0.2)
         raise TimeoutError(f"operator not healthy after {timeout}s; see {self.log_path}")

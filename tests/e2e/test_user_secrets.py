@@ -78,3 +78,23 @@ def test_opt_out_and_subset(api, namespace, wso_operator):
     wait_for(lambda: delivered(api, namespace, "some") == {"user.s2.k": digest(b"2")}, timeout=30, what="subset delivered")
     assert delivered(api, namespace, "off") == {}
     assert api.condition(namespace, "off", c.CONDITION_USER_SECRETS_READY)["reason"] == "Disabled"
+
+
+def test_a_pod_created_through_the_webhook_gets_the_env_var_and_the_file(api, namespace, wso_operator):
+    user_secret(api, namespace, "tools", "erin", {"token": b"t0k3n", "cfg": b"[core]\n"},
+                env="TOOL_TOKEN=token", files=".config/tool/config=cfg:0640")
+    api.create_ws(namespace, "erin", {"user": "erin", "workspaceRef": {"kind": "Pod", "name": "erin-ws"}})
+    wait_for(lambda: "user.tools.cfg" in delivered(api, namespace, "erin"), timeout=30, what="user secret delivered")
+    pod = api.core.create_namespaced_pod(namespace, k8s.V1Pod(
+        metadata=k8s.V1ObjectMeta(name="erin-ws", labels={c.LABEL_WORKSPACE_SECRET: "erin"}),
+        spec=k8s.V1PodSpec(containers=[k8s.V1Container(name="main", image="registry.invalid/ws:1")]),
+    ))
+    container = pod.spec.containers[0]
+    env = {e.name: (e.value_from.secret_key_ref.name, e.value_from.secret_key_ref.key) for e in container.env}
+    assert env["TOOL_TOKEN"] == ("erin", "user.tools.token") and env["GIT_SSH_COMMAND"] == ("erin", "GIT_SSH_COMMAND")
+    files_volume = next(v for v in pod.spec.volumes if v.name == c.POD_USER_FILES_VOLUME_NAME)
+    assert [(i.key, i.path, i.mode) for i in files_volume.secret.items] == [("user.tools.cfg", ".config/tool/config", 0o640)]
+    mounts = {m.mount_path: m.name for m in container.volume_mounts}
+    assert mounts[c.DEFAULT_USER_FILES_PATH] == c.POD_USER_FILES_VOLUME_NAME
+    assert mounts[c.DEFAULT_MOUNT_PATH] == c.POD_VOLUME_NAME
+    assert all(e.value is None for e in container.env), "values are never copied into the pod spec"

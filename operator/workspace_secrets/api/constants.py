@@ -45,6 +45,7 @@ KEY_KNOWN_HOSTS: Final = "known_hosts"
 KEY_GIT_SSH_COMMAND: Final = "GIT_SSH_COMMAND"
 
 DEFAULT_MOUNT_PATH: Final = "/var/run/workspace-secrets"
+DEFAULT_USER_FILES_PATH: Final = "/var/run/workspace-secrets-user"  # user-secret files, by declared relative path
 
 # Condition types.
 CONDITION_READY: Final = "Ready"
@@ -55,3 +56,23 @@ CONDITION_USER_SECRETS_READY: Final = "UserSecretsReady"
 
 # User secrets: the user's own Secrets, labelled with LABEL_USER and not created by the operator.
 USER_SECRETS_SELECTOR: Final = f"{LABEL_USER},{LABEL_MANAGED_BY}!={OPERATOR_NAME}"
+
+# --- Pod injection (the mutating admission webhook) ---------------------------------------------
+# The opt-in label on a workspace Pod (or a Deployment's pod template): the name of a WorkspaceSecret in
+# the pod's own namespace. The webhook configuration's objectSelector selects on this key only, so an
+# operator outage can never block an unlabelled pod.
+LABEL_WORKSPACE_SECRET: Final = f"{GROUP}/workspace-secret"
+# Optional pod annotations read by the webhook.
+ANNOTATION_CONTAINERS: Final = f"{GROUP}/containers"  # "a,b": only these (init) containers
+ANNOTATION_MOUNT_PATH: Final = f"{GROUP}/mount-path"  # must equal the WorkspaceSecret's spec.mountPath
+# The volume the webhook adds (the same name the manual example uses, so the two paths agree).
+POD_VOLUME_NAME: Final = "workspace-secrets"
+POD_USER_FILES_VOLUME_NAME: Final = "workspace-secrets-user-files"
+# Secret volume file modes: owner-only, or group-readable when the pod sets fsGroup (the files are
+# root-owned; a non-root user reads them through the fsGroup, and ssh accepts a key it does not own).
+MODE_OWNER_ONLY: Final = 0o400
+MODE_GROUP_READABLE: Final = 0o440
+# Default name of the MutatingWebhookConfiguration the operator manages (also the webhooks' name suffix).
+WEBHOOK_CONFIGURATION_NAME: Final = GROUP
+WEBHOOK_ID: Final = "mount-workspace-secret"
+EVENT_POD_INJECTION_CONFLICT: Final = "PodInjectionConflict"

@@ -93,6 +93,7 @@ class WorkspaceSecret:
     credentials: tuple[CredentialSpec, ...] = ()
     user_secrets_enabled: bool = True
     user_secret_names: tuple[str, ...] | None = None  # None: every user secret of the user
+    user_files_path: str = c.DEFAULT_USER_FILES_PATH
     abandon_cleanup: bool = False
     rotate_ssh_key: str | None = None  # value of the rotate annotation, if any
     deleting: bool = False
@@ -129,6 +130,7 @@ class WorkspaceSecret:
             display=tuple(_display(item) for item in spec.get("display") or ()),
             credentials=_credentials(spec.get("credentials") or ()),
             user_secrets_enabled=(spec.get("userSecrets") or {}).get("enabled", True),
+            user_files_path=(spec.get("userSecrets") or {}).get("mountPath") or c.DEFAULT_USER_FILES_PATH,
             user_secret_names=tuple((spec.get("userSecrets") or {})["names"]) if "names" in (spec.get("userSecrets") or {}) else None,
             abandon_cleanup=(meta.get("annotations") or {}).get(c.ANNOTATION_ABANDON_CLEANUP) == "true",
             rotate_ssh_key=(meta.get("annotations") or {}).get(c.ANNOTATION_ROTATE_SSH_KEY) or None,

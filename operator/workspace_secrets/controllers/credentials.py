@@ -127,7 +127,11 @@ class CredentialManager:
                 out.data[key] = base64.b64encode(path.encode()).decode()
             else:
                 key = ledgers.secret_key(spec.name, ref)
-            out.env.append({"name": f"{spec.env_prefix}{env_name}", "key": key})
+            name = f"{spec.env_prefix}{env_name}"
+            if any(e["name"] == name for e in out.env):
+                out.problems.append(Problem("EnvConflict", f"{where}: env {name} is already set by another entry; give this entry an envPrefix."))
+                continue
+            out.env.append({"name": name, "key": key})
 
     async def _retire_entry(self, ws: WorkspaceSecret, name: str, ledger: ledgers.EntryLedger, out: CredentialOutcome) -> None:
         """An entry removed from the spec: revoke everything in its scope; until that works, keep it recorded."""

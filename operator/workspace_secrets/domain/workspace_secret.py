@@ -258,6 +258,13 @@ def _decode_displayable(b64: str) -> str:
     return text.strip()[:256]
 
 
+def published_env(ws: WorkspaceSecret) -> list[dict[str, str]]:
+    """`status.env`: the env vars a workspace pod gets from the Secret, each `{name, key}` (a key of the
+    Secret). The pod-injection webhook maps every entry to a `secretKeyRef`; features that add keys to the
+    Secret (dynamic credentials, user secrets) add their entries here. Names only, never values."""
+    return [{"name": c.KEY_GIT_SSH_COMMAND, "key": c.KEY_GIT_SSH_COMMAND}]
+
+
 def desired_status(ws: WorkspaceSecret, obs: Observation) -> dict[str, Any]:
     """The status fields this controller owns (conditions are merged separately, see conditions.merge)."""
     status: dict[str, Any] = {
@@ -279,7 +286,7 @@ def desired_status(ws: WorkspaceSecret, obs: Observation) -> dict[str, Any]:
                 status[field] = ws.status[field]
     status["credentials"] = obs.credentials or None
     if obs.key is not None:  # the Secret was (re)written: publish what pod injection wires up
-        env = [{"name": c.KEY_GIT_SSH_COMMAND, "key": c.KEY_GIT_SSH_COMMAND}, *obs.credential_env]
+        env = [*published_env(ws), *obs.credential_env]
         plan = obs.user_secrets
         status["env"] = env + (plan.env if plan else [])
         status["files"] = (plan.files if plan else None) or None

@@ -20,6 +20,7 @@ from ..controllers.workspace_secret import WorkspaceSecretController
 from ..kube.client import Kube, group_path, load_configuration
 from ..kube.events import EventRecorder
 from ..kube.watch import LabelSelectedWatch
+from . import admission
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.tasks.append(asyncio.create_task(_resync(memo, config), name="resync"))
     if providers:
         memo.tasks.append(asyncio.create_task(_sweep(memo, config), name="orphan-sweep"))
+    if config.webhook.enabled:
+        await admission.configure(settings, memo, config, kube)
 
 
 async def _resync(memo: kopf.Memo, config: OperatorConfig) -> None:
@@ -173,6 +176,7 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
         await memo.queue.stop()
     if hasattr(memo, "kube"):
         memo.kube.close()
+    admission.cleanup(memo)
 
 
 @kopf.on.probe(id="secretWatch")
