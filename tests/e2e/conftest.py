@@ -33,6 +33,8 @@ from operator_process import OperatorProcess
 E2E_DIR = Path(__file__).resolve().parent
 CRD_DIR = REPO_ROOT / "crds"
 NAMESPACE_PREFIX = "wso-e2e-"
+#: Kubeconfig for the operator process only (e.g. a ServiceAccount token); the tests themselves stay admin.
+OPERATOR_KUBECONFIG_ENV = "WSO_E2E_OPERATOR_KUBECONFIG"
 
 _BIN_DIR_KEY = pytest.StashKey[Path]()
 _CLUSTER_KEY = pytest.StashKey["Cluster"]()
@@ -266,8 +268,13 @@ class RunningOperator:
 @pytest.fixture(scope="session")
 def wso_operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningOperator]:
     """The real operator, run as a child process (see operator_process.py). Tests that stop it must
-    restart it before they return; the fixture restarts it anyway if it is found dead."""
-    process = OperatorProcess(str(cluster.kubeconfig), tmp_path_factory.mktemp("operator"))
+    restart it before they return; the fixture restarts it anyway if it is found dead.
+
+    ``WSO_E2E_OPERATOR_KUBECONFIG`` gives the operator its own kubeconfig (the tests keep the admin one):
+    tests/e2e/test_helm.py points it at a token of the Helm chart's ServiceAccount, so the suite proves
+    the chart's RBAC is enough."""
+    operator_kubeconfig = os.environ.get(OPERATOR_KUBECONFIG_ENV) or str(cluster.kubeconfig)
+    process = OperatorProcess(operator_kubeconfig, tmp_path_factory.mktemp("operator"))
     process.start()
     try:
         yield RunningOperator(process, [str(cluster.tools["kubectl"]), "--kubeconfig", str(cluster.kubeconfig)])
