@@ -39,6 +39,7 @@ OPERATOR_KUBECONFIG_ENV = "WSO_E2E_OPERATOR_KUBECONFIG"
 _BIN_DIR_KEY = pytest.StashKey[Path]()
 _CLUSTER_KEY = pytest.StashKey["Cluster"]()
 _STARTUP_KEY = pytest.StashKey[dict[str, float]]()
+_OPERATOR_KEY = pytest.StashKey["RunningOperator"]()
 
 
 class CommandError(subprocess.CalledProcessError):
@@ -266,7 +267,9 @@ class RunningOperator:
 
 
 @pytest.fixture(scope="session")
-def wso_operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningOperator]:
+def wso_operator(
+    request: pytest.FixtureRequest, cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningOperator]:
     """The real operator, run as a child process (see operator_process.py). Tests that stop it must
     restart it before they return; the fixture restarts it anyway if it is found dead.
 
@@ -276,10 +279,28 @@ def wso_operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> 
     operator_kubeconfig = os.environ.get(OPERATOR_KUBECONFIG_ENV) or str(cluster.kubeconfig)
     process = OperatorProcess(operator_kubeconfig, tmp_path_factory.mktemp("operator"))
     process.start()
+    running = RunningOperator(process, [str(cluster.tools["kubectl"]), "--kubeconfig", str(cluster.kubeconfig)])
+    request.config.stash[_OPERATOR_KEY] = running
     try:
-        yield RunningOperator(process, [str(cluster.tools["kubectl"]), "--kubeconfig", str(cluster.kubeconfig)])
+        yield running
     finally:
+        del request.config.stash[_OPERATOR_KEY]
         process.stop()
+
+
+@pytest.fixture
+def shared_operator_paused(request: pytest.FixtureRequest) -> Iterator[None]:
+    """For tests that run an operator of their own (e.g. with other credentials): stop the session's
+    shared operator, if one is running, so it cannot do the work in their place; restart it afterwards."""
+    running = request.config.stash.get(_OPERATOR_KEY, None)
+    active = running is not None and running.process.process is not None and running.process.process.poll() is None
+    if active:
+        running.process.stop()
+    try:
+        yield
+    finally:
+        if active:
+            running.process.start()
 
 
 @pytest.fixture(autouse=True)
