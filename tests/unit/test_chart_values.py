@@ -96,3 +96,27 @@ def test_schema_and_values_name_the_same_keys(repo_root: Path) -> None:
     problems: list[str] = []
     walk(values, schema, "", problems)
     assert problems == []
+
+
+def test_chart_app_version_is_the_operator_version(repo_root: Path) -> None:
+    import tomllib
+
+    from workspace_secrets import __version__
+
+    chart = yaml.safe_load((repo_root / CHART / "Chart.yaml").read_text())
+    project = tomllib.loads((repo_root / "pyproject.toml").read_text())["project"]
+    assert chart["appVersion"] == project["version"] == __version__
+
+
+def test_chart_runs_the_image_as_the_dockerfile_user(repo_root: Path) -> None:
+    """The chart's runAsUser/runAsGroup are the Dockerfile's numeric non-root USER (a named user would make
+    the kubelet refuse runAsNonRoot), and the image's entry point is the operator's `run` command."""
+    dockerfile = (repo_root / "Dockerfile").read_text()
+    users = re.findall(r"^USER\s+(\d+):(\d+)\s*$", dockerfile, re.MULTILINE)
+    assert len(users) == 1, "exactly one numeric USER uid:gid line"
+    uid, gid = map(int, users[0])
+    assert uid != 0
+    values = yaml.safe_load((repo_root / CHART / "values.yaml").read_text())
+    assert (values["securityContext"]["runAsUser"], values["securityContext"]["runAsGroup"]) == (uid, gid)
+    assert re.search(r'^ENTRYPOINT \["workspace-secrets-operator", "run"\]$', dockerfile, re.MULTILINE)
+    assert re.search(r"^FROM python:3\.11-slim\b", dockerfile, re.MULTILINE)
