@@ -36,10 +36,13 @@ from operator_process import OperatorProcess, free_port
 E2E_DIR = Path(__file__).resolve().parent
 CRD_DIR = REPO_ROOT / "crds"
 NAMESPACE_PREFIX = "wso-e2e-"
+#: Kubeconfig for the operator process only (e.g. a ServiceAccount token); the tests themselves stay admin.
+OPERATOR_KUBECONFIG_ENV = "WSO_E2E_OPERATOR_KUBECONFIG"
 
 _BIN_DIR_KEY = pytest.StashKey[Path]()
 _CLUSTER_KEY = pytest.StashKey["Cluster"]()
 _STARTUP_KEY = pytest.StashKey[dict[str, float]]()
+_OPERATOR_KEY = pytest.StashKey["RunningOperator"]()
 
 
 class CommandError(subprocess.CalledProcessError):
@@ -299,10 +302,17 @@ def credential_backends(cluster: Cluster, tmp_path_factory: pytest.TempPathFacto
 
 
 @pytest.fixture(scope="session")
-def wso_operator(cluster: Cluster, credential_backends: Backends, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningOperator]:
+def wso_operator(
+    request: pytest.FixtureRequest, cluster: Cluster, credential_backends: Backends, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningOperator]:
     """The real operator, run as a child process (see operator_process.py). Tests that stop it must
     restart it before they return; the fixture restarts it anyway if it is found dead. A (re)start
-    returns once the API server reaches its admission webhook."""
+    returns once the API server reaches its admission webhook.
+
+    ``WSO_E2E_OPERATOR_KUBECONFIG`` gives the operator its own kubeconfig (the tests keep the admin one):
+    tests/e2e/test_helm.py points it at a token of the Helm chart's ServiceAccount, so the suite proves
+    the chart's RBAC is enough."""
+    operator_kubeconfig = os.environ.get(OPERATOR_KUBECONFIG_ENV) or str(cluster.kubeconfig)
     log_dir = tmp_path_factory.mktemp("operator")
     webhook_host = "127.0.0.1" if not cluster.external else os.environ.get("WSO_E2E_WEBHOOK_HOST")
     args: list[str] = []
@@ -316,17 +326,35 @@ def wso_operator(cluster: Cluster, credential_backends: Backends, tmp_path_facto
             args += ["--webhook-listen-address", "0.0.0.0"]
         ready = lambda: webhook_answers(api_client)  # noqa: E731
     args += ["--providers-config", str(credential_backends.config_path), "--operator-namespace", ADMIN_NAMESPACE]
-    process = OperatorProcess(str(cluster.kubeconfig), log_dir, *args, ready=ready)
+    process = OperatorProcess(operator_kubeconfig, log_dir, *args, ready=ready)
     process.start()
-    try:
-        yield RunningOperator(process, [str(cluster.tools["kubectl"]), "--kubeconfig", str(cluster.kubeconfig)],
+    running = RunningOperator(process, [str(cluster.tools["kubectl"]), "--kubeconfig", str(cluster.kubeconfig)],
                               webhook=bool(webhook_host))
+    request.config.stash[_OPERATOR_KEY] = running
+    try:
+        yield running
     finally:
+        del request.config.stash[_OPERATOR_KEY]
         process.stop()
         if webhook_host:
             # The webhook is persistent (fail-closed for labelled pods): do not leave it behind.
             cluster.kubectl("delete", "mutatingwebhookconfiguration", WEBHOOK_CONFIGURATION_NAME, "--ignore-not-found", check=False)
         api_client.close()
+
+
+@pytest.fixture
+def shared_operator_paused(request: pytest.FixtureRequest) -> Iterator[None]:
+    """For tests that run an operator of their own (e.g. with other credentials): stop the session's
+    shared operator, if one is running, so it cannot do the work in their place; restart it afterwards."""
+    running = request.config.stash.get(_OPERATOR_KEY, None)
+    active = running is not None and running.process.process is not None and running.process.process.poll() is None
+    if active:
+        running.process.stop()
+    try:
+        yield
+    finally:
+        if active:
+            running.process.start()
 
 
 @pytest.fixture(autouse=True)

@@ -47,7 +47,8 @@ class OperatorProcess:
         self.starts += 1
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
-        log.write(f"\n===== operator start #{self.starts} =====\n".encode())
+        # The kubeconfig's path (never its content) tells which identity this run used.
+        log.write(f"\n===== operator start #{self.starts} (kubeconfig {self.kubeconfig}) =====\n".encode())
         log.flush()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "workspace_secrets", "run", "--kubeconfig", self.kubeconfig, "--verbose",
