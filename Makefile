@@ -5,7 +5,7 @@ VENV   ?= .venv
 PYTHON ?= python3
 BIN    := $(VENV)/bin
 
-.PHONY: run test unit e2e lint venv tools system-deps clean
+.PHONY: run test unit e2e lint venv tools system-deps clean chart-crds helm-e2e
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -34,6 +34,17 @@ e2e: venv system-deps tools
 
 test: venv system-deps tools lint
 	$(BIN)/pytest tests
+
+# The Helm chart ships byte-for-byte copies of crds/ (tests/unit/test_chart_crds_in_sync.py checks it).
+CHART := deploy/helm/workspace-secrets-operator
+chart-crds:
+	rm -f $(CHART)/crds/*
+	cp crds/* $(CHART)/crds/
+
+# The chart's tests: lint, render, install, and the WorkspaceSecret e2e suite run by an operator that
+# holds only the chart's ServiceAccount token (see tests/e2e/test_helm.py).
+helm-e2e: venv tools
+	$(BIN)/pytest tests/e2e/test_helm.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import secrets
 import socket
@@ -15,7 +16,7 @@ from pathlib import Path
 import kopf
 
 from . import __version__, metrics
-from .config import OperatorConfig
+from .config import OperatorConfig, WebhookConfig
 from .domain.peering import auto_priority
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -56,7 +57,54 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--api-burst", type=int, default=100, help="requests allowed in a burst above --api-qps")
         cmd.add_argument("--workers", type=int, default=4, help="workers for watch- and resync-driven reconciles")
         cmd.add_argument("--resync-interval", type=float, default=300.0, help="seconds between safety-net resyncs")
+        cmd.add_argument("--sweep-interval", type=float, default=600.0, help="seconds between orphaned-credential sweeps")
+        cmd.add_argument("--providers-config", default=os.environ.get("WSO_PROVIDERS_CONFIG"),
+                         help="YAML file configuring dynamic-credential providers (see README)")
+        cmd.add_argument("--operator-namespace", default=os.environ.get("POD_NAMESPACE", "workspace-secrets-system"),
+                         help="namespace holding the providers' admin credential Secrets")
+        _webhook_arguments(cmd, default_on=name == "dev")
     return parser
+
+
+def _webhook_arguments(cmd: argparse.ArgumentParser, *, default_on: bool) -> None:
+    """The pod-injection admission webhook (README: "How workspace pods get their secrets")."""
+    group = cmd.add_argument_group("pod-injection webhook")
+    group.add_argument("--webhook", action=argparse.BooleanOptionalAction, default=None,
+                       help="serve the mutating webhook that mounts WorkspaceSecrets into labelled pods (default: "
+                       + ("on when `dev` starts its own control plane)" if default_on else "off)"))
+    group.add_argument("--webhook-port", type=int, default=9443, help="HTTPS port the webhook listens on (default 9443)")
+    group.add_argument("--webhook-host", default="127.0.0.1",
+                       help="out of the cluster: the API server calls https://HOST:PORT (default 127.0.0.1)")
+    group.add_argument("--webhook-service", metavar="NAMESPACE/NAME", default=None,
+                       help="in the cluster: the API server calls this Service (its port --webhook-service-port "
+                       "targets --webhook-port); the certificate covers NAME.NAMESPACE.svc")
+    group.add_argument("--webhook-service-port", type=int, default=443, help="the Service's port (default 443)")
+    group.add_argument("--webhook-listen-address", default=None,
+                       help="address to listen on (default: 0.0.0.0 with --webhook-service, else --webhook-host if an IP)")
+    group.add_argument("--webhook-cert-dir", default=None,
+                       help="certificate directory: tls.crt/tls.key[/ca.crt] provided there are used as they are; "
+                       "otherwise the operator keeps its own CA and serving certificate there (default: a temporary directory)")
+    group.add_argument("--webhook-configuration", default=WebhookConfig.configuration_name,
+                       help=f"name of the MutatingWebhookConfiguration the operator manages (default {WebhookConfig.configuration_name})")
+
+
+def _webhook_config(args: argparse.Namespace) -> WebhookConfig:
+    service = None
+    if args.webhook_service:
+        namespace, _, name = args.webhook_service.partition("/")
+        if not namespace or not name:
+            raise SystemExit(f"--webhook-service: expected NAMESPACE/NAME, got {args.webhook_service!r}")
+        service = (namespace, name)
+    return WebhookConfig(
+        enabled=bool(args.webhook),
+        port=args.webhook_port,
+        listen_address=args.webhook_listen_address,
+        host=args.webhook_host,
+        service=service,
+        service_port=args.webhook_service_port,
+        cert_dir=args.webhook_cert_dir,
+        configuration_name=args.webhook_configuration,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,6 +123,12 @@ def _run(args: argparse.Namespace) -> int:
         os.environ["KUBECONFIG"] = args.kubeconfig
     from . import handlers  # noqa: F401  (registers the kopf handlers)
 
+    webhook = _webhook_config(args)
+    if webhook.enabled:
+        from .handlers import pods
+
+        pods.register()  # only when enabled: kopf refuses admission handlers without a webhook server
+
     kopf.configure(
         verbose=args.verbose,
         log_format={"plain": kopf.LogFormat.PLAIN, "json": kopf.LogFormat.JSON, "full": kopf.LogFormat.FULL}[args.log_format],
@@ -83,6 +137,7 @@ def _run(args: argparse.Namespace) -> int:
         log_prefix=args.log_format != "json",
         log_refkey="object",
     )
+    _quiet_client_libraries()
     # Our identity in the peering object, shared with kopf so both read the same entry. In a pod,
     # POD_ID (the pod name, from the downward API) makes it readable in `kubectl get clusterkopfpeering -o yaml`.
     identity = f"{os.environ.get('POD_ID') or socket.gethostname()}/{os.getpid()}/{secrets.token_hex(3)}"
@@ -100,6 +155,10 @@ def _run(args: argparse.Namespace) -> int:
         identity=identity,
         priority=priority,
         peering_lifetime=args.peering_lifetime,
+        providers_config=args.providers_config,
+        sweep_interval=args.sweep_interval,
+        operator_namespace=args.operator_namespace,
+        webhook=webhook,
     )
     metrics.serve(args.metrics_port, args.metrics_address)
     asyncio.run(
@@ -115,6 +174,13 @@ def _run(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+def _quiet_client_libraries() -> None:
+    """Provider SDKs log request and response bodies at DEBUG -- which include freshly minted secrets
+    (botocore logs CreateAccessKey's response). Never let them, whatever the operator's verbosity."""
+    for name in ("botocore", "boto3", "s3transfer", "urllib3", "google", "psycopg", "requests_oauthlib", "oauthlib"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _dev(args: argparse.Namespace) -> int:
@@ -143,6 +209,9 @@ def _dev(args: argparse.Namespace) -> int:
             "Stop with Ctrl-C.\n",
             flush=True,
         )
+        if args.webhook is None:
+            # The local control plane's API server reaches the operator on 127.0.0.1; a remote one does not.
+            args.webhook = control_plane is not None
         if args.liveness == "http://0.0.0.0:8080/healthz":
             args.liveness = "http://127.0.0.1:8080/healthz"
         if args.metrics_address == "0.0.0.0":

@@ -4,6 +4,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .api.constants import WEBHOOK_CONFIGURATION_NAME
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    """The pod-injection admission webhook (see the README, "How workspace pods get their secrets")."""
+
+    enabled: bool = False
+    port: int = 9443  # where the operator listens (HTTPS)
+    listen_address: str | None = None  # None: 0.0.0.0 behind a Service, else `host` when it is an IP
+    # Out of the cluster: the API server calls https://<host>:<port>.
+    host: str = "127.0.0.1"
+    # In the cluster: the API server calls this Service (namespace, name) on `service_port`.
+    service: tuple[str, str] | None = None
+    service_port: int = 443
+    cert_dir: str | None = None  # None: a private temporary directory (a new CA on every start)
+    configuration_name: str = WEBHOOK_CONFIGURATION_NAME  # the MutatingWebhookConfiguration kopf manages
+
 
 @dataclass(frozen=True)
 class OperatorConfig:
@@ -14,6 +32,10 @@ class OperatorConfig:
     api_burst: int = 100  # ... with bursts up to this many
     secret_workers: int = 4  # reconciles driven by the Secret watch and resyncs
     resync_interval: float = 300.0  # seconds between safety-net resyncs of every WorkspaceSecret
+    sweep_interval: float = 600.0  # seconds between orphan sweeps at the credential providers
+    providers_config: str | None = None  # YAML file naming the dynamic-credential providers (see README)
+    operator_namespace: str = "workspace-secrets-system"  # where the providers' admin credential Secrets live
+    webhook: WebhookConfig = field(default_factory=WebhookConfig)
     # Liveness: the probe fails once a Secret watch has been disconnected for longer than this. Not 0:
     # an API server restart or a watch timeout disconnects it for a moment, which is normal.
     watch_unhealthy_threshold: float = 60.0
@@ -22,7 +44,6 @@ class OperatorConfig:
     identity: str = ""  # this replica's key in the peering object (also passed to kopf)
     priority: int = 0  # this replica's peering priority (also passed to kopf)
     peering_lifetime: int = 60  # seconds a replica's keep-alive stays valid: the failover time after a crash
-    extra: dict = field(default_factory=dict)
 
     @property
     def clusterwide(self) -> bool:

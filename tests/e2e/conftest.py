@@ -27,16 +27,22 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
+from workspace_secrets.api.constants import WEBHOOK_CONFIGURATION_NAME
 from workspace_secrets.testing.controlplane import REPO_ROOT, ControlPlane, resolve_bin_dir
-from operator_process import OperatorProcess
+from backends import ADMIN_NAMESPACE, Backends, Moto, providers_yaml
+from helpers import webhook_answers
+from operator_process import OperatorProcess, free_port
 
 E2E_DIR = Path(__file__).resolve().parent
 CRD_DIR = REPO_ROOT / "crds"
 NAMESPACE_PREFIX = "wso-e2e-"
+#: Kubeconfig for the operator process only (e.g. a ServiceAccount token); the tests themselves stay admin.
+OPERATOR_KUBECONFIG_ENV = "WSO_E2E_OPERATOR_KUBECONFIG"
 
 _BIN_DIR_KEY = pytest.StashKey[Path]()
 _CLUSTER_KEY = pytest.StashKey["Cluster"]()
 _STARTUP_KEY = pytest.StashKey[dict[str, float]]()
+_OPERATOR_KEY = pytest.StashKey["RunningOperator"]()
 
 
 class CommandError(subprocess.CalledProcessError):
@@ -261,18 +267,94 @@ class RunningOperator:
 
     process: OperatorProcess
     kubectl: list[str]
+    #: Whether it serves the pod-injection webhook (always on the local control plane; on an external
+    #: cluster only with WSO_E2E_WEBHOOK_HOST, an address of this machine the cluster's API server reaches).
+    webhook: bool = False
 
 
 @pytest.fixture(scope="session")
-def wso_operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningOperator]:
-    """The real operator, run as a child process (see operator_process.py). Tests that stop it must
-    restart it before they return; the fixture restarts it anyway if it is found dead."""
-    process = OperatorProcess(str(cluster.kubeconfig), tmp_path_factory.mktemp("operator"))
-    process.start()
+def credential_backends(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backends]:
+    """Provider servers for dynamic credentials, the admin credential Secrets in the operator's namespace,
+    and the operator's provider configuration file."""
+    workdir = tmp_path_factory.mktemp("backends")
+    moto = Moto.start(workdir)
     try:
-        yield RunningOperator(process, [str(cluster.tools["kubectl"]), "--kubeconfig", str(cluster.kubeconfig)])
+        with cluster.api_client() as api:
+            core = k8s.CoreV1Api(api)
+            try:
+                core.create_namespace({"metadata": {"name": ADMIN_NAMESPACE}})
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+            secret = {"metadata": {"name": "aws-admin"},
+                      "stringData": {"AWS_ACCESS_KEY_ID": moto.admin_key_id, "AWS_SECRET_ACCESS_KEY": moto.admin_secret}}
+            try:
+                core.create_namespaced_secret(ADMIN_NAMESPACE, secret)
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+                core.replace_namespaced_secret("aws-admin", ADMIN_NAMESPACE, secret)
+        config_path = workdir / "providers.yaml"
+        config_path.write_text(providers_yaml(moto))
+        yield Backends(config_path, moto)
     finally:
+        moto.stop()
+
+
+@pytest.fixture(scope="session")
+def wso_operator(
+    request: pytest.FixtureRequest, cluster: Cluster, credential_backends: Backends, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningOperator]:
+    """The real operator, run as a child process (see operator_process.py). Tests that stop it must
+    restart it before they return; the fixture restarts it anyway if it is found dead. A (re)start
+    returns once the API server reaches its admission webhook.
+
+    ``WSO_E2E_OPERATOR_KUBECONFIG`` gives the operator its own kubeconfig (the tests keep the admin one):
+    tests/e2e/test_helm.py points it at a token of the Helm chart's ServiceAccount, so the suite proves
+    the chart's RBAC is enough."""
+    operator_kubeconfig = os.environ.get(OPERATOR_KUBECONFIG_ENV) or str(cluster.kubeconfig)
+    log_dir = tmp_path_factory.mktemp("operator")
+    webhook_host = "127.0.0.1" if not cluster.external else os.environ.get("WSO_E2E_WEBHOOK_HOST")
+    args: list[str] = []
+    ready = None
+    api_client = cluster.api_client()
+    if webhook_host:
+        # A fixed port and certificate directory across restarts, as a Deployment with a Service has.
+        args = ["--webhook", "--webhook-host", webhook_host, "--webhook-port", str(free_port()),
+                "--webhook-cert-dir", str(log_dir / "webhook-certs")]
+        if cluster.external:
+            args += ["--webhook-listen-address", "0.0.0.0"]
+        ready = lambda: webhook_answers(api_client)  # noqa: E731
+    args += ["--providers-config", str(credential_backends.config_path), "--operator-namespace", ADMIN_NAMESPACE]
+    process = OperatorProcess(operator_kubeconfig, log_dir, *args, ready=ready)
+    process.start()
+    running = RunningOperator(process, [str(cluster.tools["kubectl"]), "--kubeconfig", str(cluster.kubeconfig)],
+                              webhook=bool(webhook_host))
+    request.config.stash[_OPERATOR_KEY] = running
+    try:
+        yield running
+    finally:
+        del request.config.stash[_OPERATOR_KEY]
         process.stop()
+        if webhook_host:
+            # The webhook is persistent (fail-closed for labelled pods): do not leave it behind.
+            cluster.kubectl("delete", "mutatingwebhookconfiguration", WEBHOOK_CONFIGURATION_NAME, "--ignore-not-found", check=False)
+        api_client.close()
+
+
+@pytest.fixture
+def shared_operator_paused(request: pytest.FixtureRequest) -> Iterator[None]:
+    """For tests that run an operator of their own (e.g. with other credentials): stop the session's
+    shared operator, if one is running, so it cannot do the work in their place; restart it afterwards."""
+    running = request.config.stash.get(_OPERATOR_KEY, None)
+    active = running is not None and running.process.process is not None and running.process.process.poll() is None
+    if active:
+        running.process.stop()
+    try:
+        yield
+    finally:
+        if active:
+            running.process.start()
 
 
 @pytest.fixture(autouse=True)

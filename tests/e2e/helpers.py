@@ -124,3 +124,21 @@ class Api:
             metadata=client.V1ObjectMeta(name=name, labels=labels, annotations=annotations),
             spec=client.V1PodSpec(containers=[client.V1Container(name="workspace", image="registry.invalid/workspace:1")]),
         ))
+
+
+# The admission webhook
+READINESS_PROBE_WS = "wso-webhook-readiness-probe"  # never created: the webhook must refuse a pod naming it
+
+
+def webhook_answers(api_client: client.ApiClient, namespace: str = "default") -> bool:
+    """Whether the API server calls the operator's webhook: a dry-run pod naming a missing WorkspaceSecret
+    is refused with the webhook's own message (not admitted, and not a failure to call the webhook)."""
+    pod = client.V1Pod(
+        metadata=client.V1ObjectMeta(generate_name="probe-", labels={c.LABEL_WORKSPACE_SECRET: READINESS_PROBE_WS}),
+        spec=client.V1PodSpec(containers=[client.V1Container(name="probe", image="registry.invalid/probe:1")]),
+    )
+    try:
+        client.CoreV1Api(api_client).create_namespaced_pod(namespace, pod, dry_run="All")
+    except ApiException as exc:
+        return exc.status == 403 and f"WorkspaceSecret {READINESS_PROBE_WS!r} does not exist" in (exc.body or "")
+    return False

@@ -15,7 +15,7 @@ import time
 import urllib.error
 import urllib.request
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -29,9 +29,13 @@ def free_port() -> int:
 class OperatorProcess:
     _instances: weakref.WeakSet[OperatorProcess] = weakref.WeakSet()
 
-    def __init__(self, kubeconfig: str, log_dir: Path, *extra_args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, kubeconfig: str, log_dir: Path, *extra_args: str, env: dict[str, str] | None = None,
+        ready: Callable[[], bool] | None = None,
+    ) -> None:
         OperatorProcess._instances.add(self)
         self.kubeconfig = kubeconfig
+        self.ready = ready  # beyond /healthz, e.g. "the API server reaches the admission webhook"
         self.log_dir = log_dir
         self.extra_args = extra_args
         self.env = env or {}
@@ -51,7 +55,8 @@ class OperatorProcess:
         self.starts += 1
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
-        log.write(f"\n===== operator start #{self.starts} =====\n".encode())
+        # The kubeconfig's path (never its content) tells which identity this run used.
+        log.write(f"\n===== operator start #{self.starts} (kubeconfig {self.kubeconfig}) =====\n".encode())
         log.flush()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "workspace_secrets", "run", "--kubeconfig", self.kubeconfig, "--verbose",
@@ -64,7 +69,7 @@ class OperatorProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"operator exited with {self.process.returncode}; see {self.log_path}")
-            if self.healthy():
+            if self.healthy() and (self.ready is None or self.ready()):
                 return
             time.sleep(0.2)
         raise TimeoutError(f"operator not healthy after {timeout}s; see {self.log_path}")
@@ -111,9 +116,11 @@ class OperatorProcess:
         return self.process is not None and self.process.poll() is None
 
     def log_since_last_start(self) -> str:
+        """The log of the current run, from the line after its start marker."""
         text = self.log_text()
-        marker = f"===== operator start #{self.starts} ====="
-        return text[text.rfind(marker) + len(marker):] if marker in text else text
+        marker = f"===== operator start #{self.starts} "
+        start = text.rfind(marker)
+        return text[text.index("\n", start) + 1:] if start >= 0 else text
 
 
 @contextmanager

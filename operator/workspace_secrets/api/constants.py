@@ -27,13 +27,16 @@ MANAGED_SELECTOR: Final = f"{LABEL_MANAGED_BY}={OPERATOR_NAME}"
 
 # Annotations a user or platform sets on a WorkspaceSecret.
 ANNOTATION_ROTATE_SSH_KEY: Final = f"{GROUP}/rotate-ssh-key"
-# The escape hatch for any finalizer the operator adds (see README, "Finalizers"): set to "true" on an
-# object stuck in deletion, the operator removes its finalizer without the external cleanup, records
-# that in an Event, and leaves whatever could not be cleaned up to a human.
-ANNOTATION_ABANDON_CLEANUP: Final = f"{GROUP}/abandon-cleanup"
+ANNOTATION_ABANDON_CLEANUP: Final = f"{GROUP}/abandon-cleanup"  # "true": give up revoking credentials on delete
+# Annotations a user sets on their own Secrets (user secrets) to declare what is delivered, and how.
+ANNOTATION_USER_ENV: Final = f"{GROUP}/env"
+ANNOTATION_USER_FILES: Final = f"{GROUP}/files"
 # Annotations the operator sets on the objects it creates (never a secret value).
 ANNOTATION_ROTATION_REQUEST: Final = f"{GROUP}/rotation-request"
 ANNOTATION_SSH_FINGERPRINT: Final = f"{GROUP}/ssh-key-fingerprint"
+ANNOTATION_CREDENTIALS: Final = f"{GROUP}/credentials"  # ledger of issued credential ids (never values)
+COMPONENT_TOKEN_ANCHOR: Final = "token-anchor"
+FINALIZER_CREDENTIALS: Final = f"{GROUP}/revoke-credentials"
 
 # Keys of the workspace Secret (documented in the README and in the CRD's descriptions).
 KEY_SSH_PRIVATE: Final = "ssh-privatekey"  # kubernetes.io/ssh-auth's required key
@@ -42,8 +45,34 @@ KEY_KNOWN_HOSTS: Final = "known_hosts"
 KEY_GIT_SSH_COMMAND: Final = "GIT_SSH_COMMAND"
 
 DEFAULT_MOUNT_PATH: Final = "/var/run/workspace-secrets"
+DEFAULT_USER_FILES_PATH: Final = "/var/run/workspace-secrets-user"  # user-secret files, by declared relative path
 
 # Condition types.
 CONDITION_READY: Final = "Ready"
 CONDITION_SSH_KEY_READY: Final = "SSHKeyReady"
 CONDITION_WORKSPACE_BOUND: Final = "WorkspaceBound"
+CONDITION_CREDENTIALS_READY: Final = "CredentialsReady"
+CONDITION_USER_SECRETS_READY: Final = "UserSecretsReady"
+
+# User secrets: the user's own Secrets, labelled with LABEL_USER and not created by the operator.
+USER_SECRETS_SELECTOR: Final = f"{LABEL_USER},{LABEL_MANAGED_BY}!={OPERATOR_NAME}"
+
+# --- Pod injection (the mutating admission webhook) ---------------------------------------------
+# The opt-in label on a workspace Pod (or a Deployment's pod template): the name of a WorkspaceSecret in
+# the pod's own namespace. The webhook configuration's objectSelector selects on this key only, so an
+# operator outage can never block an unlabelled pod.
+LABEL_WORKSPACE_SECRET: Final = f"{GROUP}/workspace-secret"
+# Optional pod annotations read by the webhook.
+ANNOTATION_CONTAINERS: Final = f"{GROUP}/containers"  # "a,b": only these (init) containers
+ANNOTATION_MOUNT_PATH: Final = f"{GROUP}/mount-path"  # must equal the WorkspaceSecret's spec.mountPath
+# The volume the webhook adds (the same name the manual example uses, so the two paths agree).
+POD_VOLUME_NAME: Final = "workspace-secrets"
+POD_USER_FILES_VOLUME_NAME: Final = "workspace-secrets-user-files"
+# Secret volume file modes: owner-only, or group-readable when the pod sets fsGroup (the files are
+# root-owned; a non-root user reads them through the fsGroup, and ssh accepts a key it does not own).
+MODE_OWNER_ONLY: Final = 0o400
+MODE_GROUP_READABLE: Final = 0o440
+# Default name of the MutatingWebhookConfiguration the operator manages (also the webhooks' name suffix).
+WEBHOOK_CONFIGURATION_NAME: Final = GROUP
+WEBHOOK_ID: Final = "mount-workspace-secret"
+EVENT_POD_INJECTION_CONFLICT: Final = "PodInjectionConflict"

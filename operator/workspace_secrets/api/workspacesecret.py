@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from . import constants as c
+from .durations import parse_duration
 
 WORKSPACE_KINDS: dict[str, tuple[str, str]] = {
     # kind -> (apiVersion, plural). The lifecycle anchors a WorkspaceSecret may bind to.
@@ -65,6 +67,18 @@ class DisplayItem:
 
 
 @dataclass(frozen=True)
+class CredentialSpec:
+    """One dynamic credential: minted for the workspace's lifetime by a platform-configured provider."""
+
+    name: str
+    provider: str
+    parameters: Mapping[str, str] = field(default_factory=dict)
+    rotate_after: timedelta | None = None
+    overlap: timedelta = timedelta(minutes=5)
+    env_prefix: str = ""
+
+
+@dataclass(frozen=True)
 class WorkspaceSecret:
     namespace: str
     name: str
@@ -76,6 +90,11 @@ class WorkspaceSecret:
     mount_path: str
     ssh: SSHSpec
     display: tuple[DisplayItem, ...] = ()
+    credentials: tuple[CredentialSpec, ...] = ()
+    user_secrets_enabled: bool = True
+    user_secret_names: tuple[str, ...] | None = None  # None: every user secret of the user
+    user_files_path: str = c.DEFAULT_USER_FILES_PATH
+    abandon_cleanup: bool = False
     rotate_ssh_key: str | None = None  # value of the rotate annotation, if any
     deleting: bool = False
     status: Mapping[str, Any] = field(default_factory=dict)
@@ -109,6 +128,11 @@ class WorkspaceSecret:
             mount_path=spec.get("mountPath") or c.DEFAULT_MOUNT_PATH,
             ssh=_ssh(spec.get("ssh") or {}),
             display=tuple(_display(item) for item in spec.get("display") or ()),
+            credentials=_credentials(spec.get("credentials") or ()),
+            user_secrets_enabled=(spec.get("userSecrets") or {}).get("enabled", True),
+            user_files_path=(spec.get("userSecrets") or {}).get("mountPath") or c.DEFAULT_USER_FILES_PATH,
+            user_secret_names=tuple((spec.get("userSecrets") or {})["names"]) if "names" in (spec.get("userSecrets") or {}) else None,
+            abandon_cleanup=(meta.get("annotations") or {}).get(c.ANNOTATION_ABANDON_CLEANUP) == "true",
             rotate_ssh_key=(meta.get("annotations") or {}).get(c.ANNOTATION_ROTATE_SSH_KEY) or None,
             deleting=bool(meta.get("deletionTimestamp")),
             status=body.get("status") or {},
@@ -148,3 +172,27 @@ def _ssh(ssh: Mapping[str, Any]) -> SSHSpec:
 def _display(item: Mapping[str, Any]) -> DisplayItem:
     ref = ((item.get("valueFrom") or {}).get("secretKeyRef") or {}).get("key")
     return DisplayItem(key=item["key"], value=item.get("value"), secret_key=ref, sensitive=bool(item.get("sensitive")))
+
+
+def _credentials(items: Any) -> tuple[CredentialSpec, ...]:
+    out: list[CredentialSpec] = []
+    seen: set[str] = set()
+    for index, item in enumerate(items):
+        where = f"spec.credentials[{index}]"
+        name, provider = item.get("name"), item.get("provider")
+        if not name:
+            raise SpecError(f"{where}.name", "is required")
+        if name in seen:
+            raise SpecError(f"{where}.name", f"{name!r} is used twice; entry names must be unique")
+        seen.add(name)
+        if not provider:
+            raise SpecError(f"{where}.provider", "is required: the name of a provider configured by the platform")
+        try:
+            rotate = parse_duration(item["rotateAfter"]) if item.get("rotateAfter") else None
+            overlap = parse_duration(item.get("overlap") or "5m")
+        except ValueError as exc:
+            raise SpecError(f"{where}.rotateAfter", str(exc)) from None
+        params = item.get("parameters") or {}
+        out.append(CredentialSpec(name=name, provider=provider, parameters={str(k): str(v) for k, v in params.items()},
+                                  rotate_after=rotate, overlap=overlap, env_prefix=item.get("envPrefix") or ""))
+    return tuple(out)

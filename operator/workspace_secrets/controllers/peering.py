@@ -49,9 +49,17 @@ class PeeringGate:
         PEERING_ACTIVE.set(0)
 
     async def ensure_objects(self) -> None:
+        """Create missing peering objects. Not fatal: without one, this replica (and kopf) stays paused,
+        which is safe, and says so in the log until someone creates it (the Helm chart does)."""
         for namespace in self._namespaces:
-            if await peering_api.ensure(self._kube, self._name, namespace):
-                log.info("Created the peering object %r%s.", self._name, f" in {namespace!r}" if namespace else "")
+            where = f" in {namespace!r}" if namespace else ""
+            try:
+                if await peering_api.ensure(self._kube, self._name, namespace):
+                    log.info("Created the peering object %r%s.", self._name, where)
+            except KubeError as exc:
+                log.warning("Peering object %r%s is missing and could not be created (%s %s: %s); every replica "
+                            "stays paused until it exists: apply crds/kopf-peering.yaml and create it, or allow the "
+                            "operator to create it.", self._name, where, exc.status, exc.reason, exc.message)
 
     async def run(self) -> None:
         while True:

@@ -11,6 +11,7 @@ import base64
 import logging
 import time
 import weakref
+from dataclasses import dataclass
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
@@ -18,7 +19,8 @@ from typing import Any
 from ..api import constants as c
 from ..api.workspacesecret import WORKSPACE_KINDS, SpecError, WorkspaceSecret
 from ..domain import conditions as cond
-from ..domain import sshkeys
+from ..domain.credentials import dump as ledger_dump
+from ..domain import sshkeys, user_secrets
 from ..domain import workspace_secret as policy
 from ..domain.naming import user_key_secret_name
 from ..domain.sshkeys import KeySpec, KeyType, SSHKeyPair
@@ -26,6 +28,7 @@ from ..kube.client import Conflict, Kube, NotFound, core_path, group_path
 from ..kube.events import EventRecorder
 from ..metrics import RECONCILE_DURATION, RECONCILES, SECRET_WRITES
 from .logref import log_extra
+from .credentials import CredentialManager, CredentialOutcome
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +41,16 @@ KEY_SOURCE_EXISTING = "Existing"
 BIND_RECHECK_SCHEDULE = ((120.0, 5.0), (600.0, 15.0))  # (age below, re-check every)
 BIND_RECHECK_SLOWEST = 60.0
 
-Requeue = Callable[[tuple[str, str], float], None]
+
+@dataclass(frozen=True)
+class SecretOutcome:
+    """What writing the workspace Secret did, and what went into it."""
+
+    action: policy.SecretAction | None = None
+    data: Mapping[str, str] | None = None  # base64 data as written (for display items)
+    problem: policy.Problem | None = None
+    credentials: CredentialOutcome | None = None
+    user_secrets: user_secrets.UserSecretsPlan | None = None
 
 
 class RetryLater(Exception):
@@ -63,16 +75,15 @@ class WorkspaceSecretController:
         kube: Kube,
         events: EventRecorder,
         *,
+        credentials: CredentialManager | None = None,
+        schedule: Callable[[str, str, float], None] | None = None,
         clock: Callable[[], datetime] = cond.utcnow,
-        requeue: Requeue | None = None,
     ) -> None:
         self._kube = kube
         self._events = events
         self._clock = clock
-        # Schedules a later reconcile by (namespace, name): how an unbound WorkspaceSecret keeps looking
-        # for its workspace (a kopf timer would need kopf's finalizer on every unbound object, which
-        # would block its deletion while the operator is down).
-        self._requeue = requeue
+        self.credentials = credentials or CredentialManager({}, clock=clock)
+        self._schedule = schedule or (lambda namespace, name, delay: None)
         self._locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = weakref.WeakValueDictionary()
         # resourceVersions of Secrets we wrote ourselves, so the Secret watch can skip our own echoes.
         self.written: dict[tuple[str, str], str] = {}
@@ -106,6 +117,33 @@ class WorkspaceSecretController:
             RECONCILES.labels(kind=c.WORKSPACE_SECRET_KIND, result=result).inc()
             RECONCILE_DURATION.labels(kind=c.WORKSPACE_SECRET_KIND).observe(time.perf_counter() - started)
 
+    async def revoke_credentials(self, body: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+        """On deletion: revoke every credential of this WorkspaceSecret. Returns (revoked ids, errors)."""
+        ws = WorkspaceSecret.from_body(body)
+        existing = await self._kube.get(core_path(ws.namespace, "secrets", ws.secret_name))
+        if existing is not None and not policy.is_owned_by(existing, ws.uid):
+            existing = None
+        return await self.credentials.revoke_all(ws, existing)
+
+    async def finalize(self, body: Mapping[str, Any], *, attempt: int = 0) -> str | None:
+        """Deletion of a WorkspaceSecret with credentials. Returns None when done, else why not (retry)."""
+        ws = WorkspaceSecret.from_body(body)
+        ref = _ref(ws)
+        if ws.abandon_cleanup:
+            await self._events.warning(ref, "CleanupAbandoned", f"{c.ANNOTATION_ABANDON_CLEANUP}=true: credentials were NOT revoked; revoke them at the providers by hand (see status.credentials for their ids).")
+            return None
+        revoked, errors = await self.revoke_credentials(body)
+        if not errors:
+            if revoked:
+                await self._events.normal(ref, "CredentialsRevoked", f"Revoked {len(revoked)} credential(s) before deletion: {', '.join(revoked)}.")
+            return None
+        message = (f"Revocation failed (attempt {attempt + 1}), deletion waits and retries: {'; '.join(errors)}. "
+                   f"To give up, annotate {c.ANNOTATION_ABANDON_CLEANUP}=true.")
+        await self._write_status(body, ws, [cond.Condition(c.CONDITION_CREDENTIALS_READY, False, "RevocationFailed", message)])
+        if attempt == 0 or attempt % 5 == 0:
+            await self._events.warning(ref, "RevocationFailed", message)
+        return message
+
     async def names_for_user(self, namespace: str, user: str) -> list[str]:
         listing = await self._kube.list(group_path(c.API_VERSION, namespace, c.WORKSPACE_SECRET_PLURAL))
         return [
@@ -133,27 +171,44 @@ class WorkspaceSecretController:
         key, source, rotation, problem = await self._key(ws)
         workspace_uid = await self._bind(body, ws)
 
-        action: policy.SecretAction | None = None
-        secret_data: Mapping[str, str] | None = None
+        written = SecretOutcome()
         if key is not None:
-            action, secret_data, problem = await self._apply_secret(body, ws, key)
+            written = await self._apply_secret(ws, key)
+            problem = written.problem
+        creds = written.credentials
 
+        credential_problems: tuple[policy.Problem, ...] = ()
+        if creds is not None:
+            credential_problems = tuple(creds.problems)
+        elif ws.credentials:
+            credential_problems = (policy.Problem("Blocked", "Dynamic credentials are issued once the Secret can be written (see Ready)."),)
         obs = policy.Observation(
-            key=key, key_source=source, problem=problem, secret_action=action,
-            secret_data=secret_data, workspace_uid=workspace_uid, rotation_handled=rotation,
+            key=key, key_source=source, problem=problem, secret_action=written.action,
+            secret_data=written.data, workspace_uid=workspace_uid, rotation_handled=rotation,
+            credentials=creds.status if creds is not None else (ws.status.get("credentials") or None),
+            credential_problems=credential_problems,
+            credential_env=tuple(creds.env) if creds is not None else (),
+            user_secrets=written.user_secrets,
         )
         await self._write_status(body, ws, policy.conditions(ws, obs), policy.desired_status(ws, obs))
         await self._announce(body, ws, obs)
+        if creds is not None:
+            for type_, reason, message in creds.events:
+                await (self._events.normal if type_ == "Normal" else self._events.warning)(_ref(ws), reason, message)
+            if creds.wake_at is not None:
+                self._schedule(ws.namespace, ws.name, max(0.0, (creds.wake_at - self._clock()).total_seconds()))
+            elif creds.problems:
+                self._schedule(ws.namespace, ws.name, 10.0)  # provider trouble: try again soon (bounded by the queue's backoff)
         if workspace_uid is None:
             self._recheck_binding(body, ws)
-        return "problem" if problem else "success"
+        return "problem" if problem or credential_problems else "success"
 
     def _recheck_binding(self, body: Mapping[str, Any], ws: WorkspaceSecret) -> None:
-        if self._requeue is None:
-            return
+        """An unbound WorkspaceSecret keeps looking for its workspace through the work queue (a kopf timer
+        would put kopf's finalizer on every unbound object and block its deletion while the operator is down)."""
         age = _age_seconds(body["metadata"].get("creationTimestamp"), self._clock()) or 0.0
         delay = next((every for below, every in BIND_RECHECK_SCHEDULE if age < below), BIND_RECHECK_SLOWEST)
-        self._requeue((ws.namespace, ws.name), delay)
+        self._schedule(ws.namespace, ws.name, delay)
 
     # --- the key --------------------------------------------------------------------------------
     async def _key(self, ws: WorkspaceSecret) -> tuple[SSHKeyPair | None, str | None, str | None, policy.Problem | None]:
@@ -277,16 +332,22 @@ class WorkspaceSecretController:
         return uid
 
     # --- the Secret -----------------------------------------------------------------------------
-    async def _apply_secret(
-        self, body: Mapping[str, Any], ws: WorkspaceSecret, key: SSHKeyPair
-    ) -> tuple[policy.SecretAction, Mapping[str, str] | None, policy.Problem | None]:
-        desired = policy.desired_secret(ws, key)
+    async def _apply_secret(self, ws: WorkspaceSecret, key: SSHKeyPair) -> SecretOutcome:
+        """Compose the workspace Secret (SSH key, credentials, user secrets) and write it if it differs."""
         path = core_path(ws.namespace, "secrets", ws.secret_name)
         existing = await self._kube.get(path)
+        if existing is not None and not policy.is_owned_by(existing, ws.uid):
+            return SecretOutcome(policy.SecretAction.CONFLICT, problem=policy.Problem("SecretConflict", policy.conflict_message(existing, ws)))
+        creds = None
+        if ws.credentials or c.ANNOTATION_CREDENTIALS in ((existing or {}).get("metadata") or {}).get("annotations", {}):
+            creds = await self.credentials.reconcile(ws, existing)
+        user_plan = await self._user_secrets(ws, creds)
+        desired = policy.desired_secret(
+            ws, key,
+            extra_data={**(creds.data if creds else {}), **(user_plan.data if user_plan else {})},
+            ledger=ledger_dump(creds.ledger) if creds and creds.ledger else None,
+        )
         action = policy.secret_action(existing, desired, ws.uid)
-        if action is policy.SecretAction.CONFLICT:
-            assert existing is not None
-            return action, None, policy.Problem("SecretConflict", policy.conflict_message(existing, ws))
         if action is policy.SecretAction.CREATE:
             try:
                 self._remember(await self._kube.create(path.rsplit("/", 1)[0], desired), c.COMPONENT_WORKSPACE_SECRET, "create")
@@ -298,7 +359,18 @@ class WorkspaceSecretController:
                 self._remember(await self._kube.replace(path, policy.merged_for_update(existing, desired)), c.COMPONENT_WORKSPACE_SECRET, "update")
             except Conflict:
                 raise RetryLater(f"Secret {ws.secret_name!r} changed while updating it") from None
-        return action, desired["data"], None
+        return SecretOutcome(action, desired["data"], None, creds, user_plan)
+
+    async def _user_secrets(self, ws: WorkspaceSecret, creds: CredentialOutcome | None) -> user_secrets.UserSecretsPlan | None:
+        if not ws.user_secrets_enabled:
+            return None
+        listing = await self._kube.list(
+            core_path(ws.namespace, "secrets"),
+            label_selector=f"{c.LABEL_USER}={ws.user},{c.LABEL_MANAGED_BY}!={c.OPERATOR_NAME}",
+            from_cache=True,
+        )
+        reserved = {c.KEY_GIT_SSH_COMMAND, *(e["name"] for e in (creds.env if creds else ()))}
+        return user_secrets.plan(listing.get("items", ()), user=ws.user, select=ws.user_secret_names, reserved_env=reserved)
 
     def _remember(self, obj: Mapping[str, Any], component: str, operation: str) -> None:
         meta = obj["metadata"]
@@ -344,6 +416,9 @@ class WorkspaceSecretController:
         elif not obs.problem and previous.get("status") == "False":
             # Recovered (a fixed key, a removed conflicting Secret): the state change gets its Event too.
             await self._events.normal(ref, "SecretReady", f"Ready again (was {previous.get('reason')}): Secret {ws.secret_name!r} is up to date.")
+        previous_user = cond.find((body.get("status") or {}).get("conditions"), c.CONDITION_USER_SECRETS_READY) or {}
+        if obs.user_secrets is not None and obs.user_secrets.problems and previous_user.get("status") != "False":
+            await self._events.warning(ref, "UserSecretConflict", "; ".join(obs.user_secrets.problems)[:1000])
         was_bound = bool((body.get("status") or {}).get("workspaceUID"))
         if obs.workspace_uid and not was_bound:
             r = ws.workspace_ref

@@ -18,6 +18,7 @@ from ..api.workspacesecret import HOST_KEY_POLICIES, WorkspaceSecret
 from .conditions import Condition
 from .sensitive import MASK
 from .sshkeys import SSHKeyPair
+from .user_secrets import UserSecretsPlan
 
 SECRET_TYPE = "kubernetes.io/ssh-auth"
 
@@ -58,14 +59,26 @@ def owner_reference(ws: WorkspaceSecret) -> dict[str, Any]:
     }
 
 
-def desired_secret(ws: WorkspaceSecret, key: SSHKeyPair) -> dict[str, Any]:
-    """The full workspace Secret. Its data is the only place key material ever goes."""
+def desired_secret(
+    ws: WorkspaceSecret,
+    key: SSHKeyPair,
+    *,
+    extra_data: Mapping[str, str] | None = None,
+    ledger: str | None = None,
+) -> dict[str, Any]:
+    """The full workspace Secret. Its data is the only place key material and credentials ever go.
+
+    `extra_data` is already base64 (dynamic credentials); `ledger` is the credential ledger annotation
+    (ids only), written in the same request as the values it describes."""
     data = {
         c.KEY_SSH_PRIVATE: key.private_openssh.reveal(),
         c.KEY_SSH_PUBLIC: (key.public_openssh + "\n").encode(),
         c.KEY_KNOWN_HOSTS: known_hosts(ws.ssh.known_hosts).encode(),
         c.KEY_GIT_SSH_COMMAND: git_ssh_command(ws.mount_path, ws.ssh.host_key_policy).encode(),
     }
+    annotations = {c.ANNOTATION_SSH_FINGERPRINT: key.fingerprint}
+    if ledger:
+        annotations[c.ANNOTATION_CREDENTIALS] = ledger
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -74,11 +87,15 @@ def desired_secret(ws: WorkspaceSecret, key: SSHKeyPair) -> dict[str, Any]:
             "name": ws.secret_name,
             "namespace": ws.namespace,
             "labels": managed_labels(ws, c.COMPONENT_WORKSPACE_SECRET),
-            "annotations": {c.ANNOTATION_SSH_FINGERPRINT: key.fingerprint},
+            "annotations": annotations,
             "ownerReferences": [owner_reference(ws)],
         },
-        "data": {k: base64.b64encode(v).decode() for k, v in data.items()},
+        "data": {**{k: base64.b64encode(v).decode() for k, v in data.items()}, **(extra_data or {})},
     }
+
+
+# Annotations whose absence from the desired Secret means "remove it".
+OWNED_ANNOTATIONS = (c.ANNOTATION_CREDENTIALS,)
 
 
 class SecretAction(str, Enum):
@@ -105,6 +122,7 @@ def secret_action(existing: Mapping[str, Any] | None, desired: Mapping[str, Any]
         and existing.get("type") == desired["type"]
         and _contains(meta.get("labels"), want["labels"])
         and _contains(meta.get("annotations"), want["annotations"])
+        and not any(k in (meta.get("annotations") or {}) for k in OWNED_ANNOTATIONS if k not in want["annotations"])
     )
     return SecretAction.UNCHANGED if same else SecretAction.UPDATE
 
@@ -114,7 +132,8 @@ def merged_for_update(existing: Mapping[str, Any], desired: Mapping[str, Any]) -
     so the write is a compare-and-swap against what we looked at."""
     meta = dict(existing["metadata"])
     meta["labels"] = {**(meta.get("labels") or {}), **desired["metadata"]["labels"]}
-    meta["annotations"] = {**(meta.get("annotations") or {}), **desired["metadata"]["annotations"]}
+    kept = {k: v for k, v in (meta.get("annotations") or {}).items() if k not in OWNED_ANNOTATIONS}
+    meta["annotations"] = {**kept, **desired["metadata"]["annotations"]}
     return {**desired, "metadata": {**meta, "ownerReferences": desired["metadata"]["ownerReferences"]}}
 
 
@@ -152,9 +171,42 @@ class Observation:
     secret_data: Mapping[str, str] | None  # base64 data of the Secret as written (for display items)
     workspace_uid: str | None  # None: the workspace does not exist (yet)
     rotation_handled: str | None = None
+    credentials: list[dict[str, Any]] | None = None  # status entries (ids, never values)
+    credential_problems: tuple[Problem, ...] = ()
+    credential_env: tuple[dict[str, str], ...] = ()
+    user_secrets: UserSecretsPlan | None = None  # None: disabled for this WorkspaceSecret
 
 
 def conditions(ws: WorkspaceSecret, obs: Observation) -> list[Condition]:
+    return [*_credential_conditions(ws, obs), user_secrets_condition(obs)]
+
+
+def _credential_conditions(ws: WorkspaceSecret, obs: Observation) -> list[Condition]:
+    result = _ssh_and_binding_conditions(ws, obs)
+    if not ws.credentials and not obs.credential_problems:
+        return [*result, Condition(c.CONDITION_CREDENTIALS_READY, True, "NoCredentials", "No dynamic credentials requested.")]
+    if obs.credential_problems:
+        first = obs.credential_problems[0]
+        message = " ".join(p.message for p in obs.credential_problems)
+        creds = Condition(c.CONDITION_CREDENTIALS_READY, False, first.reason, message)
+        if result[0].status:  # the SSH part is fine: Ready says what is wrong with the credentials
+            result[0] = Condition(c.CONDITION_READY, False, first.reason, message)
+        return [*result, creds]
+    names = ", ".join(e["name"] for e in obs.credentials or ())
+    return [*result, Condition(c.CONDITION_CREDENTIALS_READY, True, "Issued", f"Credentials issued and current: {names}.")]
+
+
+def user_secrets_condition(obs: Observation) -> Condition:
+    plan = obs.user_secrets
+    if plan is None:
+        return Condition(c.CONDITION_USER_SECRETS_READY, True, "Disabled", "User secrets are not delivered to this workspace (spec.userSecrets.enabled=false).")
+    if plan.problems:
+        return Condition(c.CONDITION_USER_SECRETS_READY, False, "InvalidUserSecrets", "; ".join(plan.problems)[:2000] + ". Other user secrets are delivered.")
+    delivered = ", ".join(plan.delivered) or "none"
+    return Condition(c.CONDITION_USER_SECRETS_READY, True, "Delivered", f"User secrets delivered: {delivered}.")
+
+
+def _ssh_and_binding_conditions(ws: WorkspaceSecret, obs: Observation) -> list[Condition]:
     ref = ws.workspace_ref
     bound = (
         Condition(c.CONDITION_WORKSPACE_BOUND, True, "Bound", f"Bound to {ref.kind} {ref.name!r}; deleting it deletes this WorkspaceSecret and its Secret.")
@@ -206,6 +258,13 @@ def _decode_displayable(b64: str) -> str:
     return text.strip()[:256]
 
 
+def published_env(ws: WorkspaceSecret) -> list[dict[str, str]]:
+    """`status.env`: the env vars a workspace pod gets from the Secret, each `{name, key}` (a key of the
+    Secret). The pod-injection webhook maps every entry to a `secretKeyRef`; features that add keys to the
+    Secret (dynamic credentials, user secrets) add their entries here. Names only, never values."""
+    return [{"name": c.KEY_GIT_SSH_COMMAND, "key": c.KEY_GIT_SSH_COMMAND}]
+
+
 def desired_status(ws: WorkspaceSecret, obs: Observation) -> dict[str, Any]:
     """The status fields this controller owns (conditions are merged separately, see conditions.merge)."""
     status: dict[str, Any] = {
@@ -225,6 +284,13 @@ def desired_status(ws: WorkspaceSecret, obs: Observation) -> dict[str, Any]:
         for field in ("sshPublicKey", "sshKeyFingerprint", "sshKeyType", "sshKeySource"):
             if field in ws.status:
                 status[field] = ws.status[field]
+    status["credentials"] = obs.credentials or None
+    if obs.key is not None:  # the Secret was (re)written: publish what pod injection wires up
+        env = [*published_env(ws), *obs.credential_env]
+        plan = obs.user_secrets
+        status["env"] = env + (plan.env if plan else [])
+        status["files"] = (plan.files if plan else None) or None
+        status["userSecrets"] = (plan.delivered if plan else None) or None
     handled = obs.rotation_handled if obs.rotation_handled is not None else ws.status.get("sshKeyRotation")
     if handled is not None:
         status["sshKeyRotation"] = handled

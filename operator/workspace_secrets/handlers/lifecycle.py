@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Any
 
 import kopf
@@ -12,21 +13,34 @@ import kopf
 from ..api import constants as c
 from ..config import OperatorConfig
 from ..controllers.peering import PeeringGate
+from ..controllers.credentials import CredentialManager, sweep_orphans
+from ..controllers.provider_setup import load_providers
 from ..controllers.workqueue import WorkQueue
+from ..domain.conditions import utcnow
+from ..providers.credentials.base import Scope
 from ..controllers.workspace_secret import WorkspaceSecretController
-from ..domain import conditions as cond
 from ..kube.client import Kube, group_path, load_configuration
 from ..kube.events import EventRecorder
 from ..kube.watch import LabelSelectedWatch
+from . import admission
 
 log = logging.getLogger(__name__)
+
+
+def operator_config(memo: kopf.Memo) -> OperatorConfig:
+    """Our configuration, as `workspace-secrets-operator run` puts it in the memo; defaults when the
+    handlers are loaded by kopf's own CLI (`kopf run -m workspace_secrets.handlers`)."""
+    config = memo.get("config")
+    if config is None:
+        config = memo["config"] = OperatorConfig(providers_config=os.environ.get("WSO_PROVIDERS_CONFIG"))
+    return config
 
 
 @kopf.on.login(id="login")
 async def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
     """kopf and our own client authenticate the same way: one place reads in-cluster or kubeconfig
     credentials (the `kubernetes` package, which also handles exec plugins and token files)."""
-    config: OperatorConfig = memo.config
+    config = operator_config(memo)
     cfg = await asyncio.to_thread(load_configuration, config.kubeconfig)
     bearer = cfg.get_api_key_with_prefix("BearerToken") or cfg.get_api_key_with_prefix("authorization") or ""
     scheme, _, token = bearer.partition(" ") if " " in bearer else ("Bearer", "", bearer)
@@ -45,7 +59,7 @@ async def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
 
 @kopf.on.startup(id="configure")
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    config: OperatorConfig = memo.config
+    config = operator_config(memo)
     # kopf's own bookkeeping lives under our group, and only warnings become Events (kopf would otherwise
     # post an Event for every handler success, doubling API writes for no reader).
     settings.persistence.finalizer = f"{c.GROUP}/finalizer"
@@ -67,10 +81,14 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         active.set()
     kube = Kube.from_environment(kubeconfig=config.kubeconfig, max_concurrency=config.api_concurrency,
                                  qps=config.api_qps, burst=config.api_burst)
-    queue: WorkQueue
-    controller = WorkspaceSecretController(kube, EventRecorder(kube), requeue=lambda key, delay: queue.add_after(key, delay))
+    providers, unavailable = await load_providers(config.providers_config, kube, config.operator_namespace)
     queue = WorkQueue(lambda key: controller.reconcile_by_name(*key), workers=config.secret_workers,
                       name=c.WORKSPACE_SECRET_PLURAL, active=active)
+    controller = WorkspaceSecretController(
+        kube, EventRecorder(kube),
+        credentials=CredentialManager(providers, clock=utcnow, unavailable=unavailable),
+        schedule=lambda namespace, name, delay: queue.add_after((namespace, name), delay),
+    )
     memo.kube = kube
     memo.workspace_secrets = controller
     memo.queue = queue
@@ -97,30 +115,39 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
             for name in await controller.names_for_user(meta["namespace"], labels.get(c.LABEL_USER, "")):
                 queue.add((meta["namespace"], name))
 
+    async def on_user_secret(type_: str, obj: dict[str, Any]) -> None:
+        """A user's own Secret changed: every workspace of that user in the namespace follows."""
+        if not active.is_set():
+            return  # a standby replica (see on_secret)
+        meta = obj.get("metadata") or {}
+        user = (meta.get("labels") or {}).get(c.LABEL_USER)
+        if user:
+            for name in await controller.names_for_user(meta["namespace"], user):
+                queue.add((meta["namespace"], name))
+
     paths = ["/api/v1/secrets"] if config.clusterwide else [f"/api/v1/namespaces/{ns}/secrets" for ns in config.namespaces]
     memo.watches = [LabelSelectedWatch(kube, path, c.MANAGED_SELECTOR, on_secret) for path in paths]
+    memo.watches += [LabelSelectedWatch(kube, path, c.USER_SECRETS_SELECTOR, on_user_secret) for path in paths]
     memo.tasks = [asyncio.create_task(w.run(), name=f"secret-watch {w}") for w in memo.watches]
     memo.tasks.append(asyncio.create_task(_resync(memo, config), name="resync"))
+    if providers:
+        memo.tasks.append(asyncio.create_task(_sweep(memo, config), name="orphan-sweep"))
+    if config.webhook.enabled:
+        await admission.configure(settings, memo, config, kube)
 
     if config.peering is not None:
         gate = PeeringGate(
             kube, name=config.peering, namespaces=[None] if config.clusterwide else list(config.namespaces),
-            identity=config.identity, priority=config.priority, active=active, clock=cond.utcnow,
+            identity=config.identity, priority=config.priority, active=active, clock=utcnow,
             on_activated=lambda: memo.tasks.append(asyncio.create_task(_enqueue_all(memo, config), name="resync-on-activation")),
         )
         await gate.ensure_objects()
         memo.tasks.append(asyncio.create_task(gate.run(), name="peering-gate"))
 
 
-def _workspace_secret_paths(config: OperatorConfig) -> list[str]:
-    if config.clusterwide:
-        return [f"/apis/{c.API_VERSION}/{c.WORKSPACE_SECRET_PLURAL}"]
-    return [group_path(c.API_VERSION, ns, c.WORKSPACE_SECRET_PLURAL) for ns in config.namespaces]
-
-
 async def _enqueue_all(memo: kopf.Memo, config: OperatorConfig) -> None:
     """Queue every WorkspaceSecret once (deduplicated, so a burst never exceeds the worker count)."""
-    for path in _workspace_secret_paths(config):
+    for path in _ws_paths(config):
         try:
             listing = await memo.kube.list(path)
         except Exception as exc:  # noqa: BLE001 - retried next interval
@@ -138,6 +165,35 @@ async def _resync(memo: kopf.Memo, config: OperatorConfig) -> None:
             await _enqueue_all(memo, config)
 
 
+def _ws_paths(config: OperatorConfig) -> list[str]:
+    if config.clusterwide:
+        return [f"/apis/{c.API_VERSION}/{c.WORKSPACE_SECRET_PLURAL}"]
+    return [group_path(c.API_VERSION, ns, c.WORKSPACE_SECRET_PLURAL) for ns in config.namespaces]
+
+
+async def _sweep(memo: kopf.Memo, config: OperatorConfig) -> None:
+    """Periodically revoke credentials at the providers that no WorkspaceSecret accounts for (leaked by
+    someone deleting a Secret's ledger, a force-removed finalizer, or a crash during deletion)."""
+
+    async def expected_tags() -> set[str]:
+        tags = set()
+        for path in _ws_paths(config):
+            for item in (await memo.kube.list(path)).get("items", ()):
+                meta = item["metadata"]
+                for entry in (item.get("spec") or {}).get("credentials") or ():
+                    tags.add(Scope.of(meta["namespace"], meta["name"], meta["uid"], entry.get("name", "")).tag)
+        return tags
+
+    while True:
+        await asyncio.sleep(config.sweep_interval)
+        if not memo.active.is_set():
+            continue  # a standby replica revokes nothing
+        try:
+            await sweep_orphans(memo.workspace_secrets.credentials, expected_tags)
+        except Exception as exc:  # noqa: BLE001 - retried next interval
+            log.warning("orphan sweep failed: %s", exc)
+
+
 @kopf.on.cleanup(id="shutdown")
 async def shutdown(memo: kopf.Memo, **_: Any) -> None:
     for task in getattr(memo, "tasks", ()):
@@ -147,6 +203,7 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
         await memo.queue.stop()
     if hasattr(memo, "kube"):
         memo.kube.close()
+    admission.cleanup(memo)
 
 
 @kopf.on.probe(id="secretWatch")

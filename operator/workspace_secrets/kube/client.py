@@ -15,9 +15,10 @@ import os
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import kubernetes
+import urllib3
 
 from ..metrics import KUBE_REQUESTS
 from .ratelimit import RateLimiter
@@ -54,7 +55,7 @@ class Kube:
     ) -> None:
         self._api = api_client
         # urllib3 keeps one pool per host; size it for our concurrency so connections are reused.
-        api_client.rest_client.pool_manager.connection_pool_kw["maxsize"] = max_concurrency
+        api_client.rest_client.pool_manager.connection_pool_kw["maxsize"] = max_concurrency + 4
         self._executor = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="kube")
         self._limiter = RateLimiter(qps, burst)
 
@@ -76,7 +77,7 @@ class Kube:
         self._api.close()
 
     # --- plumbing -------------------------------------------------------------------------------
-    def _call(
+    def _request(
         self,
         method: str,
         path: str,
@@ -85,27 +86,40 @@ class Kube:
         body: Any = None,
         content_type: str | None = None,
         timeout: float | tuple[float, float] | None = 30,
+        stream: bool = False,
     ) -> Any:
-        headers = {"Accept": "application/json"}
+        """One HTTP request through the client's urllib3 pool (its TLS and client-certificate setup).
+
+        Only the pool and the Configuration's auth settings are used -- interfaces that are stable across
+        `kubernetes` releases, unlike the generated ApiClient's call signature."""
+        configuration = self._api.configuration
+        headers = {"Accept": "application/json", "User-Agent": self._api.user_agent}
+        for setting in configuration.auth_settings().values():  # calls the token refresh hook if any
+            if setting.get("in") == "header" and setting.get("value"):
+                headers[setting["key"]] = setting["value"]
+        payload = None
         if body is not None:
             headers["Content-Type"] = content_type or "application/json"
-        request = self._api.param_serialize(
-            method=method,
-            resource_path=path,
-            query_params=list((query or {}).items()),
-            header_params=headers,
-            body=body,
-            auth_settings=["BearerToken"],
+            payload = json.dumps(body).encode()
+        url = configuration.host.rstrip("/") + path
+        if query:
+            url += "?" + urlencode(query)
+        connect, read = timeout if isinstance(timeout, tuple) else (timeout, timeout)
+        return self._api.rest_client.pool_manager.request(
+            method, url, body=payload, headers=headers, preload_content=not stream,
+            timeout=urllib3.Timeout(connect=connect, read=read), retries=False,
         )
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
-            response = self._api.call_api(*request, _request_timeout=timeout)
+            response = self._request(method, path, **kwargs)
         except Exception:
             KUBE_REQUESTS.labels(verb=method, code="error").inc()
             raise
         KUBE_REQUESTS.labels(verb=method, code=str(response.status)).inc()
-        raw = response.read()
+        raw = response.data
         if not 200 <= response.status <= 299:
-            raise _error(response.status, raw, response.getheader("Retry-After"))
+            raise _error(response.status, raw, response.headers.get("Retry-After"))
         return json.loads(raw) if raw else None
 
     async def _run(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -134,9 +148,13 @@ class Kube:
         except NotFound:
             return None
 
-    async def list(self, path: str, *, label_selector: str | None = None) -> JSON:
-        query = {"labelSelector": label_selector} if label_selector else None
-        return await self._run("GET", path, query=query)
+    async def list(self, path: str, *, label_selector: str | None = None, from_cache: bool = False) -> JSON:
+        """LIST; `from_cache` lets the API server answer from its watch cache (resourceVersion=0): cheaper,
+        possibly a moment stale -- fine where a watch will bring us back for any later change."""
+        query = {"labelSelector": label_selector} if label_selector else {}
+        if from_cache:
+            query["resourceVersion"] = "0"
+        return await self._run("GET", path, query=query or None)
 
     async def create(self, path: str, body: JSON) -> JSON:
         return await self._run("POST", path, body=body)
@@ -162,32 +180,26 @@ class Kube:
     ) -> Iterator[JSON]:
         """Blocking: yield the JSON lines of a watch. Run it in a thread (see kube.watch).
         `on_connected` is called once the server accepted the watch (200), before the first event."""
-        headers = {"Accept": "application/json"}
-        request = self._api.param_serialize(
-            method="GET", resource_path=path, query_params=list(query.items()),
-            header_params=headers, auth_settings=["BearerToken"],
-        )
         try:
-            response = self._api.call_api(*request, _request_timeout=(10, timeout))
+            response = self._request("GET", path, query=query, timeout=(10, timeout), stream=True)
         except Exception:
             KUBE_REQUESTS.labels(verb="WATCH", code="error").inc()
             raise
         KUBE_REQUESTS.labels(verb="WATCH", code=str(response.status)).inc()
-        if not 200 <= response.status <= 299:
-            raise _error(response.status, response.read(), response.getheader("Retry-After"))
-        if on_connected is not None:
-            on_connected()
-        urllib3_response = response.response
         try:
+            if not 200 <= response.status <= 299:
+                raise _error(response.status, response.read(), response.headers.get("Retry-After"))
+            if on_connected is not None:
+                on_connected()
             buffer = b""
-            for chunk in urllib3_response.stream(amt=65536, decode_content=True):
+            for chunk in response.stream(amt=65536, decode_content=True):
                 buffer += chunk
                 *lines, buffer = buffer.split(b"\n")
                 for line in lines:
                     if line.strip():
                         yield json.loads(line)
         finally:
-            urllib3_response.release_conn()
+            response.release_conn()
 
 
 def load_configuration(kubeconfig: str | None = None) -> kubernetes.client.Configuration:

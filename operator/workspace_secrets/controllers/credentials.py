@@ -1,0 +1,205 @@
+"""Mint, rotate and revoke one WorkspaceSecret's dynamic credentials (read -> plan -> act).
+
+Order of operations (each step safe to repeat, each crash point converging):
+  1. list what lives at the provider in the entry's scope;
+  2. revoke what the ledger does not know (orphans of a crash) and what is past its overlap;
+  3. mint a new credential if the plan says so;
+  4. the caller writes values + ledger to the workspace Secret in ONE request.
+A crash after 3 and before 4 leaves an orphan that step 2 of the next reconcile revokes.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from ..api import constants as c
+from ..api.workspacesecret import CredentialSpec, WorkspaceSecret
+from ..domain import credentials as ledgers
+from ..domain.workspace_secret import Problem
+from ..providers.credentials.base import CredentialProvider, FileRef, ProviderError, Scope
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CredentialOutcome:
+    data: dict[str, str] = field(default_factory=dict)  # base64 Secret data of every credential key
+    ledger: dict[str, ledgers.EntryLedger] = field(default_factory=dict)
+    status: list[dict[str, Any]] = field(default_factory=list)
+    env: list[dict[str, str]] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
+    wake_at: datetime | None = None
+
+    def wake(self, when: datetime | None) -> None:
+        if when and (self.wake_at is None or when < self.wake_at):
+            self.wake_at = when
+
+
+def entry_keys(data: Mapping[str, str], entry: str) -> dict[str, str]:
+    prefix = f"{entry}."
+    return {k: v for k, v in data.items() if k.startswith(prefix)}
+
+
+class CredentialManager:
+    def __init__(
+        self,
+        providers: Mapping[str, CredentialProvider],
+        *,
+        clock: Callable[[], datetime],
+        unavailable: Mapping[str, str] | None = None,
+    ) -> None:
+        self._providers = providers
+        self._unavailable = unavailable or {}
+        self._clock = clock
+
+    @property
+    def configured(self) -> list[str]:
+        return sorted(self._providers)
+
+    async def reconcile(self, ws: WorkspaceSecret, existing: Mapping[str, Any] | None) -> CredentialOutcome:
+        out = CredentialOutcome()
+        data = (existing or {}).get("data") or {}
+        recorded = ledgers.load(((existing or {}).get("metadata") or {}).get("annotations", {}).get(c.ANNOTATION_CREDENTIALS))
+        for index, spec in enumerate(ws.credentials):
+            await self._entry(ws, index, spec, recorded.get(spec.name), data, out)
+        for name, ledger in recorded.items():
+            if name not in {s.name for s in ws.credentials}:
+                await self._retire_entry(ws, name, ledger, out)
+        return out
+
+    async def _entry(self, ws: WorkspaceSecret, index: int, spec: CredentialSpec, ledger: ledgers.EntryLedger | None,
+                     data: Mapping[str, str], out: CredentialOutcome) -> None:
+        where = f"spec.credentials[{index}]"
+        old_values = entry_keys(data, spec.name)
+
+        def keep_as_is(problem: Problem) -> None:
+            out.problems.append(problem)
+            out.data.update(old_values)
+            if ledger is not None:
+                out.ledger[spec.name] = ledger
+                out.status.append(_status(spec, ledger, "Error"))
+
+        provider = self._providers.get(spec.provider)
+        if provider is None and spec.provider in self._unavailable:
+            return keep_as_is(Problem("ProviderUnavailable", f"{where}.provider: {spec.provider!r} is configured but unavailable: {self._unavailable[spec.provider]}. Fix the operator's provider configuration."))
+        if provider is None:
+            configured = ", ".join(self.configured) or "none"
+            return keep_as_is(Problem("UnknownProvider", f"{where}.provider: {spec.provider!r} is not configured by the platform (configured: {configured})."))
+        if (error := provider.validate(spec.parameters)) is not None:
+            return keep_as_is(Problem("PolicyViolation", f"{where}.parameters: {error}"))
+        scope = Scope.of(ws.namespace, ws.name, ws.uid, spec.name)
+        now = self._clock()
+        try:
+            live = set(await provider.list(scope))
+            decided = ledgers.plan(spec, ledger, live, bool(old_values), now)
+            kept = decided.keep
+            for credential_id in sorted(decided.revoke):
+                await provider.revoke(scope, credential_id)
+                out.events.append(("Normal", "CredentialRevoked", f"{spec.name}: revoked {provider.type_name} credential {credential_id} ({'superseded' if credential_id in (ledger.ids if ledger else ()) else 'not recorded: orphan'})."))
+            if decided.issue_reason is None:
+                out.data.update(old_values)
+                out.ledger[spec.name] = kept
+                out.status.append(_status(spec, kept, "Active"))
+                out.wake(decided.wake_at)
+            else:
+                issued = await provider.issue(scope, spec.parameters, kept.generation + 1)
+                record = ledgers.Record(issued.id, now, issued.expires_at)
+                new_ledger = ledgers.after_issue(spec, kept, record, now)
+                for suffix, value in issued.values.items():
+                    out.data[ledgers.secret_key(spec.name, suffix)] = base64.b64encode(value.reveal()).decode()
+                out.ledger[spec.name] = new_ledger
+                out.status.append(_status(spec, new_ledger, "Active"))
+                out.wake(ledgers.next_wake(spec, new_ledger, now))
+                verb = "Rotated" if decided.issue_reason == "Rotation" else "Issued"
+                out.events.append(("Normal", f"Credential{verb}", f"{spec.name}: {verb.lower()} {provider.type_name} credential {issued.id} ({decided.issue_reason})."))
+        except ProviderError as exc:
+            return keep_as_is(Problem("ProviderError", f"{where} ({spec.provider}): {exc}; retrying with backoff."))
+        for env_name, ref in provider.env().items():
+            if isinstance(ref, FileRef):
+                key = ledgers.secret_key(spec.name, env_name)
+                path = f"{ws.mount_path.rstrip('/')}/{ledgers.secret_key(spec.name, ref.suffix)}"
+                out.data[key] = base64.b64encode(path.encode()).decode()
+            else:
+                key = ledgers.secret_key(spec.name, ref)
+            name = f"{spec.env_prefix}{env_name}"
+            if any(e["name"] == name for e in out.env):
+                out.problems.append(Problem("EnvConflict", f"{where}: env {name} is already set by another entry; give this entry an envPrefix."))
+                continue
+            out.env.append({"name": name, "key": key})
+
+    async def _retire_entry(self, ws: WorkspaceSecret, name: str, ledger: ledgers.EntryLedger, out: CredentialOutcome) -> None:
+        """An entry removed from the spec: revoke everything in its scope; until that works, keep it recorded."""
+        provider = self._providers.get(ledger.provider)
+        scope = Scope.of(ws.namespace, ws.name, ws.uid, name)
+        try:
+            if provider is None:
+                raise ProviderError(f"provider {ledger.provider!r} is no longer configured", retryable=False)
+            await self.revoke_scope(provider, scope)
+            out.events.append(("Normal", "CredentialRevoked", f"{name}: entry removed from the spec; its {provider.type_name} credentials are revoked."))
+        except ProviderError as exc:
+            out.ledger[name] = ledger
+            out.problems.append(Problem("RevocationFailed", f"credentials of removed entry {name!r} ({ledger.provider}) could not be revoked yet: {exc}"))
+
+    async def revoke_scope(self, provider: CredentialProvider, scope: Scope) -> list[str]:
+        ids = await provider.list(scope)
+        for credential_id in ids:
+            await provider.revoke(scope, credential_id)
+        await provider.release(scope)
+        return ids
+
+    async def revoke_all(self, ws: WorkspaceSecret, existing: Mapping[str, Any] | None) -> tuple[list[str], list[str]]:
+        """On delete: revoke every scope the spec or the ledger names. Returns (revoked ids, errors)."""
+        recorded = ledgers.load(((existing or {}).get("metadata") or {}).get("annotations", {}).get(c.ANNOTATION_CREDENTIALS))
+        entries = {s.name: s.provider for s in ws.credentials} | {n: e.provider for n, e in recorded.items()}
+        revoked: list[str] = []
+        errors: list[str] = []
+        for name, provider_name in sorted(entries.items()):
+            provider = self._providers.get(provider_name)
+            if provider is None:
+                errors.append(f"{name}: provider {provider_name!r} is not configured")
+                continue
+            try:
+                revoked += await self.revoke_scope(provider, Scope.of(ws.namespace, ws.name, ws.uid, name))
+            except ProviderError as exc:
+                errors.append(f"{name} ({provider_name}): {exc}")
+        return revoked, errors
+
+
+def _status(spec: CredentialSpec, ledger: ledgers.EntryLedger, phase: str) -> dict[str, Any]:
+    current = ledger.current
+    entry: dict[str, Any] = {"name": spec.name, "provider": spec.provider, "phase": phase, "generation": ledger.generation}
+    if current:
+        entry["id"] = current.id
+        entry["issuedAt"] = ledgers._ts(current.issued_at)
+        if current.expires_at:
+            entry["expiresAt"] = ledgers._ts(current.expires_at)
+    if ledger.retiring:
+        entry["retiring"] = [r.id for r in ledger.retiring]
+    return entry
+
+
+async def sweep_orphans(manager: CredentialManager, expected_tags: Callable[[], Any], log_: logging.Logger = log) -> list[str]:
+    """Revoke every scope a provider holds that no existing WorkspaceSecret entry accounts for.
+
+    Providers are listed BEFORE the WorkspaceSecrets, so a scope created concurrently is never mistaken for
+    an orphan: it belongs to a WorkspaceSecret that already exists when the second list is taken."""
+    found = {name: await provider.sweep() for name, provider in manager._providers.items()}
+    expected = await expected_tags()
+    revoked = []
+    for name, tags in found.items():
+        provider = manager._providers[name]
+        for tag in tags:
+            if tag not in expected:
+                try:
+                    ids = await manager.revoke_scope(provider, Scope(tag))
+                    revoked.append(tag)
+                    log_.warning("revoked orphaned %s scope %s (credentials %s): no WorkspaceSecret owns it", name, tag, ids)
+                except ProviderError as exc:
+                    log_.warning("orphan sweep could not revoke %s scope %s: %s", name, tag, exc)
+    return revoked

@@ -1,0 +1,47 @@
+"""Build the configured dynamic-credential providers from the platform's YAML file.
+
+    providers:
+      - name: aws-dev                 # what WorkspaceSecrets write in spec.credentials[].provider
+        type: aws-iam                 # a type from providers/credentials/registry.py
+        credentialsSecret: aws-admin  # admin credentials: a Secret in the operator's namespace
+        config: {region: eu-west-1}   # type-specific settings and policy bounds
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from typing import Any
+
+import yaml
+
+from ..domain.sensitive import Sensitive
+from ..kube.client import Kube, core_path
+from ..providers.credentials import registry
+
+log = logging.getLogger(__name__)
+
+
+async def load_providers(path: str | None, kube: Kube, operator_namespace: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """Returns (providers by name, reasons by name for those that could not be set up)."""
+    if not path:
+        return {}, {}
+    with open(path, encoding="utf-8") as f:
+        document = yaml.safe_load(f) or {}
+    providers: dict[str, Any] = {}
+    broken: dict[str, str] = {}
+    for item in document.get("providers", ()):
+        name, type_name = item.get("name"), item.get("type")
+        try:
+            admin: dict[str, Sensitive] = {}
+            if secret_name := item.get("credentialsSecret"):
+                secret = await kube.get(core_path(operator_namespace, "secrets", secret_name))
+                if secret is None:
+                    raise ValueError(f"credentials Secret {operator_namespace}/{secret_name} does not exist")
+                admin = {k: Sensitive(base64.b64decode(v)) for k, v in (secret.get("data") or {}).items()}
+            providers[name] = registry.build(name, type_name, item.get("config") or {}, admin, kube)
+            log.info("dynamic-credential provider %r (%s) configured", name, type_name)
+        except Exception as exc:  # noqa: BLE001 - one broken provider must not stop the others
+            broken[name] = f"{type(exc).__name__}: {exc}"
+            log.error("dynamic-credential provider %r (%s) is unavailable: %s", name, type_name, broken[name])
+    return providers, broken

@@ -1,0 +1,160 @@
+"""The credential ledger and the decisions made from it: what to mint, what to revoke, when to wake up.
+
+The ledger records, per WorkspaceSecret entry, the ids of the credentials the operator handed out (never a
+value). It lives in an annotation of the workspace Secret, written in the same request as the values, so
+"recorded" and "delivered" are one atomic step. Whatever the provider lists in an entry's scope that the
+ledger does not know is an orphan (a crash between minting and recording) and is revoked.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Set
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta, timezone
+
+from ..api.workspacesecret import CredentialSpec
+
+RENEW_FRACTION = 2 / 3  # renew an expiring credential at 2/3 of its lifetime (Vault's practice)
+
+
+@dataclass(frozen=True)
+class Record:
+    id: str
+    issued_at: datetime
+    expires_at: datetime | None = None
+    revoke_after: datetime | None = None  # set once superseded: the overlap during which it stays valid
+
+
+@dataclass(frozen=True)
+class EntryLedger:
+    provider: str
+    generation: int = 0
+    current: Record | None = None
+    retiring: tuple[Record, ...] = ()
+
+    @property
+    def ids(self) -> set[str]:
+        return {r.id for r in (self.current, *self.retiring) if r is not None}
+
+
+Ledger = Mapping[str, EntryLedger]
+
+
+# --- (de)serialization: deterministic, so an unchanged ledger is an unchanged annotation -------------
+def dump(ledger: Ledger) -> str:
+    def record(r: Record | None):
+        if r is None:
+            return None
+        out = {"id": r.id, "issuedAt": _ts(r.issued_at)}
+        if r.expires_at:
+            out["expiresAt"] = _ts(r.expires_at)
+        if r.revoke_after:
+            out["revokeAfter"] = _ts(r.revoke_after)
+        return out
+
+    return json.dumps(
+        {name: {"provider": e.provider, "generation": e.generation, "current": record(e.current),
+                "retiring": [record(r) for r in e.retiring]} for name, e in sorted(ledger.items())},
+        sort_keys=True, separators=(",", ":"),
+    )
+
+
+def load(text: str | None) -> dict[str, EntryLedger]:
+    if not text:
+        return {}
+    try:
+        raw = json.loads(text)
+    except ValueError:
+        return {}  # a damaged ledger: everything live becomes an orphan and is re-minted, never leaked
+
+    def record(r) -> Record | None:
+        if not r:
+            return None
+        return Record(r["id"], _parse(r["issuedAt"]), _parse(r.get("expiresAt")), _parse(r.get("revokeAfter")))
+
+    return {
+        name: EntryLedger(e.get("provider", ""), int(e.get("generation", 0)), record(e.get("current")),
+                          tuple(x for x in (record(r) for r in e.get("retiring", ())) if x))
+        for name, e in raw.items()
+    }
+
+
+def _ts(value: datetime) -> str:
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse(value: str | None) -> datetime | None:
+    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc) if value else None
+
+
+# --- planning -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Plan:
+    issue_reason: str | None  # None: keep the current credential
+    revoke: frozenset[str]  # ids to revoke now (orphans, lost values, retired past their overlap)
+    wake_at: datetime | None  # when this entry next needs attention
+    keep: EntryLedger  # the ledger after revocations (and before any new issue)
+
+
+def plan(
+    spec: CredentialSpec,
+    ledger: EntryLedger | None,
+    live: Set[str],
+    has_values: bool,
+    now: datetime,
+) -> Plan:
+    ledger = ledger or EntryLedger(spec.provider)
+    current = ledger.current
+    reason = None
+    if current is None:
+        reason = "Missing"
+    elif current.id not in live:
+        reason, current = "RevokedAtProvider", None
+    elif not has_values:
+        reason, current = "ValuesLost", None  # someone deleted its keys: replace it, revoke the old one
+
+    retiring = [r for r in ledger.retiring if r.id in live]
+    expired = {r.id for r in retiring if r.revoke_after and r.revoke_after <= now}
+    retiring = [r for r in retiring if r.id not in expired]
+    known = {r.id for r in retiring} | ({current.id} if current else set())
+    revoke = frozenset((set(live) - known) | expired)
+
+    due = _due(spec, current) if current else None
+    if current is not None and due is not None and due <= now:
+        reason = "Rotation"
+    wakes = [d for d in (due,) if d and d > now] + [r.revoke_after for r in retiring if r.revoke_after]
+    keep = replace(ledger, provider=spec.provider, current=current, retiring=tuple(retiring))
+    return Plan(reason, revoke, min(wakes) if wakes else None, keep)
+
+
+def _due(spec: CredentialSpec, current: Record) -> datetime | None:
+    candidates = []
+    if spec.rotate_after:
+        candidates.append(current.issued_at + spec.rotate_after)
+    if current.expires_at:
+        candidates.append(current.issued_at + (current.expires_at - current.issued_at) * RENEW_FRACTION)
+    return min(candidates) if candidates else None
+
+
+def after_issue(spec: CredentialSpec, ledger: EntryLedger, new: Record, now: datetime) -> EntryLedger:
+    """The ledger once `new` is delivered: the old current credential stays valid for the overlap."""
+    retiring = list(ledger.retiring)
+    if ledger.current is not None:
+        until = now + spec.overlap
+        if ledger.current.expires_at:
+            until = min(until, ledger.current.expires_at)
+        retiring.append(replace(ledger.current, revoke_after=until))
+    return replace(ledger, generation=ledger.generation + 1, current=new, retiring=tuple(retiring))
+
+
+def next_wake(spec: CredentialSpec, ledger: EntryLedger, now: datetime) -> datetime | None:
+    wakes = [r.revoke_after for r in ledger.retiring if r.revoke_after]
+    if ledger.current and (due := _due(spec, ledger.current)):
+        wakes.append(due)
+    future = [w for w in wakes if w > now]
+    return min(future) if future else (now + timedelta(seconds=1) if wakes else None)
+
+
+def secret_key(entry: str, suffix: str) -> str:
+    return f"{entry}.{suffix}"

@@ -1,0 +1,1 @@
+"""Dynamic-credential providers. Adding one = a new module here + one line in registry.py."""

@@ -1,0 +1,95 @@
+"""The interface every dynamic-credential provider implements.
+
+A provider never has to remember anything: every credential it mints is findable again at the provider
+through the scope's deterministic `tag` (an IAM user name, a role name prefix, a key's friendly name...).
+That is what makes the operator crash-safe: a credential minted just before a crash is found by `list`
+and revoked as an orphan, and deleting a workspace revokes whatever `list` finds, recorded or not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, ClassVar, Protocol
+
+from ...domain.naming import short_hash
+from ...domain.sensitive import Sensitive
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Where one WorkspaceSecret entry's credentials live at the provider."""
+
+    tag: str  # deterministic, short, lowercase: "wso-<12 hex>"; safe in names of every provider
+    namespace: str = ""
+    workspace: str = ""
+    workspace_uid: str = ""
+    entry: str = ""
+
+    @classmethod
+    def of(cls, namespace: str, workspace: str, workspace_uid: str, entry: str) -> Scope:
+        return cls(f"wso-{short_hash(namespace, workspace_uid, entry, length=12)}", namespace, workspace, workspace_uid, entry)
+
+    @property
+    def description(self) -> str:
+        """Human-readable origin, for provider-side descriptions and tags (no secret)."""
+        return f"workspace-secrets-operator {self.namespace}/{self.workspace} entry {self.entry}"
+
+
+@dataclass(frozen=True)
+class FileRef:
+    """An env var whose value is the path of one of the credential's files in the mounted Secret."""
+
+    suffix: str
+
+
+@dataclass(frozen=True)
+class Issued:
+    id: str  # provider-side identifier: safe to show in status
+    values: Mapping[str, Sensitive]  # Secret key suffix -> value (the Secret key is "<entry>.<suffix>")
+    expires_at: datetime | None = None
+    details: Mapping[str, str] = field(default_factory=dict)  # non-secret extras for status (e.g. role name)
+
+
+class ProviderError(Exception):
+    """A provider call failed. The message names the provider's error, never a secret value."""
+
+    def __init__(self, message: str, *, retryable: bool = True, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+class CredentialProvider(Protocol):
+    type_name: ClassVar[str]
+    name: str  # the platform's name for this configured instance, used in WorkspaceSecret specs
+
+    def env(self) -> Mapping[str, str | FileRef]:
+        """Env var name -> value suffix (secretKeyRef) or FileRef (the file's path)."""
+        ...
+
+    def validate(self, parameters: Mapping[str, str]) -> str | None:
+        """The platform's policy: an error message if these entry parameters are not allowed."""
+        ...
+
+    async def issue(self, scope: Scope, parameters: Mapping[str, str], generation: int) -> Issued: ...
+
+    async def revoke(self, scope: Scope, credential_id: str) -> None:
+        """Idempotent: a credential that is already gone is revoked."""
+        ...
+
+    async def list(self, scope: Scope) -> list[str]:
+        """Ids of the live credentials in this scope."""
+        ...
+
+    async def release(self, scope: Scope) -> None:
+        """Remove per-scope resources (per-workspace user, service account...) once nothing is live."""
+        ...
+
+    async def sweep(self) -> list[str]:
+        """Tags of every scope this operator created at the provider (for the orphan sweep)."""
+        ...
+
+
+ProviderFactory = Any  # (name, config mapping, admin credentials mapping[str, Sensitive], kube) -> CredentialProvider

@@ -1,0 +1,128 @@
+"""Kubernetes ServiceAccount tokens (TokenRequest API), bound to an anchor object so they die with it.
+
+Each issued token is bound to a small "anchor" Secret owned by the WorkspaceSecret. The API server
+rejects a bound token once its object is gone, so revoking = deleting the anchor, and deleting the
+WorkspaceSecret (through its ownerReference) kills every token even if the operator is down. The anchor
+carries the scope tag as a label, which is how `list` finds tokens minted before a crash.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping
+from datetime import datetime, timedelta, timezone
+from typing import Any, ClassVar
+
+from ...api import constants as c
+from ...domain.naming import short_hash
+from ...domain.sensitive import Sensitive
+from ...kube.client import Conflict, Kube, KubeError, core_path
+from .base import Issued, ProviderError, Scope
+
+LABEL_SCOPE = f"{c.GROUP}/credential-scope"
+
+
+class KubernetesTokenProvider:
+    type_name: ClassVar[str] = "kubernetes-token"
+
+    def __init__(self, name: str, kube: Kube, *, allowed_service_accounts: list[str], default_audiences: list[str],
+                 max_expiration: int, default_expiration: int) -> None:
+        self.name = name
+        self._kube = kube
+        self._allowed = allowed_service_accounts
+        self._audiences = default_audiences
+        self._max_expiration = max_expiration
+        self._default_expiration = default_expiration
+
+    @classmethod
+    def from_config(cls, *, name: str, config: Mapping[str, Any], admin: Mapping[str, Any], kube: Kube) -> KubernetesTokenProvider:
+        return cls(
+            name, kube,
+            allowed_service_accounts=list(config.get("allowedServiceAccounts", ["*"])),
+            default_audiences=list(config.get("audiences", [])),
+            max_expiration=int(config.get("maxExpirationSeconds", 86400)),
+            default_expiration=int(config.get("expirationSeconds", 3600)),
+        )
+
+    def env(self) -> Mapping[str, str]:
+        return {}  # a token is used as a file (token) by kubectl/clients; no env var by default
+
+    def validate(self, parameters: Mapping[str, str]) -> str | None:
+        account = parameters.get("serviceAccount")
+        if not account:
+            return "serviceAccount is required (a ServiceAccount in the WorkspaceSecret's namespace)"
+        if not any(fnmatch.fnmatchcase(account, pattern) for pattern in self._allowed):
+            return f"serviceAccount {account!r} is not allowed by provider {self.name!r} (allowed: {', '.join(self._allowed)})"
+        try:
+            seconds = int(parameters.get("expirationSeconds", self._default_expiration))
+        except ValueError:
+            return "expirationSeconds must be an integer"
+        if not 600 <= seconds <= self._max_expiration:
+            return f"expirationSeconds must be between 600 and {self._max_expiration}, got {seconds}"
+        return None
+
+    async def issue(self, scope: Scope, parameters: Mapping[str, str], generation: int) -> Issued:
+        anchor_name = f"{scope.workspace[:40]}-{scope.entry[:40]}-tok-{short_hash(scope.tag, str(generation))}".lower()
+        anchor = await self._ensure_anchor(scope, anchor_name)
+        seconds = int(parameters.get("expirationSeconds", self._default_expiration))
+        audiences = [a for a in parameters.get("audiences", "").split(",") if a] or self._audiences
+        request = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {
+                "audiences": audiences or None,
+                "expirationSeconds": seconds,
+                "boundObjectRef": {"apiVersion": "v1", "kind": "Secret", "name": anchor_name, "uid": anchor["metadata"]["uid"]},
+            },
+        }
+        account = parameters["serviceAccount"]
+        try:
+            response = await self._kube.create(core_path(scope.namespace, "serviceaccounts", account, subresource="token"), request)
+        except KubeError as exc:
+            raise ProviderError(f"TokenRequest for ServiceAccount {account!r} failed: {exc.status} {exc.reason}: {exc.message}",
+                                retryable=exc.status >= 500 or exc.status == 429) from None
+        expires = response["status"].get("expirationTimestamp")
+        expires_at = datetime.strptime(expires, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc) if expires else (
+            datetime.now(timezone.utc) + timedelta(seconds=seconds))
+        return Issued(id=anchor_name, values={"token": Sensitive(response["status"]["token"])}, expires_at=expires_at)
+
+    async def _ensure_anchor(self, scope: Scope, name: str) -> dict[str, Any]:
+        path = core_path(scope.namespace, "secrets")
+        body = {
+            "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {
+                "name": name, "namespace": scope.namespace,
+                "labels": {c.LABEL_MANAGED_BY: c.OPERATOR_NAME, c.LABEL_COMPONENT: c.COMPONENT_TOKEN_ANCHOR, LABEL_SCOPE: scope.tag},
+                "annotations": {"workspace-secrets.io/purpose": "Binds a ServiceAccount token: deleting this Secret revokes it."},
+                "ownerReferences": [{"apiVersion": c.API_VERSION, "kind": c.WORKSPACE_SECRET_KIND, "name": scope.workspace,
+                                     "uid": scope.workspace_uid, "blockOwnerDeletion": False}],
+            },
+        }
+        try:
+            return await self._kube.create(path, body)
+        except Conflict:
+            existing = await self._kube.get(core_path(scope.namespace, "secrets", name))
+            if existing is None:
+                raise ProviderError("token anchor vanished while creating it") from None
+            return existing
+        except KubeError as exc:
+            raise ProviderError(f"could not create token anchor: {exc.status} {exc.reason}") from None
+
+    async def revoke(self, scope: Scope, credential_id: str) -> None:
+        try:
+            await self._kube.delete(core_path(scope.namespace, "secrets", credential_id))
+        except KubeError as exc:
+            raise ProviderError(f"could not delete token anchor {credential_id}: {exc.status} {exc.reason}") from None
+
+    async def list(self, scope: Scope) -> list[str]:
+        try:
+            listing = await self._kube.list(core_path(scope.namespace, "secrets"), label_selector=f"{LABEL_SCOPE}={scope.tag}")
+        except KubeError as exc:
+            raise ProviderError(f"could not list token anchors: {exc.status} {exc.reason}") from None
+        return [item["metadata"]["name"] for item in listing.get("items", ()) if not item["metadata"].get("deletionTimestamp")]
+
+    async def release(self, scope: Scope) -> None:
+        return None  # nothing per scope besides the anchors
+
+    async def sweep(self) -> list[str]:
+        return []  # anchors are owned by their WorkspaceSecret: Kubernetes' garbage collector sweeps them

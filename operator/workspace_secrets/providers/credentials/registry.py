@@ -1,0 +1,29 @@
+"""Provider types by the name used in the operator's provider configuration.
+
+Modules are imported only when a provider of that type is configured, so boto3 or psycopg never weigh on
+an operator that does not use them. Adding a provider type = one module + one line here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from typing import Any
+
+PROVIDER_TYPES: dict[str, str] = {
+    "kubernetes-token": "workspace_secrets.providers.credentials.kubernetes_token:KubernetesTokenProvider",
+    "aws-iam": "workspace_secrets.providers.credentials.aws_iam:AwsIamProvider",
+}
+
+
+def provider_class(type_name: str) -> Any:
+    try:
+        target = PROVIDER_TYPES[type_name]
+    except KeyError:
+        raise ValueError(f"unknown provider type {type_name!r}; known: {', '.join(sorted(PROVIDER_TYPES))}") from None
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def build(name: str, type_name: str, config: Mapping[str, Any], admin: Mapping[str, Any], kube: Any) -> Any:
+    return provider_class(type_name).from_config(name=name, config=config, admin=admin, kube=kube)
