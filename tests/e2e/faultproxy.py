@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from workspace_secrets.testing.controlplane import _write, issue_certificate, new_ca, render_kubeconfig
 
@@ -41,6 +41,7 @@ class Request:
     status: int  # what the client got (the injected status, or the API server's)
     injected: bool
     client: str = ""  # "kopf" or "operator" (our own client), from the User-Agent
+    selector: str = ""  # the labelSelector: two watches of one path are two streams
 
 
 @dataclass
@@ -186,10 +187,11 @@ class _Handler(BaseHTTPRequestHandler):
         path, _, query = self.path.partition("?")
         watch = "watch=true" in query or "watch=1" in query
         client = "kopf" if "kopf" in (self.headers.get("User-Agent") or "").lower() else "operator"
+        selector = parse_qs(query).get("labelSelector", [""])[0]
         fault = self.owner.decide(self.command, path, watch)
         if fault is not None:
             self._inject(fault)
-            self.owner.record(Request(time.monotonic(), self.command, path, watch, fault.status, True, client))
+            self.owner.record(Request(time.monotonic(), self.command, path, watch, fault.status, True, client, selector))
             return
         headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP and k.lower() != "authorization"}
         conn = self.owner.upstream()
@@ -199,9 +201,9 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             conn.close()
             self._inject(Fault(502))
-            self.owner.record(Request(time.monotonic(), self.command, path, watch, 502, True, client))
+            self.owner.record(Request(time.monotonic(), self.command, path, watch, 502, True, client, selector))
             return
-        self.owner.record(Request(time.monotonic(), self.command, path, watch, response.status, False, client))
+        self.owner.record(Request(time.monotonic(), self.command, path, watch, response.status, False, client, selector))
         self.owner.track(conn, True)
         try:
             self.send_response(response.status)

@@ -285,7 +285,7 @@ def test_throttling_and_errors_back_off_without_a_hot_loop_and_converge(api, clu
                 assert len(second_half) / (window / 2) < 8, f"{label}: still {len(second_half)} requests in the last {window / 2}s: {proxy.breakdown(second_half)}"
                 if fault.retry_after:
                     # Every client waits as long as it was told: at most one try per Retry-After per stream.
-                    per_stream = Counter((r.client, r.method, r.watch, r.path) for r in during)
+                    per_stream = Counter((r.client, r.method, r.watch, r.path, r.selector) for r in during)
                     assert max(per_stream.values()) <= window / fault.retry_after + 1, proxy.breakdown(during)
                 # Converges once the fault is over (bounded backoff: within the backoff cap, not minutes).
                 names = {f"f{label}-{i}" for i in range(4)} | {f"base-{i}" for i in range(6)}
