@@ -416,6 +416,10 @@ class WorkspaceSecretController:
         elif not obs.problem and previous.get("status") == "False":
             # Recovered (a fixed key, a removed conflicting Secret): the state change gets its Event too.
             await self._events.normal(ref, "SecretReady", f"Ready again (was {previous.get('reason')}): Secret {ws.secret_name!r} is up to date.")
+        elif not obs.problem and not previous and obs.secret_action is policy.SecretAction.UNCHANGED:
+            # First Ready without a write: an earlier run created the Secret and was killed before it could
+            # record that (status, Event). Say so now, so the object's history still shows it became Ready.
+            await self._events.normal(ref, "SecretReady", f"Secret {ws.secret_name!r} is up to date (created by an earlier, interrupted reconcile).")
         previous_user = cond.find((body.get("status") or {}).get("conditions"), c.CONDITION_USER_SECRETS_READY) or {}
         if obs.user_secrets is not None and obs.user_secrets.problems and previous_user.get("status") != "False":
             await self._events.warning(ref, "UserSecretConflict", "; ".join(obs.user_secrets.problems)[:1000])
