@@ -292,7 +292,10 @@ def test_throttling_and_errors_back_off_without_a_hot_loop_and_converge(api, clu
                 wait_for(lambda: all_ready(api, namespace, names), timeout=60, interval=1, what=f"Ready after the {label} window")
                 wait_for(lambda: api.secret_data(namespace, "base-0")[c.KEY_KNOWN_HOSTS] != label.encode(),
                          timeout=60, interval=1, what=f"drift repaired after the {label} window")
-            assert operator.running and operator.healthy()
+            # (With this test's 4 s threshold the liveness probe may fail during a window -- the Secret watch
+            # cannot connect -- and must pass again once the watch is back, without a restart.)
+            assert operator.running
+            wait_for(operator.healthy, timeout=45, interval=1, what="liveness passing again after the faults")
 
             # A failure kopf does not retry -- an ERROR event in its watch stream -- ends kopf's orchestrator,
             # and with it the process (a Pod restarts it): no half-alive operator that no longer sees
