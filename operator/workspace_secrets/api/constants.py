@@ -37,6 +37,10 @@ KEY_SSH_PUBLIC: Final = "ssh-publickey"
 KEY_KNOWN_HOSTS: Final = "known_hosts"
 KEY_GIT_SSH_COMMAND: Final = "GIT_SSH_COMMAND"
 
+# Keys of a workspace Secret whose value is shown masked by display items even when an item does not say
+# `sensitive: true` (the CRD refuses such an item; this guards objects stored before that rule).
+ALWAYS_SENSITIVE_KEYS: Final = frozenset({KEY_SSH_PRIVATE})
+
 DEFAULT_MOUNT_PATH: Final = "/var/run/workspace-secrets"
 
 # Condition types.
