@@ -17,6 +17,11 @@ command line) that the operator legitimately shows in status; they are not secre
 kinds of Secret entries are secret unless added there: forgetting to list one gives a loud false positive,
 never a silent miss.
 
+A private key file also carries its public key (OpenSSH repeats the public blob, RSA the modulus), so a
+whole line of it can, by base64 alignment, be a piece of the public key that status.sshPublicKey rightly
+shows. Lines found inside a known public text (public entries, the public half of every private key that
+parses, public keys the collector registers) are therefore not counted as leaks.
+
 Reports name where a value came from and where it was found, with a digest; never the value.
 """
 
@@ -28,6 +33,8 @@ import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
+
+from ..domain import sshkeys
 
 #: Entries of a Secret that are public by design (see the module docstring).
 PUBLIC_SECRET_KEYS: Final = frozenset({"ssh-publickey", "known_hosts", "GIT_SSH_COMMAND"})
@@ -89,6 +96,20 @@ def needles_for_secret(namespace: str, name: str, data: Mapping[str, bytes]) -> 
     return needles
 
 
+def public_texts_for_secret(data: Mapping[str, bytes]) -> list[str]:
+    """Public values in a Secret: its public entries, and the public key of every private key in it."""
+    texts: list[str] = []
+    for key, value in data.items():
+        if key in PUBLIC_SECRET_KEYS:
+            texts.append(value.decode("utf-8", "replace"))
+        elif b"PRIVATE KEY-----" in value:
+            try:
+                texts.append(sshkeys.load(value, comment="").public_openssh)
+            except sshkeys.InvalidKey:
+                pass  # encrypted or broken: its public key, if shown anywhere, is registered otherwise
+    return texts
+
+
 def flatten_strings(obj: Any) -> str:
     """All strings in a JSON-like object, one per line, unescaped, so a multi-line value stored in an
     annotation matches as it would in a log. Strings that hold JSON themselves (kopf's
@@ -122,6 +143,7 @@ class SecretHygiene:
     def __init__(self) -> None:
         self._needles: dict[str, Needle] = {}  # by text: the first origin of a value is reported
         self._haystacks: dict[str, str] = {}
+        self._public: set[str] = set()
 
     @property
     def needle_count(self) -> int:
@@ -137,6 +159,14 @@ class SecretHygiene:
 
     def add_secret(self, namespace: str, name: str, data: Mapping[str, bytes]) -> None:
         self.add_needles(needles_for_secret(namespace, name, data))
+        self._public.update(public_texts_for_secret(data))
+
+    def add_public(self, text: str) -> None:
+        """A text known to be public (e.g. a status.sshPublicKey): a key line inside it is no leak."""
+        self._public.add(text)
+
+    def _is_public(self, needle: Needle) -> bool:
+        return needle.form.startswith("line ") and any(needle.text in text for text in self._public)
 
     def add_haystack(self, place: str, text: str) -> None:
         """Add (or replace: a later snapshot of the same object supersedes an earlier one) a text."""
@@ -149,8 +179,9 @@ class SecretHygiene:
         """Every (needle, place) where a secret value occurs; `extra` are further haystacks (log files)."""
         leaks: list[Leak] = []
         haystacks = {**self._haystacks, **(extra or {})}
+        needles = [needle for needle in self._needles.values() if not self._is_public(needle)]
         for place, text in haystacks.items():
-            for needle in self._needles.values():
+            for needle in needles:
                 index = text.find(needle.text)
                 if index >= 0:
                     line = text.count("\n", 0, index) + 1
