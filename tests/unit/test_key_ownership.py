@@ -56,3 +56,9 @@ def test_the_private_key_is_masked_in_status_even_if_the_item_is_not_marked_sens
         {"key": "key", "value": MASK, "sensitive": True},
         {"key": "pub", "value": "ssh-ed25519 AAAA alice", "sensitive": False},
     ]
+
+
+def test_an_observation_never_shows_the_secret_data_it_carries():
+    data = {c.KEY_SSH_PRIVATE: base64.b64encode(b"-----BEGIN OPENSSH PRIVATE KEY-----\nsecret").decode()}
+    obs = policy.Observation(key=None, key_source=None, problem=None, secret_action=None, secret_data=data, workspace_uid=None)
+    assert data[c.KEY_SSH_PRIVATE] not in repr(obs)

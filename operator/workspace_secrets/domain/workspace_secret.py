@@ -7,6 +7,7 @@ only what differs. Shaped after cert-manager's policy chains: inputs -> (reason,
 from __future__ import annotations
 
 import base64
+import dataclasses
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -149,7 +150,8 @@ class Observation:
     key_source: str | None  # "Generated" or "Existing"
     problem: Problem | None
     secret_action: SecretAction | None
-    secret_data: Mapping[str, str] | None  # base64 data of the Secret as written (for display items)
+    # base64 data of the Secret as written (for display items): secret, so never part of a repr
+    secret_data: Mapping[str, str] | None = dataclasses.field(repr=False)
     workspace_uid: str | None  # None: the workspace does not exist (yet)
     rotation_handled: str | None = None
 
