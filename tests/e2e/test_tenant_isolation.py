@@ -95,7 +95,14 @@ def kubectl(cluster, module_namespace) -> Iterator[Kubectl]:
                  timeout=30, what="the secret-label policy to be enforced")
         yield k
     finally:
-        for name in ("user-isolation.yaml", "user-secret-labels.yaml", "workspace-user-role.yaml", "tenancy-params.yaml"):
+        # Uninstall in the documented order: policies and bindings first, and only once the API server no
+        # longer enforces them the parameters -- a binding without parameters refuses everything it matches.
+        for name in ("user-isolation.yaml", "user-secret-labels.yaml"):
+            cluster.kubectl("delete", "--ignore-not-found", "-f", str(POLICY_DIR / name), check=False)
+        wait_for(lambda: not refused(k.dry_run(ws_manifest("probe", "bob"), user="alice"), ISOLATION_POLICY)
+                 and not refused(k.dry_run(secret_manifest("probe", "bob"), user="dave"), LABEL_POLICY),
+                 timeout=30, what="the policies to be gone")
+        for name in ("workspace-user-role.yaml", "tenancy-params.yaml"):
             cluster.kubectl("delete", "--ignore-not-found", "-f", str(POLICY_DIR / name), check=False)
         if created_ns:
             cluster.kubectl("delete", "namespace", PARAMS_NAMESPACE, "--wait=false", check=False)
@@ -127,7 +134,9 @@ def test_a_user_cannot_edit_another_users_workspace_secret(kubectl, api, module_
         result = kubectl("patch", "wss", "bob-ws", "--type=merge", "-p", json.dumps(patch), user="alice")
         assert refused(result, ISOLATION_POLICY, "may not edit WorkspaceSecret 'bob-ws' of user 'bob'"), result.stderr
     after = api.get_ws(module_namespace, "bob-ws")
-    assert after["spec"] == before["spec"] and after["metadata"].get("annotations") == before["metadata"].get("annotations")
+    assert after["spec"] == before["spec"]
+    assert c.ANNOTATION_ROTATE_SSH_KEY not in (after["metadata"].get("annotations") or {})
+    assert "harmless" not in (after["metadata"].get("labels") or {})
     # The owner may.
     assert kubectl("annotate", "wss", "bob-ws", "note=mine", user="bob").returncode == 0
 
@@ -243,20 +252,17 @@ def gc_knows_workspace_secrets(api: Api, ns: str) -> None:
     wait_for(lambda: api.get_ws(ns, "gc-probe") is None, timeout=90, what="the garbage collector to know WorkspaceSecrets")
 
 
-def test_the_garbage_collector_may_orphan_a_workspace_secret(kubectl, api, module_namespace, wso_operator):
-    """`kubectl delete --cascade=orphan` makes the garbage collector remove its ownerReference from the
-    WorkspaceSecret: an UPDATE by system:serviceaccount:kube-system:generic-garbage-collector, which the
-    shipped parameters allow. Were it refused, the workspace would hang in deletion."""
+def test_the_garbage_collector_may_finish_a_foreground_deletion(kubectl, api, module_namespace, wso_operator):
+    """`kubectl delete --cascade=foreground` puts a finalizer on the WorkspaceSecret that Kubernetes' garbage
+    collector removes -- an UPDATE by system:serviceaccount:kube-system:generic-garbage-collector, which
+    the shipped parameters allow -- once its Secret is gone. Were it refused, the deletion would hang."""
     ns = module_namespace
     gc_knows_workspace_secrets(api, ns)
-    api.create_deployment(ns, "orphaning-ws")
-    assert kubectl.apply({**ws_manifest("orphaned", "bob"), "spec": {
-        "user": "bob", "workspaceRef": {"kind": "Deployment", "name": "orphaning-ws"}}}, user="bob").returncode == 0
-    api.wait_condition(ns, "orphaned", type_="WorkspaceBound")
-    kubectl("delete", "deployment", "orphaning-ws", "--cascade=orphan", "--wait=false", check=True)
-    wait_for(lambda: not (api.get_ws(ns, "orphaned")["metadata"].get("ownerReferences")), timeout=90,
-             what="the garbage collector to orphan the WorkspaceSecret")
-    wait_for(lambda: kubectl("get", "deployment", "orphaning-ws").returncode != 0, timeout=30, what="deployment gone")
+    assert kubectl.apply(ws_manifest("foreground", "bob"), user="bob").returncode == 0
+    api.wait_condition(ns, "foreground")
+    kubectl("delete", "wss", "foreground", "--cascade=foreground", "--wait=false", user="bob", check=True)
+    wait_for(lambda: api.get_ws(ns, "foreground") is None, timeout=90, what="the foreground deletion to finish")
+    assert api.get_secret(ns, "foreground") is None
 
 
 def test_without_parameters_the_policies_fail_closed(kubectl, cluster):

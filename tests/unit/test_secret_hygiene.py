@@ -122,3 +122,13 @@ def test_a_line_shared_with_the_public_key_is_found_public_for_ecdsa_keys_at_lea
         lines = pem_body_lines(pair.private_openssh.reveal())
         found = found or any(len(line) > 20 and line in pair.public_openssh for line in lines)
     assert found
+
+
+def test_boilerplate_lines_shared_by_different_keys_are_not_secret():
+    first, second = (sshkeys.generate(KeySpec(), comment="a").private_openssh.reveal() for _ in range(2))
+    header = pem_body_lines(first)[0]
+    assert header == pem_body_lines(second)[0], "ed25519 OpenSSH keys share their first line"
+    hygiene = hygiene_with({"ssh-privatekey": first})
+    hygiene.add_secret("ns", "other", {"ssh-privatekey": second})
+    assert hygiene.find_leaks({"log": f"x {header} y"}) == []
+    assert hygiene.find_leaks({"log": f"x {pem_body_lines(second)[2]} y"})

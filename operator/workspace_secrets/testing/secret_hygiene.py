@@ -17,6 +17,10 @@ command line) that the operator legitimately shows in status; they are not secre
 kinds of Secret entries are secret unless added there: forgetting to list one gives a loud false positive,
 never a silent miss.
 
+Key files also share boilerplate: the first base64 line of every unencrypted ed25519 OpenSSH key is the
+same (format magic, cipher "none", key type). A line that occurs in two different secret values is
+structure, not secret, and is not counted either.
+
 A private key file also carries its public key (OpenSSH repeats the public blob, RSA the modulus), so a
 whole line of it can, by base64 alignment, be a piece of the public key that status.sshPublicKey rightly
 shows. Lines found inside a known public text (public entries, the public half of every private key that
@@ -51,6 +55,7 @@ class Needle:
     origin: str  # e.g. "Secret wso-e2e-1234/alice-ws[ssh-privatekey]"
     form: str  # "value", "base64", "line 3"
     text: str = field(repr=False)
+    value_digest: str = field(default="", repr=False)  # of the whole value this needle comes from
 
     @property
     def digest(self) -> str:
@@ -69,6 +74,7 @@ class Leak:
 def needles_for_value(origin: str, value: bytes) -> list[Needle]:
     """Every searchable form of one secret value."""
     needles: list[Needle] = []
+    whole = hashlib.sha256(value).hexdigest()
     encoded = base64.b64encode(value).decode()
     try:
         text = value.decode("utf-8")
@@ -76,14 +82,14 @@ def needles_for_value(origin: str, value: bytes) -> list[Needle]:
         text = ""  # binary: only its base64 form can appear in text
     stripped = text.strip()
     if len(stripped) >= MIN_VALUE_CHARS:
-        needles.append(Needle(origin, "value", stripped))
+        needles.append(Needle(origin, "value", stripped, whole))
     if len(stripped) >= MIN_VALUE_CHARS or (not text and len(value) >= MIN_VALUE_CHARS):
-        needles.append(Needle(origin, "base64", encoded))
+        needles.append(Needle(origin, "base64", encoded, whole))
     lines = [line.strip() for line in text.splitlines()]
     if len(lines) > 1:
         for number, line in enumerate(lines, start=1):
             if len(line) > MIN_LINE_CHARS and not line.startswith("-----"):
-                needles.append(Needle(origin, f"line {number}", line))
+                needles.append(Needle(origin, f"line {number}", line, whole))
     return needles
 
 
@@ -144,6 +150,7 @@ class SecretHygiene:
         self._needles: dict[str, Needle] = {}  # by text: the first origin of a value is reported
         self._haystacks: dict[str, str] = {}
         self._public: set[str] = set()
+        self._values_of_line: dict[str, set[str]] = {}  # line text -> digests of the values containing it
 
     @property
     def needle_count(self) -> int:
@@ -156,6 +163,8 @@ class SecretHygiene:
     def add_needles(self, needles: Iterable[Needle]) -> None:
         for needle in needles:
             self._needles.setdefault(needle.text, needle)
+            if needle.form.startswith("line "):
+                self._values_of_line.setdefault(needle.text, set()).add(needle.value_digest)
 
     def add_secret(self, namespace: str, name: str, data: Mapping[str, bytes]) -> None:
         self.add_needles(needles_for_secret(namespace, name, data))
@@ -166,7 +175,10 @@ class SecretHygiene:
         self._public.add(text)
 
     def _is_public(self, needle: Needle) -> bool:
-        return needle.form.startswith("line ") and any(needle.text in text for text in self._public)
+        if not needle.form.startswith("line "):
+            return False
+        shared = len(self._values_of_line.get(needle.text, ())) > 1  # boilerplate of a format
+        return shared or any(needle.text in text for text in self._public)
 
     def add_haystack(self, place: str, text: str) -> None:
         """Add (or replace: a later snapshot of the same object supersedes an earlier one) a text."""
