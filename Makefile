@@ -5,7 +5,7 @@ VENV   ?= .venv
 PYTHON ?= python3
 BIN    := $(VENV)/bin
 
-.PHONY: run test unit e2e lint venv tools system-deps clean chart-crds helm-e2e
+.PHONY: run test unit e2e lint audit venv tools system-deps clean chart-crds helm-e2e
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -25,6 +25,14 @@ run: venv tools
 
 lint: venv
 	$(BIN)/lint-imports
+
+# Known vulnerabilities in the installed dependencies (PyPI's advisory data through pip-audit).
+# --strict: a dependency that cannot be looked up fails the audit instead of being skipped silently.
+# Not part of `make test`: it needs https://pypi.org/pypi/<name>/<version>/json (or api.osv.dev with
+# AUDIT_SERVICE=osv), which the CI machines of this project cannot reach (see README, "Security model").
+AUDIT_SERVICE ?= pypi
+audit: venv
+	$(BIN)/pip-audit --strict --skip-editable --progress-spinner off --vulnerability-service $(AUDIT_SERVICE)
 
 unit: venv
 	$(BIN)/pytest tests/unit

@@ -9,6 +9,10 @@ delete namespaces and CRDs.
 
 The CRDs in ``crds/`` are applied once per session. On a test failure the control plane's log tails
 are attached to the report. Every test under tests/e2e is marked ``e2e``.
+
+Secret hygiene: the session fails if any secret value of the run (any Secret in a test namespace, any
+Secret the operator manages) shows up in an operator log, an Event, or the status or annotations of a
+WorkspaceSecret/UserToken (``_secret_hygiene`` below; the scanner is workspace_secrets.testing.secret_hygiene).
 """
 
 from __future__ import annotations
@@ -31,7 +35,10 @@ from workspace_secrets.api.constants import WEBHOOK_CONFIGURATION_NAME
 from workspace_secrets.testing.controlplane import REPO_ROOT, ControlPlane, resolve_bin_dir
 from backends import ADMIN_NAMESPACE, Backends, Moto, providers_yaml
 from helpers import webhook_answers
+from hygiene import final_sweep, operator_logs, snapshot_namespace
 from operator_process import OperatorProcess, free_port
+
+from workspace_secrets.testing.secret_hygiene import SecretHygiene, report
 
 E2E_DIR = Path(__file__).resolve().parent
 CRD_DIR = REPO_ROOT / "crds"
@@ -43,6 +50,8 @@ _BIN_DIR_KEY = pytest.StashKey[Path]()
 _CLUSTER_KEY = pytest.StashKey["Cluster"]()
 _STARTUP_KEY = pytest.StashKey[dict[str, float]]()
 _OPERATOR_KEY = pytest.StashKey["RunningOperator"]()
+_HYGIENE_KEY = pytest.StashKey["_Hygiene"]()
+_HYGIENE_SUMMARY_KEY = pytest.StashKey[str]()
 
 
 class CommandError(subprocess.CalledProcessError):
@@ -176,6 +185,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     # The cluster is gone by now (session teardown precedes the summary), hence the separate key.
+    summary = terminalreporter.config.stash.get(_HYGIENE_SUMMARY_KEY, None)
+    if summary:
+        terminalreporter.write_line(summary)
     timings = terminalreporter.config.stash.get(_STARTUP_KEY, None)
     if timings:
         phases = ", ".join(f"{phase} {seconds:.1f}s" for phase, seconds in timings.items())
@@ -241,24 +253,88 @@ def _wait_for_default_service_account(api: k8s.ApiClient, namespace: str, timeou
         time.sleep(0.2)
 
 
-@pytest.fixture
-def namespace(cluster: Cluster) -> Iterator[str]:
-    """A fresh namespace ``wso-e2e-<random>``; deleted afterwards without waiting for termination."""
+def create_test_namespace(cluster: Cluster) -> str:
+    """A fresh namespace ``wso-e2e-<random>`` with its default ServiceAccount."""
     name = f"{NAMESPACE_PREFIX}{secrets.token_hex(3)}"
     with cluster.api_client() as api:
         k8s.CoreV1Api(api).create_namespace(
             {"metadata": {"name": name, "labels": {"app.kubernetes.io/part-of": "wso-e2e"}}}
         )
         _wait_for_default_service_account(api, name)
+    return name
+
+
+def delete_test_namespace(cluster: Cluster, name: str, config: pytest.Config) -> None:
+    """Record the namespace for the secret-hygiene check, then delete it without waiting."""
+    with cluster.api_client() as api:
+        hygiene = config.stash.get(_HYGIENE_KEY, None)
+        if hygiene is not None:
+            try:
+                snapshot_namespace(hygiene.scanner, api, name)
+            except Exception as exc:  # noqa: BLE001 - reported by the session check, never swallowed
+                hygiene.errors.append(f"snapshot of {name}: {type(exc).__name__}: {exc}")
+        try:
+            k8s.CoreV1Api(api).delete_namespace(name, propagation_policy="Background")
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+
+@pytest.fixture
+def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace ``wso-e2e-<random>``; deleted afterwards without waiting for termination."""
+    name = create_test_namespace(cluster)
     try:
         yield name
     finally:
-        with cluster.api_client() as api:
-            try:
-                k8s.CoreV1Api(api).delete_namespace(name, propagation_policy="Background")
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise
+        delete_test_namespace(cluster, name, request.config)
+
+
+@pytest.fixture(scope="module")
+def module_namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """Like `namespace`, shared by the tests of one module (e.g. a table of cases)."""
+    name = create_test_namespace(cluster)
+    try:
+        yield name
+    finally:
+        delete_test_namespace(cluster, name, request.config)
+
+
+@dataclass
+class _Hygiene:
+    scanner: SecretHygiene = field(default_factory=SecretHygiene)
+    errors: list[str] = field(default_factory=list)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _secret_hygiene(
+    request: pytest.FixtureRequest, cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    """Fail the session if any secret value of the run appears outside Secret data.
+
+    Needles: the values of every Secret in every test namespace (recorded before the namespace is
+    deleted) and of every Secret the operator manages. Haystacks: every operator log file under the
+    session's temp dir, the Events of test namespaces, and the status, labels and annotations (kopf's
+    bookkeeping included) of every WorkspaceSecret/UserToken. See workspace_secrets.testing.secret_hygiene.
+    Set up before, and torn down after, the operator fixture, so its log is complete when scanned.
+    """
+    hygiene = _Hygiene()
+    request.config.stash[_HYGIENE_KEY] = hygiene
+    yield
+    del request.config.stash[_HYGIENE_KEY]
+    with cluster.api_client() as api:
+        final_sweep(hygiene.scanner, api, NAMESPACE_PREFIX)
+    logs = operator_logs(tmp_path_factory.getbasetemp())
+    leaks = hygiene.scanner.find_leaks(logs)
+    request.config.stash[_HYGIENE_SUMMARY_KEY] = (
+        f"secret hygiene: {hygiene.scanner.needle_count} secret value forms searched in "
+        f"{hygiene.scanner.haystack_count} objects and {len(logs)} operator log file(s): {len(leaks)} leak(s)"
+    )
+    problems = [*hygiene.errors]
+    if leaks:
+        problems.append(report(leaks))
+    if problems:
+        pytest.fail("secret hygiene check failed:\n" + "\n".join(problems), pytrace=False)
 
 
 @dataclass

@@ -130,7 +130,9 @@ def test_a_foreign_secret_is_never_overwritten(api, namespace, wso_operator):
 def test_bring_your_own_key(api, namespace, wso_operator, tmp_path):
     path = tmp_path / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "s3cret phrase", "-f", str(path)], check=True)
-    api.create_secret(namespace, "my-key", {"ssh-privatekey": path.read_bytes(), "passphrase": b"s3cret phrase\n"})
+    # Labelled as hank's: the operator takes a brought key only from the user's own Secret.
+    api.create_secret(namespace, "my-key", {"ssh-privatekey": path.read_bytes(), "passphrase": b"s3cret phrase\n"},
+                      labels={c.LABEL_USER: "hank"})
     api.create_ws(namespace, "byo", {"user": "hank", "workspaceRef": deployment_ref("nothing"),
                                      "ssh": {"existingSecretRef": {"name": "my-key", "passphraseKey": "passphrase"}}})
     api.wait_condition(namespace, "byo")

@@ -228,6 +228,9 @@ class WorkspaceSecretController:
         source = await self._kube.get(core_path(ws.namespace, "secrets", ref.name))
         if source is None:
             return None, policy.Problem("ExistingKeyNotFound", f"{where} does not exist in namespace {ws.namespace!r}; create it with the private key under {ref.private_key_key!r}.")
+        not_owned = policy.existing_key_ownership_problem(source, ws, where)
+        if not_owned is not None:
+            return None, not_owned
         data = source.get("data") or {}
         if ref.private_key_key not in data:
             return None, policy.Problem("InvalidExistingKey", f"{where} has no key {ref.private_key_key!r} (it has: {', '.join(sorted(data)) or 'none'}); set privateKeyKey.")

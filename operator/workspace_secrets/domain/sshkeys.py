@@ -98,11 +98,11 @@ def _parse(data: bytes, passphrase: bytes | None):
     loader = serialization.load_ssh_private_key if is_openssh else serialization.load_pem_private_key
     try:
         return loader(text + b"\n", password=passphrase or None)
-    except TypeError as exc:
+    except TypeError:
         # cryptography raises TypeError for "password given but key not encrypted" and the reverse.
         if passphrase:
             raise InvalidKey("a passphrase was supplied but the key is not encrypted") from None
-        raise InvalidKey("the key is passphrase-protected; supply passphraseKey in existingSecretRef") from exc
+        raise InvalidKey("the key is passphrase-protected; supply passphraseKey in existingSecretRef") from None
     except Exception:  # never chain: a parser's exception text could quote key bytes
         if passphrase:
             raise InvalidKey("the passphrase does not decrypt the key (or the key is corrupt)") from None

@@ -7,6 +7,7 @@ only what differs. Shaped after cert-manager's policy chains: inputs -> (reason,
 from __future__ import annotations
 
 import base64
+import dataclasses
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -168,7 +169,8 @@ class Observation:
     key_source: str | None  # "Generated" or "Existing"
     problem: Problem | None
     secret_action: SecretAction | None
-    secret_data: Mapping[str, str] | None  # base64 data of the Secret as written (for display items)
+    # base64 data of the Secret as written (for display items): secret, so never part of a repr
+    secret_data: Mapping[str, str] | None = dataclasses.field(repr=False)
     workspace_uid: str | None  # None: the workspace does not exist (yet)
     rotation_handled: str | None = None
     credentials: list[dict[str, Any]] | None = None  # status entries (ids, never values)
@@ -239,14 +241,15 @@ def display_items(ws: WorkspaceSecret, secret_data: Mapping[str, str] | None) ->
     """The seed's coder_metadata. Sensitive items are only ever shown masked."""
     items = []
     for item in ws.display:
-        if item.sensitive:
+        sensitive = item.sensitive or item.secret_key in c.ALWAYS_SENSITIVE_KEYS
+        if sensitive:
             value = MASK
         elif item.secret_key is not None:
             raw = (secret_data or {}).get(item.secret_key)
             value = _decode_displayable(raw) if raw is not None else "<missing>"
         else:
             value = item.value or ""
-        items.append({"key": item.key, "value": value, "sensitive": item.sensitive})
+        items.append({"key": item.key, "value": value, "sensitive": sensitive})
     return items
 
 
@@ -295,3 +298,33 @@ def desired_status(ws: WorkspaceSecret, obs: Observation) -> dict[str, Any]:
     if handled is not None:
         status["sshKeyRotation"] = handled
     return status
+
+
+# --- bring-your-own keys --------------------------------------------------------------------------
+REASON_EXISTING_KEY_NOT_OWNED = "ExistingKeyNotOwned"
+
+
+def existing_key_ownership_problem(secret: Mapping[str, Any], ws: WorkspaceSecret, where: str) -> Problem | None:
+    """May this WorkspaceSecret take its key from this Secret? Only from the user's own Secret.
+
+    Without this check, anyone allowed to create a WorkspaceSecret for themselves could name another
+    user's key Secret -- or the operator's per-user key Secret `ssh-<user>-...` -- in existingSecretRef,
+    and have the operator copy that key into a Secret their own workspace mounts. A Secret is the user's
+    when it carries the label workspace-secrets.io/user=<spec.user>; the admission policy
+    deploy/policies/user-secret-labels.yaml lets only that user (or a platform identity) set that label.
+    """
+    labels = (secret.get("metadata") or {}).get("labels") or {}
+    if labels.get(c.LABEL_MANAGED_BY) == c.OPERATOR_NAME:
+        return Problem(
+            REASON_EXISTING_KEY_NOT_OWNED,
+            f"{where} is managed by the operator (a generated key or a workspace Secret), so it cannot be brought "
+            f"as a key; reference a Secret holding {ws.user!r}'s own key, or remove existingSecretRef to use the "
+            f"operator-generated key.",
+        )
+    if labels.get(c.LABEL_USER) != ws.user:
+        return Problem(
+            REASON_EXISTING_KEY_NOT_OWNED,
+            f"{where} is not labelled {c.LABEL_USER}={ws.user}, so it is not known to hold {ws.user!r}'s own key; "
+            f"label it: kubectl label secret {secret.get('metadata', {}).get('name', '')} {c.LABEL_USER}={ws.user}",
+        )
+    return None
