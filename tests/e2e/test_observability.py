@@ -77,7 +77,9 @@ def test_every_state_change_gets_an_event_with_a_stable_reason(api, namespace, w
     spec = {"user": "eve", "workspaceRef": {"kind": "Pod", "name": "ws-eve"}, "ssh": {"existingSecretRef": {"name": "eve-key"}}}
     api.create_ws(namespace, "ev", spec)
     api.wait_condition(namespace, "ev", status="False", reason="ExistingKeyNotFound")
-    api.create_secret(namespace, "eve-key", {"ssh-privatekey": generate(KeySpec(), comment="eve").private_openssh.reveal()})
+    # Labelled as eve's: the operator takes a brought key only from the user's own Secret.
+    api.create_secret(namespace, "eve-key", {"ssh-privatekey": generate(KeySpec(), comment="eve").private_openssh.reveal()},
+                      labels={c.LABEL_USER: "eve"})
     api.patch_ws(namespace, "ev", {"metadata": {"annotations": {"touch": "1"}}})  # the key Secret is not watched
     api.wait_condition(namespace, "ev")
     api.create_pod(namespace, "ws-eve")
