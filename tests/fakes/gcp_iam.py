@@ -131,6 +131,8 @@ class FakeGcpIam:
         self.requests = 0
         self.on_request: Callable[[str, str], Callable[[], None] | None] | None = None
         self.server: ThreadingHTTPServer | None = None
+        # Google's own keys never leave Google: one public key stands for all system-managed keys here.
+        self._system_public_key = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
 
     # --- test controls ----------------------------------------------------------------------------
     @property
@@ -179,7 +181,7 @@ class FakeGcpIam:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True, name="fake-gcp-iam").start()
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True, name="fake-gcp-iam").start()
         return self
 
     def stop(self) -> None:
@@ -191,8 +193,7 @@ class FakeGcpIam:
     def _new_account(self, account_id: str, display_name: str, description: str) -> Account:
         account = Account(self.project, account_id, str(next(self._unique)), display_name, description)
         self.accounts[account.email] = account
-        system_key = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
-        system = Key(secrets.token_hex(20), system_key, "KEY_ALG_RSA_2048", "SYSTEM_MANAGED", _ts(datetime.now(timezone.utc)),
+        system = Key(secrets.token_hex(20), self._system_public_key, "KEY_ALG_RSA_2048", "SYSTEM_MANAGED", _ts(datetime.now(timezone.utc)),
                      _ts(datetime.now(timezone.utc) + timedelta(days=14)))
         account.keys[system.key_id] = system
         return account

@@ -105,7 +105,8 @@ def provider_error(action: str, exc: Exception, *, quote_server: bool = True) ->
         return ProviderError(f"PostgreSQL {action} failed: {first_line}", retryable=True)
     detail = ""
     if quote_server and isinstance(exc, psycopg.Error):
-        detail = f": {exc.diag.message_primary or ''}".rstrip(": ")
+        primary = exc.diag.message_primary or (str(exc).strip().splitlines() or [""])[0]
+        detail = f": {primary}" if primary else ""
     retryable = sqlstate[:2] in _RETRYABLE_CLASSES or sqlstate in _RETRYABLE_STATES or not sqlstate
     hint = " (check the admin role's privileges: CREATEROLE, pg_signal_backend, grant options)" if sqlstate == "42501" else ""
     if sqlstate == "28P01":
