@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import boto3
+from fakes.gcp_iam import FakeGcpIam
+from fakes.twilio import FakeTwilio
 from http_proxy import FaultProxy
 from operator_process import free_port
 
@@ -80,6 +82,54 @@ class Backends:
     config_path: Path
     moto: Moto
     providers: dict = field(default_factory=dict)
+    postgres: Postgres | None = None
+    gcp: FakeGcpIam | None = None
+    twilio: FakeTwilio | None = None
+
+
+def extra_providers_yaml(postgres: Postgres | None = None, gcp: FakeGcpIam | None = None, twilio: FakeTwilio | None = None) -> str:
+    """Entries to append to providers_yaml()'s list, for the servers and fakes that were started."""
+    return "".join(entry for entry in (
+        postgres and f"""\
+  - name: postgres-app
+    type: postgresql
+    credentialsSecret: postgres-admin
+    config:
+      host: 127.0.0.1
+      port: {postgres.port}
+      dbname: app
+      grants: ["CONNECT ON DATABASE app", "USAGE ON SCHEMA public"]
+      memberOf: [app_readonly]
+      passwordLifetime: 1h
+""",
+        gcp and f"""\
+  - name: gcp-dev
+    type: gcp-service-account-key
+    credentialsSecret: gcp-admin
+    config:
+      project: {gcp.project}
+      endpoint: {gcp.url}
+""",
+        twilio and f"""\
+  - name: twilio-dev
+    type: twilio-api-key
+    credentialsSecret: twilio-admin
+    config:
+      baseURL: {twilio.url}
+""") if entry)
+
+
+def admin_secrets(postgres: Postgres | None = None, gcp_admin_key: bytes | None = None,
+                  twilio: FakeTwilio | None = None) -> dict[str, dict[str, str]]:
+    """The providers' admin credential Secrets (name -> stringData) for the operator's namespace."""
+    out = {}
+    if postgres:
+        out["postgres-admin"] = {"username": postgres.admin_user, "password": postgres.admin_password}
+    if gcp_admin_key:
+        out["gcp-admin"] = {"key.json": gcp_admin_key.decode()}
+    if twilio:
+        out["twilio-admin"] = {"TWILIO_ACCOUNT_SID": twilio.account_sid, "TWILIO_AUTH_TOKEN": twilio.auth_token}
+    return out
 
 
 def providers_yaml(moto: Moto) -> str:
