@@ -92,6 +92,10 @@ class FakeTwilio:
         self._failures += [status] * times
 
     @property
+    def pending_failures(self) -> int:
+        return len(self._failures)
+
+    @property
     def url(self) -> str:
         assert self.server is not None
         return f"http://127.0.0.1:{self.server.server_address[1]}"
