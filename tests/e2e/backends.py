@@ -150,7 +150,15 @@ providers:
 """
 
 
-PG_BIN = Path(os.environ.get("WSO_PG_BIN", "/usr/lib/postgresql/15/bin"))
+def _pg_bin() -> Path:
+    """WSO_PG_BIN, else Debian's PostgreSQL server binaries (15 preferred: what the tests are written against)."""
+    if os.environ.get("WSO_PG_BIN"):
+        return Path(os.environ["WSO_PG_BIN"])
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: (p.parent.parent.name != "15", p))
+    return found[0].parent if found else Path("/usr/lib/postgresql/15/bin")
+
+
+PG_BIN = _pg_bin()
 
 
 @dataclass
@@ -177,6 +185,9 @@ class Postgres:
 
     @classmethod
     def start(cls, log_dir: Path) -> Postgres:
+        if not (PG_BIN / "initdb").exists():
+            raise RuntimeError(f"PostgreSQL server binaries not found in {PG_BIN}: run hack/install-system-deps.sh "
+                               "(Debian package postgresql) or set WSO_PG_BIN")
         # Not under pytest's tmp dir: that is root-only (0700), and the server runs as `postgres`.
         base = Path(tempfile.mkdtemp(prefix="wso-pg-"))
         if os.geteuid() == 0:

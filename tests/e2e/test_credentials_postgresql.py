@@ -90,3 +90,31 @@ def test_rotation_writes_the_new_role_before_dropping_the_old(api, namespace, ws
     assert old_role not in pg.roles() and can_log_in(pg, new)
     api.delete_ws(namespace, "pgrot")
     wait_for(lambda: not can_log_in(pg, new), timeout=60, what="role dropped on delete")
+
+
+def test_the_orphan_sweep_drops_roles_no_workspace_secret_accounts_for(credential_backends):
+    """The provider's `sweep` and tag-only revocation, as the operator's periodic orphan sweep drives them."""
+    import asyncio
+    from datetime import datetime, timezone
+
+    from workspace_secrets.controllers.credentials import CredentialManager, sweep_orphans
+    from workspace_secrets.domain.sensitive import Sensitive
+    from workspace_secrets.providers.credentials import registry
+
+    pg = credential_backends.postgres
+    provider = registry.build("postgres-app", "postgresql", {"host": "127.0.0.1", "port": pg.port, "dbname": "app",
+                                                             "grants": ["CONNECT ON DATABASE app"], "memberOf": ["app_readonly"]},
+                              {"username": Sensitive(pg.admin_user), "password": Sensitive(pg.admin_password)}, None)
+    orphan = Scope.of("gone-namespace", "gone", "0000", "db")
+    issued = asyncio.run(provider.issue(orphan, {}, 1))
+    session = pg.connect(issued.id, issued.values["PGPASSWORD"].reveal_text())
+    others = {role.rsplit("_g", 1)[0] for role in pg.roles()} - {orphan.tag}
+
+    async def expected_tags():
+        return others  # every other scope still has its WorkspaceSecret
+    manager = CredentialManager({"postgres-app": provider}, clock=lambda: datetime.now(timezone.utc))
+    assert asyncio.run(sweep_orphans(manager, expected_tags)) == [orphan.tag]
+    assert pg.roles(orphan.tag) == []
+    with pytest.raises(psycopg.OperationalError):
+        session.execute("SELECT 1")
+    session.close()

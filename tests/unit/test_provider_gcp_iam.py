@@ -218,3 +218,22 @@ def test_token_endpoint_refusals(fake):
     info = json.loads(fake.admin_key)
     gone = {**info, "client_email": "nobody-at-all@wso-fake-project.iam.gserviceaccount.com"}
     assert token_for(json.dumps(gone).encode()) == "refused: invalid_grant: Invalid grant: account not found"
+
+
+def test_the_orphan_sweep_revokes_keys_and_deletes_accounts_no_workspace_secret_accounts_for(fake, provider):
+    from datetime import datetime, timezone
+
+    from workspace_secrets.controllers.credentials import CredentialManager, sweep_orphans
+
+    kept, orphan = Scope.of("team-d", "alive", "1", "gcp"), Scope.of("team-d", "deleted", "2", "gcp")
+    alive = run(provider.issue(kept, {}, 1))
+    run(provider.issue(orphan, {}, 1))
+    manager = CredentialManager({"gcp-dev": provider}, clock=lambda: datetime.now(timezone.utc))
+
+    async def expected_tags():
+        return {kept.tag}
+    assert run(sweep_orphans(manager, expected_tags)) == [orphan.tag]
+    assert gcp.account_email(orphan.tag, fake.project) not in fake.accounts
+    assert run(provider.list(kept)) == [alive.id]
+    run(provider.revoke(kept, alive.id))
+    run(provider.release(kept))

@@ -162,3 +162,20 @@ def test_responses_outside_the_contract_are_recorded(fake, monkeypatch):
     run(make(fake).issue(SCOPE, {}, 2))
     assert any("date-time-rfc-2822" in v for v in fake.contract.violations.responses)
     fake.contract.violations.clear()
+
+
+def test_the_orphan_sweep_revokes_keys_no_workspace_secret_accounts_for(fake):
+    from datetime import datetime, timezone
+
+    from workspace_secrets.controllers.credentials import CredentialManager, sweep_orphans
+
+    p = make(fake)
+    kept, orphan = Scope.of("team-a", "alive", "1", "twilio"), Scope.of("team-a", "deleted", "2", "twilio")
+    alive = run(p.issue(kept, {}, 1))
+    run(p.issue(orphan, {}, 1))
+    manager = CredentialManager({"twilio-dev": p}, clock=lambda: datetime.now(timezone.utc))
+
+    async def expected_tags():
+        return {kept.tag}
+    assert run(sweep_orphans(manager, expected_tags)) == [orphan.tag]
+    assert run(p.list(orphan)) == [] and run(p.list(kept)) == [alive.id]
