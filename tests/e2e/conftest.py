@@ -33,7 +33,7 @@ from kubernetes.client.exceptions import ApiException
 
 from workspace_secrets.api.constants import WEBHOOK_CONFIGURATION_NAME
 from workspace_secrets.testing.controlplane import REPO_ROOT, ControlPlane, resolve_bin_dir
-from backends import ADMIN_NAMESPACE, Backends, Moto, providers_yaml
+from backends import ADMIN_NAMESPACE, Backends, FakeGcpIam, FakeTwilio, Moto, Postgres, admin_secrets, extra_providers_yaml, providers_yaml
 from helpers import webhook_answers
 from hygiene import final_sweep, operator_logs, snapshot_namespace
 from operator_process import OperatorProcess, free_port
@@ -354,7 +354,14 @@ def credential_backends(cluster: Cluster, tmp_path_factory: pytest.TempPathFacto
     and the operator's provider configuration file."""
     workdir = tmp_path_factory.mktemp("backends")
     moto = Moto.start(workdir)
+    postgres = gcp = twilio = None
     try:
+        postgres = Postgres.start(workdir)
+        gcp = FakeGcpIam().start()
+        gcp_admin_key = gcp.bootstrap_admin()
+        twilio = FakeTwilio().start()
+        secrets_ = {"aws-admin": {"AWS_ACCESS_KEY_ID": moto.admin_key_id, "AWS_SECRET_ACCESS_KEY": moto.admin_secret},
+                    **admin_secrets(postgres, gcp_admin_key, twilio)}
         with cluster.api_client() as api:
             core = k8s.CoreV1Api(api)
             try:
@@ -362,19 +369,21 @@ def credential_backends(cluster: Cluster, tmp_path_factory: pytest.TempPathFacto
             except ApiException as exc:
                 if exc.status != 409:
                     raise
-            secret = {"metadata": {"name": "aws-admin"},
-                      "stringData": {"AWS_ACCESS_KEY_ID": moto.admin_key_id, "AWS_SECRET_ACCESS_KEY": moto.admin_secret}}
-            try:
-                core.create_namespaced_secret(ADMIN_NAMESPACE, secret)
-            except ApiException as exc:
-                if exc.status != 409:
-                    raise
-                core.replace_namespaced_secret("aws-admin", ADMIN_NAMESPACE, secret)
+            for name, string_data in secrets_.items():
+                secret = {"metadata": {"name": name}, "stringData": string_data}
+                try:
+                    core.create_namespaced_secret(ADMIN_NAMESPACE, secret)
+                except ApiException as exc:
+                    if exc.status != 409:
+                        raise
+                    core.replace_namespaced_secret(name, ADMIN_NAMESPACE, secret)
         config_path = workdir / "providers.yaml"
-        config_path.write_text(providers_yaml(moto))
-        yield Backends(config_path, moto)
+        config_path.write_text(providers_yaml(moto) + extra_providers_yaml(postgres, gcp, twilio))
+        yield Backends(config_path, moto, postgres=postgres, gcp=gcp, twilio=twilio)
     finally:
-        moto.stop()
+        for backend in (twilio, gcp, postgres, moto):
+            if backend is not None:
+                backend.stop()
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,9 @@ from typing import Any
 PROVIDER_TYPES: dict[str, str] = {
     "kubernetes-token": "workspace_secrets.providers.credentials.kubernetes_token:KubernetesTokenProvider",
     "aws-iam": "workspace_secrets.providers.credentials.aws_iam:AwsIamProvider",
+    "postgresql": "workspace_secrets.providers.credentials.postgresql:PostgresRoleProvider",
+    "gcp-service-account-key": "workspace_secrets.providers.credentials.gcp_iam:GcpServiceAccountKeyProvider",
+    "twilio-api-key": "workspace_secrets.providers.credentials.twilio:TwilioApiKeyProvider",
 }
 
 
