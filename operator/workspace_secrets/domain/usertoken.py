@@ -211,6 +211,7 @@ def desired_token_secret(ut: UserToken, tokens: TokenSet, *, issued_at: datetime
             "annotations": {
                 c.ANNOTATION_TOKEN_GENERATION: generation,
                 ANNOTATION_ISSUED_AT: format_time(issued_at),
+                **({ANNOTATION_SCOPES: " ".join(tokens.scopes)} if tokens.scopes is not None else {}),
             },
             "ownerReferences": [owner_reference(ut)],
         },
@@ -219,6 +220,7 @@ def desired_token_secret(ut: UserToken, tokens: TokenSet, *, issued_at: datetime
 
 
 ANNOTATION_ISSUED_AT = f"{c.GROUP}/token-issued-at"
+ANNOTATION_SCOPES = f"{c.GROUP}/token-scopes"  # granted scopes (not secret), kept for validation and status
 
 
 @dataclass(frozen=True)
@@ -241,12 +243,14 @@ def read_token_secret(secret: Mapping[str, Any]) -> StoredToken | None:
     refresh = base64.b64decode(data[c.KEY_REFRESH_TOKEN]) if c.KEY_REFRESH_TOKEN in data else None
     expires = parse_time(base64.b64decode(data[c.KEY_EXPIRES_AT]).decode()) if c.KEY_EXPIRES_AT in data else None
     token_type = base64.b64decode(data[c.KEY_TOKEN_TYPE]).decode() if c.KEY_TOKEN_TYPE in data else "bearer"
+    scopes = annotations.get(ANNOTATION_SCOPES)
     return StoredToken(
         tokens=TokenSet(
             access_token=Sensitive(base64.b64decode(data[c.KEY_TOKEN])),
             refresh_token=Sensitive(refresh) if refresh else None,
             token_type=token_type,
             expires_at=expires,
+            scopes=tuple(scopes.split()) if scopes is not None else None,
         ),
         issued_at=parse_time(annotations.get(ANNOTATION_ISSUED_AT)),
         generation=annotations.get(c.ANNOTATION_TOKEN_GENERATION),
