@@ -103,14 +103,24 @@ class BrowserSession:
         assert response.status_code == 303, (response.status_code, response.text[:300])
         return self.follow(response.headers["Location"], login=login)
 
-    def follow(self, url: str, *, login: str = "alice", max_steps: int = 20) -> requests.Response:
-        """Follow redirects and submit oidc-provider's development login and consent forms."""
+    def start(self, html: str, namespace: str, name: str) -> str:
+        """Click Connect; return the provider URL the operator redirects to."""
+        form = _form_for(html, namespace, name)
+        response = self.http.post(urljoin(self.connect_url, "/connect/start"), data=form, allow_redirects=False, timeout=15)
+        assert response.status_code == 303, (response.status_code, response.text[:300])
+        return response.headers["Location"]
+
+    def follow(self, url: str, *, login: str = "alice", max_steps: int = 20, stop_at_callback: bool = False) -> requests.Response | str:
+        """Follow redirects and submit oidc-provider's development login and consent forms. With
+        stop_at_callback, return the callback URL instead of visiting it."""
         response = self.http.get(url, allow_redirects=False, timeout=15)
         for _ in range(max_steps):
             if response.status_code in (301, 302, 303, 307, 308):
                 target = urljoin(response.url, response.headers["Location"])
                 if target.startswith(self.connect_url) and "/oauth/callback" in target:
                     self.last_callback = target
+                    if stop_at_callback:
+                        return target
                 response = self.http.get(target, allow_redirects=False, timeout=30)
                 continue
             if response.status_code == 200 and 'name="prompt" value="login"' in response.text:

@@ -50,10 +50,13 @@ USER_TOKEN_PLURAL: Final = "usertokens"
 COMPONENT_USER_TOKEN: Final = "user-token"
 
 # Annotations a user or platform sets on a UserToken: a new value asks for one refresh / one validation now.
-ANNOTATION_REFRESH_TOKEN: Final = f"{GROUP}/refresh"
-ANNOTATION_VALIDATE_TOKEN: Final = f"{GROUP}/validate"
+# Under their own subdomain: kopf leaves every `<its storage prefix>/...` annotation (workspace-secrets.io/)
+# out of the object's essence, so changes to such annotations would trigger no update handler.
+USER_TOKEN_ANNOTATION_PREFIX: Final = f"usertoken.{GROUP}"
+ANNOTATION_REFRESH_TOKEN: Final = f"{USER_TOKEN_ANNOTATION_PREFIX}/refresh"
+ANNOTATION_VALIDATE_TOKEN: Final = f"{USER_TOKEN_ANNOTATION_PREFIX}/validate"
 # Lets an administrator finish deleting a UserToken whose provider is gone for good (revocation skipped).
-ANNOTATION_SKIP_REVOCATION: Final = f"{GROUP}/skip-revocation"
+ANNOTATION_SKIP_REVOCATION: Final = f"{USER_TOKEN_ANNOTATION_PREFIX}/skip-revocation"
 # Stamped on the token Secret: which OAuth grant wrote it (a random id, never derived from the token).
 ANNOTATION_TOKEN_GENERATION: Final = f"{GROUP}/token-generation"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -266,7 +267,9 @@ def is_owned_by(obj: Mapping[str, Any], owner_uid: str) -> bool:
 def connect_link(base_url: str, ut: UserToken, signer: Signer, *, expires: datetime) -> str:
     """status.authorizationURL: the operator's connect page for this UserToken, signed for its uid and
     user, expiring. It carries no token and no OAuth state: the state is minted when the user clicks."""
-    sig = signer.sign(LINK_PURPOSE, {"ns": ut.namespace, "n": ut.name, "uid": ut.uid, "user": ut.user}, expires=expires)
+    # A nonce makes every renewed link a new one, even within the same second.
+    sig = signer.sign(LINK_PURPOSE, {"ns": ut.namespace, "n": ut.name, "uid": ut.uid, "user": ut.user, "r": secrets.token_urlsafe(6)},
+                      expires=expires)
     return f"{base_url.rstrip('/')}/connect/{quote(ut.namespace, safe='')}/{quote(ut.name, safe='')}?{urlencode({'t': sig})}"
 
 
