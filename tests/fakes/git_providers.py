@@ -114,7 +114,7 @@ class FakeGitProvider:
     def app(self) -> web.Application:
         app = web.Application()
         r = app.router
-        r.add_get("/__fake__/state", lambda request: web.json_response(self.state.snapshot()))
+        r.add_get("/__fake__/state", self.snapshot)
         kind = self.state.kind
         if kind == "github":
             r.add_get("/login/oauth/authorize", self.authorize)
@@ -137,9 +137,9 @@ class FakeGitProvider:
             r.add_get("/site/oauth2/authorize", self.authorize)
             r.add_post("/site/oauth2/access_token", self.standard_token)
             r.add_get("/2.0/user", self.bitbucket_user)
-            r.add_get("/2.0/users/{user}/ssh-keys", self.list_keys)
-            r.add_post("/2.0/users/{user}/ssh-keys", self.add_key)
-            r.add_delete("/2.0/users/{user}/ssh-keys/{id}", self.delete_key)
+            r.add_get("/2.0/users/{user:[^/]+}/ssh-keys", self.list_keys)
+            r.add_post("/2.0/users/{user:[^/]+}/ssh-keys", self.add_key)
+            r.add_delete("/2.0/users/{user:[^/]+}/ssh-keys/{id:[^/]+}", self.delete_key)
         else:
             r.add_get("/rest/oauth2/latest/authorize", self.authorize)
             r.add_post("/rest/oauth2/latest/token", self.standard_token)
@@ -149,6 +149,9 @@ class FakeGitProvider:
             r.add_post("/rest/ssh/latest/keys", self.add_key)
             r.add_delete("/rest/ssh/latest/keys/{id}", self.delete_key)
         return app
+
+    async def snapshot(self, request: web.Request) -> web.Response:
+        return web.json_response(self.state.snapshot())
 
     # --- OAuth ---
     async def authorize(self, request: web.Request) -> web.Response:

@@ -462,6 +462,12 @@ class _Pass:
         self.fields["phase"] = (self.phase or Phase.AWAITING_AUTHORIZATION).value
         conditions = policy.conditions(ut, self.phase or Phase.AWAITING_AUTHORIZATION, login=self.fields.get("login", self.status.get("login")),
                                        problem=self.problem, ssh=self.ssh)
+        if self.problem is None and self.phase in (Phase.EXPIRED, Phase.REVOKED):
+            # Later passes no longer see why the grant died: keep the message that said so.
+            kept = cond.find(self.status.get("conditions"), c.CONDITION_READY) or {}
+            if kept.get("reason") == conditions[0].reason and kept.get("message"):
+                conditions = [Condition(x.type, x.status, x.reason, kept["message"]) if x.type in (c.CONDITION_READY, c.CONDITION_AUTHORIZED)
+                              else x for x in conditions]
         previous = self.status.get("phase")
         await ctl._write_status(self.body, self.fields, conditions)
         await self._announce(previous)
