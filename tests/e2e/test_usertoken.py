@@ -109,6 +109,7 @@ def test_connect_gives_a_valid_token_in_a_secret(api, namespace, wso_operator, o
     status_code, page = via_proxy(f"{wso_operator.process.connect_url}/accounts", user="bob",
                                   header=wso_operator.process.connect_user_header, source=wso_operator.process.connect_trusted_proxy)
     assert status_code == 200 and "alice-oidc" not in page
+    assert_no_token_leaks(api, namespace, wso_operator, [data[c.KEY_TOKEN], data[c.KEY_REFRESH_TOKEN]])
 
 
 def refresh_events(oidc: OIDCServer, client_id: str) -> tuple[int, int]:

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 from helpers import Api, wait_for
-from test_usertoken import connect, create_token, get_token, wait_phase
+from test_usertoken import assert_no_token_leaks, connect, create_token, get_token, wait_phase
 from usertoken_support import BrowserSession
 
 from fakes.git_providers import FakeGitProvider, fetch_state
@@ -72,6 +72,7 @@ def test_connect_git_credentials_ssh_key_and_cleanup(api, namespace, wso_operato
     assert data[c.KEY_GIT_USERNAME].decode() == username
     filled = git_credential_fill(data[c.KEY_GIT_CREDENTIALS], fake.url, tmp_path)
     assert filled["username"] == username and filled["password"].encode() == data[c.KEY_TOKEN]
+    secrets_seen = [data[c.KEY_TOKEN], data[c.KEY_REFRESH_TOKEN], CLIENT_SECRET.encode()]
 
     # addSSHKey: the user's operator-managed key is at the provider, under a recognizable title.
     ut = wait_for(lambda: (u := get_token(api, namespace, "git")) and (u["status"].get("sshKey") or {}).get("id") and u,
@@ -102,6 +103,7 @@ def test_connect_git_credentials_ssh_key_and_cleanup(api, namespace, wso_operato
         assert state["counts"]["revoked"] == 1 and state["active_tokens"] == 0
     events = {e.reason for e in api.core.list_namespaced_event(namespace).items}
     assert {"Connected", "SSHKeyUploaded", "SSHKeyRemoved"} <= events
+    assert_no_token_leaks(api, namespace, wso_operator, secrets_seen)
 
 
 def test_a_failing_refresh_at_github_expires_the_token(api, namespace, wso_operator):
