@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 
 import pytest
+import requests
 from helpers import Api, wait_for
 from test_usertoken import assert_no_token_leaks, connect, create_token, get_token, wait_phase
 from usertoken_support import BrowserSession
@@ -122,5 +123,38 @@ def test_a_failing_refresh_at_github_expires_the_token(api, namespace, wso_opera
         browser = BrowserSession(wso_operator.process.connect_url)
         assert "data-ok='true'" in browser.connect(status["authorizationURL"], namespace, "gh").text
         wait_phase(api, namespace, "gh", c.PHASE_VALID)
+    finally:
+        server.stop()
+
+
+def test_outages_are_retried_and_never_drop_the_token(api, namespace, wso_operator):
+    """A 503 from the token endpoint is not a verdict: the token stays Valid and the refresh is retried with
+    backoff. A 503 from the revocation endpoint keeps the finalizer: the UserToken is deleted only after
+    the token was revoked."""
+    server = FakeGitProvider("github", clients={"wso-client": CLIENT_SECRET}).start()
+    try:
+        api.create_secret(namespace, "oauth-client", {"client-id": b"wso-client", "client-secret": CLIENT_SECRET.encode()})
+        create_token(api, namespace, "gh", {"user": "alice", "type": "github", "host": server.url, "clientSecretRef": {"name": "oauth-client"}})
+        connect(api, wso_operator, namespace, "gh")
+        before = api.secret_digests(namespace, "gh-token")[c.KEY_TOKEN]
+        server.state.outages["token"] = 2
+        api.custom.patch_namespaced_custom_object(c.GROUP, c.VERSION, namespace, c.USER_TOKEN_PLURAL, "gh",
+                                                  {"metadata": {"annotations": {c.ANNOTATION_REFRESH_TOKEN: "during-outage"}}})
+        wait_for(lambda: server.state.outages["token"] == 0, timeout=20, what="both failing attempts")
+        assert get_token(api, namespace, "gh")["status"]["phase"] in (c.PHASE_VALID, c.PHASE_REFRESHING)
+        wait_for(lambda: api.secret_digests(namespace, "gh-token")[c.KEY_TOKEN] != before, timeout=30, what="refreshed after the outage")
+        wait_phase(api, namespace, "gh", c.PHASE_VALID)
+        assert server.state.counts["refresh"] == 1 and server.state.counts["refresh_rejected"] == 0
+
+        token = api.secret_data(namespace, "gh-token")[c.KEY_TOKEN]
+        server.state.outages["revoke"] = 2
+        api.custom.delete_namespaced_custom_object(c.GROUP, c.VERSION, namespace, c.USER_TOKEN_PLURAL, "gh")
+        wait_for(lambda: any(e.reason == "RevocationFailed" for e in api.core.list_namespaced_event(namespace).items),
+                 timeout=20, what="RevocationFailed event")
+        assert get_token(api, namespace, "gh") is not None  # held by the finalizer while the provider is down
+        wait_for(lambda: get_token(api, namespace, "gh") is None, timeout=60, what="deleted once revoked")
+        assert server.state.counts["revoked"] == 1
+        me = requests.get(f"{server.url}/api/v3/user", headers={"Authorization": b"Bearer " + token}, timeout=10)
+        assert me.status_code == 401  # the token in the Secret was revoked at the provider
     finally:
         server.stop()

@@ -1,4 +1,4 @@
-"""type vault against a REAL Vault (v1.14.0 dev server, built from source by hack/build-vault.sh) whose OIDC
+"""type vault against a REAL Vault (v1.14.2 dev server, built from source by hack/build-vault.sh) whose OIDC
 auth method signs users in at the real authorization server (oidc-provider): connect through Vault's
 auth_url and callback, renew-self as the refresh, lookup-self as the validation, revoke-self on delete."""
 

@@ -57,6 +57,14 @@ class State:
     counts: dict[str, int] = field(default_factory=lambda: {"code": 0, "refresh": 0, "refresh_rejected": 0, "revoked": 0,
                                                              "keys_added": 0, "keys_deleted": 0})
     ids: Any = field(default_factory=lambda: itertools.count(4001))
+    # Outages the tests switch on: endpoint ("token", "revoke") -> how many more requests answer 503.
+    outages: dict[str, int] = field(default_factory=dict)
+
+    def outage(self, endpoint: str) -> bool:
+        left = self.outages.get(endpoint, 0)
+        if left:
+            self.outages[endpoint] = left - 1
+        return bool(left)
 
     def snapshot(self) -> dict:
         return {"kind": self.kind, "counts": dict(self.counts), "active_tokens": sum(1 for t in self.tokens.values() if t["active"]),
@@ -217,6 +225,8 @@ class FakeGitProvider:
         return None, "unsupported_grant_type"
 
     async def github_token(self, request: web.Request) -> web.Response:
+        if self.state.outage("token"):
+            return web.Response(status=503, text="<html>Unicorn! This page is taking too long to load.</html>", content_type="text/html")
         answer, error = await self._grant(request)
         if error:
             code = {"invalid_client": "incorrect_client_credentials", "invalid_grant": "bad_verification_code"}.get(error, error)
@@ -308,6 +318,8 @@ class FakeGitProvider:
 
     # --- revocation ---
     async def github_revoke(self, request: web.Request) -> web.Response:
+        if self.state.outage("revoke"):
+            return web.json_response({"message": "Service Unavailable"}, status=503)
         header = request.headers.get("Authorization", "")
         client_id, _, secret = base64.b64decode(header[6:]).decode().partition(":") if header.startswith("Basic ") else ("", "", "")
         if client_id != request.match_info["client_id"] or self.state.clients.get(client_id) != secret:

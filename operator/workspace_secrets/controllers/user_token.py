@@ -388,6 +388,7 @@ class _Pass:
         self.problem: Problem | None = None
         self.ssh: Condition | None = None
         self.connected = False
+        self.temporary = False  # a provider outage was met in this pass
         self.next_due: list[float] = []
         self.now = ctl._clock()
         self.secret: Mapping[str, Any] | None = None
@@ -502,11 +503,12 @@ class _Pass:
             due = policy.refresh_at(issued, expires, ut.uid, schedule) if expires is not None else now
             delay = policy.refresh_delay(now, due, expires or now, ut.uid, just_started=self.just_started, schedule=schedule)
             if forced or (delay <= 0 and not after_connect):
-                if forced:
+                new_tokens, refreshed = await self._refresh(client, tokens)
+                if forced and not self.temporary:  # a request that met an outage is retried, not dropped
                     self.fields["refreshRequest"] = ut.refresh_request
-                tokens, refreshed = await self._refresh(client, tokens)
-                if tokens is None:
+                if new_tokens is None:
                     return
+                tokens = new_tokens
             elif delay > 0:
                 self._due_in(delay)
             if refreshed and tokens.expires_at is not None:
@@ -527,13 +529,13 @@ class _Pass:
 
         # 2. Validate: after a connect or refresh, when asked to, and on a schedule.
         forced_validation = ut.validate_request is not None and ut.validate_request != self.status.get("validateRequest")
-        if forced_validation:
-            self.fields["validateRequest"] = ut.validate_request
         last = policy.parse_time(self.status.get("lastValidationTime"))
         validate_at = policy.validation_due(last, now, ut.uid, schedule)
         identity: Identity | None = None
         if refreshed or after_connect or forced_validation or validate_at <= now or self.phase is not Phase.VALID:
             identity = await self._validate(client, tokens, may_refresh=not refreshed)
+            if forced_validation and not self.temporary:
+                self.fields["validateRequest"] = ut.validate_request
             if identity is None:
                 return
             self._due_in(schedule.validate_interval.total_seconds())
@@ -573,6 +575,7 @@ class _Pass:
         return new, True
 
     def _temporary(self, exc: TemporaryFailure, tokens: TokenSet) -> TokenSet | None:
+        self.temporary = True
         self._event(Event.TEMPORARY_FAILURE)
         delay = self.ctl._backoff(self.ut.uid, exc.retry_after)
         self._due_in(delay)
