@@ -11,7 +11,7 @@ import threading
 import pytest
 import requests
 from helpers import Api, digest, wait_for
-from usertoken_support import BrowserSession, OIDCServer, via_proxy
+from usertoken_support import BrowserSession, OIDCServer, approve_device_code, via_proxy
 
 from workspace_secrets.api import constants as c
 
@@ -29,8 +29,9 @@ def oidc(wso_operator, tmp_path_factory):
     clients = [
         {"client_id": client_id, "client_secret": CLIENT_SECRET, "redirect_uris": [redirect],
          "grant_types": ["authorization_code", "refresh_token"], "response_types": ["code"]}
-        for client_id in ("wso", "short-wso", "short-wso-2", "wso-revoke")
-    ]
+        for client_id in ("wso", "short-wso", "wso-revoke")
+    ] + [{"client_id": "device-wso", "client_secret": CLIENT_SECRET, "redirect_uris": [], "response_types": [],
+          "grant_types": ["urn:ietf:params:oauth:grant-type:device_code", "refresh_token"]}]
     server = OIDCServer(clients, tmp_path_factory.mktemp("oidc"), short_ttl=24).start()
     yield server
     server.stop()
@@ -262,6 +263,29 @@ def test_the_connect_page_shows_users_only_their_own_tokens(api, namespace, wso_
     response = alice.http.post(f"{url}/connect/start", data={"namespace": namespace, "name": "mine", "csrf": "x"},
                                allow_redirects=False, timeout=10)
     assert response.status_code == 403
+
+
+def test_device_flow(api, namespace, wso_operator, oidc):
+    """RFC 8628: the code and the provider's verification page are in status (and on the connect page);
+    the user approves there; the operator's polling picks the token up. No callback to the operator."""
+    create_client_secret(api, namespace, "device-wso")
+    create_token(api, namespace, "dev", oidc_spec(oidc, flow="Device"))
+    ut = wait_for(lambda: (u := get_token(api, namespace, "dev")) and (u.get("status") or {}).get("userCode") and u,
+                  timeout=20, what="a device code")
+    status = ut["status"]
+    assert status["phase"] == c.PHASE_AWAITING_AUTHORIZATION and status["authorizationURL"].startswith(f"{oidc.issuer}/device")
+    ready = next(x for x in status["conditions"] if x["type"] == "Ready")
+    assert "status.userCode" in ready["message"]
+    code, page = via_proxy(f"{wso_operator.process.connect_url}/accounts", user="alice",
+                           header=wso_operator.process.connect_user_header, source=wso_operator.process.connect_trusted_proxy)
+    assert code == 200 and status["userCode"] in page
+    assert "Sign-in Success" in approve_device_code(status["authorizationURL"]).text
+    ut = wait_phase(api, namespace, "dev", c.PHASE_VALID, timeout=30)
+    assert ut["status"]["login"] == "alice" and "userCode" not in ut["status"] and "authorizationURL" not in ut["status"]
+    data = token_values(api, namespace, "dev-token")
+    assert requests.get(f"{oidc.issuer}/me", headers={"Authorization": b"Bearer " + data[c.KEY_TOKEN]}, timeout=10).status_code == 200
+    assert c.KEY_REFRESH_TOKEN in data
+    assert_no_token_leaks(api, namespace, wso_operator, [data[c.KEY_TOKEN], data[c.KEY_REFRESH_TOKEN]])
 
 
 def assert_no_token_leaks(api: Api, namespace: str, wso_operator, tokens: list[bytes]) -> None:

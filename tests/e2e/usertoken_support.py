@@ -156,3 +156,25 @@ def via_proxy(url: str, *, user: str | None, header: str, source: str, method: s
     body = response.read().decode("utf-8", "replace")
     conn.close()
     return response.status, body
+
+
+def approve_device_code(verification_url: str, *, login: str = "alice") -> requests.Response:
+    """What the user does with a device code at oidc-provider: open the verification page (the code is
+    prefilled from verification_uri_complete), submit it, confirm, sign in, consent."""
+    browser = requests.Session()
+    page = browser.get(verification_url, timeout=15)
+    for _ in range(8):
+        html = page.text
+        action = re.search(r'<form[^>]*action="([^"]+)"', html)
+        fields = dict(re.findall(r'name="(\w+)" value="([^"]*)"', html))
+        if 'id="op.deviceInputForm"' in html:
+            code = re.search(r'value="([^"]+)"\s+type="text" name="user_code"', html)
+            fields["user_code"] = code.group(1) if code else fields.get("user_code", "")
+        elif 'name="prompt" value="login"' in html:
+            fields.update(login=login, password="any")
+        elif "Sign-in Success" in html:
+            return page
+        elif action is None:
+            return page
+        page = browser.post(urljoin(page.url, unescape(action.group(1))), data={k: unescape(v) for k, v in fields.items()}, timeout=15)
+    return page

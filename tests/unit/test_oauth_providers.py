@@ -303,3 +303,50 @@ def test_provider_reprs_and_errors_never_show_secrets():
     assert "secret-1" not in repr(CLIENT) and "at-1" not in repr(TOKENS) and "rt-1" not in repr(TOKENS)
     request = Request("POST", "https://idp/token?x=1", {"Authorization": "Bearer at-1"}, form={"refresh_token": "rt-1"})
     assert "rt-1" not in repr(request) and "at-1" not in repr(request)
+
+
+# --- the device flow (RFC 8628) --------------------------------------------------------------------
+def test_github_device_flow_requests_a_code_and_polls_with_http_200_errors():
+    from workspace_secrets.providers.oauth.base import DEVICE_CODE_GRANT, AuthorizationPending, SlowDown
+
+    answers = iter([
+        json_response(200, {"device_code": "dc-1", "user_code": "WDJB-MJHT", "verification_uri": "https://github.com/login/device",
+                            "expires_in": 900, "interval": 5}),
+        json_response(200, {"error": "authorization_pending", "error_description": "The authorization request is still pending."}),
+        json_response(200, {"error": "slow_down", "interval": 10}),
+        json_response(200, {"error": "access_denied"}),
+    ])
+    transport = MockTransport(lambda r: next(answers))
+    gh = GitHub(transport, clock=clock)
+    device = run(gh.start_device_authorization(CLIENT, scopes=("repo",)))
+    assert transport.requests[0].url == "https://github.com/login/device/code"
+    assert form_of(transport.requests[0]) == {"client_id": "client-1", "scope": "repo"}
+    assert (device.user_code, device.verification_uri, device.interval) == ("WDJB-MJHT", "https://github.com/login/device", 5.0)
+    assert device.expires_at == NOW + timedelta(minutes=15) and "dc-1" not in repr(device)
+    with pytest.raises(AuthorizationPending):
+        run(gh.poll_device(CLIENT, device))
+    assert form_of(transport.requests[1])["grant_type"] == DEVICE_CODE_GRANT and form_of(transport.requests[1])["device_code"] == "dc-1"
+    with pytest.raises(SlowDown):
+        run(gh.poll_device(CLIENT, device))
+    with pytest.raises(GrantRejected):  # the user declined
+        run(gh.poll_device(CLIENT, device))
+
+
+def test_oidc_device_flow_uses_discovery_and_basic_auth():
+    def handler(r: Request) -> Response:
+        if "well-known" in r.url:
+            return json_response(200, {**DISCOVERY, "device_authorization_endpoint": "https://idp/device/auth"})
+        return json_response(200, {"device_code": "dc", "user_code": "ABCD", "verification_uri": "https://idp/device",
+                                   "verification_uri_complete": "https://idp/device?user_code=ABCD", "expires_in": 600})
+
+    transport = MockTransport(handler)
+    device = run(OIDC(transport, host="https://idp").start_device_authorization(CLIENT, scopes=("openid",)))
+    assert transport.requests[-1].url == "https://idp/device/auth" and transport.requests[-1].basic_auth == ("client-1", "secret-1")
+    assert device.verification_uri_complete == "https://idp/device?user_code=ABCD"
+
+
+def test_providers_without_a_device_flow_say_so():
+    from workspace_secrets.providers.oauth.base import Unsupported
+
+    with pytest.raises(Unsupported):
+        run(BitbucketCloud(MockTransport(lambda r: Response(500))).start_device_authorization(CLIENT, scopes=()))

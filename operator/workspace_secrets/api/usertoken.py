@@ -24,7 +24,9 @@ PROVIDER_TYPES: dict[str, bool] = {
 }
 # Types that are git providers with an SSH-key API (spec.addSSHKey).
 SSH_KEY_TYPES = frozenset({"github", "github-enterprise", "gitlab", "gitlab-self-managed", "bitbucket-cloud", "bitbucket-server"})
-FLOWS = ("AuthorizationCode",)
+FLOWS = ("AuthorizationCode", "Device")
+# Types whose provider offers the device flow (RFC 8628); oidc: when discovery lists the endpoint.
+DEVICE_FLOW_TYPES = frozenset({"github", "github-enterprise", "gitlab", "gitlab-self-managed", "oidc"})
 
 _HOST = re.compile(r"^(https://[^/?#@]+|http://(127\.0\.0\.1|localhost|\[::1\])(:[0-9]+)?)(/[^?#]*)?$")
 
@@ -93,6 +95,8 @@ class UserToken:
         flow = spec.get("flow") or "AuthorizationCode"
         if flow not in FLOWS:
             raise SpecError("spec.flow", f"must be one of {', '.join(FLOWS)}, got {flow!r}")
+        if flow == "Device" and type_ not in DEVICE_FLOW_TYPES:
+            raise SpecError("spec.flow", f"Device is not offered by type {type_}; use AuthorizationCode")
         vault = spec.get("vault") or {}
         return cls(
             namespace=meta["namespace"],

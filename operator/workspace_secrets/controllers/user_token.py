@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import logging
 import secrets
 import weakref
@@ -35,8 +36,8 @@ from ..domain.sshkeys import KeySpec
 from ..domain.usertoken import Event, Phase, Problem
 from ..kube.client import Conflict, Kube, core_path, group_path
 from ..kube.events import EventRecorder
-from ..providers.oauth.base import (ClientCredentials, GrantRejected, InvalidToken, OAuthProvider, ProviderError,
-                                    ProviderMisconfigured, TemporaryFailure, Unsupported)
+from ..providers.oauth.base import (AuthorizationPending, ClientCredentials, DeviceAuthorization, GrantRejected, InvalidToken,
+                                    OAuthProvider, ProviderError, ProviderMisconfigured, SlowDown, TemporaryFailure, Unsupported)
 from ..providers.oauth.registry import ProviderCache
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,9 @@ class TokenSummary:
     login: str | None
     expires_at: str | None
     message: str
+    flow: str = "AuthorizationCode"
+    user_code: str | None = None  # Device flow: the code to enter ...
+    verification_url: str | None = None  # ... there
 
 
 def _ut_path(namespace: str, name: str, *, status: bool = False) -> str:
@@ -109,6 +113,8 @@ class UserTokenController:
         self._wakers: dict[tuple[str, str], asyncio.Event] = {}
         self._failures: dict[str, int] = {}  # uid -> consecutive temporary failures (backoff)
         self._unsaved: dict[str, tuple[TokenSet, datetime]] = {}  # uid -> a rotated token not yet written
+        self._devices: dict[str, DeviceAuthorization] = {}  # uid -> the device authorization being polled
+        self._device_requested: set[str] = set()  # uids whose user asked for a new device code
         self.refreshes = 0  # refresh calls made (for metrics and tests)
 
     # --- plumbing ------------------------------------------------------------------------------------------
@@ -196,6 +202,12 @@ class UserTokenController:
         ut = UserToken.from_body(body)
         if ut.user != user:
             raise NotAllowed(f"UserToken {namespace}/{name} belongs to another user.")
+        if ut.flow == "Device":  # a new device code, shown on the page and in status
+            self._device_requested.add(ut.uid)
+            self._devices.pop(ut.uid, None)
+            await self.maintain(namespace, name)
+            self.wake(namespace, name)
+            return f"/accounts?focus={namespace}/{name}"
         client = await self._client(ut)
         provider = self._providers.for_token(ut)
         now = self._clock()
@@ -270,10 +282,14 @@ class UserTokenController:
                 if spec.get("user") != user or meta.get("deletionTimestamp"):
                     continue
                 ready = cond.find(status.get("conditions"), c.CONDITION_READY) or {}
+                device = spec.get("flow") == "Device"
                 summaries.append(TokenSummary(
                     namespace=meta["namespace"], name=meta["name"], user=user, type=spec.get("type", ""),
                     host=spec.get("host"), phase=status.get("phase") or Phase.AWAITING_AUTHORIZATION.value,
                     login=status.get("login"), expires_at=status.get("expiresAt"), message=ready.get("message", ""),
+                    flow=spec.get("flow") or "AuthorizationCode",
+                    user_code=status.get("userCode") if device else None,
+                    verification_url=status.get("authorizationURL") if device else None,
                 ))
         return sorted(summaries, key=lambda s: (s.namespace, s.name))
 
@@ -450,6 +466,10 @@ class _Pass:
             stored = await self._read_token()
             if stored is None:
                 self._event(Event.NO_TOKEN)
+                if ut.flow == "Device" and policy.needs_authorization(self.phase):
+                    stored = await self._device()
+                    after_connect = stored is not None
+            if stored is None:
                 if ut.add_ssh_key:
                     self.ssh = Condition(c.CONDITION_SSH_KEY_UPLOADED, False, "NotConnected", "The key is uploaded once the user has connected.")
             else:
@@ -473,6 +493,71 @@ class _Pass:
         await ctl._write_status(self.body, self.fields, conditions)
         await self._announce(previous)
         return min(self.next_due) if self.next_due else None
+
+    async def _device(self) -> policy.StoredToken | None:
+        """The device flow (RFC 8628): request a code, show it in status, poll until the user approved.
+
+        A new code is requested on creation, when the user asks (Connect on the page, or the refresh
+        annotation), and after an operator restart (the device code lived in memory); an expired or
+        declined code is not replaced unasked, so an abandoned UserToken does not poll forever.
+        """
+        ut, ctl, now = self.ut, self.ctl, self.now
+        client = await ctl._client(ut)
+        provider = self.provider
+        forced = ut.refresh_request is not None and ut.refresh_request != self.status.get("refreshRequest")
+        if forced:
+            self.fields["refreshRequest"] = ut.refresh_request
+        device = ctl._devices.get(ut.uid)
+        if device is not None and device.expires_at <= now:
+            ctl._devices.pop(ut.uid, None)
+            device = None
+            self.problem = Problem("DeviceCodeExpired", "The code expired before it was entered; click Connect on the connect page (or set the refresh annotation) for a new one")
+        ready = cond.find(self.status.get("conditions"), c.CONDITION_READY) or {}
+        ended = ready.get("reason") in ("DeviceCodeExpired", "DeviceAuthorizationEnded")
+        if device is None:
+            asked = ut.uid in ctl._device_requested or forced
+            if self.problem is not None or (ended and not asked):
+                self.fields.update(authorizationURL=None, userCode=None, authorizationURLExpiresAt=None)
+                self.problem = self.problem or Problem(ready.get("reason", "DeviceCodeExpired"),
+                                                       "the last code expired or was declined; click Connect on the connect page (or set the refresh annotation) for a new one")
+                return None
+            ctl._device_requested.discard(ut.uid)
+            scopes = ut.scopes or provider.default_scopes(add_ssh_key=ut.add_ssh_key)
+            try:
+                device = await provider.start_device_authorization(client, scopes=scopes)
+            except TemporaryFailure as exc:
+                self._temporary(exc, TokenSet(Sensitive(b"-")))
+                return None
+            except (ProviderMisconfigured, GrantRejected, Unsupported) as exc:
+                raise ProblemFound(Problem("ProviderError", str(exc))) from None
+            ctl._devices[ut.uid] = device
+            log.info("device authorization started for UserToken %s/%s (%s)", ut.namespace, ut.name, ut.type)
+        else:
+            try:
+                tokens = await provider.poll_device(client, device)
+            except SlowDown:
+                device = ctl._devices[ut.uid] = dataclasses.replace(device, interval=device.interval + 5)
+            except AuthorizationPending:
+                pass
+            except GrantRejected as exc:  # expired_token, access_denied
+                ctl._devices.pop(ut.uid, None)
+                self.problem = Problem("DeviceAuthorizationEnded", f"{exc}; click Connect on the connect page (or set the refresh annotation) for a new code")
+                self.fields.update(authorizationURL=None, userCode=None, authorizationURLExpiresAt=None)
+                return None
+            except TemporaryFailure as exc:
+                self._temporary(exc, TokenSet(Sensitive(b"-")))
+                return None
+            except ProviderMisconfigured as exc:
+                raise ProblemFound(Problem("ProviderError", str(exc))) from None
+            else:
+                ctl._devices.pop(ut.uid, None)
+                await self.save(tokens, ctl._clock())
+                self.connected = True
+                return policy.read_token_secret(self.secret) if self.secret is not None else None
+        self.fields.update(authorizationURL=device.verification_uri_complete or device.verification_uri, userCode=device.user_code,
+                           authorizationURLExpiresAt=policy.format_time(device.expires_at))
+        self._due_in(device.interval)
+        return None
 
     async def _read_token(self) -> policy.StoredToken | None:
         ut, ctl = self.ut, self.ctl
@@ -659,9 +744,10 @@ class _Pass:
         ut, ctl = self.ut, self.ctl
         settings = ctl.settings
         if not policy.needs_authorization(self.phase) and self.phase is not Phase.ERROR:
-            self.fields["authorizationURL"] = None
-            self.fields["authorizationURLExpiresAt"] = None
+            self.fields.update(authorizationURL=None, authorizationURLExpiresAt=None, userCode=None)
             return
+        if ut.flow == "Device":
+            return  # the provider's verification page and code, set by _device()
         if policy.link_needs_renewal(self.status, ut, ctl._signer, settings.base_url, self.now, settings.link_ttl):
             expires = self.now + settings.link_ttl
             self.fields["authorizationURL"] = policy.connect_link(settings.base_url, ut, ctl._signer, expires=expires)

@@ -313,8 +313,11 @@ def conditions(ut: UserToken, phase: Phase, *, login: str | None, problem: Probl
         reason, message = {
             Phase.EXPIRED: ("Expired", f"The {where} token expired and can no longer be refreshed; {ut.user!r} must reconnect at status.authorizationURL."),
             Phase.REVOKED: ("Revoked", f"{where} no longer accepts the token (revoked at the provider); {ut.user!r} must reconnect at status.authorizationURL."),
-        }.get(phase, ("AwaitingAuthorization", f"{ut.user!r} has not connected {where} yet: open status.authorizationURL to connect."))
-        if problem is not None:
+        }.get(phase, ("AwaitingAuthorization", f"{ut.user!r} has not connected {where} yet: " + (
+            "enter status.userCode at status.authorizationURL." if ut.flow == "Device" else "open status.authorizationURL to connect.")))
+        if problem is not None and problem.reason in ("DeviceCodeExpired", "DeviceAuthorizationEnded"):
+            reason, message = problem.reason, f"{ut.user!r} has not connected {where}: {problem.message}."
+        elif problem is not None:
             message = f"{message} ({problem.message})"
         ready = Condition(c.CONDITION_READY, False, reason, message)
         authorized = Condition(c.CONDITION_AUTHORIZED, False, reason, message)

@@ -37,6 +37,11 @@ def accounts(user: str, tokens: Sequence[TokenSummary], csrf: str, *, focus: str
         label = "Reconnect" if connected or t.phase in ("Expired", "Revoked") else "Connect"
         login = f"as <b>{escape(t.login)}</b>" if t.login and connected else ""
         expires = f"<div class=msg>token expires {escape(t.expires_at)}</div>" if t.expires_at and connected else ""
+        if t.flow == "Device" and not connected:
+            label = "New code" if t.user_code else "Get a code"
+            if t.user_code and t.verification_url:
+                expires += (f"<div>Enter the code <code id='user-code' style='font-size:1.2em'>{escape(t.user_code)}</code> at "
+                            f"<a href='{escape(t.verification_url)}' target=_blank rel=noopener>{escape(t.verification_url)}</a></div>")
         rows.append(
             f"<tr id='{escape(key)}'{' style=background:#fff8c5' if key == focus else ''}>"
             f"<td>{escape(provider)}<div class=msg>{escape(key)}</div></td>"

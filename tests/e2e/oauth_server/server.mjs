@@ -27,6 +27,7 @@ const provider = new Provider(issuer, {
     devInteractions: { enabled: true },
     revocation: { enabled: true },
     introspection: { enabled: true },
+    deviceFlow: { enabled: true }, // RFC 8628, at /device/auth (codes) and /device (the user's page)
   },
   // PKCE (S256 only) for every client but Vault's OIDC auth method, which does not send it (Vault 1.14).
   pkce: { required: (ctx, client) => client.clientId !== 'vault' },

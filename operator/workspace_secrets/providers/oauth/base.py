@@ -60,8 +60,18 @@ class Unsupported(ProviderError):
     pass
 
 
+class AuthorizationPending(ProviderError):
+    """Device flow: the user has not finished at the provider yet; poll again after the interval."""
+
+
+class SlowDown(AuthorizationPending):
+    """Device flow: polling too fast; add 5 s to the interval (RFC 8628 3.5)."""
+
+
 # Token-endpoint error codes meaning "this code / refresh token is dead": reconnect.
-GRANT_ERRORS = frozenset({"invalid_grant", "bad_refresh_token", "bad_verification_code", "expired_token", "invalid_token"})
+GRANT_ERRORS = frozenset({"invalid_grant", "bad_refresh_token", "bad_verification_code", "expired_token", "invalid_token",
+                          "access_denied"})
+DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 TEMPORARY_ERRORS = frozenset({"temporarily_unavailable", "server_error", "slow_down"})
 
 
@@ -86,6 +96,21 @@ class AuthorizationStart:
 
 
 @dataclass(frozen=True)
+class DeviceAuthorization:
+    """RFC 8628 device authorization: the user enters `user_code` at `verification_uri`."""
+
+    device_code: Sensitive
+    user_code: str
+    verification_uri: str
+    verification_uri_complete: str | None
+    expires_at: datetime
+    interval: float = 5.0
+
+    def __repr__(self) -> str:
+        return f"DeviceAuthorization(verification_uri={self.verification_uri!r}, expires_at={self.expires_at!r})"
+
+
+@dataclass(frozen=True)
 class UploadedKey:
     id: str
     title: str
@@ -95,6 +120,7 @@ class UploadedKey:
 class OAuthProvider(Protocol):
     type: str
     supports_pkce: bool
+    supports_device_flow: bool
     supports_ssh_keys: bool
     supports_revocation: bool
 
@@ -107,6 +133,12 @@ class OAuthProvider(Protocol):
                             code_verifier: Sensitive, provider_data: Mapping[str, Any]) -> TokenSet: ...
 
     async def refresh(self, client: ClientCredentials | None, tokens: TokenSet) -> TokenSet: ...
+
+    async def start_device_authorization(self, client: ClientCredentials | None, *, scopes: tuple[str, ...]) -> DeviceAuthorization: ...
+
+    async def poll_device(self, client: ClientCredentials | None, device: DeviceAuthorization) -> TokenSet:
+        """Raises AuthorizationPending (or SlowDown) until the user has approved."""
+        ...
 
     async def identity(self, tokens: TokenSet) -> Identity: ...
 
@@ -134,6 +166,7 @@ class OAuth2Base:
 
     type = "oauth2"
     supports_pkce = True
+    supports_device_flow = False
     supports_ssh_keys = False
     supports_revocation = False
     client_auth = "body"  # "body" (client_secret_post) or "basic" (client_secret_basic)
@@ -152,6 +185,9 @@ class OAuth2Base:
 
     def default_scopes(self, *, add_ssh_key: bool) -> tuple[str, ...]:
         return ()
+
+    async def device_endpoint(self) -> str | None:
+        return None
 
     def scope_separator(self) -> str:
         return " "
@@ -182,6 +218,43 @@ class OAuth2Base:
 
     async def revoke(self, client: ClientCredentials | None, tokens: TokenSet) -> bool:
         return False
+
+    # --- the device flow (RFC 8628) ---
+    async def start_device_authorization(self, client: ClientCredentials | None, *, scopes: tuple[str, ...]) -> DeviceAuthorization:
+        endpoint = await self.device_endpoint()
+        if endpoint is None or client is None:
+            raise Unsupported(f"{self.name} does not offer the device flow")
+        form = {"client_id": client.client_id}
+        if scopes:
+            form["scope"] = self.scope_separator().join(scopes)
+        basic = None
+        if self.client_auth == "basic" and client.client_secret is not None:
+            basic = (client.client_id, client.client_secret.reveal_text())
+            del form["client_id"]
+        response = await self._send(Request("POST", endpoint, {"Accept": "application/json"}, form=form, basic_auth=basic),
+                                    what="device authorization endpoint")
+        payload = response.json()
+        if response.status != 200 or not isinstance(payload, dict) or "device_code" not in payload:
+            raise classify_token_error(self.name, response, payload if isinstance(payload, dict) else {})
+        return DeviceAuthorization(
+            device_code=Sensitive(str(payload["device_code"])),
+            user_code=str(payload["user_code"]),
+            verification_uri=str(payload.get("verification_uri") or payload.get("verification_url") or ""),
+            verification_uri_complete=payload.get("verification_uri_complete"),
+            expires_at=self._clock() + timedelta(seconds=int(payload.get("expires_in") or 600)),
+            interval=float(payload.get("interval") or 5),
+        )
+
+    async def poll_device(self, client: ClientCredentials | None, device: DeviceAuthorization) -> TokenSet:
+        params = {"grant_type": DEVICE_CODE_GRANT, "device_code": device.device_code.reveal_text()}
+        try:
+            return await self._token_request(client, params, previous=None)
+        except ProviderError as exc:
+            if exc.code == "authorization_pending":
+                raise AuthorizationPending(str(exc), code=exc.code) from None
+            if exc.code == "slow_down":
+                raise SlowDown(str(exc), code=exc.code) from None
+            raise
 
     async def _token_request(self, client: ClientCredentials | None, params: dict[str, str], *, previous: TokenSet | None) -> TokenSet:
         assert client is not None

@@ -27,6 +27,7 @@ class GitHub(OAuth2Base):
     type = "github"
     name = "GitHub"
     supports_pkce = True  # GitHub accepts code_challenge (S256) on /login/oauth/authorize
+    supports_device_flow = True
     supports_ssh_keys = True
     supports_revocation = True
     # The git username convention: GitHub takes any username with a token as the password;
@@ -44,6 +45,9 @@ class GitHub(OAuth2Base):
 
     async def token_endpoint(self) -> str:
         return f"{self.web}/login/oauth/access_token"
+
+    async def device_endpoint(self) -> str | None:
+        return f"{self.web}/login/device/code"
 
     def default_scopes(self, *, add_ssh_key: bool) -> tuple[str, ...]:
         return ("repo", "read:user") + (("admin:public_key",) if add_ssh_key else ())

@@ -22,6 +22,7 @@ class GitLab(OAuth2Base):
     type = "gitlab"
     name = "GitLab"
     supports_pkce = True
+    supports_device_flow = True  # GitLab 17.2+
     supports_ssh_keys = True
     supports_revocation = True
     git_username = "oauth2"
@@ -36,6 +37,9 @@ class GitLab(OAuth2Base):
 
     async def token_endpoint(self) -> str:
         return f"{self.web}/oauth/token"
+
+    async def device_endpoint(self) -> str | None:
+        return f"{self.web}/oauth/authorize_device"
 
     def default_scopes(self, *, add_ssh_key: bool) -> tuple[str, ...]:
         # Adding and removing SSH keys needs the api scope; otherwise read the user, read/write repositories.

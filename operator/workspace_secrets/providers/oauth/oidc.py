@@ -15,6 +15,7 @@ class OIDC(OAuth2Base):
     type = "oidc"
     name = "OIDC provider"
     supports_pkce = True
+    supports_device_flow = True  # when discovery lists a device_authorization_endpoint
     supports_revocation = True
 
     def __init__(self, transport, *, host: str, clock=None, **_: Any) -> None:  # type: ignore[no-untyped-def]
@@ -43,6 +44,9 @@ class OIDC(OAuth2Base):
 
     async def token_endpoint(self) -> str:
         return (await self.metadata())["token_endpoint"]
+
+    async def device_endpoint(self) -> str | None:
+        return (await self.metadata()).get("device_authorization_endpoint")
 
     def default_scopes(self, *, add_ssh_key: bool) -> tuple[str, ...]:
         return ("openid", "profile", "offline_access")
