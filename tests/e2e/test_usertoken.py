@@ -251,6 +251,11 @@ def test_the_connect_page_shows_users_only_their_own_tokens(api, namespace, wso_
     assert status == 200 and "theirs" in body and "mine" not in body
     # A tampered link.
     assert requests.get(alice_link.replace("t=", "t=A"), timeout=10).status_code == 403
+    # Behind the auth proxy, bob cannot use alice's link (the link is alice's, the proxy says bob).
+    status, body = via_proxy(alice_link, user="bob", header=header, source=proxy)
+    assert status == 403 and "another user" in body
+    # A link whose signature is valid but whose path was changed to bob's token.
+    assert requests.get(alice_link.replace("/mine?", "/theirs?"), timeout=10).status_code == 403
     # alice's link is alice's: bob's token is neither listed nor connectable with her session.
     alice = BrowserSession(url)
     page = alice.open(alice_link)
