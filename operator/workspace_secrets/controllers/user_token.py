@@ -516,12 +516,13 @@ class _Pass:
         ended = ready.get("reason") in ("DeviceCodeExpired", "DeviceAuthorizationEnded")
         if device is None:
             asked = ut.uid in ctl._device_requested or forced
-            if self.problem is not None or (ended and not asked):
+            if not asked and (self.problem is not None or ended):
                 self.fields.update(authorizationURL=None, userCode=None, authorizationURLExpiresAt=None)
                 self.problem = self.problem or Problem(ready.get("reason", "DeviceCodeExpired"),
                                                        "the last code expired or was declined; click Connect on the connect page (or set the refresh annotation) for a new one")
                 return None
             ctl._device_requested.discard(ut.uid)
+            self.problem = None
             scopes = ut.scopes or provider.default_scopes(add_ssh_key=ut.add_ssh_key)
             try:
                 device = await provider.start_device_authorization(client, scopes=scopes)
@@ -584,7 +585,15 @@ class _Pass:
         expires = tokens.expires_at
         issued = stored.issued_at or now
         refreshed = False
-        if expires is not None or forced:
+        if not self.provider.can_refresh(tokens):
+            # No refresh token (e.g. a GitHub OAuth App token): used until it expires, then the user reconnects.
+            if forced:
+                self.fields["refreshRequest"] = ut.refresh_request
+            forced = False
+            if expires is not None and expires > now:
+                self._due_in((expires - now).total_seconds())
+            self.fields["nextRefreshAt"] = None
+        elif expires is not None or forced:
             due = policy.refresh_at(issued, expires, ut.uid, schedule) if expires is not None else now
             delay = policy.refresh_delay(now, due, expires or now, ut.uid, just_started=self.just_started, schedule=schedule)
             if forced or (delay <= 0 and not after_connect):
@@ -605,7 +614,7 @@ class _Pass:
             elif expires is not None:
                 self.fields["nextRefreshAt"] = policy.format_time(policy.refresh_at(now, expires, ut.uid, schedule))
         self.fields["expiresAt"] = policy.format_time(expires)
-        if expires is None:
+        if expires is None or not self.provider.can_refresh(tokens):
             self.fields["nextRefreshAt"] = None
         if expires is not None and expires <= now and not refreshed:
             self._event(Event.LAPSED)

@@ -134,6 +134,10 @@ class OAuthProvider(Protocol):
 
     async def refresh(self, client: ClientCredentials | None, tokens: TokenSet) -> TokenSet: ...
 
+    def can_refresh(self, tokens: TokenSet) -> bool:
+        """Whether refresh() can extend this token (a refresh token, or Vault's renew-self)."""
+        ...
+
     async def start_device_authorization(self, client: ClientCredentials | None, *, scopes: tuple[str, ...]) -> DeviceAuthorization: ...
 
     async def poll_device(self, client: ClientCredentials | None, device: DeviceAuthorization) -> TokenSet:
@@ -209,6 +213,9 @@ class OAuth2Base:
         if self.supports_pkce:
             params["code_verifier"] = code_verifier.reveal_text()
         return await self._token_request(client, params, previous=None)
+
+    def can_refresh(self, tokens: TokenSet) -> bool:
+        return tokens.refresh_token is not None
 
     async def refresh(self, client: ClientCredentials | None, tokens: TokenSet) -> TokenSet:
         if tokens.refresh_token is None:

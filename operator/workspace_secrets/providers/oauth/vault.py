@@ -91,6 +91,9 @@ class Vault(OAuth2Base):
     def _token_headers(self, tokens: TokenSet) -> dict[str, str]:
         return {"X-Vault-Token": tokens.access_token.reveal_text()}
 
+    def can_refresh(self, tokens: TokenSet) -> bool:
+        return True  # renew-self says whether the token can be extended (non-renewable or at max TTL: rejected)
+
     async def refresh(self, client: ClientCredentials | None, tokens: TokenSet) -> TokenSet:
         response = await self._send(Request("POST", self._url("auth/token/renew-self"), self._token_headers(tokens), json={}),
                                     what="renew-self")
