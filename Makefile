@@ -16,6 +16,7 @@ $(VENV)/.installed: pyproject.toml
 
 tools:
 	bash hack/build-tools.sh >/dev/null
+	bash hack/build-vault.sh >/dev/null
 
 system-deps:
 	bash hack/install-system-deps.sh

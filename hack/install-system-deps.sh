@@ -1,16 +1,33 @@
 #!/usr/bin/env bash
 # Debian packages the tests use: OpenSSH (ssh-keygen, ssh, sshd) and git for the real git-over-ssh test;
 # PostgreSQL 15's server binaries (initdb, pg_ctl) for the throwaway cluster of the PostgreSQL provider's tests.
+# Chromium and its WebDriver for the connect page driven in a real (headless) browser. Then the npm
+# packages of the test OAuth server (tests/e2e/oauth_server: panva's oidc-provider), from its lock file.
 # Installs only what is missing; needs root (CI runs as root) or passwordless sudo.
 set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 need=()
 command -v ssh-keygen >/dev/null || need+=(openssh-client)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v git >/dev/null || need+=(git)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
-[ ${#need[@]} -eq 0 ] && exit 0
-sudo=""
-[ "$(id -u)" -eq 0 ] || sudo="sudo"
-echo "installing ${need[*]} from Debian" >&2
-$sudo apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+[ -x /usr/bin/chromium ] || need+=(chromium)
+[ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
+command -v node >/dev/null || need+=(nodejs npm)
+if [ ${#need[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "installing ${need[*]} from Debian" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# The test OAuth server's node_modules, reinstalled when its lock file changes.
+server="$here/tests/e2e/oauth_server"
+stamp="$server/node_modules/.lock-sha256"
+want=$(sha256sum "$server/package-lock.json" | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "installing the test OAuth server's npm packages" >&2
+  (cd "$server" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  echo "$want" > "$stamp"
+fi

@@ -16,7 +16,7 @@ from pathlib import Path
 import kopf
 
 from . import __version__, metrics
-from .config import OperatorConfig, WebhookConfig
+from .config import ConnectConfig, OperatorConfig, WebhookConfig
 from .domain.peering import auto_priority
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -63,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--operator-namespace", default=os.environ.get("POD_NAMESPACE", "workspace-secrets-system"),
                          help="namespace holding the providers' admin credential Secrets")
         _webhook_arguments(cmd, default_on=name == "dev")
+        _add_connect_arguments(cmd)
     return parser
 
 
@@ -104,6 +105,36 @@ def _webhook_config(args: argparse.Namespace) -> WebhookConfig:
         service_port=args.webhook_service_port,
         cert_dir=args.webhook_cert_dir,
         configuration_name=args.webhook_configuration,
+    )
+
+
+def _add_connect_arguments(cmd: argparse.ArgumentParser) -> None:
+    """The UserToken connect page (see README "UserToken")."""
+    env = os.environ.get
+    port = env("WSO_CONNECT_PORT")
+    cmd.add_argument("--connect-port", type=int, default=int(port) if port else None,
+                     help="serve the connect page and OAuth callback on this port (default: not served)")
+    cmd.add_argument("--connect-bind", default=env("WSO_CONNECT_BIND", "0.0.0.0"), help="address the connect page listens on")
+    cmd.add_argument("--connect-base-url", default=env("WSO_CONNECT_BASE_URL"),
+                     help="URL users' browsers reach the connect page at (the OAuth callback is <it>/oauth/callback)")
+    cmd.add_argument("--connect-user-header", default=env("WSO_CONNECT_USER_HEADER"),
+                     help="header carrying the user name, set by the platform's auth proxy (needs --connect-trusted-proxies)")
+    cmd.add_argument("--connect-trusted-proxies", default=env("WSO_CONNECT_TRUSTED_PROXIES", ""),
+                     help="comma-separated CIDRs the user header is accepted from")
+    cmd.add_argument("--connect-signing-key-file", default=env("WSO_CONNECT_SIGNING_KEY_FILE"),
+                     help="file with the HMAC key (>= 32 bytes) for connect links, sessions and OAuth state")
+    cmd.add_argument("--connect-link-ttl", type=float, default=3600.0, help="seconds a UserToken's authorizationURL stays valid")
+    cmd.add_argument("--token-validate-interval", type=float, default=1800.0, help="seconds between scheduled token validations")
+
+
+def _connect_config(args: argparse.Namespace) -> ConnectConfig:
+    base_url = args.connect_base_url or f"http://127.0.0.1:{args.connect_port or 8081}"
+    return ConnectConfig(
+        port=args.connect_port, bind=args.connect_bind, base_url=base_url.rstrip("/"),
+        user_header=args.connect_user_header or None,
+        trusted_proxies=tuple(p.strip() for p in args.connect_trusted_proxies.split(",") if p.strip()),
+        signing_key_file=args.connect_signing_key_file, link_ttl=args.connect_link_ttl,
+        validate_interval=args.token_validate_interval,
     )
 
 
@@ -159,6 +190,7 @@ def _run(args: argparse.Namespace) -> int:
         sweep_interval=args.sweep_interval,
         operator_namespace=args.operator_namespace,
         webhook=webhook,
+        connect=_connect_config(args),
     )
     metrics.serve(args.metrics_port, args.metrics_address)
     asyncio.run(

@@ -44,7 +44,23 @@ class OperatorConfig:
     identity: str = ""  # this replica's key in the peering object (also passed to kopf)
     priority: int = 0  # this replica's peering priority (also passed to kopf)
     peering_lifetime: int = 60  # seconds a replica's keep-alive stays valid: the failover time after a crash
+    connect: ConnectConfig = field(default_factory=lambda: ConnectConfig())
 
     @property
     def clusterwide(self) -> bool:
         return not self.namespaces
+
+
+@dataclass(frozen=True)
+class ConnectConfig:
+    """The connect page and OAuth callback server (UserTokens). See README "UserToken"."""
+
+    port: int | None = None  # None: not served (UserTokens still get links under base_url)
+    bind: str = "0.0.0.0"
+    base_url: str = "http://127.0.0.1:8081"  # how users' browsers reach it; the callback is <base_url>/oauth/callback
+    user_header: str | None = None  # trusted header carrying the user name, set by the platform's auth proxy
+    trusted_proxies: tuple[str, ...] = ()  # CIDRs the user header is accepted from
+    signing_key_file: str | None = None  # HMAC key for links, sessions and state (random per process if unset)
+    link_ttl: float = 3600.0  # seconds a status.authorizationURL stays valid
+    session_ttl: float = 8 * 3600.0
+    validate_interval: float = 1800.0  # seconds between scheduled token validations

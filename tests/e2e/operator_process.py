@@ -43,6 +43,24 @@ class OperatorProcess:
         self.port = 0
         self.metrics_port = 0
         self.starts = 0
+        # The UserToken connect page: one port for the whole session, so links, OAuth redirect URIs and
+        # browser sessions survive operator restarts (with the same signing key). 127.0.0.2 plays the
+        # platform's auth proxy, the only address the X-Remote-User header is trusted from.
+        self.connect_port = free_port()
+        self.connect_user_header = "X-Remote-User"
+        self.connect_trusted_proxy = "127.0.0.2"
+
+    @property
+    def connect_url(self) -> str:
+        return f"http://127.0.0.1:{self.connect_port}"
+
+    def _connect_args(self) -> list[str]:
+        key = self.log_dir / "connect-signing-key"
+        if not key.exists():
+            key.write_bytes(os.urandom(32).hex().encode())
+        return ["--connect-port", str(self.connect_port), "--connect-bind", "127.0.0.1", "--connect-base-url", self.connect_url,
+                "--connect-user-header", self.connect_user_header, "--connect-trusted-proxies", f"{self.connect_trusted_proxy}/32",
+                "--connect-signing-key-file", str(key)]
 
     @property
     def log_path(self) -> Path:
@@ -61,7 +79,7 @@ class OperatorProcess:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "workspace_secrets", "run", "--kubeconfig", self.kubeconfig, "--verbose",
              "--liveness", f"http://127.0.0.1:{self.port}/healthz", "--resync-interval", "20",
-             "--metrics-port", str(self.metrics_port), "--metrics-address", "127.0.0.1", *self.extra_args],
+             "--metrics-port", str(self.metrics_port), "--metrics-address", "127.0.0.1", *self._connect_args(), *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env}, start_new_session=True,
         )
         log.close()

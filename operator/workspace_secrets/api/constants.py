@@ -88,3 +88,38 @@ MODE_GROUP_READABLE: Final = 0o440
 WEBHOOK_CONFIGURATION_NAME: Final = GROUP
 WEBHOOK_ID: Final = "mount-workspace-secret"
 EVENT_POD_INJECTION_CONFLICT: Final = "PodInjectionConflict"
+
+# --- UserToken (git-provider OAuth tokens) ---------------------------------------------------------
+USER_TOKEN_KIND: Final = "UserToken"
+USER_TOKEN_PLURAL: Final = "usertokens"
+COMPONENT_USER_TOKEN: Final = "user-token"
+
+# Annotations a user or platform sets on a UserToken: a new value asks for one refresh / one validation now.
+# Under their own subdomain: kopf leaves every `<its storage prefix>/...` annotation (workspace-secrets.io/)
+# out of the object's essence, so changes to such annotations would trigger no update handler.
+USER_TOKEN_ANNOTATION_PREFIX: Final = f"usertoken.{GROUP}"
+ANNOTATION_REFRESH_TOKEN: Final = f"{USER_TOKEN_ANNOTATION_PREFIX}/refresh"
+ANNOTATION_VALIDATE_TOKEN: Final = f"{USER_TOKEN_ANNOTATION_PREFIX}/validate"
+# Lets an administrator finish deleting a UserToken whose provider is gone for good (revocation skipped).
+ANNOTATION_SKIP_REVOCATION: Final = f"{USER_TOKEN_ANNOTATION_PREFIX}/skip-revocation"
+# Stamped on the token Secret: which OAuth grant wrote it (a random id, never derived from the token).
+ANNOTATION_TOKEN_GENERATION: Final = f"{GROUP}/token-generation"
+
+# Keys of the token Secret.
+KEY_TOKEN: Final = "token"  # the access token (a Vault token for type vault)
+KEY_REFRESH_TOKEN: Final = "refresh-token"
+KEY_TOKEN_TYPE: Final = "token-type"
+KEY_EXPIRES_AT: Final = "expires-at"
+KEY_GIT_USERNAME: Final = "git-username"
+KEY_GIT_CREDENTIALS: Final = "git-credentials"  # git-credential-store format: https://user:token@host
+KEY_VAULT_ADDR: Final = "vault-addr"
+
+# UserToken phases (status.phase) and condition types.
+PHASE_AWAITING_AUTHORIZATION: Final = "AwaitingAuthorization"
+PHASE_VALID: Final = "Valid"
+PHASE_REFRESHING: Final = "Refreshing"
+PHASE_EXPIRED: Final = "Expired"
+PHASE_REVOKED: Final = "Revoked"
+PHASE_ERROR: Final = "Error"
+CONDITION_AUTHORIZED: Final = "Authorized"
+CONDITION_SSH_KEY_UPLOADED: Final = "SSHKeyUploaded"

@@ -1,3 +1,3 @@
 """Thin kopf registrations: an event becomes a controller call. Importing this package registers them."""
 
-from . import lifecycle, workspacesecret  # noqa: F401
+from . import lifecycle, usertoken, workspacesecret  # noqa: F401

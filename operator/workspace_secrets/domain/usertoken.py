@@ -1,0 +1,328 @@
+"""Pure decisions for UserTokens: the phase state machine, the refresh and validation schedule, the token
+Secret, the connect link, and the Conditions. The controller observes (I/O), these functions decide."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from enum import Enum
+from typing import Any
+from urllib.parse import quote, urlencode, urlsplit
+
+from ..api import constants as c
+from ..api.usertoken import UserToken
+from .conditions import Condition
+from .oauth import TokenSet
+from .signing import Signer
+
+SECRET_TYPE = "Opaque"
+LINK_PURPOSE = "connect-link"
+
+
+# --- phases ------------------------------------------------------------------------------------------
+class Phase(str, Enum):
+    AWAITING_AUTHORIZATION = c.PHASE_AWAITING_AUTHORIZATION
+    VALID = c.PHASE_VALID
+    REFRESHING = c.PHASE_REFRESHING
+    EXPIRED = c.PHASE_EXPIRED
+    REVOKED = c.PHASE_REVOKED
+    ERROR = c.PHASE_ERROR
+
+
+class Event(str, Enum):
+    NO_TOKEN = "NoToken"  # no token Secret (never connected, or it was deleted)
+    CONNECTED = "Connected"  # the callback exchanged a code (or Vault logged in)
+    REFRESH_STARTED = "RefreshStarted"
+    REFRESHED = "Refreshed"
+    REFRESH_REJECTED = "RefreshRejected"  # invalid_grant, bad_refresh_token: the grant is gone
+    TEMPORARY_FAILURE = "TemporaryFailure"  # 5xx, 429, network: retried with backoff
+    LAPSED = "Lapsed"  # past expiresAt with no way to refresh
+    VALIDATED = "Validated"
+    TOKEN_REJECTED = "TokenRejected"  # 401 from the provider on an unexpired token, and no refresh could fix it
+    CONFIG_ERROR = "ConfigError"  # spec, client Secret or provider answers only a human can fix
+
+
+# (current phase, event) -> next phase; a missing pair means "the event decides alone" (see _DEFAULT).
+_DEFAULT: dict[Event, Phase] = {
+    Event.NO_TOKEN: Phase.AWAITING_AUTHORIZATION,
+    Event.CONNECTED: Phase.VALID,
+    Event.REFRESH_STARTED: Phase.REFRESHING,
+    Event.REFRESHED: Phase.VALID,
+    Event.REFRESH_REJECTED: Phase.EXPIRED,
+    Event.LAPSED: Phase.EXPIRED,
+    Event.VALIDATED: Phase.VALID,
+    Event.TOKEN_REJECTED: Phase.REVOKED,
+    Event.CONFIG_ERROR: Phase.ERROR,
+}
+_TRANSITIONS: dict[tuple[Phase, Event], Phase] = {
+    # A lost token Secret after expiry/revocation keeps saying why the user must reconnect.
+    (Phase.EXPIRED, Event.NO_TOKEN): Phase.EXPIRED,
+    (Phase.REVOKED, Event.NO_TOKEN): Phase.REVOKED,
+    # A temporary failure changes nothing the user must act on: the current token still works.
+    (Phase.VALID, Event.TEMPORARY_FAILURE): Phase.VALID,
+    (Phase.REFRESHING, Event.TEMPORARY_FAILURE): Phase.VALID,
+    (Phase.AWAITING_AUTHORIZATION, Event.TEMPORARY_FAILURE): Phase.AWAITING_AUTHORIZATION,
+    (Phase.EXPIRED, Event.TEMPORARY_FAILURE): Phase.EXPIRED,
+    (Phase.REVOKED, Event.TEMPORARY_FAILURE): Phase.REVOKED,
+    (Phase.ERROR, Event.TEMPORARY_FAILURE): Phase.ERROR,
+    # Validation can only confirm a token that is in use; it does not resurrect an expired grant.
+    (Phase.EXPIRED, Event.VALIDATED): Phase.EXPIRED,
+    (Phase.REVOKED, Event.VALIDATED): Phase.REVOKED,
+    (Phase.AWAITING_AUTHORIZATION, Event.REFRESH_STARTED): Phase.AWAITING_AUTHORIZATION,
+}
+
+
+def next_phase(current: Phase | None, event: Event) -> Phase:
+    if current is not None and (current, event) in _TRANSITIONS:
+        return _TRANSITIONS[(current, event)]
+    return _DEFAULT.get(event, current or Phase.AWAITING_AUTHORIZATION)
+
+
+def parse_phase(value: Any) -> Phase | None:
+    try:
+        return Phase(value)
+    except ValueError:
+        return None
+
+
+def needs_authorization(phase: Phase | None) -> bool:
+    """Phases in which status.authorizationURL is shown: the user has to (re)connect."""
+    return phase in (None, Phase.AWAITING_AUTHORIZATION, Phase.EXPIRED, Phase.REVOKED)
+
+
+# --- the schedule --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Schedule:
+    refresh_fraction: float = 0.75  # refresh once this share of the lifetime has passed ...
+    jitter_fraction: float = 0.10  # ... minus up to this share, spread per token
+    min_lead: timedelta = timedelta(seconds=5)  # never later than this before expiry
+    validate_interval: timedelta = timedelta(minutes=30)
+    startup_spread: timedelta = timedelta(seconds=30)  # overdue refreshes after a restart are spread over this
+
+
+def jitter(uid: str) -> float:
+    """A stable number in [0, 1) per token: the same token always gets the same offset, different
+    tokens issued together are spread out, and no randomness makes the schedule untestable."""
+    return int.from_bytes(hashlib.sha256(uid.encode()).digest()[:8], "big") / 2**64
+
+
+def refresh_at(issued_at: datetime, expires_at: datetime, uid: str, schedule: Schedule = Schedule()) -> datetime:
+    lifetime = expires_at - issued_at
+    if lifetime <= timedelta(0):
+        return expires_at - schedule.min_lead
+    fraction = schedule.refresh_fraction - schedule.jitter_fraction * jitter(uid)
+    planned = issued_at + lifetime * fraction
+    latest = expires_at - min(schedule.min_lead, lifetime / 4)
+    return max(issued_at, min(planned, latest))
+
+
+def refresh_delay(now: datetime, due: datetime, expires_at: datetime, uid: str, *, just_started: bool,
+                  schedule: Schedule = Schedule()) -> float:
+    """Seconds until the refresh should run. Overdue refreshes found right after an operator restart are
+    spread over `startup_spread` (bounded by half the remaining lifetime) so a restart does not refresh
+    every token in the same second."""
+    delay = (due - now).total_seconds()
+    if delay > 0 or not just_started:
+        return max(delay, 0.0)
+    remaining = (expires_at - now).total_seconds()
+    spread = min(schedule.startup_spread.total_seconds(), max(remaining, 0.0) / 2)
+    return spread * jitter(uid)
+
+
+def validation_due(last: datetime | None, now: datetime, uid: str, schedule: Schedule = Schedule()) -> datetime:
+    if last is None:
+        return now
+    return last + schedule.validate_interval * (1 - 0.1 * jitter(uid))
+
+
+# --- the token Secret ---------------------------------------------------------------------------------
+def managed_labels(ut: UserToken) -> dict[str, str]:
+    return {
+        c.LABEL_MANAGED_BY: c.OPERATOR_NAME,
+        c.LABEL_NAME: c.OPERATOR_NAME,
+        c.LABEL_PART_OF: c.OPERATOR_NAME,
+        c.LABEL_COMPONENT: c.COMPONENT_USER_TOKEN,
+        c.LABEL_INSTANCE: ut.name,
+        c.LABEL_USER: ut.user,
+    }
+
+
+def owner_reference(ut: UserToken) -> dict[str, Any]:
+    return {"apiVersion": c.API_VERSION, "kind": c.USER_TOKEN_KIND, "name": ut.name, "uid": ut.uid,
+            "controller": True, "blockOwnerDeletion": True}
+
+
+def git_credentials_line(git_url: str, username: str, token: bytes) -> bytes:
+    """One line of git's credential store (`git config credential.helper 'store --file=...'`):
+    scheme://user:password@host[:port], both parts percent-encoded as git expects."""
+    parts = urlsplit(git_url)
+    user = quote(username, safe="").encode()
+    password = quote(token.decode(), safe="").encode()
+    return parts.scheme.encode() + b"://" + user + b":" + password + b"@" + parts.netloc.encode() + b"\n"
+
+
+def format_time(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: Any) -> datetime | None:
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class GitAccess:
+    """How git uses the token: the username convention of the provider and the URL of its git server.
+    None for tokens that are not git credentials (vault, oidc)."""
+
+    username: str
+    url: str
+
+
+def desired_token_secret(ut: UserToken, tokens: TokenSet, *, issued_at: datetime, generation: str,
+                         git: GitAccess | None) -> dict[str, Any]:
+    """The full token Secret. Its data is the only place a token ever goes."""
+    access = tokens.access_token.reveal()
+    data: dict[str, bytes] = {c.KEY_TOKEN: access, c.KEY_TOKEN_TYPE: tokens.token_type.encode()}
+    if tokens.refresh_token:
+        data[c.KEY_REFRESH_TOKEN] = tokens.refresh_token.reveal()
+    if tokens.expires_at is not None:
+        data[c.KEY_EXPIRES_AT] = format_time(tokens.expires_at).encode()  # type: ignore[union-attr]
+    if git is not None:
+        data[c.KEY_GIT_USERNAME] = git.username.encode()
+        data[c.KEY_GIT_CREDENTIALS] = git_credentials_line(git.url, git.username, access)
+    if ut.type == "vault" and ut.host:
+        data[c.KEY_VAULT_ADDR] = ut.host.encode()
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": SECRET_TYPE,
+        "metadata": {
+            "name": ut.secret_name,
+            "namespace": ut.namespace,
+            "labels": managed_labels(ut),
+            "annotations": {
+                c.ANNOTATION_TOKEN_GENERATION: generation,
+                ANNOTATION_ISSUED_AT: format_time(issued_at),
+                **({ANNOTATION_SCOPES: " ".join(tokens.scopes)} if tokens.scopes is not None else {}),
+            },
+            "ownerReferences": [owner_reference(ut)],
+        },
+        "data": {k: base64.b64encode(v).decode() for k, v in data.items()},
+    }
+
+
+ANNOTATION_ISSUED_AT = f"{c.GROUP}/token-issued-at"
+ANNOTATION_SCOPES = f"{c.GROUP}/token-scopes"  # granted scopes (not secret), kept for validation and status
+
+
+@dataclass(frozen=True)
+class StoredToken:
+    """The token as read back from its Secret."""
+
+    tokens: TokenSet
+    issued_at: datetime | None
+    generation: str | None
+
+
+def read_token_secret(secret: Mapping[str, Any]) -> StoredToken | None:
+    from .sensitive import Sensitive
+
+    data = secret.get("data") or {}
+    if c.KEY_TOKEN not in data:
+        return None
+    meta = secret.get("metadata") or {}
+    annotations = meta.get("annotations") or {}
+    refresh = base64.b64decode(data[c.KEY_REFRESH_TOKEN]) if c.KEY_REFRESH_TOKEN in data else None
+    expires = parse_time(base64.b64decode(data[c.KEY_EXPIRES_AT]).decode()) if c.KEY_EXPIRES_AT in data else None
+    token_type = base64.b64decode(data[c.KEY_TOKEN_TYPE]).decode() if c.KEY_TOKEN_TYPE in data else "bearer"
+    scopes = annotations.get(ANNOTATION_SCOPES)
+    return StoredToken(
+        tokens=TokenSet(
+            access_token=Sensitive(base64.b64decode(data[c.KEY_TOKEN])),
+            refresh_token=Sensitive(refresh) if refresh else None,
+            token_type=token_type,
+            expires_at=expires,
+            scopes=tuple(scopes.split()) if scopes is not None else None,
+        ),
+        issued_at=parse_time(annotations.get(ANNOTATION_ISSUED_AT)),
+        generation=annotations.get(c.ANNOTATION_TOKEN_GENERATION),
+    )
+
+
+def is_owned_by(obj: Mapping[str, Any], owner_uid: str) -> bool:
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or ()
+    return any(r.get("uid") == owner_uid and r.get("controller") for r in refs)
+
+
+# --- the connect link -----------------------------------------------------------------------------------
+def connect_link(base_url: str, ut: UserToken, signer: Signer, *, expires: datetime) -> str:
+    """status.authorizationURL: the operator's connect page for this UserToken, signed for its uid and
+    user, expiring. It carries no token and no OAuth state: the state is minted when the user clicks."""
+    # A nonce makes every renewed link a new one, even within the same second.
+    sig = signer.sign(LINK_PURPOSE, {"ns": ut.namespace, "n": ut.name, "uid": ut.uid, "user": ut.user, "r": secrets.token_urlsafe(6)},
+                      expires=expires)
+    return f"{base_url.rstrip('/')}/connect/{quote(ut.namespace, safe='')}/{quote(ut.name, safe='')}?{urlencode({'t': sig})}"
+
+
+def link_needs_renewal(status: Mapping[str, Any], ut: UserToken, signer: Signer, base_url: str, now: datetime,
+                       ttl: timedelta) -> bool:
+    """Renew when it is missing, points elsewhere, was signed with another key, or is past half its life."""
+    url = status.get("authorizationURL")
+    if not isinstance(url, str) or not url.startswith(f"{base_url.rstrip('/')}/connect/"):
+        return True
+    expires = parse_time(status.get("authorizationURLExpiresAt"))
+    if expires is None or expires - now < ttl / 2:
+        return True
+    token = dict(p.split("=", 1) for p in urlsplit(url).query.split("&") if "=" in p).get("t", "")
+    from urllib.parse import unquote
+
+    try:
+        payload = signer.verify(LINK_PURPOSE, unquote(token), now=now)
+    except ValueError:
+        return True
+    return payload.get("uid") != ut.uid
+
+
+# --- conditions -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Problem:
+    reason: str
+    message: str
+
+
+def conditions(ut: UserToken, phase: Phase, *, login: str | None, problem: Problem | None,
+               ssh: Condition | None) -> list[Condition]:
+    where = f"{ut.type}" + (f" at {ut.host}" if ut.host else "")
+    if phase in (Phase.VALID, Phase.REFRESHING):
+        ready = Condition(c.CONDITION_READY, True, "TokenValid", f"Secret {ut.secret_name!r} holds a working {where} token for {login!r}.")
+        authorized = Condition(c.CONDITION_AUTHORIZED, True, "Connected", f"{ut.user!r} connected {where} as {login!r}.")
+    elif phase is Phase.ERROR:
+        p = problem or Problem("Error", "See the operator's Events for this UserToken.")
+        ready = Condition(c.CONDITION_READY, False, p.reason, p.message)
+        authorized = Condition(c.CONDITION_AUTHORIZED, False, p.reason, p.message)
+    else:
+        reason, message = {
+            Phase.EXPIRED: ("Expired", f"The {where} token expired and can no longer be refreshed; {ut.user!r} must reconnect at status.authorizationURL."),
+            Phase.REVOKED: ("Revoked", f"{where} no longer accepts the token (revoked at the provider); {ut.user!r} must reconnect at status.authorizationURL."),
+        }.get(phase, ("AwaitingAuthorization", f"{ut.user!r} has not connected {where} yet: " + (
+            "enter status.userCode at status.authorizationURL." if ut.flow == "Device" else "open status.authorizationURL to connect.")))
+        if problem is not None and problem.reason in ("DeviceCodeExpired", "DeviceAuthorizationEnded"):
+            reason, message = problem.reason, f"{ut.user!r} has not connected {where}: {problem.message}."
+        elif problem is not None:
+            message = f"{message} ({problem.message})"
+        ready = Condition(c.CONDITION_READY, False, reason, message)
+        authorized = Condition(c.CONDITION_AUTHORIZED, False, reason, message)
+    return [ready, authorized] + ([ssh] if ssh is not None else [])
+
+
+def ssh_key_title(ut: UserToken) -> str:
+    return f"{c.OPERATOR_NAME} {ut.namespace}/{ut.user}"

@@ -1,0 +1,123 @@
+"""HTTP behind a small interface (the httpx transport idea): providers build `Request`s and read
+`Response`s; `AiohttpTransport` sends them for real, `MockTransport` hands them to a test function.
+
+Nothing here logs a request or a response: bodies and headers carry tokens.
+"""
+
+from __future__ import annotations
+
+import json as jsonlib
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from urllib.parse import parse_qsl, urlencode
+
+import aiohttp
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    url: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    form: Mapping[str, str] | None = None  # application/x-www-form-urlencoded body
+    json: Any = None  # application/json body
+    basic_auth: tuple[str, str] | None = None
+
+    def __repr__(self) -> str:  # never the headers or body: they carry tokens
+        return f"Request({self.method} {self.url.split('?', 1)[0]})"
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    headers: Mapping[str, str] = field(default_factory=dict)  # lower-cased names
+    body: bytes = b""
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+    def json(self) -> Any:
+        """The JSON body, or None if it is not JSON (an HTML error page from a proxy, say)."""
+        try:
+            return jsonlib.loads(self.body) if self.body else None
+        except ValueError:
+            return None
+
+    def form(self) -> dict[str, str]:
+        """GitHub answers form-encoded when asked without Accept: application/json."""
+        return dict(parse_qsl(self.body.decode("utf-8", "replace")))
+
+    def __repr__(self) -> str:
+        return f"Response({self.status})"
+
+
+class TransportError(Exception):
+    """The request did not get an HTTP answer (DNS, refused connection, timeout, TLS)."""
+
+
+class Transport(Protocol):
+    async def send(self, request: Request, *, timeout: float = 30.0) -> Response: ...
+
+
+class AiohttpTransport:
+    """Sends requests with one shared aiohttp session (connection pooling, system CA bundle)."""
+
+    def __init__(self, session: aiohttp.ClientSession | None = None) -> None:
+        self._session = session
+        self._owned = session is None
+
+    async def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(trust_env=False, raise_for_status=False)
+            self._owned = True
+        return self._session
+
+    async def send(self, request: Request, *, timeout: float = 30.0) -> Response:
+        session = await self._get_session()
+        headers = dict(request.headers)
+        data: Any = None
+        if request.form is not None:
+            data = urlencode(request.form)
+            headers.setdefault("Content-Type", "application/x-www-form-urlencoded")
+        elif request.json is not None:
+            data = jsonlib.dumps(request.json)
+            headers.setdefault("Content-Type", "application/json")
+        auth = aiohttp.BasicAuth(*request.basic_auth) if request.basic_auth else None
+        try:
+            async with session.request(
+                request.method, request.url, headers=headers, data=data, auth=auth, allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+            ) as response:
+                body = await response.read()
+                return Response(response.status, {k.lower(): v for k, v in response.headers.items()}, body)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # The exception's text can include the URL; our URLs carry no tokens (they go in headers/bodies).
+            raise TransportError(f"{request.method} {request.url.split('?', 1)[0]}: {type(exc).__name__}") from None
+
+    async def close(self) -> None:
+        if self._owned and self._session is not None:
+            await self._session.close()
+
+
+Handler = Callable[[Request], Response | Awaitable[Response]]
+
+
+class MockTransport:
+    """For unit tests: every request goes to `handler`, and is recorded in `requests`."""
+
+    def __init__(self, handler: Handler) -> None:
+        self._handler = handler
+        self.requests: list[Request] = []
+
+    async def send(self, request: Request, *, timeout: float = 30.0) -> Response:
+        self.requests.append(request)
+        result = self._handler(request)
+        if isinstance(result, Response):
+            return result
+        return await result
+
+
+def json_response(status: int, payload: Any, headers: Mapping[str, str] | None = None) -> Response:
+    return Response(status, {"content-type": "application/json", **{k.lower(): v for k, v in (headers or {}).items()}},
+                    jsonlib.dumps(payload).encode())

@@ -1,0 +1,93 @@
+"""GitLab.com and GitLab self-managed.
+
+OAuth at /oauth/authorize and /oauth/token (PKCE S256 supported; errors as HTTP 400 JSON
+`{"error": "invalid_grant", ...}`); access tokens live 2 h and a refresh rotates the pair (the old
+refresh token stops working). `/oauth/token/info` reports the granted scopes; the REST API is /api/v4
+(`GET /user`, `/user/keys`). Revocation: POST /oauth/revoke (RFC 7009) with the client's credentials.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ...domain.oauth import Identity, TokenSet
+from ...domain.usertoken import GitAccess
+from ..http import Request
+from .base import ClientCredentials, OAuth2Base, UploadedKey, classify_api_error, key_body
+
+PUBLIC = "https://gitlab.com"
+
+
+class GitLab(OAuth2Base):
+    type = "gitlab"
+    name = "GitLab"
+    supports_pkce = True
+    supports_device_flow = True  # GitLab 17.2+
+    supports_ssh_keys = True
+    supports_revocation = True
+    git_username = "oauth2"
+
+    def __init__(self, transport, *, host: str | None = None, clock=None, **_: Any) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(transport, **({"clock": clock} if clock else {}))
+        self.web = (host or PUBLIC).rstrip("/")
+        self.api_base = f"{self.web}/api/v4"
+
+    async def authorize_endpoint(self) -> str:
+        return f"{self.web}/oauth/authorize"
+
+    async def token_endpoint(self) -> str:
+        return f"{self.web}/oauth/token"
+
+    async def device_endpoint(self) -> str | None:
+        return f"{self.web}/oauth/authorize_device"
+
+    def default_scopes(self, *, add_ssh_key: bool) -> tuple[str, ...]:
+        # Adding and removing SSH keys needs the api scope; otherwise read the user, read/write repositories.
+        return ("read_user", "read_repository", "write_repository") + (("api",) if add_ssh_key else ())
+
+    async def identity(self, tokens: TokenSet) -> Identity:
+        info = (await self.api("GET", f"{self.web}/oauth/token/info", tokens, what="GET /oauth/token/info")).json() or {}
+        user = (await self.api("GET", f"{self.api_base}/user", tokens, what="GET /api/v4/user")).json() or {}
+        scopes = info.get("scope", info.get("scopes"))
+        return Identity(login=str(user.get("username", "")), user_id=str(user.get("id", "")),
+                        scopes=tuple(scopes) if isinstance(scopes, list) else None)
+
+    async def revoke(self, client: ClientCredentials | None, tokens: TokenSet) -> bool:
+        if client is None:
+            return False
+        form = {"token": tokens.access_token.reveal_text(), "client_id": client.client_id}
+        if client.client_secret is not None:
+            form["client_secret"] = client.client_secret.reveal_text()
+        response = await self._send(Request("POST", f"{self.web}/oauth/revoke", {"Accept": "application/json"}, form=form),
+                                    what="token revocation")
+        if response.status == 200:
+            return True
+        raise classify_api_error(self.name, "token revocation", response)
+
+    def git_access(self, identity: Identity) -> GitAccess:
+        return GitAccess(username=self.git_username, url=self.web)
+
+    async def find_ssh_key(self, tokens: TokenSet, identity: Identity, public_key: str) -> UploadedKey | None:
+        wanted = key_body(public_key)
+        keys = (await self.api("GET", f"{self.api_base}/user/keys?per_page=100", tokens, what="GET /user/keys")).json() or []
+        for key in keys:
+            if key_body(str(key.get("key", ""))) == wanted:
+                return UploadedKey(id=str(key["id"]), title=str(key.get("title", "")))
+        return None
+
+    async def add_ssh_key(self, tokens: TokenSet, identity: Identity, *, title: str, public_key: str) -> UploadedKey:
+        response = await self.api("POST", f"{self.api_base}/user/keys", tokens, json={"title": title, "key": key_body(public_key)},
+                                  ok=(201,), what="POST /user/keys")
+        key = response.json() or {}
+        return UploadedKey(id=str(key["id"]), title=str(key.get("title", title)))
+
+    async def delete_ssh_key(self, tokens: TokenSet, identity: Identity, key_id: str) -> None:
+        await self.api("DELETE", f"{self.api_base}/user/keys/{key_id}", tokens, ok=(204, 404), what="DELETE /user/keys")
+
+
+class GitLabSelfManaged(GitLab):
+    type = "gitlab-self-managed"
+    name = "GitLab self-managed"
+
+    def __init__(self, transport, *, host: str, clock=None, **kwargs: Any) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(transport, host=host, clock=clock, **kwargs)

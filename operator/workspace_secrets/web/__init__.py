@@ -1,0 +1,1 @@
+"""The connect page and the OAuth callback (aiohttp), served by the operator on its own port."""

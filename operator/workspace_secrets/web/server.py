@@ -1,0 +1,226 @@
+"""The operator's connect page and OAuth callback (aiohttp), on its own port.
+
+Who is the user? Two ways, both explicit:
+1. A trusted header (Grafana's auth-proxy model): with `--connect-user-header X-Remote-User` and
+   `--connect-trusted-proxies CIDR,...`, a request from a trusted proxy address carrying the header is
+   that user. The same header from any other address is refused (403), so a client that reaches the port
+   directly cannot claim to be someone else.
+2. A signed per-UserToken link (status.authorizationURL): HMAC-signed for that UserToken's uid and user,
+   expiring. Opening it starts a browser session for that user (a signed, HttpOnly, SameSite=Lax cookie).
+
+A user only ever sees and connects their own UserTokens (spec.user == the user). Every form carries a
+CSRF token bound to the user. The callback consumes the state (single-use) and accepts it only from the
+same user who started the flow. No access log: callback URLs carry authorization codes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import quote
+
+from aiohttp import web
+
+from ..controllers.user_token import NotAllowed, ProblemFound, UserTokenController
+from ..domain import usertoken as policy
+from ..domain.conditions import utcnow
+from ..domain.oauth import StateRejected
+from ..domain.signing import BadSignature, Expired, Signer
+from ..providers.oauth.base import ProviderError
+from . import pages
+
+log = logging.getLogger(__name__)
+
+SESSION_COOKIE = "wso_session"
+SESSION_PURPOSE = "session"
+CSRF_PURPOSE = "csrf"
+
+
+@dataclass(frozen=True)
+class WebSettings:
+    base_url: str
+    user_header: str | None = None
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    session_ttl: timedelta = timedelta(hours=8)
+
+    @classmethod
+    def parse(cls, base_url: str, user_header: str | None, trusted_proxies: tuple[str, ...], session_ttl: float) -> WebSettings:
+        nets = tuple(ipaddress.ip_network(p.strip(), strict=False) for p in trusted_proxies if p.strip())
+        if user_header and not nets:
+            raise ValueError("--connect-user-header needs --connect-trusted-proxies: the addresses of the auth proxy that sets it")
+        return cls(base_url=base_url.rstrip("/"), user_header=user_header, trusted_proxies=nets,
+                   session_ttl=timedelta(seconds=session_ttl))
+
+
+@dataclass(frozen=True)
+class Principal:
+    user: str
+    namespace: str | None  # a link-based session is limited to the namespace of the link
+    via: str  # "header" or "session"
+
+
+class Refused(Exception):
+    def __init__(self, status: int, title: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.title = title
+
+
+def _html(text: str, status: int = 200) -> web.Response:
+    return web.Response(text=text, status=status, content_type="text/html",
+                        headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer",
+                                 "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action *"})
+
+
+class ConnectServer:
+    def __init__(self, controller: UserTokenController, signer: Signer, settings: WebSettings, *,
+                 clock: Callable[[], datetime] = utcnow) -> None:
+        self.ctl = controller
+        self.signer = signer
+        self.settings = settings
+        self.clock = clock
+        self.secure_cookie = settings.base_url.startswith("https://")
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._errors])
+        app.router.add_get("/connect/{namespace}/{name}", self.open_link)
+        app.router.add_get("/accounts", self.accounts)
+        app.router.add_get("/", self.accounts)
+        app.router.add_post("/connect/start", self.start)
+        app.router.add_get("/oauth/callback", self.callback)
+        app.router.add_get("/healthz", self.healthz)
+        return app
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except Refused as exc:
+            log.info("connect page refused %s %s: %s", request.method, request.path, exc.title)
+            return _html(pages.result(False, exc.title, str(exc)), exc.status)
+
+    # --- who is asking ---
+    def principal(self, request: web.Request) -> Principal | None:
+        header = self.settings.user_header
+        if header and header in request.headers:
+            peer = request.remote or ""
+            try:
+                trusted = any(ipaddress.ip_address(peer) in net for net in self.settings.trusted_proxies)
+            except ValueError:
+                trusted = False
+            if not trusted:
+                raise Refused(403, "Not accepted", f"The {header} header is only accepted from the platform's authentication proxy.")
+            user = request.headers[header].strip()
+            if not user:
+                raise Refused(403, "Not accepted", f"The {header} header is empty.")
+            return Principal(user, None, "header")
+        cookie = request.cookies.get(SESSION_COOKIE)
+        if cookie:
+            try:
+                payload = self.signer.verify(SESSION_PURPOSE, cookie, now=self.clock())
+                return Principal(payload["user"], payload.get("ns"), "session")
+            except (BadSignature, Expired, KeyError):
+                return None
+        return None
+
+    def _require(self, request: web.Request) -> Principal:
+        principal = self.principal(request)
+        if principal is None:
+            raise Refused(401, "Sign in first", "Open the connect link of one of your UserTokens (its status.authorizationURL, "
+                          "shown by your workspace platform), or sign in through the platform.")
+        return principal
+
+    def _csrf(self, principal: Principal) -> str:
+        return self.signer.sign(CSRF_PURPOSE, {"user": principal.user}, expires=self.clock() + self.settings.session_ttl)
+
+    # --- routes ---
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def open_link(self, request: web.Request) -> web.Response:
+        namespace, name = request.match_info["namespace"], request.match_info["name"]
+        now = self.clock()
+        try:
+            payload = self.signer.verify(policy.LINK_PURPOSE, request.query.get("t", ""), now=now)
+        except Expired:
+            raise Refused(403, "This link has expired", "Connect links expire. Get a fresh one from your workspace platform (the UserToken's status.authorizationURL).") from None
+        except BadSignature:
+            raise Refused(403, "Invalid link", "This connect link is not valid.") from None
+        if payload.get("ns") != namespace or payload.get("n") != name:
+            raise Refused(403, "Invalid link", "This connect link is not valid.")
+        owner = await self.ctl.owner_of(namespace, name)
+        if owner is None or owner != (payload.get("user"), payload.get("uid")):
+            raise Refused(403, "Invalid link", "This connect link belongs to a UserToken that no longer exists.")
+        current = self.principal(request)
+        if current is not None and current.via == "header" and current.user != payload["user"]:
+            raise Refused(403, "Not your link", "This connect link belongs to another user.")
+        session = self.signer.sign(SESSION_PURPOSE, {"user": payload["user"], "ns": namespace}, expires=now + self.settings.session_ttl)
+        response = web.HTTPSeeOther(f"/accounts?focus={quote(namespace)}/{quote(name)}")
+        response.set_cookie(SESSION_COOKIE, session, httponly=True, samesite="Lax", secure=self.secure_cookie, path="/",
+                            max_age=int(self.settings.session_ttl.total_seconds()))
+        raise response
+
+    async def accounts(self, request: web.Request) -> web.Response:
+        principal = self._require(request)
+        tokens = await self.ctl.list_for_user(principal.user, principal.namespace)
+        return _html(pages.accounts(principal.user, tokens, self._csrf(principal), focus=request.query.get("focus")))
+
+    async def start(self, request: web.Request) -> web.Response:
+        principal = self._require(request)
+        form = await request.post()
+        try:
+            csrf = self.signer.verify(CSRF_PURPOSE, str(form.get("csrf", "")), now=self.clock())
+        except ValueError:
+            raise Refused(403, "Please try again", "The form was too old or did not come from this page. Reload the page and try again.") from None
+        namespace, name = str(form.get("namespace", "")), str(form.get("name", ""))
+        if csrf.get("user") != principal.user or (principal.namespace is not None and principal.namespace != namespace):
+            raise Refused(403, "Not your account", "You can only connect your own accounts.")
+        try:
+            url = await self.ctl.begin_authorization(namespace, name, principal.user)
+        except NotAllowed as exc:
+            raise Refused(403, "Not your account", str(exc)) from None
+        except ProblemFound as exc:
+            raise Refused(503, "Not set up yet", exc.problem.message) from None
+        except ProviderError as exc:
+            raise Refused(502, "The provider could not be reached", f"{exc}. Try again in a moment.") from None
+        raise web.HTTPSeeOther(url)
+
+    async def callback(self, request: web.Request) -> web.Response:
+        state = request.query.get("state", "")
+        try:
+            record = self.ctl.take_state(state)
+        except StateRejected as exc:
+            log.warning("OAuth callback refused: %s", exc.reason)
+            raise Refused(400, "Sign-in not accepted", str(exc)) from None
+        principal = self.principal(request)
+        if principal is None or principal.user != record.user:
+            log.warning("OAuth callback for %s/%s refused: the browser is not signed in as its user", record.namespace, record.name)
+            raise Refused(403, "Sign-in not accepted", "This sign-in was started by another user or in another browser. Start again from the connect page.")
+        if "error" in request.query:
+            error = request.query.get("error", "")
+            description = request.query.get("error_description", "")
+            if error == "access_denied":
+                message = "You declined access at the provider. Nothing was connected; you can try again any time."
+            else:
+                message = f"The provider reported {error!r}" + (f": {description[:200]}" if description else "") + ". Start again from the connect page."
+            log.info("OAuth callback for %s/%s: provider error %s", record.namespace, record.name, error[:64])
+            return _html(pages.result(False, "Not connected", message), 400)
+        code = request.query.get("code", "")
+        if not code:
+            raise Refused(400, "Sign-in not accepted", "The provider's answer carried no authorization code. Start again from the connect page.")
+        outcome = await self.ctl.complete_authorization(record, code)
+        log.info("OAuth callback for %s/%s: %s", record.namespace, record.name, "connected" if outcome.ok else "failed")
+        return _html(pages.result(outcome.ok, outcome.title, outcome.message), 200 if outcome.ok else 400)
+
+
+async def serve(server: ConnectServer, *, host: str, port: int) -> web.AppRunner:
+    runner = web.AppRunner(server.app(), access_log=None)  # callback URLs carry authorization codes
+    await runner.setup()
+    site = web.TCPSite(runner, host=host, port=port)
+    await site.start()
+    log.info("connect page listening on %s:%d (base URL %s)", host, port, server.settings.base_url)
+    return runner

@@ -1,0 +1,307 @@
+"""UserToken on the real control plane with the real operator, against a real OAuth 2.0 authorization
+server (panva's oidc-provider, tests/e2e/oauth_server) for the generic flows: connect (authorization code
++ PKCE), refresh ahead of expiry with rotating refresh tokens, revocation, replayed and forged state,
+who may use the connect page, and no token bytes anywhere but the Secret."""
+
+from __future__ import annotations
+
+import re
+import threading
+
+import pytest
+import requests
+from helpers import Api, digest, wait_for
+from usertoken_support import BrowserSession, OIDCServer, approve_device_code, via_proxy
+
+from workspace_secrets.api import constants as c
+
+CLIENT_SECRET = "wso-e2e-client-secret-0123456789abcdef"
+
+
+@pytest.fixture
+def api(cluster) -> Api:
+    return Api(cluster.api_client())
+
+
+@pytest.fixture(scope="module")
+def oidc(wso_operator, tmp_path_factory):
+    redirect = f"{wso_operator.process.connect_url}/oauth/callback"
+    clients = [
+        {"client_id": client_id, "client_secret": CLIENT_SECRET, "redirect_uris": [redirect],
+         "grant_types": ["authorization_code", "refresh_token"], "response_types": ["code"]}
+        for client_id in ("wso", "short-wso", "wso-revoke")
+    ] + [{"client_id": "device-wso", "client_secret": CLIENT_SECRET, "redirect_uris": [], "response_types": [],
+          "grant_types": ["urn:ietf:params:oauth:grant-type:device_code", "refresh_token"]}]
+    server = OIDCServer(clients, tmp_path_factory.mktemp("oidc"), short_ttl=24).start()
+    yield server
+    server.stop()
+
+
+def create_client_secret(api: Api, namespace: str, client_id: str, name: str = "oauth-client") -> None:
+    api.create_secret(namespace, name, {"client-id": client_id.encode(), "client-secret": CLIENT_SECRET.encode()})
+
+
+def create_token(api: Api, namespace: str, name: str, spec: dict) -> dict:
+    body = {"apiVersion": c.API_VERSION, "kind": c.USER_TOKEN_KIND, "metadata": {"name": name}, "spec": spec}
+    return api.custom.create_namespaced_custom_object(c.GROUP, c.VERSION, namespace, c.USER_TOKEN_PLURAL, body)
+
+
+def get_token(api: Api, namespace: str, name: str) -> dict | None:
+    try:
+        return api.custom.get_namespaced_custom_object(c.GROUP, c.VERSION, namespace, c.USER_TOKEN_PLURAL, name)
+    except Exception as exc:  # noqa: BLE001
+        if getattr(exc, "status", None) == 404:
+            return None
+        raise
+
+
+def wait_phase(api: Api, namespace: str, name: str, phase: str, timeout: float = 30) -> dict:
+    def probe():
+        ut = get_token(api, namespace, name) or {}
+        return ut if (ut.get("status") or {}).get("phase") == phase else None
+    return wait_for(probe, timeout=timeout, what=f"{name} phase {phase}")
+
+
+def oidc_spec(oidc: OIDCServer, user: str = "alice", **extra) -> dict:
+    return {"user": user, "type": "oidc", "host": oidc.issuer, "clientSecretRef": {"name": "oauth-client"}, **extra}
+
+
+def connect(api, wso_operator, namespace: str, name: str, login: str = "alice") -> dict:
+    ut = wait_phase(api, namespace, name, c.PHASE_AWAITING_AUTHORIZATION)
+    link = ut["status"]["authorizationURL"]
+    browser = BrowserSession(wso_operator.process.connect_url)
+    result = browser.connect(link, namespace, name, login=login)
+    assert result.status_code == 200 and "data-ok='true'" in result.text, result.text[-500:]
+    return wait_phase(api, namespace, name, c.PHASE_VALID)
+
+
+def token_values(api: Api, namespace: str, secret: str) -> dict[str, bytes]:
+    return api.secret_data(namespace, secret) or {}
+
+
+def test_connect_gives_a_valid_token_in_a_secret(api, namespace, wso_operator, oidc):
+    create_client_secret(api, namespace, "wso")
+    create_token(api, namespace, "alice-oidc", oidc_spec(oidc))
+    ut = wait_phase(api, namespace, "alice-oidc", c.PHASE_AWAITING_AUTHORIZATION)
+    status = ut["status"]
+    assert status["authorizationURL"].startswith(f"{wso_operator.process.connect_url}/connect/{namespace}/alice-oidc?t=")
+    ready = next(x for x in status["conditions"] if x["type"] == "Ready")
+    assert ready["status"] == "False" and ready["reason"] == "AwaitingAuthorization" and "authorizationURL" in ready["message"]
+
+    ut = connect(api, wso_operator, namespace, "alice-oidc")
+    status = ut["status"]
+    assert status["login"] == "alice" and status["secretName"] == "alice-oidc-token"
+    assert "authorizationURL" not in status and status["expiresAt"] and status["nextRefreshAt"]
+    assert {"openid", "offline_access"} <= set(status["scopes"])
+    secret = api.get_secret(namespace, "alice-oidc-token")
+    assert secret.metadata.labels[c.LABEL_MANAGED_BY] == c.OPERATOR_NAME
+    assert [o.uid for o in secret.metadata.owner_references] == [ut["metadata"]["uid"]]
+    data = token_values(api, namespace, "alice-oidc-token")
+    assert {c.KEY_TOKEN, c.KEY_REFRESH_TOKEN, c.KEY_EXPIRES_AT, c.KEY_TOKEN_TYPE} <= set(data)
+    # The token works at the provider: its userinfo endpoint knows alice.
+    me = requests.get(f"{oidc.issuer}/me", headers={"Authorization": b"Bearer " + data[c.KEY_TOKEN]}, timeout=10)
+    assert me.status_code == 200 and me.json()["sub"] == "alice"
+    reasons = {e.reason for e in api.core.list_namespaced_event(namespace).items}
+    assert "Connected" in reasons
+    # The connect page shows it as Valid, for alice only.
+    status_code, page = via_proxy(f"{wso_operator.process.connect_url}/accounts", user="alice",
+                                  header=wso_operator.process.connect_user_header, source=wso_operator.process.connect_trusted_proxy)
+    assert status_code == 200 and "alice-oidc" in page and "data-phase='Valid'" in page
+    status_code, page = via_proxy(f"{wso_operator.process.connect_url}/accounts", user="bob",
+                                  header=wso_operator.process.connect_user_header, source=wso_operator.process.connect_trusted_proxy)
+    assert status_code == 200 and "alice-oidc" not in page
+    assert_no_token_leaks(api, namespace, wso_operator, [data[c.KEY_TOKEN], data[c.KEY_REFRESH_TOKEN]])
+
+
+def refresh_events(oidc: OIDCServer, client_id: str) -> tuple[int, int]:
+    """(successful refreshes, failed refreshes) the authorization server saw for this client."""
+    events = [e for e in oidc.events() if e.get("client_id") == client_id and e.get("grant_type") == "refresh_token"]
+    return sum(e["kind"] == "grant.success" for e in events), sum(e["kind"] == "grant.error" for e in events)
+
+
+def test_refresh_ahead_of_expiry_exactly_once_under_concurrent_triggers(api, namespace, wso_operator, oidc):
+    """Access tokens of client short-wso live 24 s; refresh tokens rotate and are single-use (oidc-provider
+    revokes the whole grant when a spent refresh token is presented again)."""
+    from datetime import datetime
+
+    create_client_secret(api, namespace, "short-wso")
+    create_token(api, namespace, "short", oidc_spec(oidc))
+    ut = connect(api, wso_operator, namespace, "short")
+    first = api.secret_digests(namespace, "short-token")
+    first_expiry = datetime.fromisoformat(ut["status"]["expiresAt"].replace("Z", "+00:00"))
+    planned = datetime.fromisoformat(ut["status"]["nextRefreshAt"].replace("Z", "+00:00"))
+    assert planned < first_expiry
+
+    # Refreshed before it lapses, once.
+    wait_for(lambda: api.secret_digests(namespace, "short-token")[c.KEY_TOKEN] != first[c.KEY_TOKEN], timeout=35,
+             interval=0.5, what="the token refreshed")
+    status = wait_phase(api, namespace, "short", c.PHASE_VALID)["status"]
+    refreshed_at = datetime.fromisoformat(status["lastRefreshTime"].replace("Z", "+00:00"))
+    assert refreshed_at < first_expiry, (refreshed_at, first_expiry)
+    assert api.secret_digests(namespace, "short-token")[c.KEY_REFRESH_TOKEN] != first[c.KEY_REFRESH_TOKEN]  # rotated
+    assert refresh_events(oidc, "short-wso") == (1, 0)
+    assert "TokenRefreshed" in {e.reason for e in api.core.list_namespaced_event(namespace).items}
+
+    # Concurrent triggers for the next refresh: the operator restarts after the refresh fell due (kopf's
+    # resume handler and the token's daemon both run), while validation requests arrive from two threads.
+    second = api.secret_digests(namespace, "short-token")
+    due = datetime.fromisoformat(status["nextRefreshAt"].replace("Z", "+00:00"))
+    wso_operator.process.stop()
+    try:
+        wait_for(lambda: datetime.now(due.tzinfo) > due, timeout=30, interval=0.2, what="the next refresh to fall due")
+    finally:
+        wso_operator.process.start()
+
+    def poke(value: str) -> None:
+        api.custom.patch_namespaced_custom_object(c.GROUP, c.VERSION, namespace, c.USER_TOKEN_PLURAL, "short",
+                                                  {"metadata": {"annotations": {c.ANNOTATION_VALIDATE_TOKEN: value}}})
+
+    threads = [threading.Thread(target=poke, args=(str(i),)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wait_for(lambda: api.secret_digests(namespace, "short-token")[c.KEY_TOKEN] != second[c.KEY_TOKEN], timeout=30,
+             interval=0.5, what="the second refresh")
+    wait_phase(api, namespace, "short", c.PHASE_VALID)
+    # Exactly one refresh per rotation, and no spent refresh token ever presented again (which the
+    # server would have answered with invalid_grant and a revoked grant).
+    assert refresh_events(oidc, "short-wso") == (2, 0)
+    data = token_values(api, namespace, "short-token")
+    me = requests.get(f"{oidc.issuer}/me", headers={"Authorization": b"Bearer " + data[c.KEY_TOKEN]}, timeout=10)
+    assert me.status_code == 200
+    assert_no_token_leaks(api, namespace, wso_operator, [data[c.KEY_TOKEN], data[c.KEY_REFRESH_TOKEN]])
+
+
+def test_revoked_refresh_token_expires_the_token_with_a_fresh_authorization_url(api, namespace, wso_operator, oidc):
+    create_client_secret(api, namespace, "wso-revoke")
+    create_token(api, namespace, "rev", oidc_spec(oidc))
+    before = wait_phase(api, namespace, "rev", c.PHASE_AWAITING_AUTHORIZATION)["status"]["authorizationURL"]
+    connect(api, wso_operator, namespace, "rev")
+    data = token_values(api, namespace, "rev-token")
+    # The user revokes the grant at the provider (RFC 7009 revocation of the refresh token).
+    oidc.revoke("wso-revoke", CLIENT_SECRET, data[c.KEY_REFRESH_TOKEN].decode())
+    api.custom.patch_namespaced_custom_object(c.GROUP, c.VERSION, namespace, c.USER_TOKEN_PLURAL, "rev",
+                                              {"metadata": {"annotations": {c.ANNOTATION_REFRESH_TOKEN: "after-revocation"}}})
+    status = wait_phase(api, namespace, "rev", c.PHASE_EXPIRED)["status"]
+    assert status["authorizationURL"] != before and status["authorizationURL"].startswith(wso_operator.process.connect_url)
+    ready = next(x for x in status["conditions"] if x["type"] == "Ready")
+    assert ready["reason"] == "Expired" and "reconnect" in ready["message"]
+    assert status["refreshRequest"] == "after-revocation"
+    assert c.KEY_TOKEN not in token_values(api, namespace, "rev-token")  # the dead token is dropped from the Secret
+    warnings = {e.reason for e in api.core.list_namespaced_event(namespace).items if e.type == "Warning"}
+    assert "TokenExpired" in warnings
+    assert refresh_events(oidc, "wso-revoke") == (0, 1)
+    # Reconnecting with the fresh link works.
+    browser = BrowserSession(wso_operator.process.connect_url)
+    result = browser.connect(status["authorizationURL"], namespace, "rev")
+    assert "data-ok='true'" in result.text
+    wait_phase(api, namespace, "rev", c.PHASE_VALID)
+    assert_no_token_leaks(api, namespace, wso_operator, [data[c.KEY_TOKEN], data[c.KEY_REFRESH_TOKEN]])
+
+
+def test_replayed_forged_and_foreign_state_are_rejected(api, namespace, wso_operator, oidc):
+    create_client_secret(api, namespace, "wso")
+    create_token(api, namespace, "st", oidc_spec(oidc))
+    link = wait_phase(api, namespace, "st", c.PHASE_AWAITING_AUTHORIZATION)["status"]["authorizationURL"]
+
+    # A callback delivered to a browser that did not start the flow (no session of alice) is refused,
+    # and the state is spent: the rightful browser cannot use it afterwards either.
+    alice = BrowserSession(wso_operator.process.connect_url)
+    page = alice.open(link).text
+    callback = alice.follow(alice.start(page, namespace, "st"), stop_at_callback=True)
+    stranger = BrowserSession(wso_operator.process.connect_url)
+    refused = stranger.open(callback)
+    assert refused.status_code == 403 and "another user" in refused.text
+    assert alice.open(callback).status_code == 400
+
+    # Forged: a state that was never signed by the operator.
+    forged = callback.replace("state=", "state=x") if "state=" in callback else callback
+    response = alice.open(forged)
+    assert response.status_code == 400 and "not started here" in response.text
+
+    # A complete connect, then a replay of its callback.
+    callback = alice.follow(alice.start(alice.open(link).text, namespace, "st"), stop_at_callback=True)
+    assert "data-ok='true'" in alice.open(callback).text
+    wait_phase(api, namespace, "st", c.PHASE_VALID)
+    replay = alice.open(callback)
+    assert replay.status_code == 400 and "already used" in replay.text
+    code = dict(p.split("=", 1) for p in callback.split("?", 1)[1].split("&"))["code"]
+    log = wso_operator.process.log_text()
+    assert "OAuth callback refused: UnknownState" in log and "OAuth callback refused: ForgedState" in log
+    assert code not in log
+
+
+def test_the_connect_page_shows_users_only_their_own_tokens(api, namespace, wso_operator, oidc):
+    create_client_secret(api, namespace, "wso")
+    create_token(api, namespace, "mine", oidc_spec(oidc, user="alice"))
+    create_token(api, namespace, "theirs", oidc_spec(oidc, user="bob"))
+    alice_link = wait_phase(api, namespace, "mine", c.PHASE_AWAITING_AUTHORIZATION)["status"]["authorizationURL"]
+    wait_phase(api, namespace, "theirs", c.PHASE_AWAITING_AUTHORIZATION)
+    url = wso_operator.process.connect_url
+    header, proxy = wso_operator.process.connect_user_header, wso_operator.process.connect_trusted_proxy
+
+    # No identity at all.
+    assert requests.get(f"{url}/accounts", timeout=10).status_code == 401
+    # A forged header from an address that is not the auth proxy.
+    status, body = via_proxy(f"{url}/accounts", user="bob", header=header, source="127.0.0.1")
+    assert status == 403 and "only accepted from the platform" in body
+    # The same header from the auth proxy: bob sees his token only.
+    status, body = via_proxy(f"{url}/accounts", user="bob", header=header, source=proxy)
+    assert status == 200 and "theirs" in body and "mine" not in body
+    # A tampered link.
+    assert requests.get(alice_link.replace("t=", "t=A"), timeout=10).status_code == 403
+    # Behind the auth proxy, bob cannot use alice's link (the link is alice's, the proxy says bob).
+    status, body = via_proxy(alice_link, user="bob", header=header, source=proxy)
+    assert status == 403 and "another user" in body
+    # A link whose signature is valid but whose path was changed to bob's token.
+    assert requests.get(alice_link.replace("/mine?", "/theirs?"), timeout=10).status_code == 403
+    # alice's link is alice's: bob's token is neither listed nor connectable with her session.
+    alice = BrowserSession(url)
+    page = alice.open(alice_link)
+    assert page.status_code == 200 and "mine" in page.text and "theirs" not in page.text
+    csrf = dict(re.findall(r"name=(\w+) value='([^']*)'", page.text))["csrf"]
+    response = alice.http.post(f"{url}/connect/start", data={"namespace": namespace, "name": "theirs", "csrf": csrf},
+                               allow_redirects=False, timeout=10)
+    assert response.status_code == 403 and "another user" in response.text
+    # A form without a valid CSRF token (a cross-site POST) is refused.
+    response = alice.http.post(f"{url}/connect/start", data={"namespace": namespace, "name": "mine", "csrf": "x"},
+                               allow_redirects=False, timeout=10)
+    assert response.status_code == 403
+
+
+def test_device_flow(api, namespace, wso_operator, oidc):
+    """RFC 8628: the code and the provider's verification page are in status (and on the connect page);
+    the user approves there; the operator's polling picks the token up. No callback to the operator."""
+    create_client_secret(api, namespace, "device-wso")
+    create_token(api, namespace, "dev", oidc_spec(oidc, flow="Device"))
+    ut = wait_for(lambda: (u := get_token(api, namespace, "dev")) and (u.get("status") or {}).get("userCode") and u,
+                  timeout=20, what="a device code")
+    status = ut["status"]
+    assert status["phase"] == c.PHASE_AWAITING_AUTHORIZATION and status["authorizationURL"].startswith(f"{oidc.issuer}/device")
+    ready = next(x for x in status["conditions"] if x["type"] == "Ready")
+    assert "status.userCode" in ready["message"]
+    code, page = via_proxy(f"{wso_operator.process.connect_url}/accounts", user="alice",
+                           header=wso_operator.process.connect_user_header, source=wso_operator.process.connect_trusted_proxy)
+    assert code == 200 and status["userCode"] in page
+    assert "Sign-in Success" in approve_device_code(status["authorizationURL"]).text
+    ut = wait_phase(api, namespace, "dev", c.PHASE_VALID, timeout=30)
+    assert ut["status"]["login"] == "alice" and "userCode" not in ut["status"] and "authorizationURL" not in ut["status"]
+    data = token_values(api, namespace, "dev-token")
+    assert requests.get(f"{oidc.issuer}/me", headers={"Authorization": b"Bearer " + data[c.KEY_TOKEN]}, timeout=10).status_code == 200
+    assert c.KEY_REFRESH_TOKEN in data
+    assert_no_token_leaks(api, namespace, wso_operator, [data[c.KEY_TOKEN], data[c.KEY_REFRESH_TOKEN]])
+
+
+def assert_no_token_leaks(api: Api, namespace: str, wso_operator, tokens: list[bytes]) -> None:
+    """No token byte string in the operator's log, in any UserToken (spec, status, annotations), or in
+    any Event of the namespace. Failures print digests only."""
+    import json
+
+    haystacks = {
+        "operator log": wso_operator.process.log_text().encode(),
+        "UserTokens": json.dumps(api.custom.list_namespaced_custom_object(c.GROUP, c.VERSION, namespace, c.USER_TOKEN_PLURAL)).encode(),
+        "Events": json.dumps([api.core.api_client.sanitize_for_serialization(e) for e in api.core.list_namespaced_event(namespace).items]).encode(),
+    }
+    leaks = [(where, digest(t)) for t in tokens if t for where, text in haystacks.items() if t in text]
+    assert not leaks, f"token bytes found in: {leaks}"
