@@ -10,7 +10,8 @@
   writes (domain/webhook_configuration.py), except caBundle, which only the operator sets.
 - The providers ConfigMap is the `providers` value in the file format the operator reads.
 
-Renders with the pinned helm (`hack/build-tools.sh`, built by `make test` before the tests run).
+Renders with the pinned helm (`hack/build-tools.sh`, built by `make test`/`make unit` before the tests run):
+`helm template` is a pure renderer, no cluster is involved.
 """
 
 from __future__ import annotations
