@@ -26,7 +26,7 @@ run: venv tools
 lint: venv
 	$(BIN)/lint-imports
 
-unit: venv tools
+unit: venv
 	$(BIN)/pytest tests/unit
 
 e2e: venv system-deps tools
