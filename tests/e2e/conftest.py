@@ -17,6 +17,7 @@ WorkspaceSecret/UserToken (``_secret_hygiene`` below; the scanner is workspace_s
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -45,6 +46,9 @@ CRD_DIR = REPO_ROOT / "crds"
 NAMESPACE_PREFIX = "wso-e2e-"
 #: Kubeconfig for the operator process only (e.g. a ServiceAccount token); the tests themselves stay admin.
 OPERATOR_KUBECONFIG_ENV = "WSO_E2E_OPERATOR_KUBECONFIG"
+#: Extra flags for that operator process, a JSON list appended last (so they win over the defaults): e.g. the
+#: Helm chart's own --providers-config/--operator-namespace (tests/e2e/test_helm.py).
+OPERATOR_EXTRA_ARGS_ENV = "WSO_E2E_OPERATOR_EXTRA_ARGS"
 
 _BIN_DIR_KEY = pytest.StashKey[Path]()
 _CLUSTER_KEY = pytest.StashKey["Cluster"]()
@@ -411,6 +415,7 @@ def wso_operator(
             args += ["--webhook-listen-address", "0.0.0.0"]
         ready = lambda: webhook_answers(api_client)  # noqa: E731
     args += ["--providers-config", str(credential_backends.config_path), "--operator-namespace", ADMIN_NAMESPACE]
+    args += json.loads(os.environ.get(OPERATOR_EXTRA_ARGS_ENV) or "[]")
     process = OperatorProcess(operator_kubeconfig, log_dir, *args, ready=ready)
     process.start()
     running = RunningOperator(process, [str(cluster.tools["kubectl"]), "--kubeconfig", str(cluster.kubeconfig)],

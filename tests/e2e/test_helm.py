@@ -9,18 +9,30 @@
 - RBAC is proven, not assumed: the operator runs out of cluster with a kubeconfig that holds only a
   TokenRequest token of the chart's ServiceAccount, and the whole WorkspaceSecret e2e suite
   (tests/e2e/test_workspacesecret.py, run as a nested pytest with WSO_E2E_OPERATOR_KUBECONFIG) passes with
-  exactly those permissions; namespaced mode gets a smoke test the same way. `kubectl auth can-i` with the
-  same token shows what the ServiceAccount can NOT do.
+  exactly those permissions; so does tests/e2e/test_credentials.py's kubernetes-token test with a provider
+  configured through the chart's `providers` value (the operator reads the release's rendered ConfigMap as
+  its --providers-config, via WSO_E2E_OPERATOR_EXTRA_ARGS). Namespaced mode gets a smoke test the same way,
+  including provider credentials read by name and a minted token. `kubectl auth can-i` with the same token
+  shows what the ServiceAccount can NOT do.
+- The webhook: the operator, run with the chart's own flags and token, takes over the chart's
+  MutatingWebhookConfiguration changing only caBundle, serves TLS for the Service's name at the configured
+  path; `helm upgrade` keeps caBundle without the operator having to repair anything; uninstall removes it.
+- Metrics and connect flags are rendered and dry-run here, but no operator runs with them: they are being
+  added on other branches (tests/unit/test_chart_operator_interface.py checks them against the parser).
 """
 
 from __future__ import annotations
 
+import base64
+import http.client
 import json
-import os
 import re
 import secrets
+import socket
+import ssl
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -32,7 +44,9 @@ import yaml
 from helpers import Api, wait_for
 from kubernetes import client as k8s
 
-from operator_process import OperatorProcess
+from operator_process import OperatorProcess, free_port
+from workspace_secrets.api import constants as c
+from workspace_secrets.domain.webhook_configuration import desired_webhook, service_client_config
 from workspace_secrets.testing.controlplane import REPO_ROOT, pinned_versions
 
 CHART = REPO_ROOT / "deploy" / "helm" / "workspace-secrets-operator"
@@ -43,6 +57,16 @@ KINDS_NEEDING_THIRD_PARTY_CRDS = {"ServiceMonitor", "KopfPeering", "ClusterKopfP
 #: What the API server (`User "..." cannot list resource ...`) and kopf ("Not enough permissions ...") say
 #: when RBAC refuses a request. A bare 403 is not enough: creating in a terminating namespace is a 403 too.
 RBAC_DENIED = re.compile(r"cannot [a-z]+ resource|not enough permissions", re.IGNORECASE)
+#: Where the chart mounts the webhook's certificate directory and the providers file.
+WEBHOOK_CERT_DIR = "/var/run/workspace-secrets-operator/webhook-certs"
+PROVIDERS_DIR = "/etc/workspace-secrets-operator/providers"
+#: A kubernetes-token provider configured through values; tests/e2e/test_credentials.py's kubernetes-token test
+#: uses this name and a ServiceAccount `ci-bot`.
+CLUSTER_TOKENS = {"name": "cluster-tokens", "type": "kubernetes-token",
+                  "config": {"allowedServiceAccounts": ["ci-*"], "maxExpirationSeconds": 7200}}
+PROVIDERS = [CLUSTER_TOKENS,
+             {"name": "aws-dev", "type": "aws-iam", "credentialsSecret": "aws-admin", "config": {"region": "eu-west-1"}},
+             {"name": "pg", "type": "postgresql", "credentialsSecret": "pg-admin"}]
 
 
 # --- rendering ------------------------------------------------------------------------------------
@@ -116,6 +140,8 @@ def _default(docs: list[dict]) -> None:
     assert not {r for r in rules if r[1] in {"pods", "deployments", "statefulsets", "persistentvolumeclaims"} and r[2] != "get"}
     assert not of_kind(docs, "Role") and not of_kind(docs, "Service") and not of_kind(docs, "PodDisruptionBudget")
     assert not of_kind(docs, "MutatingWebhookConfiguration") and not of_kind(docs, "NetworkPolicy")
+    assert not of_kind(docs, "ConfigMap")
+    assert not any(a.startswith(("--webhook", "--providers-config", "--operator-namespace")) for a in container(docs)["args"])
 
 
 def _namespaced(docs: list[dict]) -> None:
@@ -138,23 +164,46 @@ def _namespaced_without_scanning(docs: list[dict]) -> None:
 
 def _webhook(docs: list[dict]) -> None:
     config = one(docs, "MutatingWebhookConfiguration")
-    hook = config["webhooks"][0]
-    assert hook["objectSelector"] == {"matchExpressions": [{"key": "workspace-secrets.io/workspace-secret", "operator": "Exists"}]}
-    assert "caBundle" not in hook["clientConfig"], "the operator owns caBundle; the chart must not reset it"
+    name = config["metadata"]["name"]
     service = one(docs, "Service")
-    assert hook["clientConfig"]["service"] == {"name": service["metadata"]["name"], "namespace": "wso-system", "path": "/mutate-pods", "port": 443}
+    args = container(docs)["args"]
+    assert [a for a in args if a.startswith("--webhook")] == [
+        "--webhook", "--webhook-port=9443", "--webhook-listen-address=0.0.0.0",
+        f"--webhook-service=wso-system/{service['metadata']['name']}", "--webhook-service-port=443",
+        f"--webhook-cert-dir={WEBHOOK_CERT_DIR}", f"--webhook-configuration={name}"]
+    # Field for field the operator's own entry (tests/unit/test_chart_operator_interface.py compares all of
+    # it); caBundle is the operator's alone.
+    hook = config["webhooks"][0]
+    assert "caBundle" not in hook["clientConfig"], "the operator owns caBundle; the chart must not reset it"
+    ca_bundle = "Q0E="
+    assert {**hook, "clientConfig": {**hook["clientConfig"], "caBundle": ca_bundle}} == desired_webhook(
+        service_client_config("wso-system", service["metadata"]["name"], 443, ca_bundle))
     assert service["spec"]["ports"] == [{"name": "https", "port": 443, "targetPort": "webhook", "protocol": "TCP"}]
     assert {"name": "webhook", "containerPort": 9443, "protocol": "TCP"} in container(docs)["ports"]
+    assert {"name": "webhook-certs", "mountPath": WEBHOOK_CERT_DIR} in container(docs)["volumeMounts"]
     rules = rules_of(one(docs, "ClusterRole"))
-    name = config["metadata"]["name"]
-    assert {("admissionregistration.k8s.io", f"mutatingwebhookconfigurations#{name}", v) for v in ("get", "patch")} <= rules
-    assert ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "create") in rules
-    assert ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "patch") not in rules, "patch must be limited by name"
+    mwc = "mutatingwebhookconfigurations"
+    assert {r for r in rules if r[1].startswith(mwc)} == {
+        ("admissionregistration.k8s.io", f"{mwc}#{name}", "get"), ("admissionregistration.k8s.io", f"{mwc}#{name}", "update"),
+        ("admissionregistration.k8s.io", mwc, "create")}, "get/update by name; only create (which cannot be) is unnamed"
 
 
 def _webhook_namespaced(docs: list[dict]) -> None:
     hook = one(docs, "MutatingWebhookConfiguration")["webhooks"][0]
     assert hook["namespaceSelector"] == {"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-a"]}]}
+    assert "--namespace=team-a" in container(docs)["args"]
+    cluster_resources = {r[1].split("#")[0] for r in rules_of(one(docs, "ClusterRole"))}
+    assert cluster_resources == {"customresourcedefinitions", "namespaces", "mutatingwebhookconfigurations"}, \
+        "in namespaced mode only cluster-scoped objects are granted cluster-wide"
+
+
+def _webhook_ha(docs: list[dict]) -> None:
+    """Several replicas share one certificate from a Secret (each would otherwise publish its own CA)."""
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "webhook-certs")
+    assert volume == {"name": "webhook-certs", "secret": {"secretName": "webhook-tls", "defaultMode": 0o440}}
+    assert {"name": "webhook-certs", "mountPath": WEBHOOK_CERT_DIR, "readOnly": True} in container(docs)["volumeMounts"]
+    assert pod["securityContext"]["fsGroup"] == 65532
 
 
 def _metrics(docs: list[dict]) -> None:
@@ -163,7 +212,7 @@ def _metrics(docs: list[dict]) -> None:
     monitor = one(docs, "ServiceMonitor")
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
     assert all(service["metadata"]["labels"].get(k) == v for k, v in monitor["spec"]["selector"]["matchLabels"].items())
-    assert {"name": "WSO_METRICS_PORT", "value": "9090"} in container(docs)["env"]
+    assert "--metrics-port=9090" in container(docs)["args"]
 
 
 def _connect(docs: list[dict]) -> None:
@@ -175,17 +224,30 @@ def _connect(docs: list[dict]) -> None:
     rules = rules_of(one(docs, "ClusterRole"))
     assert {("workspace-secrets.io", r, "patch") for r in ("usertokens", "usertokens/status")} <= rules
     assert ("", "secrets#github-oauth", "get") in rules_of(one(docs, "Role"))
+    assert {"--connect-port=8000", "--connect-base-url=https://workspace-secrets.example.com"} <= set(container(docs)["args"])
 
 
 def _providers(docs: list[dict]) -> None:
     credentials = one(docs, "Role")
     assert credentials["metadata"]["namespace"] == "wso-system"
     assert rules_of(credentials) == {("", "secrets#aws-admin", "get"), ("", "secrets#pg-admin", "get")}
-    env = {e["name"]: e.get("value") for e in container(docs)["env"]}
-    assert env["WSO_PROVIDER_AWS_CREDENTIALS_SECRET"] == "aws-admin" and env["WSO_PROVIDER_POSTGRES_CREDENTIALS_SECRET"] == "pg-admin"
-    assert "WSO_PROVIDER_GCP_CREDENTIALS_SECRET" not in env
     assert ("", "serviceaccounts/token", "create") in rules_of(one(docs, "ClusterRole"))
-    assert not of_kind(docs, "Secret") and not of_kind(docs, "ConfigMap"), "the chart must never carry credentials"
+    config_map = one(docs, "ConfigMap")
+    assert yaml.safe_load(config_map["data"]["providers.yaml"]) == {"providers": PROVIDERS}
+    args = container(docs)["args"]
+    assert f"--providers-config={PROVIDERS_DIR}/providers.yaml" in args and "--operator-namespace=wso-system" in args
+    assert {"name": "providers", "mountPath": PROVIDERS_DIR, "readOnly": True} in container(docs)["volumeMounts"]
+    assert not of_kind(docs, "Secret"), "the chart must never carry credentials"
+
+
+def _token_provider_only(docs: list[dict]) -> None:
+    assert ("", "serviceaccounts/token", "create") in rules_of(one(docs, "ClusterRole"))
+    assert not of_kind(docs, "Role"), "no credentialsSecret: no Secret to read in the release namespace"
+
+
+def _aws_provider_only(docs: list[dict]) -> None:
+    assert ("", "serviceaccounts/token", "create") not in rules_of(one(docs, "ClusterRole"))
+    assert rules_of(one(docs, "Role")) == {("", "secrets#aws-admin", "get")}
 
 
 def _peering(docs: list[dict]) -> None:
@@ -217,12 +279,15 @@ VARIANTS: dict[str, Variant] = {
     "webhook": Variant({"webhook": {"enabled": True}}, _webhook),
     "webhook-off": Variant({"webhook": {"enabled": False}}, _default),
     "webhook-namespaced": Variant({"webhook": {"enabled": True}, "watchNamespaces": ["team-a"]}, _webhook_namespaced),
+    "webhook-ha": Variant({"replicaCount": 2, "peering": {"enabled": True}, "webhook": {"enabled": True, "certSecret": "webhook-tls"}},
+                          _webhook_ha),
     "metrics": Variant({"metrics": {"enabled": True, "serviceMonitor": {"enabled": True}}}, _metrics),
     "connect": Variant({"connect": {"enabled": True, "publicURL": "https://workspace-secrets.example.com",
                                     "oauthClientSecrets": ["github-oauth"],
                                     "ingress": {"enabled": True, "tlsSecretName": "connect-tls"}}}, _connect),
-    "providers": Variant({"providers": {"aws": {"credentialsSecret": "aws-admin"}, "postgres": {"credentialsSecret": "pg-admin"},
-                                        "kubernetes": {"enabled": True}}}, _providers),
+    "providers": Variant({"providers": PROVIDERS}, _providers),
+    "providers-token-only": Variant({"providers": [CLUSTER_TOKENS]}, _token_provider_only),
+    "providers-aws-only": Variant({"providers": [PROVIDERS[1]]}, _aws_provider_only),
     "peering-ha": Variant({"replicaCount": 2, "peering": {"enabled": True}}, _peering),
     "network-policy": Variant({"networkPolicy": {"enabled": True, "metricsFrom": [
         {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]},
@@ -245,12 +310,20 @@ def test_lint_strict_and_template(cluster, name: str) -> None:
     [
         ({"watchNamespace": ["a"]}, "additional properties 'watchNamespace' not allowed"),
         ({"webhook": {"enabeld": True}}, "at '/webhook': additional properties 'enabeld' not allowed"),
-        ({"providers": {"aws": {"accessKeyId": "AKIA", "credentialsSecret": ""}}}, "at '/providers/aws': additional properties 'accessKeyId' not allowed"),
+        ({"providers": [{"name": "aws", "type": "aws-iam", "accessKeyId": "AKIA"}]}, "at '/providers/0': additional properties 'accessKeyId' not allowed"),
         ({"replicaCount": "two"}, "at '/replicaCount'"),
         ({"operator": {"logFormat": "xml"}}, "at '/operator/logFormat'"),
         ({"watchNamespaces": ["Team_A"]}, "at '/watchNamespaces/0'"),
+        ({"providers": [{"name": "vault", "type": "vault-kv"}]}, "at '/providers/0/type'"),
+        ({"providers": [{"name": "Cluster_Tokens", "type": "kubernetes-token"}]}, "at '/providers/0/name'"),
+        ({"providers": [{"name": "aws", "type": "aws-iam", "credentialsSecret": "AWS admin"}]}, "at '/providers/0/credentialsSecret'"),
+        ({"providers": [{"type": "aws-iam"}]}, "at '/providers/0': missing property 'name'"),
+        ({"providers": {"aws": {"credentialsSecret": "aws-admin"}}}, "at '/providers'"),
+        ({"webhook": {"enabled": True, "failurePolicy": "Ignore"}}, "at '/webhook': additional properties 'failurePolicy' not allowed"),
     ],
-    ids=["top-level-typo", "nested-typo", "inline-credentials", "wrong-type", "bad-enum", "bad-namespace-name"],
+    ids=["top-level-typo", "nested-typo", "inline-credentials", "wrong-type", "bad-enum", "bad-namespace-name",
+         "unknown-provider-type", "bad-provider-name", "bad-credentials-secret-name", "provider-without-name",
+         "old-providers-map", "operator-owned-webhook-field"],
 )
 def test_values_schema_rejects_mistakes(cluster, values: dict, message: str) -> None:
     result = cluster.helm("template", "wso", str(CHART), "--kube-version", KUBE_VERSION, "-f", "-",
@@ -259,9 +332,23 @@ def test_values_schema_rejects_mistakes(cluster, values: dict, message: str) -> 
     assert "values don't meet the specifications of the schema" in result.stderr and message in result.stderr, result.stderr
 
 
-def test_several_replicas_need_peering(cluster) -> None:
-    result = cluster.helm("template", "wso", str(CHART), "--kube-version", KUBE_VERSION, "--set", "replicaCount=2", check=False)
-    assert result.returncode != 0 and "replicaCount > 1 needs peering.enabled=true" in result.stderr
+@pytest.mark.parametrize(
+    "values,message",
+    [
+        ({"replicaCount": 2}, "replicaCount > 1 needs peering.enabled=true"),
+        ({"replicaCount": 2, "peering": {"enabled": True}, "webhook": {"enabled": True}},
+         "replicaCount > 1 with webhook.enabled needs webhook.certSecret"),
+        ({"connect": {"enabled": True}}, "connect.publicURL is required with connect.enabled"),
+        ({"providers": [CLUSTER_TOKENS, {"name": "cluster-tokens", "type": "aws-iam"}]},
+         'providers: the name "cluster-tokens" is used twice'),
+    ],
+    ids=["several-replicas-need-peering", "ha-webhook-needs-a-shared-certificate", "connect-needs-a-public-url",
+         "duplicate-provider-name"],
+)
+def test_inconsistent_values_are_refused(cluster, values: dict, message: str) -> None:
+    result = cluster.helm("template", "wso", str(CHART), "--kube-version", KUBE_VERSION, "-f", "-",
+                          input=json.dumps(values), check=False)
+    assert result.returncode != 0 and message in result.stderr, result.stderr
 
 
 # --- against the API server -----------------------------------------------------------------------
@@ -296,7 +383,7 @@ def test_rendered_manifests_pass_server_side_dry_run(cluster, scratch_namespaces
     docs = render(cluster, values, namespace=scratch_namespaces["release"], release=f"dry-{name}")
     servable = [d for d in docs if d["kind"] not in KINDS_NEEDING_THIRD_PARTY_CRDS]
     skipped = sorted(d["kind"] for d in docs if d["kind"] in KINDS_NEEDING_THIRD_PARTY_CRDS)
-    assert skipped == {"metrics": ["ServiceMonitor"], "peering-ha": ["ClusterKopfPeering"]}.get(name, [])
+    assert skipped == {"metrics": ["ServiceMonitor"], "peering-ha": ["ClusterKopfPeering"], "webhook-ha": ["ClusterKopfPeering"]}.get(name, [])
     result = cluster.kubectl("apply", "--dry-run=server", "-o", "name", "-f", "-", input=yaml.safe_dump_all(servable))
     assert len(result.stdout.split()) == len(servable), result.stdout
     assert "Warning" not in result.stderr, result.stderr  # e.g. a Pod Security warning on the Deployment
@@ -349,12 +436,41 @@ def assert_permissions(cluster, kubeconfig: Path, *, allowed: list[str], denied:
     assert wrong == []
 
 
-def operator_args_from_deployment(cluster, release: Release) -> list[str]:
-    """The chart's own operator flags, minus --liveness (the test process picks a free local port)."""
+def chart_operator_args(cluster, release: Release, workdir: Path) -> list[str]:
+    """The operator flags of the installed chart's Deployment, for an operator run out of cluster. Only what
+    points into the pod is adapted: --liveness (the test process picks a free local port), the providers
+    file (the release's own ConfigMap content, written to a local file), the webhook's certificate
+    directory (a local directory instead of the emptyDir), port (a free one) and listen address (loopback)."""
     deployment = json.loads(cluster.kubectl("get", "deployment", f"{release.name}-{CHART_NAME}",
                                             "-n", release.namespace, "-o", "json").stdout)
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
-    return [a for a in args if not a.startswith("--liveness")]
+    local: list[str] = []
+    for arg in args:
+        flag, _, value = arg.partition("=")
+        if flag == "--liveness":
+            continue
+        if flag == "--providers-config":
+            config_map = json.loads(cluster.kubectl("get", "configmap", f"{release.name}-{CHART_NAME}-providers",
+                                                    "-n", release.namespace, "-o", "json").stdout)
+            path = workdir / "providers.yaml"
+            path.write_text(config_map["data"][Path(value).name])
+            arg = f"{flag}={path}"
+        elif flag == "--webhook-cert-dir":
+            arg = f"{flag}={workdir / 'webhook-certs'}"
+        elif flag == "--webhook-port":
+            arg = f"{flag}={free_port()}"
+        elif flag == "--webhook-listen-address":
+            arg = f"{flag}=127.0.0.1"
+        local.append(arg)
+    return local
+
+
+def flag_value(args: list[str], flag: str) -> str:
+    return next(a.partition("=")[2] for a in args if a.startswith(f"{flag}="))
+
+
+def refused_requests(log: str) -> list[str]:
+    return [line for line in log.splitlines() if RBAC_DENIED.search(line)]
 
 
 @pytest.fixture(scope="module")
@@ -399,7 +515,7 @@ def test_cluster_wide_service_account_has_only_what_it_needs(cluster, cluster_wi
         ],
         denied=[
             f"get configmaps -n {ns}", f"create pods -n {ns}", f"delete pods -n {ns}", f"patch deployments.apps -n {ns}",
-            "delete namespaces", "list namespaces", "list nodes", f"create serviceaccounts/token -n {ns}",
+            "delete namespaces", "list namespaces", "list nodes", f"create serviceaccounts --subresource=token -n {ns}",
             f"create workspacesecrets.workspace-secrets.io -n {ns}", f"delete workspacesecrets.workspace-secrets.io -n {ns}",
             "create mutatingwebhookconfigurations.admissionregistration.k8s.io", "create clusterrolebindings.rbac.authorization.k8s.io",
             f"create rolebindings.rbac.authorization.k8s.io -n {ns}", "impersonate serviceaccounts",
@@ -412,56 +528,205 @@ def test_cluster_wide_service_account_has_only_what_it_needs(cluster, cluster_wi
     assert refused.returncode != 0 and RBAC_DENIED.search(refused.stderr), refused.stderr
 
 
-@pytest.mark.timeout(420)
-def test_workspacesecret_suite_passes_with_only_the_chart_rbac(cluster, cluster_wide_release, shared_operator_paused, tmp_path) -> None:
-    """tests/e2e/test_workspacesecret.py in a nested pytest on this same cluster, whose operator process
-    authenticates with the ServiceAccount token only (WSO_E2E_OPERATOR_KUBECONFIG); the tests keep the admin
-    kubeconfig to create workspaces and inspect results."""
+@dataclass
+class NestedRun:
+    counts: dict[str, int]
+    operator_log: str
+
+
+def run_nested_e2e(cluster, operator_kubeconfig: Path, workdir: Path, *pytest_args: str,
+                   operator_args: list[str] | None = None, timeout: float = 400) -> NestedRun:
+    """tests/e2e/<file> in a nested pytest on this same cluster, whose operator process authenticates with
+    `operator_kubeconfig` only (WSO_E2E_OPERATOR_KUBECONFIG) and gets `operator_args` last
+    (WSO_E2E_OPERATOR_EXTRA_ARGS); the tests keep the admin kubeconfig to create workspaces and inspect
+    results."""
     # cluster.env() puts the pinned kubectl/helm first on PATH, which the nested session then uses.
     env = {k: v for k, v in cluster.env().items() if k not in {"PYTEST_ADDOPTS", "WSO_E2E_USE_KUBECONFIG"}}
-    env.update({"WSO_E2E_KUBECONFIG": str(cluster.kubeconfig),
-                "WSO_E2E_OPERATOR_KUBECONFIG": str(cluster_wide_release.kubeconfig)})
-    basetemp, junit = tmp_path / "nested", tmp_path / "nested.xml"
+    env.update({"WSO_E2E_KUBECONFIG": str(cluster.kubeconfig), "WSO_E2E_OPERATOR_KUBECONFIG": str(operator_kubeconfig),
+                "WSO_E2E_OPERATOR_EXTRA_ARGS": json.dumps(operator_args or [])})
+    basetemp, junit = workdir / "nested", workdir / "nested.xml"
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "tests/e2e/test_workspacesecret.py", "-q", "-p", "no:cacheprovider",
-         f"--basetemp={basetemp}", f"--junitxml={junit}"],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=400, check=False,
+        [sys.executable, "-m", "pytest", *pytest_args, "-q", "-p", "no:cacheprovider", f"--basetemp={basetemp}", f"--junitxml={junit}"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False,
     )
     assert result.returncode == 0, f"nested e2e run failed:\n{result.stdout[-6000:]}\n{result.stderr[-2000:]}"
     suite = ElementTree.parse(junit).getroot().find("testsuite")
     counts = {k: int(suite.get(k, "0")) for k in ("tests", "failures", "errors", "skipped")}
-    assert counts["tests"] >= 10 and counts["failures"] == counts["errors"] == counts["skipped"] == 0, counts
-    # The operator of the nested run: it used the token kubeconfig, and the API server refused it nothing.
     log = (basetemp / "operator0" / "operator.log").read_text(errors="replace")
+    # The operator of the nested run used the given kubeconfig, every time it started.
     starts = re.findall(r"===== operator start #\d+ \(kubeconfig (\S+)\) =====", log)
-    assert starts and set(starts) == {str(cluster_wide_release.kubeconfig)}, starts
-    refused = [line for line in log.splitlines() if RBAC_DENIED.search(line)]
-    assert refused == [], "the operator was refused requests with the chart's RBAC"
+    assert starts and set(starts) == {str(operator_kubeconfig)}, starts
+    return NestedRun(counts, log)
+
+
+@pytest.mark.timeout(420)
+def test_workspacesecret_suite_passes_with_only_the_chart_rbac(cluster, cluster_wide_release, shared_operator_paused, tmp_path) -> None:
+    """tests/e2e/test_workspacesecret.py, run by an operator holding only the chart ServiceAccount's token."""
+    run = run_nested_e2e(cluster, cluster_wide_release.kubeconfig, tmp_path, "tests/e2e/test_workspacesecret.py")
+    assert run.counts["tests"] >= 10 and run.counts["failures"] == run.counts["errors"] == run.counts["skipped"] == 0, run.counts
+    assert refused_requests(run.operator_log) == [], "the operator was refused requests with the chart's RBAC"
+
+
+@pytest.mark.timeout(240)
+def test_kubernetes_token_provider_configured_through_values(cluster, scratch_namespaces, shared_operator_paused, tmp_path) -> None:
+    """A kubernetes-token provider from the chart's `providers` value: tests/e2e/test_credentials.py's
+    kubernetes-token test, run by an operator holding only the chart ServiceAccount's token and reading the
+    release's rendered providers ConfigMap as its --providers-config (with the chart's --operator-namespace)."""
+    namespace, name = scratch_namespaces["release"], "wso-tok"
+    try:
+        helm_install(cluster, name, namespace, {"providers": [CLUSTER_TOKENS]})
+        release = Release(name, namespace, f"{name}-{CHART_NAME}",
+                          token_kubeconfig(cluster, namespace, f"{name}-{CHART_NAME}", tmp_path / "kubeconfig"))
+        team = scratch_namespaces["team-a"]
+        assert_permissions(cluster, release.kubeconfig,
+                           allowed=[f"create serviceaccounts --subresource=token -n {team}"],
+                           denied=[f"create serviceaccounts -n {team}", f"get serviceaccounts -n {team}",
+                                   f"create rolebindings.rbac.authorization.k8s.io -n {team}"])
+        args = chart_operator_args(cluster, release, tmp_path)
+        provider_args = [a for a in args if a.startswith(("--providers-config=", "--operator-namespace="))]
+        assert len(provider_args) == 2 and flag_value(args, "--operator-namespace") == namespace
+        assert yaml.safe_load(Path(flag_value(args, "--providers-config")).read_text()) == {"providers": [CLUSTER_TOKENS]}
+        run = run_nested_e2e(cluster, release.kubeconfig, tmp_path, "tests/e2e/test_credentials.py", "-k", "kubernetes_token",
+                             operator_args=provider_args, timeout=200)
+        assert run.counts == {"tests": 1, "failures": 0, "errors": 0, "skipped": 0}, run.counts
+        # The chart's file was the one in use: its only provider was configured, the test suite's own
+        # configuration (which also has aws-dev) was overridden.
+        assert "dynamic-credential provider 'cluster-tokens' (kubernetes-token) configured" in run.operator_log
+        assert "'aws-dev'" not in run.operator_log
+        assert refused_requests(run.operator_log) == [], "the operator was refused requests with the chart's RBAC"
+    finally:
+        cluster.helm("uninstall", name, "--namespace", namespace, check=False)
+
+
+# --- the webhook ----------------------------------------------------------------------------------------
+class _ServiceConnection(http.client.HTTPSConnection):
+    """HTTPS to 127.0.0.1, verifying the certificate for the Service's DNS name, as the API server does."""
+
+    def connect(self) -> None:
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+
+
+def admission_review(url_host: str, port: int, path: str, ca_pem: str, namespace: str, workspace_secret: str) -> dict:
+    """POST a pod-creation AdmissionReview (dry run) to the webhook at `path`, trusting only `ca_pem`."""
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": "probe", "namespace": namespace, "labels": {c.LABEL_WORKSPACE_SECRET: workspace_secret}},
+           "spec": {"containers": [{"name": "probe", "image": "registry.invalid/probe:1"}]}}
+    review = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+        "uid": "6f1c1c8e-1b1e-4c43-9d1a-000000000001", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+        "resource": {"group": "", "version": "v1", "resource": "pods"}, "namespace": namespace, "operation": "CREATE",
+        "userInfo": {"username": "e2e"}, "object": pod, "dryRun": True}}
+    connection = _ServiceConnection(url_host, port, context=ssl.create_default_context(cadata=ca_pem), timeout=10)
+    try:
+        connection.request("POST", path, body=json.dumps(review), headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        assert response.status == 200, response.status
+        return json.loads(response.read())
+    finally:
+        connection.close()
+
+
+@pytest.mark.timeout(180)
+def test_webhook_runs_with_the_chart_flags_and_rbac(cluster, shared_operator_paused, tmp_path) -> None:
+    """The chart's webhook flags and RBAC, with the operator run out of cluster on the chart ServiceAccount's
+    token: it takes over the chart's MutatingWebhookConfiguration changing nothing but caBundle, serves TLS
+    for the Service's name with that CA at the configured path; `helm upgrade` keeps caBundle and the
+    operator then has nothing to repair (no fight); `helm uninstall` deletes the configuration."""
+    namespace = _create_namespace(cluster, "wso-e2e-helm-wh-", {"pod-security.kubernetes.io/enforce": "restricted"})
+    name = "wso-hook"
+    config_name = f"{name}-{CHART_NAME}-webhook"
+    mwc = "mutatingwebhookconfigurations.admissionregistration.k8s.io"
+
+    def live() -> dict:
+        return json.loads(cluster.kubectl("get", mwc, config_name, "-o", "json").stdout)
+
+    operator = None
+    try:
+        helm_install(cluster, name, namespace, {"webhook": {"enabled": True}})
+        release = Release(name, namespace, f"{name}-{CHART_NAME}",
+                          token_kubeconfig(cluster, namespace, f"{name}-{CHART_NAME}", tmp_path / "kubeconfig"))
+        assert_permissions(
+            cluster, release.kubeconfig,
+            allowed=[f"get {mwc}/{config_name}", f"update {mwc}/{config_name}", f"create {mwc}"],
+            denied=[f"get {mwc}/workspace-secrets.io", f"update {mwc}/workspace-secrets.io", f"patch {mwc}/{config_name}",
+                    f"delete {mwc}/{config_name}", f"list {mwc}", f"get validatingwebhookconfigurations.admissionregistration.k8s.io/{config_name}"],
+        )
+        assert "caBundle" not in live()["webhooks"][0]["clientConfig"]
+        args = chart_operator_args(cluster, release, tmp_path) + ["--resync-interval=2"]
+        assert flag_value(args, "--webhook-configuration") == config_name
+        operator = OperatorProcess(str(release.kubeconfig), tmp_path / "operator", *args)
+        operator.start()
+        ca_bundle = wait_for(lambda: live()["webhooks"][0]["clientConfig"].get("caBundle"), timeout=30,
+                             what="the operator's caBundle in the chart's configuration")
+        # The chart's rendering differed from the operator's desired entry in caBundle only.
+        updates = re.findall(r"MutatingWebhookConfiguration '([^']+)' updated: webhook '[^']+' differs in ([a-zA-Z, ]+)", operator.log_text())
+        assert updates == [(config_name, "clientConfig")], updates
+        assert live()["metadata"]["annotations"]["meta.helm.sh/release-name"] == name, "still Helm's object"
+
+        # TLS for the Service's DNS name with exactly the published CA, and the path the configuration names.
+        hook = live()["webhooks"][0]
+        service = hook["clientConfig"]["service"]
+        review = admission_review(f"{service['name']}.{service['namespace']}.svc", int(flag_value(args, "--webhook-port")),
+                                  service["path"], base64.b64decode(ca_bundle).decode(), namespace, "no-such-workspace")
+        assert review["response"]["uid"] == "6f1c1c8e-1b1e-4c43-9d1a-000000000001"
+        assert review["response"]["allowed"] is False
+        assert "WorkspaceSecret 'no-such-workspace' does not exist" in review["response"]["status"]["message"]
+
+        # helm upgrade: caBundle survives (the chart never sets it) and the operator finds nothing to repair.
+        cluster.helm("upgrade", name, str(CHART), "--namespace", namespace, "--reuse-values", "--set", "podAnnotations.upgraded=yes")
+        after_upgrade = live()
+        assert after_upgrade["webhooks"][0]["clientConfig"].get("caBundle") == ca_bundle
+        time.sleep(5)  # two and a half --resync-interval periods
+        settled = live()
+        assert settled["metadata"]["resourceVersion"] == after_upgrade["metadata"]["resourceVersion"], "someone rewrote it"
+        assert len(re.findall(r"MutatingWebhookConfiguration '[^']+' updated", operator.log_text())) == 1
+        operator.stop()
+        assert refused_requests(operator.log_text()) == [], "the operator was refused requests with the chart's RBAC"
+
+        cluster.helm("uninstall", name, "--namespace", namespace)
+        gone = cluster.kubectl("get", mwc, config_name, check=False)
+        assert gone.returncode != 0 and "NotFound" in gone.stderr, "a fail-closed configuration was left behind"
+    finally:
+        if operator is not None:
+            operator.stop()
+        cluster.helm("uninstall", name, "--namespace", namespace, check=False)
+        _delete_namespaces(cluster, namespace)
 
 
 # --- namespaced mode --------------------------------------------------------------------------------
 def test_namespaced_mode_smoke(cluster, shared_operator_paused, tmp_path) -> None:
+    """Namespaced RBAC with providers: the admin credentials Secret readable by name in the release
+    namespace only, TokenRequest only in the watched namespace; a token credential is minted with it."""
     release_ns = _create_namespace(cluster, "wso-e2e-helm-ns-", {"pod-security.kubernetes.io/enforce": "restricted"})
     watched = _create_namespace(cluster, "wso-e2e-watched-")
     unwatched = _create_namespace(cluster, "wso-e2e-unwatched-")
     name = "wso-ns"
+    # The aws-iam provider is only built at start-up (a boto3 client; no request is made): enough to prove the
+    # operator reads its credentials Secret with the chart's Role. Placeholder values, not credentials.
+    aws = {"name": "aws-dev", "type": "aws-iam", "credentialsSecret": "aws-admin",
+           "config": {"region": "us-east-1", "endpointURL": "http://127.0.0.1:9"}}
     try:
-        helm_install(cluster, name, release_ns, {"watchNamespaces": [watched]})
+        with cluster.api_client() as api_client:
+            k8s.CoreV1Api(api_client).create_namespaced_secret(release_ns, {"metadata": {"name": "aws-admin"}, "stringData": {
+                "AWS_ACCESS_KEY_ID": "AKIAPLACEHOLDER", "AWS_SECRET_ACCESS_KEY": "placeholder-not-a-credential"}})
+        helm_install(cluster, name, release_ns, {"watchNamespaces": [watched], "providers": [CLUSTER_TOKENS, aws]})
         release = Release(name, release_ns, f"{name}-{CHART_NAME}",
                           token_kubeconfig(cluster, release_ns, f"{name}-{CHART_NAME}", tmp_path / "kubeconfig"))
         assert_permissions(
             cluster, release.kubeconfig,
             allowed=[f"list secrets -n {watched}", f"create secrets -n {watched}",
                      f"patch workspacesecrets.workspace-secrets.io --subresource=status -n {watched}",
-                     "watch namespaces", "watch customresourcedefinitions.apiextensions.k8s.io"],
+                     "watch namespaces", "watch customresourcedefinitions.apiextensions.k8s.io",
+                     f"get secrets/aws-admin -n {release_ns}", f"create serviceaccounts --subresource=token -n {watched}"],
             denied=[f"list secrets -n {unwatched}", f"get secrets -n {unwatched}", f"get secrets -n {release_ns}",
+                    f"get secrets/other -n {release_ns}", f"list secrets -n {release_ns}",
                     "list secrets --all-namespaces", f"list workspacesecrets.workspace-secrets.io -n {unwatched}",
                     "list workspacesecrets.workspace-secrets.io --all-namespaces", f"get deployments.apps -n {unwatched}",
                     f"create events -n {unwatched}", f"get configmaps -n {watched}", f"create pods -n {watched}",
-                    "delete namespaces"],
+                    f"create serviceaccounts --subresource=token -n {unwatched}", "delete namespaces"],
         )
-        args = operator_args_from_deployment(cluster, release)
-        assert f"--namespace={watched}" in args
+        args = chart_operator_args(cluster, release, tmp_path)
+        assert f"--namespace={watched}" in args and flag_value(args, "--operator-namespace") == release_ns
         operator = OperatorProcess(str(release.kubeconfig), tmp_path / "operator", *args)
         operator.start()
         try:
@@ -478,10 +743,18 @@ def test_namespaced_mode_smoke(cluster, shared_operator_paused, tmp_path) -> Non
                 wait_for(lambda: api.secret_digests(watched, "amy") == original, timeout=20, what="deleted Secret restored")
                 assert not (api.get_ws(unwatched, "ignored") or {}).get("status"), "an unwatched namespace was reconciled"
                 assert api.get_secret(unwatched, "ignored") is None
+                # A token from the chart-configured provider, minted with the watched namespace's Role.
+                api.core.create_namespaced_service_account(watched, {"metadata": {"name": "ci-bot"}})
+                api.create_ws(watched, "tok", {"user": "amy", "workspaceRef": {"kind": "Pod", "name": "not-yet"}, "credentials": [
+                    {"name": "kube", "provider": "cluster-tokens", "parameters": {"serviceAccount": "ci-bot"}}]})
+                api.wait_condition(watched, "tok")
+                assert "kube.token" in (api.secret_digests(watched, "tok") or {})
         finally:
             operator.stop()
-        refused = [line for line in operator.log_text().splitlines() if RBAC_DENIED.search(line)]
-        assert refused == [], "the operator was refused requests with the chart's namespaced RBAC"
+        log = operator.log_text()
+        for provider in ("'cluster-tokens' (kubernetes-token)", "'aws-dev' (aws-iam)"):
+            assert f"dynamic-credential provider {provider} configured" in log, provider
+        assert refused_requests(log) == [], "the operator was refused requests with the chart's namespaced RBAC"
         cluster.helm("uninstall", name, "--namespace", release_ns)
         assert cluster.kubectl("get", "role,rolebinding", "-n", watched, "-o", "name").stdout.strip() == ""
     finally:
@@ -493,11 +766,12 @@ def test_namespaced_mode_smoke(cluster, shared_operator_paused, tmp_path) -> Non
 INSTALLABLE_EVERYTHING = {
     "webhook": {"enabled": True},
     "metrics": {"enabled": True},
-    "connect": {"enabled": True, "oauthClientSecrets": ["github-oauth"], "ingress": {"enabled": True}},
-    "providers": {"aws": {"credentialsSecret": "aws-admin"}, "kubernetes": {"enabled": True}},
+    "connect": {"enabled": True, "publicURL": "https://workspace-secrets.example.com", "oauthClientSecrets": ["github-oauth"],
+                "ingress": {"enabled": True}},
+    "providers": PROVIDERS,
     "networkPolicy": {"enabled": True},
 }
-RELEASE_KINDS = ("serviceaccounts,deployments.apps,replicasets.apps,pods,services,roles.rbac.authorization.k8s.io,"
+RELEASE_KINDS = ("serviceaccounts,configmaps,deployments.apps,replicasets.apps,pods,services,roles.rbac.authorization.k8s.io,"
                  "rolebindings.rbac.authorization.k8s.io,networkpolicies.networking.k8s.io,ingresses.networking.k8s.io")
 CLUSTER_KINDS = ("clusterroles.rbac.authorization.k8s.io,clusterrolebindings.rbac.authorization.k8s.io,"
                  "mutatingwebhookconfigurations.admissionregistration.k8s.io")
@@ -517,7 +791,7 @@ def test_uninstall_removes_everything_but_the_crds(cluster) -> None:
         helm_install(cluster, name, namespace, INSTALLABLE_EVERYTHING)
         manifest = [d for d in yaml.safe_load_all(cluster.helm("get", "manifest", name, "-n", namespace).stdout) if d]
         kinds = {d["kind"] for d in manifest}
-        assert {"MutatingWebhookConfiguration", "Ingress", "NetworkPolicy", "ClusterRole", "Role", "Service"} <= kinds
+        assert {"MutatingWebhookConfiguration", "Ingress", "NetworkPolicy", "ClusterRole", "Role", "Service", "ConfigMap"} <= kinds
         before = wait_for(lambda: (found := leftovers()) and any(n.startswith("pod/") for n in found) and found,
                           timeout=30, what="the release's objects and pod")
         assert len(before) >= len(manifest)

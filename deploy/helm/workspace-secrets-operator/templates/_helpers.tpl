@@ -29,9 +29,47 @@
 {{- default (include "wso.fullname" .) .Values.peering.name -}}
 {{- end -}}
 
-{{/* Also the name of the MutatingWebhookConfiguration, which the operator patches (caBundle). */}}
+{{/* The webhook's Service, and also the name of the MutatingWebhookConfiguration (--webhook-configuration),
+     which the operator keeps in sync (caBundle). */}}
 {{- define "wso.webhookName" -}}
 {{- printf "%s-webhook" (include "wso.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Where the webhook's certificate directory is mounted (--webhook-cert-dir). */}}
+{{- define "wso.webhookCertDir" -}}
+/var/run/workspace-secrets-operator/webhook-certs
+{{- end -}}
+
+{{/* The providers ConfigMap, its mount and the file passed as --providers-config. */}}
+{{- define "wso.providersConfigMap" -}}
+{{- printf "%s-providers" (include "wso.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- define "wso.providersDir" -}}
+/etc/workspace-secrets-operator/providers
+{{- end -}}
+{{- define "wso.providersFile" -}}
+providers.yaml
+{{- end -}}
+
+{{/* The --providers-config file's content: the `providers` value as the operator reads it
+     (controllers/provider_setup.py). Fails on a duplicate provider name, which the operator would
+     otherwise resolve silently (the last one wins). */}}
+{{- define "wso.providersConfig" -}}
+{{- $seen := dict -}}
+{{- range .Values.providers -}}
+{{- if hasKey $seen .name -}}
+{{- fail (printf "providers: the name %q is used twice; each provider needs its own name (WorkspaceSecrets reference it in spec.credentials[].provider)" .name) -}}
+{{- end -}}
+{{- $_ := set $seen .name true -}}
+{{- end -}}
+{{- toYaml (dict "providers" .Values.providers) -}}
+{{- end -}}
+
+{{/* "true" if a provider of type kubernetes-token is configured (it needs TokenRequest RBAC). */}}
+{{- define "wso.tokenProvider" -}}
+{{- range .Values.providers -}}
+{{- if eq .type "kubernetes-token" -}}true{{- end -}}
+{{- end -}}
 {{- end -}}
 
 {{- define "wso.image" -}}
@@ -61,8 +99,8 @@ app.kubernetes.io/part-of: workspace-secrets-operator
      clients). Sorted and de-duplicated, one name per line. */}}
 {{- define "wso.referencedSecrets" -}}
 {{- $names := list -}}
-{{- range $provider := list "aws" "gcp" "postgres" "twilio" -}}
-{{- with (index $.Values.providers $provider).credentialsSecret -}}
+{{- range .Values.providers -}}
+{{- with .credentialsSecret -}}
 {{- $names = append $names . -}}
 {{- end -}}
 {{- end -}}
@@ -124,8 +162,9 @@ app.kubernetes.io/part-of: workspace-secrets-operator
 - apiGroups: ["apps"]
   resources: ["deployments", "statefulsets"]
   verbs: ["get"]
-{{- if .Values.providers.kubernetes.enabled }}
-# Kubernetes ServiceAccount token provider (providers.kubernetes.enabled): TokenRequest.
+{{- if include "wso.tokenProvider" . }}
+# A kubernetes-token provider is configured: it mints tokens with the TokenRequest API (bound to an anchor
+# Secret it creates, which the Secret rules above already allow).
 - apiGroups: [""]
   resources: ["serviceaccounts/token"]
   verbs: ["create"]
