@@ -130,8 +130,8 @@ app.kubernetes.io/part-of: workspace-secrets-operator
 - apiGroups: ["workspace-secrets.io"]
   resources: ["workspacesecrets/finalizers"]
   verbs: ["update"]
-{{- if .Values.connect.enabled }}
-# UserTokens (connect.enabled).
+# UserTokens: the operator always reconciles them (refresh, validation, revocation); only the connect page
+# that starts new authorizations is optional (connect.enabled).
 - apiGroups: ["workspace-secrets.io"]
   resources: ["usertokens"]
   verbs: ["get", "list", "watch", "patch", "update"]
@@ -141,7 +141,6 @@ app.kubernetes.io/part-of: workspace-secrets-operator
 - apiGroups: ["workspace-secrets.io"]
   resources: ["usertokens/finalizers"]
   verbs: ["update"]
-{{- end }}
 # Secrets: per-user key Secrets and workspace Secrets are created, repaired and deleted; bring-your-own
 # key Secrets are read. list/watch are only ever used with the operator's label selector, but RBAC
 # cannot express a label restriction.
