@@ -136,7 +136,7 @@ def _default(docs: list[dict]) -> None:
     rules = rules_of(one(docs, "ClusterRole"))
     assert ("", "secrets", "list") in rules and ("workspace-secrets.io", "workspacesecrets/status", "patch") in rules
     assert ("apiextensions.k8s.io", "customresourcedefinitions", "watch") in rules
-    assert not {r for r in rules if r[1].startswith(("configmaps", "namespaces", "mutatingwebhook", "serviceaccounts", "usertokens"))}
+    assert not {r for r in rules if r[1].startswith(("configmaps", "namespaces", "mutatingwebhook", "serviceaccounts"))}
     assert not {r for r in rules if r[1] in {"pods", "deployments", "statefulsets", "persistentvolumeclaims"} and r[2] != "get"}
     assert not of_kind(docs, "Role") and not of_kind(docs, "Service") and not of_kind(docs, "PodDisruptionBudget")
     assert not of_kind(docs, "MutatingWebhookConfiguration") and not of_kind(docs, "NetworkPolicy")
@@ -519,7 +519,7 @@ def test_cluster_wide_service_account_has_only_what_it_needs(cluster, cluster_wi
             f"create workspacesecrets.workspace-secrets.io -n {ns}", f"delete workspacesecrets.workspace-secrets.io -n {ns}",
             "create mutatingwebhookconfigurations.admissionregistration.k8s.io", "create clusterrolebindings.rbac.authorization.k8s.io",
             f"create rolebindings.rbac.authorization.k8s.io -n {ns}", "impersonate serviceaccounts",
-            "delete customresourcedefinitions.apiextensions.k8s.io", f"list usertokens.workspace-secrets.io -n {ns}",
+            "delete customresourcedefinitions.apiextensions.k8s.io", f"create usertokens.workspace-secrets.io -n {ns}",
         ],
     )
     # A real refusal, with the token: also shows that RBAC_DENIED (the operator-log check) matches the API

@@ -42,7 +42,11 @@ from ..api.constants import PUBLIC_CREDENTIAL_FIELDS
 from ..domain import sshkeys
 
 #: Entries of a Secret that are public by design (see the module docstring).
-PUBLIC_SECRET_KEYS: Final = frozenset({"ssh-publickey", "known_hosts", "GIT_SSH_COMMAND"})
+PUBLIC_SECRET_KEYS: Final = frozenset({
+    "ssh-publickey", "known_hosts", "GIT_SSH_COMMAND",
+    # UserToken Secrets: metadata shown in status too (expiry time, token type, login name, Vault address).
+    "expires-at", "token-type", "git-username", "vault-addr",
+})
 
 
 def is_public_key(key: str) -> bool:
