@@ -335,9 +335,18 @@ class UserTokenController:
             identity = Identity(login=status.get("login", ""), user_id=status.get("providerUserID", ""))
             key_id = (status.get("sshKey") or {}).get("id")
             try:
-                if key_id and provider.supports_ssh_keys:
-                    await provider.delete_ssh_key(tokens, identity, key_id)
-                    await self._events.normal(_ref(body), "SSHKeyRemoved", f"Removed SSH key {key_id} from {where}.")
+                if provider.supports_ssh_keys:
+                    # The recorded key, and the user's current key if an upload was not recorded yet (a rotation
+                    # re-upload racing this deletion): nothing the operator uploaded is left behind.
+                    key_ids = [key_id] if key_id else []
+                    if ut.add_ssh_key:
+                        public = await self._user_public_key(ut)
+                        found = await provider.find_ssh_key(tokens, identity, public) if public else None
+                        if found is not None and found.id not in key_ids:
+                            key_ids.append(found.id)
+                    for kid in key_ids:
+                        await provider.delete_ssh_key(tokens, identity, kid)
+                        await self._events.normal(_ref(body), "SSHKeyRemoved", f"Removed SSH key {kid} from {where}.")
                 if provider.supports_revocation:
                     client = await self._client(ut)
                     await provider.revoke(client, tokens)
@@ -353,6 +362,10 @@ class UserTokenController:
         if owned:
             await self._kube.delete(path, uid=secret["metadata"]["uid"])  # type: ignore[index]
         log.info("UserToken %s/%s cleaned up", ut.namespace, ut.name)
+
+    async def _user_public_key(self, ut: UserToken) -> str:
+        secret = await self._kube.get(core_path(ut.namespace, "secrets", user_key_secret_name(ut.user, KeySpec())))
+        return base64.b64decode((secret or {}).get("data", {}).get(c.KEY_SSH_PUBLIC, "")).decode().strip()
 
     # --- status ----------------------------------------------------------------------------------------------
     async def _write_status(self, body: Mapping[str, Any], fields: Mapping[str, Any], conditions: list[Condition]) -> dict[str, Any]:

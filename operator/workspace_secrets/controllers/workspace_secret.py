@@ -190,8 +190,9 @@ class WorkspaceSecretController:
             credential_env=tuple(creds.env) if creds is not None else (),
             user_secrets=written.user_secrets,
         )
-        await self._write_status(body, ws, policy.conditions(ws, obs), policy.desired_status(ws, obs))
+        # Events first: whoever sees the new status can already read the Event that explains it.
         await self._announce(body, ws, obs)
+        await self._write_status(body, ws, policy.conditions(ws, obs), policy.desired_status(ws, obs))
         if creds is not None:
             for type_, reason, message in creds.events:
                 await (self._events.normal if type_ == "Normal" else self._events.warning)(_ref(ws), reason, message)
