@@ -5,7 +5,7 @@ VENV   ?= .venv
 PYTHON ?= python3
 BIN    := $(VENV)/bin
 
-.PHONY: run test unit e2e lint audit venv tools system-deps clean chart-crds helm-e2e
+.PHONY: run test unit e2e lint audit venv tools system-deps clean chart-crds helm-e2e bench
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -54,6 +54,15 @@ chart-crds:
 # holds only the chart's ServiceAccount token (see tests/e2e/test_helm.py).
 helm-e2e: venv tools
 	$(BIN)/pytest tests/e2e/test_helm.py
+
+# Benchmarks (docs/benchmarks.md): `make bench` (1,000 objects), `make bench BENCH_ARGS="--mode long"` (10,000),
+# BENCH_ARGS="--kubeconfig PATH" for another cluster. Not part of `make test`: benchmarks never fail CI on timing.
+BENCH_ARGS ?=
+bench: venv tools $(VENV)/.bench-installed
+	$(BIN)/python -m bench $(BENCH_ARGS)
+$(VENV)/.bench-installed: pyproject.toml
+	$(BIN)/pip install --quiet -e '.[bench]'
+	touch $@
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -52,10 +52,12 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--watch-unhealthy-threshold", type=float, default=60.0,
                          help="seconds a Secret watch may stay disconnected before the liveness probe fails")
         cmd.add_argument("--api-concurrency", type=int, default=16, help="parallel Kubernetes API requests")
-        cmd.add_argument("--api-qps", type=float, default=50.0,
-                         help="steady rate of the operator's own API requests (kopf's are separate); 0: unlimited")
+        cmd.add_argument("--api-qps", type=float, default=0.0,
+                         help="client-side pacing of the operator's own API requests per second (kopf's are separate); "
+                              "0 (default): none, rely on the API server's Priority and Fairness and --api-concurrency")
         cmd.add_argument("--api-burst", type=int, default=100, help="requests allowed in a burst above --api-qps")
-        cmd.add_argument("--workers", type=int, default=4, help="workers for watch- and resync-driven reconciles")
+        cmd.add_argument("--workers", type=int, default=16,
+                         help="WorkspaceSecret reconciles running at a time (each holds one object and mostly waits on the API)")
         cmd.add_argument("--resync-interval", type=float, default=300.0, help="seconds between safety-net resyncs")
         cmd.add_argument("--sweep-interval", type=float, default=600.0, help="seconds between orphaned-credential sweeps")
         cmd.add_argument("--providers-config", default=os.environ.get("WSO_PROVIDERS_CONFIG"),
@@ -169,6 +171,7 @@ def _run(args: argparse.Namespace) -> int:
         log_refkey="object",
     )
     _quiet_client_libraries()
+    logging.getLogger("kopf.objects").addFilter(_ObserveSuccessFilter(verbose=args.verbose))
     # Our identity in the peering object, shared with kopf so both read the same entry. In a pod,
     # POD_ID (the pod name, from the downward API) makes it readable in `kubectl get clusterkopfpeering -o yaml`.
     identity = f"{os.environ.get('POD_ID') or socket.gethostname()}/{os.getpid()}/{secrets.token_hex(3)}"
@@ -179,7 +182,7 @@ def _run(args: argparse.Namespace) -> int:
         api_concurrency=args.api_concurrency,
         api_qps=args.api_qps,
         api_burst=args.api_burst,
-        secret_workers=args.workers,
+        workers=args.workers,
         resync_interval=args.resync_interval,
         watch_unhealthy_threshold=args.watch_unhealthy_threshold,
         peering=args.peering,
@@ -206,6 +209,19 @@ def _run(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+class _ObserveSuccessFilter(logging.Filter):
+    """kopf logs every event handler's success at INFO; for the WorkspaceSecret `observe` handler that
+    is a line per watch event of every object (three per new object), saying nothing the operator's
+    own lines do not. Kept with --verbose."""
+
+    def __init__(self, *, verbose: bool) -> None:
+        super().__init__()
+        self._verbose = verbose
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self._verbose or record.getMessage() != "Handler 'observe' succeeded."
 
 
 def _quiet_client_libraries() -> None:

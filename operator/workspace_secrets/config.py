@@ -28,9 +28,13 @@ class OperatorConfig:
     namespaces: tuple[str, ...] = ()  # empty: cluster-wide
     kubeconfig: str | None = None
     api_concurrency: int = 16  # parallel API requests (thread pool + connection pool size)
-    api_qps: float = 50.0  # client-side pacing of our own API requests (0: unlimited) ...
-    api_burst: int = 100  # ... with bursts up to this many
-    secret_workers: int = 4  # reconciles driven by the Secret watch and resyncs
+    # Client-side pacing of our own API requests (0: none, the default). Like controller-runtime (PR
+    # #3119, on SIG API Machinery's advice) we rely on the API server's Priority and Fairness, with the
+    # number of requests in flight bounded by api_concurrency: at 50 QPS, a reconcile's ~10 requests
+    # capped a burst of new workspaces at ~5/s (docs/benchmarks.md).
+    api_qps: float = 0.0
+    api_burst: int = 100  # bursts above api_qps, when that is set
+    workers: int = 16  # WorkspaceSecret reconciles running at a time (each holds one object and waits on the API)
     resync_interval: float = 300.0  # seconds between safety-net resyncs of every WorkspaceSecret
     sweep_interval: float = 600.0  # seconds between orphan sweeps at the credential providers
     providers_config: str | None = None  # YAML file naming the dynamic-credential providers (see README)

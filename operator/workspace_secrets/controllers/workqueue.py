@@ -1,6 +1,9 @@
-"""A small deduplicating work queue (the client-go workqueue idea) for reconciles that do not come from
-kopf: changes seen on our own Secrets, periodic resyncs, and delayed re-checks (e.g. a workspace that
-does not exist yet). A key queued twice before a worker takes it is reconciled once; a failed key is
+"""A small deduplicating work queue (the client-go workqueue idea) that runs every WorkspaceSecret
+reconcile: changes of WorkspaceSecrets (from kopf's watch), changes seen on our own Secrets, periodic
+resyncs, and delayed re-checks (e.g. a workspace that does not exist yet). The number of workers bounds
+how many reconciles run -- and hold objects in memory -- at a time, and lets a burst finish object by
+object instead of all at once at the end. A key queued twice before a worker takes it is reconciled
+once; a failed key is
 retried with per-key exponential backoff (never sooner than the API server's Retry-After); a key
 scheduled for later twice keeps only the earlier time.
 
@@ -52,6 +55,9 @@ class WorkQueue:
 
     def add_after(self, key: Hashable, delay: float) -> None:
         """Queue `key` after `delay` seconds; an earlier pending schedule of the same key wins."""
+        if delay <= 0:
+            self.add(key)
+            return
         loop = asyncio.get_running_loop()
         existing = self._delayed.get(key)
         if existing is not None and not existing.cancelled() and existing.when() <= loop.time() + delay:

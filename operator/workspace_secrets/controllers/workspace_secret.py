@@ -87,20 +87,51 @@ class WorkspaceSecretController:
         self._locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = weakref.WeakValueDictionary()
         # resourceVersions of Secrets we wrote ourselves, so the Secret watch can skip our own echoes.
         self.written: dict[tuple[str, str], str] = {}
+        # Secrets we are creating right now: their ADDED event can arrive before create() returns (and
+        # before `written` knows the resourceVersion); a create succeeds only once, so that event is ours.
+        self.creating: set[tuple[str, str]] = set()
+        # hash(policy.essence(body)) of each WorkspaceSecret as last reconciled: a watch event with the
+        # same essence only echoes our own status/ownerReference writes and needs no work.
+        self._handled: dict[tuple[str, str], int] = {}
         self._key_cache: dict[tuple[str, str, str], SSHKeyPair] = {}
 
     # --- entry points ---------------------------------------------------------------------------
+    def observe(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        """Every watch event of a WorkspaceSecret (from kopf) lands here and costs no API call: a
+        reconcile is queued only when the object's essence differs from the one last reconciled. The
+        work queue runs a bounded number of reconciles at a time, each on the object's latest state, so
+        a burst of 10,000 creations holds 10,000 keys in memory, not 10,000 bodies and handlers."""
+        meta = body.get("metadata") or {}
+        key = (meta.get("namespace", ""), meta.get("name", ""))
+        if event_type == "DELETED":
+            self._handled.pop(key, None)
+            return
+        if meta.get("deletionTimestamp") or self._handled.get(key) == hash(policy.essence(body)):
+            return
+        self._schedule(key[0], key[1], 0.0)
+
     async def reconcile(self, body: Mapping[str, Any]) -> None:
+        """Reconcile this body as it is (tests and tools; the operator goes through reconcile_by_name)."""
         meta = body["metadata"]
         async with self._lock(meta["namespace"], meta["name"]):
             await self._measured(body)
 
     async def reconcile_by_name(self, namespace: str, name: str) -> None:
-        """Used by the Secret watch, the resync loop and re-checks: fetch the latest object, reconcile it."""
+        """What the work queue runs for every key (watch events, our Secrets' changes, resyncs, re-checks):
+        fetch the latest object, then reconcile it."""
+        key = (namespace, name)
         async with self._lock(namespace, name):
             body = await self._kube.get(_ws_path(namespace, name))
-            if body is not None:
+            if body is None:
+                self._handled.pop(key, None)
+                return
+            # Recorded before our writes, so that their echoes (arriving while we work) are recognized.
+            self._handled[key] = hash(policy.essence(body))
+            try:
                 await self._measured(body)
+            except BaseException:
+                self._handled.pop(key, None)  # the queue retries it; any event meanwhile queues it too
+                raise
 
     async def _measured(self, body: Mapping[str, Any]) -> None:
         """One reconcile, counted by result and timed (the metrics an operator of this operator reads)."""
@@ -145,10 +176,10 @@ class WorkspaceSecretController:
         return message
 
     async def names_for_user(self, namespace: str, user: str) -> list[str]:
-        listing = await self._kube.list(group_path(c.API_VERSION, namespace, c.WORKSPACE_SECRET_PLURAL))
-        return [
-            item["metadata"]["name"] for item in listing.get("items", ()) if (item.get("spec") or {}).get("user") == user
-        ]
+        names = []
+        async for page in self._kube.list_pages(group_path(c.API_VERSION, namespace, c.WORKSPACE_SECRET_PLURAL)):
+            names += [item["metadata"]["name"] for item in page if (item.get("spec") or {}).get("user") == user]
+        return names
 
     def _lock(self, namespace: str, name: str) -> asyncio.Lock:
         key = (namespace, name)
@@ -316,12 +347,17 @@ class WorkspaceSecretController:
         operator is down."""
         ref = ws.workspace_ref
         api_version, plural = WORKSPACE_KINDS[ref.kind]
+        owners = list(body["metadata"].get("ownerReferences") or ())
+        for owner in owners:
+            if owner.get("kind") == ref.kind and owner.get("name") == ref.name and owner.get("uid"):
+                # Already bound: no need to look again. Should that workspace be gone (or replaced by a
+                # namesake), the garbage collector deletes this WorkspaceSecret through that reference.
+                return str(owner["uid"])
         path = core_path(ws.namespace, plural, ref.name) if api_version == "v1" else group_path(api_version, ws.namespace, plural, ref.name)
         workspace = await self._kube.get(path)
         if workspace is None or workspace["metadata"].get("deletionTimestamp"):
             return None
         uid = workspace["metadata"]["uid"]
-        owners = list(body["metadata"].get("ownerReferences") or ())
         if not any(o.get("uid") == uid for o in owners):
             owners.append({"apiVersion": api_version, "kind": ref.kind, "name": ref.name, "uid": uid})
             try:
@@ -337,9 +373,19 @@ class WorkspaceSecretController:
 
     # --- the Secret -----------------------------------------------------------------------------
     async def _apply_secret(self, ws: WorkspaceSecret, key: SSHKeyPair) -> SecretOutcome:
-        """Compose the workspace Secret (SSH key, credentials, user secrets) and write it if it differs."""
+        """Compose the workspace Secret (SSH key, credentials, user secrets) and write it if it differs.
+
+        A WorkspaceSecret never reconciled before (no status.secretName) and without credentials almost
+        certainly has no Secret yet: it is created without looking first (one request less per new
+        workspace). A 409 -- our own Secret from an interrupted attempt, or somebody else's -- falls
+        back to looking, as for every other object. Not with credentials: what is minted depends on
+        the ledger in the existing Secret."""
+        fresh = not ws.credentials and "secretName" not in ws.status
+        return await self._write_secret(ws, key, look_first=not fresh)
+
+    async def _write_secret(self, ws: WorkspaceSecret, key: SSHKeyPair, *, look_first: bool) -> SecretOutcome:
         path = core_path(ws.namespace, "secrets", ws.secret_name)
-        existing = await self._kube.get(path)
+        existing = await self._kube.get(path) if look_first else None
         if existing is not None and not policy.is_owned_by(existing, ws.uid):
             return SecretOutcome(policy.SecretAction.CONFLICT, problem=policy.Problem("SecretConflict", policy.conflict_message(existing, ws)))
         creds = None
@@ -353,10 +399,16 @@ class WorkspaceSecretController:
         )
         action = policy.secret_action(existing, desired, ws.uid)
         if action is policy.SecretAction.CREATE:
+            secret_key = (ws.namespace, ws.secret_name)
+            self.creating.add(secret_key)
             try:
                 self._remember(await self._kube.create(path.rsplit("/", 1)[0], desired), c.COMPONENT_WORKSPACE_SECRET, "create")
             except Conflict:
+                if not look_first:
+                    return await self._write_secret(ws, key, look_first=True)
                 raise RetryLater(f"Secret {ws.secret_name!r} appeared while creating it") from None
+            finally:
+                self.creating.discard(secret_key)
         elif action is policy.SecretAction.UPDATE:
             assert existing is not None
             try:

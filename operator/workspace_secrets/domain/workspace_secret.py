@@ -152,6 +152,27 @@ def conflict_message(existing: Mapping[str, Any], ws: WorkspaceSecret) -> str:
     )
 
 
+# --- when to reconcile ---------------------------------------------------------------------------
+#: Annotations only kopf writes on a WorkspaceSecret: its diff base and the progress of the
+#: revoke-credentials delete handler. Their changes are never a reason to reconcile again.
+KOPF_BOOKKEEPING_ANNOTATIONS = frozenset({f"{c.GROUP}/last-handled-configuration", f"{c.GROUP}/revoke-credentials"})
+
+
+def essence(body: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What a reconcile's outcome depends on in the object itself: its incarnation (uid), its spec (by
+    generation), its labels and annotations (a rotation request, or any annotation a user sets to ask
+    for a fresh look). The operator's own writes -- status, ownerReferences, kopf's bookkeeping -- leave
+    it unchanged, so watch events that only echo those writes are recognized without an API call."""
+    meta = body.get("metadata") or {}
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k not in KOPF_BOOKKEEPING_ANNOTATIONS}
+    return (
+        meta.get("uid"),
+        meta.get("generation"),
+        tuple(sorted((meta.get("labels") or {}).items())),
+        tuple(sorted(annotations.items())),
+    )
+
+
 # --- status --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Problem:

@@ -72,6 +72,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 10
     settings.networking.request_timeout = 60
+    # Page kopf's initial listing of WorkspaceSecrets (10,000 objects in one response is a memory
+    # spike), and let its per-object workers exit soon: the observe handler only queues a key, so a
+    # worker lingering for kopf's default 5 s only holds on to the last body it saw.
+    settings.watching.chunk_size = 500
+    settings.queueing.idle_timeout = 1.0
     # A replica killed without a goodbye is considered gone after this long: the failover time.
     settings.peering.lifetime = config.peering_lifetime
 
@@ -82,10 +87,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     kube = Kube.from_environment(kubeconfig=config.kubeconfig, max_concurrency=config.api_concurrency,
                                  qps=config.api_qps, burst=config.api_burst)
     providers, unavailable = await load_providers(config.providers_config, kube, config.operator_namespace)
-    queue = WorkQueue(lambda key: controller.reconcile_by_name(*key), workers=config.secret_workers,
+    queue = WorkQueue(lambda key: controller.reconcile_by_name(*key), workers=config.workers,
                       name=c.WORKSPACE_SECRET_PLURAL, active=active)
     controller = WorkspaceSecretController(
-        kube, EventRecorder(kube),
+        kube, EventRecorder(kube, instance=config.identity),
         credentials=CredentialManager(providers, clock=utcnow, unavailable=unavailable),
         schedule=lambda namespace, name, delay: queue.add_after((namespace, name), delay),
     )
@@ -102,7 +107,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         key = (meta.get("namespace"), meta.get("name"))
         if type_ == "DELETED":
             controller.written.pop(key, None)
-        elif controller.written.get(key) == meta.get("resourceVersion"):
+        elif controller.written.get(key) == meta.get("resourceVersion") or (type_ == "ADDED" and key in controller.creating):
             return  # the echo of our own write
         labels = meta.get("labels") or {}
         component = labels.get(c.LABEL_COMPONENT)
@@ -149,12 +154,11 @@ async def _enqueue_all(memo: kopf.Memo, config: OperatorConfig) -> None:
     """Queue every WorkspaceSecret once (deduplicated, so a burst never exceeds the worker count)."""
     for path in _ws_paths(config):
         try:
-            listing = await memo.kube.list(path)
+            async for page in memo.kube.list_pages(path):
+                for item in page:
+                    memo.queue.add((item["metadata"]["namespace"], item["metadata"]["name"]))
         except Exception as exc:  # noqa: BLE001 - retried next interval
             log.warning("resync listing failed: %s", exc)
-            continue
-        for item in listing.get("items", ()):
-            memo.queue.add((item["metadata"]["namespace"], item["metadata"]["name"]))
 
 
 async def _resync(memo: kopf.Memo, config: OperatorConfig) -> None:
@@ -178,10 +182,11 @@ async def _sweep(memo: kopf.Memo, config: OperatorConfig) -> None:
     async def expected_tags() -> set[str]:
         tags = set()
         for path in _ws_paths(config):
-            for item in (await memo.kube.list(path)).get("items", ()):
-                meta = item["metadata"]
-                for entry in (item.get("spec") or {}).get("credentials") or ():
-                    tags.add(Scope.of(meta["namespace"], meta["name"], meta["uid"], entry.get("name", "")).tag)
+            async for page in memo.kube.list_pages(path):
+                for item in page:
+                    meta = item["metadata"]
+                    for entry in (item.get("spec") or {}).get("credentials") or ():
+                        tags.add(Scope.of(meta["namespace"], meta["name"], meta["uid"], entry.get("name", "")).tag)
         return tags
 
     while True:

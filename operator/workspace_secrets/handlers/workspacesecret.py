@@ -1,4 +1,12 @@
-"""kopf registrations for WorkspaceSecret.
+"""kopf registrations for WorkspaceSecret: watch events feed the controller's work queue; deletion of
+an object with dynamic credentials runs the revocation.
+
+Why an on.event handler and not kopf's on.create/on.update/on.resume: those persist a diff base on
+every object (one more PATCH per object and a second copy of the spec in an annotation), start one
+handler per object at once (a burst of 1,000 creations held 1,000 bodies and handlers in memory and,
+sharing one API rate limit, finished nearly all of them at the very end: see docs/benchmarks.md), and
+re-run at every start-up. A level-triggered queue of keys (controller-runtime's model) does the same
+job with fewer writes, bounded memory and objects finishing one by one.
 
 kopf puts its finalizer on every object a kopf timer, daemon or delete handler matches, and a finalizer
 blocks `kubectl delete` while the operator is down. So: no timer (an unbound WorkspaceSecret looks for
@@ -19,12 +27,12 @@ from .errors import retry_policy
 RESOURCE = (c.GROUP, c.VERSION, c.WORKSPACE_SECRET_PLURAL)
 
 
-@kopf.on.resume(*RESOURCE, id="reconcile-on-resume")
-@kopf.on.create(*RESOURCE, id="reconcile-on-create")
-@kopf.on.update(*RESOURCE, id="reconcile-on-update")
-async def reconcile(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    with retry_policy():
-        await memo.workspace_secrets.reconcile(body)
+@kopf.on.event(*RESOURCE, id="observe")
+async def observe(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Every creation, change and deletion, and each object of the initial listing at start-up (type
+    None). The controller queues a reconcile when the object changed in a way that matters; the work
+    queue runs it with bounded concurrency and retries failures with backoff."""
+    memo.workspace_secrets.observe(type, body)
 
 
 def _has_credentials(spec: kopf.Spec, **_: Any) -> bool:

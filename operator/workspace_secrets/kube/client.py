@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -51,7 +51,7 @@ class Kube:
     """Async JSON access to the API server. One instance per operator process."""
 
     def __init__(
-        self, api_client: kubernetes.client.ApiClient, *, max_concurrency: int = 16, qps: float = 50, burst: int = 100
+        self, api_client: kubernetes.client.ApiClient, *, max_concurrency: int = 16, qps: float = 0, burst: int = 100
     ) -> None:
         self._api = api_client
         # urllib3 keeps one pool per host; size it for our concurrency so connections are reused.
@@ -61,7 +61,7 @@ class Kube:
 
     @classmethod
     def from_environment(
-        cls, *, kubeconfig: str | None = None, max_concurrency: int = 16, qps: float = 50, burst: int = 100
+        cls, *, kubeconfig: str | None = None, max_concurrency: int = 16, qps: float = 0, burst: int = 100
     ) -> Kube:
         """In-cluster config when running in a pod, else the kubeconfig (KUBECONFIG or ~/.kube/config)."""
         configuration = load_configuration(kubeconfig)
@@ -155,6 +155,25 @@ class Kube:
         if from_cache:
             query["resourceVersion"] = "0"
         return await self._run("GET", path, query=query or None)
+
+    async def list_pages(self, path: str, *, label_selector: str | None = None, page_size: int = 500) -> AsyncIterator[list[JSON]]:
+        """A list in pages of `page_size` items: memory stays bounded by the page, not the collection
+        (10,000 Secrets with their data would be tens of megabytes of JSON in one response)."""
+        token: str | None = None
+        while True:
+            query = {"limit": str(page_size), **({"labelSelector": label_selector} if label_selector else {}),
+                     **({"continue": token} if token else {})}
+            page = await self._run("GET", path, query=query)
+            yield page.get("items", [])
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                return
+
+    async def resource_version(self, path: str, *, label_selector: str | None = None) -> str:
+        """The collection's current resourceVersion, to start a watch from, without fetching its items
+        (a list of at most one item)."""
+        query = {"limit": "1", **({"labelSelector": label_selector} if label_selector else {})}
+        return (await self._run("GET", path, query=query))["metadata"]["resourceVersion"]
 
     async def create(self, path: str, body: JSON) -> JSON:
         return await self._run("POST", path, body=body)

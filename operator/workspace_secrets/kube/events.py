@@ -22,9 +22,11 @@ _HOST = socket.gethostname()
 
 
 class EventRecorder:
-    def __init__(self, kube: Kube, *, component: str = c.OPERATOR_NAME) -> None:
+    def __init__(self, kube: Kube, *, component: str = c.OPERATOR_NAME, instance: str | None = None) -> None:
         self._kube = kube
         self._component = component
+        # Which replica posted it (the peering identity: host/pid/random), so Events tell replicas apart.
+        self._instance = (instance or _HOST)[:128]
 
     async def normal(self, obj: Mapping[str, Any], reason: str, message: str) -> None:
         await self._post(obj, "Normal", reason, message)
@@ -58,7 +60,7 @@ class EventRecorder:
             "message": message[:1024],
             "source": {"component": self._component, "host": _HOST},
             "reportingComponent": self._component,
-            "reportingInstance": _HOST,
+            "reportingInstance": self._instance,
             "firstTimestamp": stamp,
             "lastTimestamp": stamp,
             "count": 1,

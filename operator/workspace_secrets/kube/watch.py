@@ -2,8 +2,8 @@
 
 kopf's watches send no label selector and keep per-object memory for everything they see, so kopf only
 watches our CRDs. For the Secrets we create, this watch asks the API server for just the labelled ones,
-keeps no copies, and hands each change to a callback. It lists once to learn a resourceVersion, then
-watches from there (with bookmarks), relisting on 410 Gone, and backs off on errors.
+keeps no copies, and hands each change to a callback. It asks for the current resourceVersion (a list
+of at most one item), then watches from there (with bookmarks), relisting on 410 Gone, and backs off on errors.
 
 Health: `healthy` is True only while the API server has accepted a watch request; `unhealthy_for()`
 says for how long it has not been, which the liveness probe compares with a threshold (a watch that
@@ -81,8 +81,9 @@ class LabelSelectedWatch:
         while True:
             try:
                 if resource_version is None:
-                    listing = await self._kube.list(self._path, label_selector=self._selector)
-                    resource_version = listing["metadata"]["resourceVersion"]
+                    # Only the resourceVersion: existing objects are the resync's business, and listing
+                    # them all here would hold every owned Secret (with its data) in memory at once.
+                    resource_version = await self._kube.resource_version(self._path, label_selector=self._selector)
                 started = time.monotonic()
                 resource_version = await self._stream(resource_version)
                 WATCH_RESTARTS.labels(resource=self._resource, reason="timeout").inc()
