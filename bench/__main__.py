@@ -32,6 +32,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--operator-arg", action="append", default=[], help="extra operator flag (repeatable), for tuning runs")
     p.add_argument("--out", type=Path, default=RESULTS, help="directory for results and operator logs")
     p.add_argument("--plot", type=Path, help="PNG path (default: <out>/<stem>.png)")
+    p.add_argument("--controller-manager-arg", action="append", default=[],
+                   help="extra kube-controller-manager flag for the local control plane (repeatable), e.g. "
+                        "--kube-api-qps=100: its garbage collector's API rate bounds the GC latency")
+    p.add_argument("--traced", action="store_true",
+                   help="run the operator under tracemalloc and dump its top allocations after the throughput phase "
+                        "(<out>/<stem>/tracemalloc-main.txt); timings are then not representative")
     p.add_argument("--keep", action="store_true", help="keep the bench namespaces (and the local control plane's workdir)")
     return p
 
@@ -41,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     config = for_mode(
         args.mode, objects=args.objects, latency_seconds=args.latency_seconds,
         workspaces_per_user=args.workspaces_per_user, api_concurrency=args.api_concurrency,
-        operator_args=tuple(args.operator_arg) or None,
+        operator_args=tuple(args.operator_arg) or None, traced=args.traced or None,
         phases=tuple(p.strip() for p in args.phases.split(",")) if args.phases else None,
     )
     stem = time.strftime("%Y%m%d-%H%M%S") + f"-{config.mode}"
@@ -53,14 +59,15 @@ def main(argv: list[str] | None = None) -> int:
         from workspace_secrets.testing.controlplane import ControlPlane
 
         print("starting a local control plane (etcd, kube-apiserver, kube-controller-manager)...", flush=True)
-        plane = ControlPlane().start()
+        plane = ControlPlane(controller_manager_args=tuple(args.controller_manager_arg)).start()
         kubeconfig = str(plane.kubeconfig)
     bench = Bench(config, kubeconfig, out_dir, progress=lambda msg: print(msg, flush=True))
     exclude = {os.getpid()} | ({p.pid for p in plane.processes} if plane else set())
     bench.results["meta"] = {
         "stem": stem, "command": "python -m bench " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "machine": machine(bench.kube), "other_processes_at_start": other_cpu_hogs(exclude),
-        "control_plane": "local (started by the benchmark)" if plane else f"kubeconfig {kubeconfig}",
+        "control_plane": ("local (started by the benchmark)" + (f", kube-controller-manager {' '.join(args.controller_manager_arg)}"
+                          if args.controller_manager_arg else "")) if plane else f"kubeconfig {kubeconfig}",
     }
     bench.results["config"] = config.to_json()
     failed = None

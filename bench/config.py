@@ -24,6 +24,7 @@ class BenchConfig:
     shard_namespaces: int = 4
     keygen: dict[str, int] = field(default_factory=lambda: {"ed25519": 500, "ecdsa": 500, "rsa-3072": 8, "rsa-4096": 4})
     wait_for_cleanup: bool = True  # wait until a phase's namespace is gone before the next phase measures
+    traced: bool = False  # run the operators under tracemalloc (slower; for finding where memory goes)
     operator_args: tuple[str, ...] = ()  # extra flags for every operator instance (tuning experiments)
     phases: tuple[str, ...] = ("imports", "keygen", "baseline", "baseline_full", "throughput", "unrelated", "restart", "latency", "gc",
                                "credentials", "sharding")

@@ -96,6 +96,7 @@ def markdown(r: dict[str, Any]) -> str:
         + ", ".join(f"{k} {v}" for k, v in (m.get("libraries") or {}).items()) + f"; commit {m.get('commit')}",
         f"- Load average (1 min) at start: {_fmt((m.get('loadavg_at_start') or [None])[0])}; "
         f"busiest other processes at start: {', '.join(meta.get('other_processes_at_start') or []) or 'none'}",
+        f"- Control plane: {meta.get('control_plane')}",
         f"- Duration: {_fmt(meta.get('total_seconds'))} s",
         "",
     ]
@@ -163,7 +164,7 @@ def markdown(r: dict[str, Any]) -> str:
         rows.append(("   RSS of a fresh interpreter importing ...",
                      "; ".join(f"{label}: {v['rss_mib']} MiB" for label, v in imp.items()), "–", ""))
         loaded = imp.get("the operator (handlers, kube client, kubernetes-token provider)", {}).get("loaded")
-        rows.append(("   heavy packages the operator loads", ", ".join(loaded or []) or "none", "no boto3/psycopg/google-auth", ""))
+        rows.append(("   heavy packages the operator loads", ", ".join(loaded or []) or "none", "no boto3/botocore/psycopg (google.auth: kubernetes.config imports it)", ""))
     kg = r.get("keygen", {})
     if kg:
         per = kg.get("per_type", {})

@@ -12,6 +12,7 @@ import base64
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -109,7 +110,11 @@ class Bench:
                 "--providers-config", str(self.providers_file), "--operator-namespace", _ns("system"),
                 "--metrics-port", "0",  # several instances run at once (sharding); metrics are not measured
                 *self.config.operator_args, *extra]
-        op = OperatorUnderTest(name, self.kubeconfig, self.out_dir, args)
+        traced = None
+        if self.config.traced:  # where the memory goes: tracemalloc, dumped on SIGUSR1 (bench/traced_operator.py)
+            traced = {"command": [sys.executable, "-m", "bench.traced_operator"],
+                      "env": {"WSO_TRACEMALLOC_OUT": str(self.out_dir / f"tracemalloc-{name}.txt")}}
+        op = OperatorUnderTest(name, self.kubeconfig, self.out_dir, args, **(traced or {}))
         self.operators.append(op)
         return op
 
@@ -366,6 +371,12 @@ class Bench:
         requests = window.close()
         ready.stop()
         secrets.stop()
+        if self.config.traced:
+            dump = self.out_dir / "tracemalloc-main.txt"
+            op.signal(signal.SIGUSR1)
+            deadline = time.monotonic() + 300  # a snapshot of a large heap takes a while
+            while not dump.exists() and time.monotonic() < deadline:
+                time.sleep(1)
         latencies = [t - start for t in ready.times("ready").values()]
         baseline = self.results.get("baseline", {}).get("objects_per_s")
         baseline_full = self.results.get("baseline_full", {}).get("objects_per_s")

@@ -110,12 +110,6 @@ class WorkspaceSecretController:
             return
         self._schedule(key[0], key[1], 0.0)
 
-    async def reconcile(self, body: Mapping[str, Any]) -> None:
-        """Reconcile this body as it is (tests and tools; the operator goes through reconcile_by_name)."""
-        meta = body["metadata"]
-        async with self._lock(meta["namespace"], meta["name"]):
-            await self._measured(body)
-
     async def reconcile_by_name(self, namespace: str, name: str) -> None:
         """What the work queue runs for every key (watch events, our Secrets' changes, resyncs, re-checks):
         fetch the latest object, then reconcile it."""
