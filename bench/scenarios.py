@@ -336,6 +336,17 @@ class Bench:
         self.main = op
         return {"startup_seconds": round(startup, 2), "idle_rss_mib": round(idle.rss_mib, 1), "idle_cpu_s": round(idle.cpu, 2)}
 
+    def _dump_allocations(self, op: OperatorUnderTest) -> None:
+        """Ask a --traced operator for its top allocations (appended to tracemalloc-<name>.txt) and wait
+        until they are written: a snapshot of a large heap takes a while."""
+        dump = self.out_dir / f"tracemalloc-{op.name}.txt"
+        size = dump.stat().st_size if dump.exists() else 0
+        op.signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 300
+        while (dump.stat().st_size if dump.exists() else 0) == size and time.monotonic() < deadline:
+            time.sleep(1)
+        time.sleep(1)  # the write may still be going on
+
     def _main(self) -> OperatorUnderTest:
         """The cluster-wide operator instance, started on first use."""
         if self.main is None or self.main.process is None or self.main.process.poll() is not None:
@@ -354,6 +365,8 @@ class Bench:
         secrets = self.secret_recorder(ns)
         op = self._main()
         before = op.settle()
+        if self.config.traced:
+            self._dump_allocations(op)  # the idle heap, so that the next dump shows what the burst added
         window = RequestWindow(self.kube)
         cpu = self.cpu_now()
         per_user = self.config.workspaces_per_user
@@ -372,11 +385,7 @@ class Bench:
         ready.stop()
         secrets.stop()
         if self.config.traced:
-            dump = self.out_dir / "tracemalloc-main.txt"
-            op.signal(signal.SIGUSR1)
-            deadline = time.monotonic() + 300  # a snapshot of a large heap takes a while
-            while not dump.exists() and time.monotonic() < deadline:
-                time.sleep(1)
+            self._dump_allocations(op)
         latencies = [t - start for t in ready.times("ready").values()]
         baseline = self.results.get("baseline", {}).get("objects_per_s")
         baseline_full = self.results.get("baseline_full", {}).get("objects_per_s")
