@@ -331,6 +331,23 @@ class OAuth2Base:
         raise Unsupported(f"{self.name} has no SSH key API")
 
 
+class UserKeysOAuth2(OAuth2Base):
+    """Adding and deleting the user's SSH key at `{api_base}/user/keys`: the same contract on GitHub (REST v3)
+    and GitLab (API v4) -- title and key in, 201 with the key's id out; DELETE answers 204, or 404 when the
+    key is already gone. Finding a key differs (pagination), so each provider keeps its own find_ssh_key."""
+
+    api_base: str
+
+    async def add_ssh_key(self, tokens: TokenSet, identity: Identity, *, title: str, public_key: str) -> UploadedKey:
+        response = await self.api("POST", f"{self.api_base}/user/keys", tokens, json={"title": title, "key": key_body(public_key)},
+                                  ok=(201,), what="POST /user/keys")
+        key = response.json() or {}
+        return UploadedKey(id=str(key["id"]), title=str(key.get("title", title)))
+
+    async def delete_ssh_key(self, tokens: TokenSet, identity: Identity, key_id: str) -> None:
+        await self.api("DELETE", f"{self.api_base}/user/keys/{key_id}", tokens, ok=(204, 404), what="DELETE /user/keys")
+
+
 def _retry_after(response: Response) -> float | None:
     value = response.header("retry-after")
     try:

@@ -15,7 +15,7 @@ from typing import Any
 
 from ...domain.oauth import Identity, TokenSet
 from ...domain.usertoken import GitAccess
-from .base import ClientCredentials, OAuth2Base, UploadedKey, classify_api_error, key_body
+from .base import ClientCredentials, UploadedKey, UserKeysOAuth2, classify_api_error, key_body
 from ..http import Request
 
 PUBLIC_WEB = "https://github.com"
@@ -23,7 +23,7 @@ PUBLIC_API = "https://api.github.com"
 API_VERSION = "2022-11-28"
 
 
-class GitHub(OAuth2Base):
+class GitHub(UserKeysOAuth2):
     type = "github"
     name = "GitHub"
     supports_pkce = True  # GitHub accepts code_challenge (S256) on /login/oauth/authorize
@@ -92,15 +92,6 @@ class GitHub(OAuth2Base):
                 return None
             page += 1
         return None
-
-    async def add_ssh_key(self, tokens: TokenSet, identity: Identity, *, title: str, public_key: str) -> UploadedKey:
-        response = await self.api("POST", f"{self.api_base}/user/keys", tokens, json={"title": title, "key": key_body(public_key)},
-                                  ok=(201,), what="POST /user/keys")
-        key = response.json() or {}
-        return UploadedKey(id=str(key["id"]), title=str(key.get("title", title)))
-
-    async def delete_ssh_key(self, tokens: TokenSet, identity: Identity, key_id: str) -> None:
-        await self.api("DELETE", f"{self.api_base}/user/keys/{key_id}", tokens, ok=(204, 404), what="DELETE /user/keys")
 
 
 class GitHubEnterprise(GitHub):

@@ -13,12 +13,12 @@ from typing import Any
 from ...domain.oauth import Identity, TokenSet
 from ...domain.usertoken import GitAccess
 from ..http import Request
-from .base import ClientCredentials, OAuth2Base, UploadedKey, classify_api_error, key_body
+from .base import ClientCredentials, UploadedKey, UserKeysOAuth2, classify_api_error, key_body
 
 PUBLIC = "https://gitlab.com"
 
 
-class GitLab(OAuth2Base):
+class GitLab(UserKeysOAuth2):
     type = "gitlab"
     name = "GitLab"
     supports_pkce = True
@@ -74,15 +74,6 @@ class GitLab(OAuth2Base):
             if key_body(str(key.get("key", ""))) == wanted:
                 return UploadedKey(id=str(key["id"]), title=str(key.get("title", "")))
         return None
-
-    async def add_ssh_key(self, tokens: TokenSet, identity: Identity, *, title: str, public_key: str) -> UploadedKey:
-        response = await self.api("POST", f"{self.api_base}/user/keys", tokens, json={"title": title, "key": key_body(public_key)},
-                                  ok=(201,), what="POST /user/keys")
-        key = response.json() or {}
-        return UploadedKey(id=str(key["id"]), title=str(key.get("title", title)))
-
-    async def delete_ssh_key(self, tokens: TokenSet, identity: Identity, key_id: str) -> None:
-        await self.api("DELETE", f"{self.api_base}/user/keys/{key_id}", tokens, ok=(204, 404), what="DELETE /user/keys")
 
 
 class GitLabSelfManaged(GitLab):
