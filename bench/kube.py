@@ -111,12 +111,13 @@ def fan_out(fn: Callable[[T], R], items: Iterable[T], *, concurrency: int) -> li
 
 
 # --- object bodies --------------------------------------------------------------------------------
-def pod(name: str, run: str) -> dict[str, Any]:
-    """A workspace anchor. Without a kubelet or scheduler it stays Pending forever and costs only its
+def pod(name: str, run: str, user: str) -> dict[str, Any]:
+    """A workspace anchor of `user` (label workspace-secrets.io/user: a WorkspaceSecret binds only to a
+    workspace of its own user). Without a kubelet or scheduler it stays Pending forever and costs only its
     etcd entry; an unscheduled Pod is deleted at once (no graceful termination)."""
     return {
         "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "labels": {BENCH_LABEL: run}},
+        "metadata": {"name": name, "labels": {BENCH_LABEL: run, c.LABEL_USER: user}},
         "spec": {"automountServiceAccountToken": False,
                  "containers": [{"name": "workspace", "image": "registry.invalid/workspace:1"}]},
     }

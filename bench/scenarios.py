@@ -47,6 +47,7 @@ log = logging.getLogger("bench")
 NS_PREFIX = "bench-"
 CRD_DIR = Path(__file__).resolve().parents[1] / "crds"
 PROVIDER_NAME = "bench-tokens"
+API_AUDIENCE = "https://kubernetes.default.svc.cluster.local"
 SERVICE_ACCOUNT = "bench-ci"
 COMPONENT = c.LABEL_COMPONENT
 
@@ -125,10 +126,11 @@ class Bench:
                   concurrency=concurrency or self.config.create_concurrency)
         return time.monotonic() - start
 
-    def pods(self, namespace: str, names: list[str], run: str) -> dict[str, str]:
-        """Create workspace anchors; returns their uids by name."""
-        created = k.fan_out(lambda n: self.kube.call("POST", core_path(namespace, "pods"), k.pod(n, run)), names,
-                            concurrency=self.config.create_concurrency)
+    def pods(self, namespace: str, names: list[str], run: str, users: list[str]) -> dict[str, str]:
+        """Create workspace anchors, each labelled with its user (a WorkspaceSecret binds only to a workspace
+        of its own user); returns their uids by name."""
+        created = k.fan_out(lambda item: self.kube.call("POST", core_path(namespace, "pods"), k.pod(item[0], run, item[1])),
+                            list(zip(names, users, strict=True)), concurrency=self.config.create_concurrency)
         return {p["metadata"]["name"]: p["metadata"]["uid"] for p in created}
 
     def ws_recorder(self, namespace: str | None = None) -> Recorder:
@@ -197,7 +199,10 @@ class Bench:
         self.providers_file.parent.mkdir(parents=True, exist_ok=True)
         self.providers_file.write_text(yaml.safe_dump({"providers": [{
             "name": PROVIDER_NAME, "type": "kubernetes-token",
-            "config": {"allowedServiceAccounts": ["bench-*"], "maxExpirationSeconds": 7200}}]}))
+            "allow": {"namespaces": [_ns("*")]},
+            # The tokens are tried against the API server: its audience (kubeadm's, kind's and the test control
+            # plane's default --api-audiences) must be one of the provider's.
+            "config": {"allowedServiceAccounts": ["bench-*"], "audiences": [API_AUDIENCE], "maxExpirationSeconds": 7200}}]}))
         leftovers = [ns["metadata"]["name"] for ns in self.kube.call("GET", "/api/v1/namespaces", query={"labelSelector": k.BENCH_LABEL})["items"]]
         if leftovers:
             self.say(f"   deleting namespaces left by an earlier run: {', '.join(leftovers)}")
@@ -210,7 +215,7 @@ class Bench:
         try:
             ns = _ns("gc-warmup")
             self.kube.ensure_namespace(ns)
-            uid = self.pods(ns, ["anchor"], "warmup")["anchor"]
+            uid = self.pods(ns, ["anchor"], "warmup", ["warmup"])["anchor"]
             owner = {"apiVersion": "v1", "kind": "Pod", "name": "anchor", "uid": uid}
             self.kube.call("POST", k.ws_path(ns), k.workspace_secret("probe", "warmup", "anchor", "warmup", owner=owner))
             self.kube.call("DELETE", core_path(ns, "pods", "anchor"))
@@ -286,7 +291,7 @@ class Bench:
         self.kube.ensure_namespace(ns)
         names = [f"ws-{i:05d}" for i in range(n)]
         self.say(f"   creating {n} WorkspaceSecrets{' and anchor Pods' if full else ''} (untimed)")
-        pods = self.pods(ns, names, label) if full else {}
+        pods = self.pods(ns, names, label, [f"u-{name}" for name in names]) if full else {}
         created = k.fan_out(lambda name: self.kube.call("POST", k.ws_path(ns), k.workspace_secret(name, f"u-{name}", name, label)),
                             names, concurrency=self.config.create_concurrency)
         now = cond.utcnow()
@@ -360,7 +365,8 @@ class Bench:
         self.kube.ensure_namespace(ns)
         names = [f"ws-{i:05d}" for i in range(n)]
         self.say(f"   creating {n} anchor Pods (untimed)")
-        self.pods(ns, names, "throughput")
+        per_user = self.config.workspaces_per_user
+        self.pods(ns, names, "throughput", [f"u-{i // per_user:05d}" for i in range(len(names))])
         ready = self.ws_recorder(ns)
         secrets = self.secret_recorder(ns)
         op = self._main()
@@ -457,7 +463,7 @@ class Bench:
         self.kube.ensure_namespace(ns)
         names = [f"ws-{i:05d}" for i in range(n)]
         self.say(f"   creating {n} anchor Pods (untimed), then {rate:g} WorkspaceSecrets/s for {duration:g}s")
-        self.pods(ns, names, "latency")
+        self.pods(ns, names, "latency", [f"lat-{i:05d}" for i in range(len(names))])
         ready, secrets = self.ws_recorder(ns), self.secret_recorder(ns)
         before = self._main().settle()
         sent: dict[str, float] = {}
@@ -535,7 +541,7 @@ class Bench:
         self.kube.ensure_namespace(ns)
         self.kube.call("POST", core_path(ns, "serviceaccounts"), {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": SERVICE_ACCOUNT}})
         names = [f"ws-{i:04d}" for i in range(n)]
-        self.pods(ns, names, "credentials")
+        self.pods(ns, names, "credentials", [f"cred-{name}" for name in names])
         ready, secrets = self.ws_recorder(ns), self.secret_recorder(ns)
         creds = [{"name": "kube", "provider": PROVIDER_NAME, "parameters": {"serviceAccount": SERVICE_ACCOUNT, "expirationSeconds": "3600"}}]
         start = time.monotonic()
@@ -614,7 +620,7 @@ class Bench:
                 self.kube.ensure_namespace(ns)
             items = [(namespaces[i % len(namespaces)], f"ws-{i:05d}") for i in range(cfg.shard_objects)]
             self.say(f"   {label}: {len(items)} WorkspaceSecrets over {len(namespaces)} namespaces")
-            k.fan_out(lambda item: self.kube.call("POST", core_path(item[0], "pods"), k.pod(item[1], "shard")), items,
+            k.fan_out(lambda item: self.kube.call("POST", core_path(item[0], "pods"), k.pod(item[1], "shard", f"s-{item[0]}-{item[1]}")), items,
                       concurrency=cfg.create_concurrency)
             owned = [namespaces[j::instances] for j in range(instances)]
             ops = [self.operator(f"{label}-{j}", *[arg for ns in mine for arg in ("--namespace", ns)])

@@ -120,12 +120,14 @@ def _add_connect_arguments(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument("--connect-base-url", default=env("WSO_CONNECT_BASE_URL"),
                      help="URL users' browsers reach the connect page at (the OAuth callback is <it>/oauth/callback)")
     cmd.add_argument("--connect-user-header", default=env("WSO_CONNECT_USER_HEADER"),
-                     help="header carrying the user name, set by the platform's auth proxy (needs --connect-trusted-proxies)")
+                     help="header carrying the user name, set by the platform's auth proxy (needs --connect-trusted-proxies); "
+                          "the connect page's only sign-in: without it the page answers 503")
     cmd.add_argument("--connect-trusted-proxies", default=env("WSO_CONNECT_TRUSTED_PROXIES", ""),
                      help="comma-separated CIDRs the user header is accepted from")
     cmd.add_argument("--connect-signing-key-file", default=env("WSO_CONNECT_SIGNING_KEY_FILE"),
-                     help="file with the HMAC key (>= 32 bytes) for connect links, sessions and OAuth state")
-    cmd.add_argument("--connect-link-ttl", type=float, default=3600.0, help="seconds a UserToken's authorizationURL stays valid")
+                     help="file with the HMAC key (>= 32 bytes) for the connect page's CSRF tokens and OAuth state")
+    cmd.add_argument("--connect-link-ttl", type=float, default=3600.0,
+                     help="ignored (kept for compatibility): status.authorizationURL is a plain link to the connect page")
     cmd.add_argument("--token-validate-interval", type=float, default=1800.0, help="seconds between scheduled token validations")
 
 

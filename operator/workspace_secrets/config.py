@@ -64,7 +64,7 @@ class ConnectConfig:
     base_url: str = "http://127.0.0.1:8081"  # how users' browsers reach it; the callback is <base_url>/oauth/callback
     user_header: str | None = None  # trusted header carrying the user name, set by the platform's auth proxy
     trusted_proxies: tuple[str, ...] = ()  # CIDRs the user header is accepted from
-    signing_key_file: str | None = None  # HMAC key for links, sessions and state (random per process if unset)
-    link_ttl: float = 3600.0  # seconds a status.authorizationURL stays valid
+    signing_key_file: str | None = None  # HMAC key for CSRF tokens and OAuth state (random per process if unset)
+    link_ttl: float = 3600.0  # unused: status.authorizationURL is a plain link (kept for compatibility)
     session_ttl: float = 8 * 3600.0
     validate_interval: float = 1800.0  # seconds between scheduled token validations

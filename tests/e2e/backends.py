@@ -87,11 +87,19 @@ class Backends:
     twilio: FakeTwilio | None = None
 
 
+#: The allow rule of every test provider: the test namespaces (conftest's `wso-e2e-<random>`), every user.
+#: The e2e operator serves other namespaces too (bench, helm, attacks): they configure their own providers.
+E2E_ALLOW = '{namespaces: ["wso-e2e-*"]}'
+#: The audience the test control plane's API server accepts (--api-audiences): tokens for it authenticate.
+API_AUDIENCE = "https://kubernetes.default.svc.cluster.local"
+
+
 def extra_providers_yaml(postgres: Postgres | None = None, gcp: FakeGcpIam | None = None, twilio: FakeTwilio | None = None) -> str:
     """Entries to append to providers_yaml()'s list, for the servers and fakes that were started."""
     return "".join(entry for entry in (
         postgres and f"""\
   - name: postgres-app
+    allow: {E2E_ALLOW}
     type: postgresql
     credentialsSecret: postgres-admin
     config:
@@ -104,6 +112,7 @@ def extra_providers_yaml(postgres: Postgres | None = None, gcp: FakeGcpIam | Non
 """,
         gcp and f"""\
   - name: gcp-dev
+    allow: {E2E_ALLOW}
     type: gcp-service-account-key
     credentialsSecret: gcp-admin
     config:
@@ -112,6 +121,7 @@ def extra_providers_yaml(postgres: Postgres | None = None, gcp: FakeGcpIam | Non
 """,
         twilio and f"""\
   - name: twilio-dev
+    allow: {E2E_ALLOW}
     type: twilio-api-key
     credentialsSecret: twilio-admin
     config:
@@ -138,10 +148,18 @@ def providers_yaml(moto: Moto) -> str:
 providers:
   - name: cluster-tokens
     type: kubernetes-token
+    allow: {E2E_ALLOW}
     config:
       allowedServiceAccounts: ["ci-*", "deployer"]
+      audiences: ["{API_AUDIENCE}", "https://ci.example.com"]
       maxExpirationSeconds: 7200
+  - name: unallowed-tokens   # no allow rule: nobody may use it (test_credentials.py)
+    type: kubernetes-token
+    config:
+      allowedServiceAccounts: ["ci-*"]
+      audiences: ["{API_AUDIENCE}"]
   - name: aws-dev
+    allow: {E2E_ALLOW}
     type: aws-iam
     credentialsSecret: aws-admin
     config:

@@ -104,11 +104,16 @@ class Api:
         return [e for e in events if e.involved_object.kind == c.WORKSPACE_SECRET_KIND]
 
     # Workspaces
-    def create_deployment(self, namespace: str, name: str, labels: dict | None = None, annotations: dict | None = None) -> client.V1Deployment:
+    def create_deployment(self, namespace: str, name: str, labels: dict | None = None, annotations: dict | None = None,
+                          *, user: str | None = None) -> client.V1Deployment:
+        """A workspace Deployment. `user` (or a workspace-secrets.io/user entry in `labels`, which go on the pod
+        template) labels the Deployment and its pods as that user's workspace: WorkspaceSecrets bind only then."""
         selector = {"app": name}
-        pod_meta = client.V1ObjectMeta(labels={**selector, **(labels or {})}, annotations=annotations)
+        labels = {**(labels or {}), **({c.LABEL_USER: user} if user is not None else {})}
+        owner = {c.LABEL_USER: labels[c.LABEL_USER]} if c.LABEL_USER in labels else None
+        pod_meta = client.V1ObjectMeta(labels={**selector, **labels}, annotations=annotations)
         return self.apps.create_namespaced_deployment(namespace, client.V1Deployment(
-            metadata=client.V1ObjectMeta(name=name),
+            metadata=client.V1ObjectMeta(name=name, labels=owner),
             spec=client.V1DeploymentSpec(
                 replicas=1,
                 selector=client.V1LabelSelector(match_labels=selector),
@@ -119,7 +124,10 @@ class Api:
             ),
         ))
 
-    def create_pod(self, namespace: str, name: str, labels: dict | None = None, annotations: dict | None = None) -> client.V1Pod:
+    def create_pod(self, namespace: str, name: str, labels: dict | None = None, annotations: dict | None = None,
+                   *, user: str | None = None) -> client.V1Pod:
+        """A workspace Pod; `user` labels it as that user's workspace (workspace-secrets.io/user)."""
+        labels = {**(labels or {}), **({c.LABEL_USER: user} if user is not None else {})} or None
         return self.core.create_namespaced_pod(namespace, client.V1Pod(
             metadata=client.V1ObjectMeta(name=name, labels=labels, annotations=annotations),
             spec=client.V1PodSpec(containers=[client.V1Container(name="workspace", image="registry.invalid/workspace:1")]),

@@ -54,7 +54,24 @@ KEY_GENERATORS = {
     ),
     "ecdsa-secp256k1": lambda: _pem(ec.generate_private_key(ec.SECP256K1())),
     "dsa": lambda: _pem(dsa.generate_private_key(key_size=2048)),
+    # What issue 14 (instance 7) tried: a KDF rounds field of 20,000 (minutes of CPU). Refused before decrypting.
+    "ed25519-rounds-20000": lambda: _with_bcrypt_rounds(_openssh(
+        ed25519.Ed25519PrivateKey.generate(),
+        ser.PrivateFormat.OpenSSH.encryption_builder().kdf_rounds(4).build(b"passphrase")), 20_000),
 }
+
+
+def _with_bcrypt_rounds(pem: bytes, rounds: int) -> bytes:
+    """Rewrite the rounds field of an encrypted OpenSSH key's envelope, as a tenant can with a text editor."""
+    body = base64.b64decode(b"".join(pem.strip().splitlines()[1:-1]))
+    offset = len(b"openssh-key-v1\x00")
+    for _ in range(2):  # cipher name, KDF name
+        offset += 4 + int.from_bytes(body[offset:offset + 4], "big")
+    rounds_at = offset + 4 + 4 + int.from_bytes(body[offset + 4:offset + 8], "big")  # kdfoptions: salt, rounds
+    body = body[:rounds_at] + rounds.to_bytes(4, "big") + body[rounds_at + 4:]
+    encoded = base64.b64encode(body)
+    lines = [encoded[i:i + 70] for i in range(0, len(encoded), 70)]
+    return b"\n".join([b"-----BEGIN OPENSSH PRIVATE KEY-----", *lines, b"-----END OPENSSH PRIVATE KEY-----"]) + b"\n"
 
 
 # --- the table ---------------------------------------------------------------------------------------
@@ -247,6 +264,8 @@ def test_bad_input(case, cluster, api, module_namespace, usertoken_base, request
         cond = api.wait_condition(ns, name, status="False", reason=wanted["reason"])
         for part in wanted.get("message", ()):
             assert part in cond["message"], f"{part!r} not in the Ready message: {cond['message']}"
+        for part in wanted.get("absent", ()):
+            assert part not in cond["message"], f"{part!r} must not be in the Ready message: {cond['message']}"
         warnings = [e for e in api.events_for(ns, name) if e.type == "Warning" and e.reason == wanted["reason"]]
         assert warnings, f"no Warning Event {wanted['reason']}"
     # Nothing that existed was changed, and nothing was materialized from bad input.

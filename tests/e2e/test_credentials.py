@@ -82,6 +82,21 @@ def test_policy_violations_are_conditions(api, namespace, wso_operator):
     assert api.get_secret(namespace, "unknown") is not None
 
 
+def test_a_provider_without_an_allow_rule_serves_nobody(api, namespace, wso_operator):
+    """Issue 14, instance 10: every provider needs the platform's explicit allow rule; tokens explicit audiences."""
+    api.core.create_namespaced_service_account(namespace, {"metadata": {"name": "ci-bot"}})
+    api.create_ws(namespace, "nobody", {"user": "alice", "workspaceRef": ref(), "credentials": [
+        {"name": "kube", "provider": "unallowed-tokens", "parameters": {"serviceAccount": "ci-bot"}}]})
+    cond = api.wait_condition(namespace, "nobody", status="False", type_=c.CONDITION_CREDENTIALS_READY, reason="PolicyViolation")
+    assert "provider 'unallowed-tokens' is not allowed for user 'alice'" in cond["message"]
+    assert "the platform must add an allow rule" in cond["message"]
+    assert not [k for k in api.secret_data(namespace, "nobody") if k.startswith("kube.")]
+    api.create_ws(namespace, "aud", {"user": "alice", "workspaceRef": ref(), "credentials": [
+        {"name": "kube", "provider": "cluster-tokens", "parameters": {"serviceAccount": "ci-bot", "audiences": "https://evil.example.com"}}]})
+    cond = api.wait_condition(namespace, "aud", status="False", reason="PolicyViolation")
+    assert "audiences 'https://evil.example.com' are not allowed" in cond["message"]
+
+
 def test_aws_key_authenticates_until_the_workspace_is_deleted(api, namespace, wso_operator, credential_backends):
     moto = credential_backends.moto
     api.create_ws(namespace, "aws", {"user": "bob", "workspaceRef": ref(), "credentials": [{"name": "aws", "provider": "aws-dev"}]})

@@ -244,7 +244,7 @@ def test_throttling_and_errors_back_off_without_a_hot_loop_and_converge(api, clu
             # Bound workspaces (the Pods exist): an unbound object is re-checked every few seconds,
             # which would blur the request counts this test is about.
             for i in range(6):
-                api.create_pod(namespace, f"pod-base-{i}")
+                api.create_pod(namespace, f"pod-base-{i}", user=f"u{i % 3}")
                 api.create_ws(namespace, f"base-{i}", spec(f"u{i % 3}", workspace=f"pod-base-{i}"))
             wait_for(lambda: all_ready(api, namespace, {f"base-{i}" for i in range(6)}), timeout=60, what="baseline Ready")
             baseline_start = time.monotonic()
@@ -263,7 +263,7 @@ def test_throttling_and_errors_back_off_without_a_hot_loop_and_converge(api, clu
                     start = time.monotonic()
                     # Work arrives during the fault: new objects and a tampered Secret.
                     for i in range(4):
-                        api.create_pod(namespace, f"pod-f{label}-{i}")
+                        api.create_pod(namespace, f"pod-f{label}-{i}", user=f"u{i % 3}")
                         api.create_ws(namespace, f"f{label}-{i}", spec(f"u{i % 3}", workspace=f"pod-f{label}-{i}"))
                     api.core.patch_namespaced_secret("base-0", namespace, {"metadata": {"labels": {"tampered": label}}})
                     import base64
@@ -361,7 +361,7 @@ def test_two_replicas_with_peering_one_acts_and_the_other_takes_over(api, cluste
 
 # --- 6. Deletion never waits for the operator -----------------------------------------------------------
 def test_deleting_workspacesecrets_while_the_operator_is_down_completes(api, namespace, wso_operator):
-    api.create_pod(namespace, "ws-bound")
+    api.create_pod(namespace, "ws-bound", user="zoe")
     api.create_ws(namespace, "bound", spec("zoe", workspace="ws-bound"))
     api.create_ws(namespace, "unbound", spec("zoe", workspace="not-there"))
     api.wait_condition(namespace, "bound", type_="WorkspaceBound")

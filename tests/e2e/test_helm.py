@@ -17,8 +17,11 @@
 - The webhook: the operator, run with the chart's own flags and token, takes over the chart's
   MutatingWebhookConfiguration changing only caBundle, serves TLS for the Service's name at the configured
   path; `helm upgrade` keeps caBundle without the operator having to repair anything; uninstall removes it.
-- Metrics and connect flags are rendered and dry-run here, but no operator runs with them: they are being
-  added on other branches (tests/unit/test_chart_operator_interface.py checks them against the parser).
+- The tenant-isolation policies are installed by default and enforced (an impersonated tenant is refused,
+  the release's own operator ServiceAccount is a platform identity; the nested WorkspaceSecret suite runs
+  with them in force), and uninstall removes them.
+- Metrics and connect flags are rendered and dry-run here, but no operator runs with them
+  (tests/unit/test_chart_operator_interface.py checks them against the parser).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ import yaml
 from helpers import Api, wait_for
 from kubernetes import client as k8s
 
+from backends import API_AUDIENCE
 from operator_process import OperatorProcess, free_port
 from workspace_secrets.api import constants as c
 from workspace_secrets.domain.webhook_configuration import desired_webhook, service_client_config
@@ -57,15 +61,23 @@ KINDS_NEEDING_THIRD_PARTY_CRDS = {"ServiceMonitor", "KopfPeering", "ClusterKopfP
 #: What the API server (`User "..." cannot list resource ...`) and kopf ("Not enough permissions ...") say
 #: when RBAC refuses a request. A bare 403 is not enough: creating in a terminating namespace is a 403 too.
 RBAC_DENIED = re.compile(r"cannot [a-z]+ resource|not enough permissions", re.IGNORECASE)
+#: Cluster-scoped kinds the chart renders.
+CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration", "ClusterKopfPeering",
+                  "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding", "OAuthApplication"}
+OAUTH_APPLICATIONS_CRD = "oauthapplications.workspace-secrets.io"
+POLICY_SUFFIXES = ("user-isolation", "user-secret-labels", "reserved-secrets")
 #: Where the chart mounts the webhook's certificate directory and the providers file.
 WEBHOOK_CERT_DIR = "/var/run/workspace-secrets-operator/webhook-certs"
 PROVIDERS_DIR = "/etc/workspace-secrets-operator/providers"
 #: A kubernetes-token provider configured through values; tests/e2e/test_credentials.py's kubernetes-token test
 #: uses this name and a ServiceAccount `ci-bot`.
-CLUSTER_TOKENS = {"name": "cluster-tokens", "type": "kubernetes-token",
-                  "config": {"allowedServiceAccounts": ["ci-*"], "maxExpirationSeconds": 7200}}
+CLUSTER_TOKENS = {"name": "cluster-tokens", "type": "kubernetes-token", "allow": {"namespaces": ["wso-e2e-*"]},
+                  "config": {"allowedServiceAccounts": ["ci-*"], "audiences": [API_AUDIENCE], "maxExpirationSeconds": 7200}}
+GITHUB_APPLICATION = {"name": "github", "type": "github", "clientSecretRef": {"name": "github-oauth"},
+                      "allowedNamespaces": ["workspaces-*"]}
 PROVIDERS = [CLUSTER_TOKENS,
-             {"name": "aws-dev", "type": "aws-iam", "credentialsSecret": "aws-admin", "config": {"region": "eu-west-1"}},
+             {"name": "aws-dev", "type": "aws-iam", "credentialsSecret": "aws-admin", "allow": {"namespaces": ["wso-e2e-*"]},
+              "config": {"region": "eu-west-1"}},
              {"name": "pg", "type": "postgresql", "credentialsSecret": "pg-admin"}]
 
 
@@ -86,6 +98,18 @@ def one(docs: list[dict], kind: str) -> dict:
     found = of_kind(docs, kind)
     assert len(found) == 1, f"expected one {kind}, got {[d['metadata']['name'] for d in found]}"
     return found[0]
+
+
+def named(docs: list[dict], kind: str, name: str) -> dict:
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind} {name}, got {[d['metadata']['name'] for d in of_kind(docs, kind)]}"
+    return found[0]
+
+
+def operator_role(docs: list[dict], release: str = "wso") -> dict:
+    """The operator's ClusterRole: the cluster-wide one, or in namespaced mode its cluster-scoped part."""
+    roles = {d["metadata"]["name"]: d for d in of_kind(docs, "ClusterRole")}
+    return roles.get(f"{release}-{CHART_NAME}") or roles[f"{release}-{CHART_NAME}-cluster"]
 
 
 def container(docs: list[dict]) -> dict:
@@ -124,7 +148,7 @@ def check_common(docs: list[dict]) -> None:
     assert {"name": "health", "containerPort": 8080, "protocol": "TCP"} in main["ports"]
     assert main["image"] == f"{CHART_NAME}:{yaml.safe_load((CHART / 'Chart.yaml').read_text())['appVersion']}"
     for doc in docs:
-        if doc["kind"] not in {"ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration", "ClusterKopfPeering"}:
+        if doc["kind"] not in CLUSTER_SCOPED:
             assert doc["metadata"].get("namespace"), f"{doc['kind']} {doc['metadata']['name']} has no namespace"
 
 
@@ -133,15 +157,23 @@ def _default(docs: list[dict]) -> None:
     deployment = one(docs, "Deployment")
     assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"] == {"type": "Recreate"}
     assert not any(a.startswith(("--namespace", "--peering")) for a in container(docs)["args"])
-    rules = rules_of(one(docs, "ClusterRole"))
+    rules = rules_of(operator_role(docs))
     assert ("", "secrets", "list") in rules and ("workspace-secrets.io", "workspacesecrets/status", "patch") in rules
     assert ("apiextensions.k8s.io", "customresourcedefinitions", "watch") in rules
+    assert {r for r in rules if r[1] == "oauthapplications"} == {("workspace-secrets.io", "oauthapplications", v) for v in ("get", "list", "watch")}
     assert not {r for r in rules if r[1].startswith(("configmaps", "namespaces", "mutatingwebhook", "serviceaccounts"))}
     assert not {r for r in rules if r[1] in {"pods", "deployments", "statefulsets", "persistentvolumeclaims"} and r[2] != "get"}
     assert not of_kind(docs, "Role") and not of_kind(docs, "Service") and not of_kind(docs, "PodDisruptionBudget")
     assert not of_kind(docs, "MutatingWebhookConfiguration") and not of_kind(docs, "NetworkPolicy")
-    assert not of_kind(docs, "ConfigMap")
+    assert [c["metadata"]["name"] for c in of_kind(docs, "ConfigMap")] == ["wso-workspace-secrets-operator-tenancy"]
     assert not any(a.startswith(("--webhook", "--providers-config", "--operator-namespace")) for a in container(docs)["args"])
+    # Tenant isolation and the users' role are on by default.
+    assert sorted(p["metadata"]["name"] for p in of_kind(docs, "ValidatingAdmissionPolicy")) == sorted(
+        f"wso-{CHART_NAME}-{s}" for s in POLICY_SUFFIXES)
+    assert len(of_kind(docs, "ValidatingAdmissionPolicyBinding")) == 3
+    user_role = named(docs, "ClusterRole", f"wso-{CHART_NAME}-user")
+    assert not {r for r in rules_of(user_role) if r[1] in {"secrets", "oauthapplications"}}
+    assert not of_kind(docs, "OAuthApplication")
 
 
 def _namespaced(docs: list[dict]) -> None:
@@ -149,16 +181,23 @@ def _namespaced(docs: list[dict]) -> None:
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     assert sorted(b["metadata"]["namespace"] for b in of_kind(docs, "RoleBinding")) == ["team-a", "team-b"]
     assert [a for a in container(docs)["args"] if a.startswith("--namespace")] == ["--namespace=team-a", "--namespace=team-b"]
-    cluster_rules = rules_of(one(docs, "ClusterRole"))
+    cluster_rules = rules_of(operator_role(docs))
     assert cluster_rules == {
         ("apiextensions.k8s.io", "customresourcedefinitions", "list"), ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
         ("", "namespaces", "list"), ("", "namespaces", "watch"),
+        *(("workspace-secrets.io", "oauthapplications", v) for v in ("get", "list", "watch")),
     }, "in namespaced mode nothing namespaced may be granted cluster-wide"
+    for binding in of_kind(docs, "ValidatingAdmissionPolicyBinding"):
+        assert binding["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"] == [
+            {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-a", "team-b"]},
+            {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["wso-system"]}]
     assert ("", "secrets", "delete") in rules_of(roles[0])
 
 
 def _namespaced_without_scanning(docs: list[dict]) -> None:
-    assert not of_kind(docs, "ClusterRole") and not of_kind(docs, "ClusterRoleBinding")
+    # Only what cannot be namespaced: reading the (cluster-scoped) OAuthApplications.
+    assert rules_of(operator_role(docs)) == {("workspace-secrets.io", "oauthapplications", v) for v in ("get", "list", "watch")}
+    assert len(of_kind(docs, "ClusterRoleBinding")) == 1
     assert len(of_kind(docs, "Role")) == 1
 
 
@@ -181,7 +220,7 @@ def _webhook(docs: list[dict]) -> None:
     assert service["spec"]["ports"] == [{"name": "https", "port": 443, "targetPort": "webhook", "protocol": "TCP"}]
     assert {"name": "webhook", "containerPort": 9443, "protocol": "TCP"} in container(docs)["ports"]
     assert {"name": "webhook-certs", "mountPath": WEBHOOK_CERT_DIR} in container(docs)["volumeMounts"]
-    rules = rules_of(one(docs, "ClusterRole"))
+    rules = rules_of(operator_role(docs))
     mwc = "mutatingwebhookconfigurations"
     assert {r for r in rules if r[1].startswith(mwc)} == {
         ("admissionregistration.k8s.io", f"{mwc}#{name}", "get"), ("admissionregistration.k8s.io", f"{mwc}#{name}", "update"),
@@ -192,8 +231,8 @@ def _webhook_namespaced(docs: list[dict]) -> None:
     hook = one(docs, "MutatingWebhookConfiguration")["webhooks"][0]
     assert hook["namespaceSelector"] == {"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-a"]}]}
     assert "--namespace=team-a" in container(docs)["args"]
-    cluster_resources = {r[1].split("#")[0] for r in rules_of(one(docs, "ClusterRole"))}
-    assert cluster_resources == {"customresourcedefinitions", "namespaces", "mutatingwebhookconfigurations"}, \
+    cluster_resources = {r[1].split("#")[0] for r in rules_of(operator_role(docs))}
+    assert cluster_resources == {"customresourcedefinitions", "namespaces", "mutatingwebhookconfigurations", "oauthapplications"}, \
         "in namespaced mode only cluster-scoped objects are granted cluster-wide"
 
 
@@ -221,18 +260,25 @@ def _connect(docs: list[dict]) -> None:
     backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
     assert backend == {"name": service["metadata"]["name"], "port": {"name": "http"}}
     assert ingress["spec"]["tls"] == [{"hosts": ["workspace-secrets.example.com"], "secretName": "connect-tls"}]
-    rules = rules_of(one(docs, "ClusterRole"))
+    rules = rules_of(operator_role(docs))
     assert {("workspace-secrets.io", r, "patch") for r in ("usertokens", "usertokens/status")} <= rules
-    assert ("", "secrets#github-oauth", "get") in rules_of(one(docs, "Role"))
-    assert {"--connect-port=8000", "--connect-base-url=https://workspace-secrets.example.com"} <= set(container(docs)["args"])
+    assert rules_of(one(docs, "Role")) == {("", "secrets#github-oauth", "get")}, "the client Secret, by name, nothing else"
+    application = one(docs, "OAuthApplication")
+    assert application["metadata"]["name"] == "github" and application["spec"]["clientSecretRef"]["name"] == "github-oauth"
+    assert application["spec"]["allowedNamespaces"] == ["workspaces-*"]
+    assert {"--connect-port=8000", "--connect-base-url=https://workspace-secrets.example.com",
+            "--connect-user-header=X-Auth-Request-User", "--connect-trusted-proxies=10.0.0.0/8",
+            "--connect-signing-key-file=/var/run/workspace-secrets-operator/connect-signing-key/signing-key"} <= set(container(docs)["args"])
+    volume = next(v for v in one(docs, "Deployment")["spec"]["template"]["spec"]["volumes"] if v["name"] == "connect-signing-key")
+    assert volume["secret"]["secretName"] == "wso-connect-signing-key"
 
 
 def _providers(docs: list[dict]) -> None:
     credentials = one(docs, "Role")
     assert credentials["metadata"]["namespace"] == "wso-system"
     assert rules_of(credentials) == {("", "secrets#aws-admin", "get"), ("", "secrets#pg-admin", "get")}
-    assert ("", "serviceaccounts/token", "create") in rules_of(one(docs, "ClusterRole"))
-    config_map = one(docs, "ConfigMap")
+    assert ("", "serviceaccounts/token", "create") in rules_of(operator_role(docs))
+    config_map = named(docs, "ConfigMap", f"wso-{CHART_NAME}-providers")
     assert yaml.safe_load(config_map["data"]["providers.yaml"]) == {"providers": PROVIDERS}
     args = container(docs)["args"]
     assert f"--providers-config={PROVIDERS_DIR}/providers.yaml" in args and "--operator-namespace=wso-system" in args
@@ -241,12 +287,12 @@ def _providers(docs: list[dict]) -> None:
 
 
 def _token_provider_only(docs: list[dict]) -> None:
-    assert ("", "serviceaccounts/token", "create") in rules_of(one(docs, "ClusterRole"))
+    assert ("", "serviceaccounts/token", "create") in rules_of(operator_role(docs))
     assert not of_kind(docs, "Role"), "no credentialsSecret: no Secret to read in the release namespace"
 
 
 def _aws_provider_only(docs: list[dict]) -> None:
-    assert ("", "serviceaccounts/token", "create") not in rules_of(one(docs, "ClusterRole"))
+    assert ("", "serviceaccounts/token", "create") not in rules_of(operator_role(docs))
     assert rules_of(one(docs, "Role")) == {("", "secrets#aws-admin", "get")}
 
 
@@ -256,7 +302,7 @@ def _peering(docs: list[dict]) -> None:
     assert "--peering=wso-workspace-secrets-operator" in container(docs)["args"]
     assert one(docs, "PodDisruptionBudget")["spec"]["minAvailable"] == 1
     assert one(docs, "ClusterKopfPeering")["metadata"]["name"] == "wso-workspace-secrets-operator"
-    assert ("kopf.dev", "clusterkopfpeerings", "patch") in rules_of(one(docs, "ClusterRole"))
+    assert ("kopf.dev", "clusterkopfpeerings", "patch") in rules_of(operator_role(docs))
 
 
 def _network_policy(docs: list[dict]) -> None:
@@ -283,7 +329,9 @@ VARIANTS: dict[str, Variant] = {
                           _webhook_ha),
     "metrics": Variant({"metrics": {"enabled": True, "serviceMonitor": {"enabled": True}}}, _metrics),
     "connect": Variant({"connect": {"enabled": True, "publicURL": "https://workspace-secrets.example.com",
-                                    "oauthClientSecrets": ["github-oauth"],
+                                    "auth": {"userHeader": "X-Auth-Request-User", "trustedProxies": ["10.0.0.0/8"]},
+                                    "signingKey": {"secretName": "wso-connect-signing-key"},
+                                    "applications": [GITHUB_APPLICATION],
                                     "ingress": {"enabled": True, "tlsSecretName": "connect-tls"}}}, _connect),
     "providers": Variant({"providers": PROVIDERS}, _providers),
     "providers-token-only": Variant({"providers": [CLUSTER_TOKENS]}, _token_provider_only),
@@ -320,10 +368,15 @@ def test_lint_strict_and_template(cluster, name: str) -> None:
         ({"providers": [{"type": "aws-iam"}]}, "at '/providers/0': missing property 'name'"),
         ({"providers": {"aws": {"credentialsSecret": "aws-admin"}}}, "at '/providers'"),
         ({"webhook": {"enabled": True, "failurePolicy": "Ignore"}}, "at '/webhook': additional properties 'failurePolicy' not allowed"),
+        ({"connect": {"oauthClientSecrets": ["github-oauth"]}}, "at '/connect': additional properties 'oauthClientSecrets' not allowed"),
+        ({"connect": {"applications": [{"name": "github", "type": "github", "clientSecretRef": {"name": "github-oauth"}}]}},
+         "at '/connect/applications/0': missing property 'allowedNamespaces'"),
+        ({"policies": {"platformUsers": "system:serviceaccount:coder:coder"}}, "at '/policies/platformUsers'"),
     ],
     ids=["top-level-typo", "nested-typo", "inline-credentials", "wrong-type", "bad-enum", "bad-namespace-name",
          "unknown-provider-type", "bad-provider-name", "bad-credentials-secret-name", "provider-without-name",
-         "old-providers-map", "operator-owned-webhook-field"],
+         "old-providers-map", "operator-owned-webhook-field", "removed-oauth-client-secrets",
+         "application-without-allowed-namespaces", "platform-users-not-a-list"],
 )
 def test_values_schema_rejects_mistakes(cluster, values: dict, message: str) -> None:
     result = cluster.helm("template", "wso", str(CHART), "--kube-version", KUBE_VERSION, "-f", "-",
@@ -341,9 +394,13 @@ def test_values_schema_rejects_mistakes(cluster, values: dict, message: str) -> 
         ({"connect": {"enabled": True}}, "connect.publicURL is required with connect.enabled"),
         ({"providers": [CLUSTER_TOKENS, {"name": "cluster-tokens", "type": "aws-iam"}]},
          'providers: the name "cluster-tokens" is used twice'),
+        ({"connect": {"enabled": True, "publicURL": "https://x.example.com", "auth": {"userHeader": "X-User"}}},
+         "connect.auth.userHeader needs connect.auth.trustedProxies"),
+        ({"connect": {"applications": [{"name": "gh", "type": "github", "allowedNamespaces": ["*"]}]}},
+         'connect.applications: "gh" (type github) needs clientSecretRef'),
     ],
     ids=["several-replicas-need-peering", "ha-webhook-needs-a-shared-certificate", "connect-needs-a-public-url",
-         "duplicate-provider-name"],
+         "duplicate-provider-name", "user-header-needs-trusted-proxies", "application-needs-client-secret"],
 )
 def test_inconsistent_values_are_refused(cluster, values: dict, message: str) -> None:
     result = cluster.helm("template", "wso", str(CHART), "--kube-version", KUBE_VERSION, "-f", "-",
@@ -381,6 +438,8 @@ def test_rendered_manifests_pass_server_side_dry_run(cluster, scratch_namespaces
     if "watchNamespaces" in values:
         values["watchNamespaces"] = [scratch_namespaces[n] for n in values["watchNamespaces"]]
     docs = render(cluster, values, namespace=scratch_namespaces["release"], release=f"dry-{name}")
+    if of_kind(docs, "OAuthApplication"):
+        assert OAUTH_APPLICATIONS_CRD in cluster.crd_names, "crds/ has no OAuthApplication CRD"
     servable = [d for d in docs if d["kind"] not in KINDS_NEEDING_THIRD_PARTY_CRDS]
     skipped = sorted(d["kind"] for d in docs if d["kind"] in KINDS_NEEDING_THIRD_PARTY_CRDS)
     assert skipped == {"metrics": ["ServiceMonitor"], "peering-ha": ["ClusterKopfPeering"], "webhook-ha": ["ClusterKopfPeering"]}.get(name, [])
@@ -475,9 +534,12 @@ def refused_requests(log: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def cluster_wide_release(cluster, scratch_namespaces, tmp_path_factory) -> Iterator[Release]:
+    """The chart's defaults (tenant-isolation policies on, cluster-wide), plus one platform group: the other
+    releases of this module run their operators from the same namespace, and this release's cluster-wide
+    policies must not refuse them (as in production, two operators in one cluster must know each other)."""
     namespace = scratch_namespaces["release"]
     name = "wso"
-    helm_install(cluster, name, namespace, {})
+    helm_install(cluster, name, namespace, {"policies": {"platformGroups": [f"system:serviceaccounts:{namespace}"]}})
     try:
         service_account = f"{name}-{CHART_NAME}"
         kubeconfig = token_kubeconfig(cluster, namespace, service_account, tmp_path_factory.mktemp("sa") / "kubeconfig")
@@ -512,8 +574,13 @@ def test_cluster_wide_service_account_has_only_what_it_needs(cluster, cluster_wi
             f"patch workspacesecrets.workspace-secrets.io --subresource=status -n {ns}",
             f"get deployments.apps -n {ns}", f"get pods -n {ns}", f"create events -n {ns}",
             "watch customresourcedefinitions.apiextensions.k8s.io",
+            "watch oauthapplications.workspace-secrets.io", "get oauthapplications.workspace-secrets.io/github",
         ],
         denied=[
+            "create oauthapplications.workspace-secrets.io", "patch oauthapplications.workspace-secrets.io/github",
+            "update validatingadmissionpolicies.admissionregistration.k8s.io",
+            "delete validatingadmissionpolicybindings.admissionregistration.k8s.io",
+            f"update configmaps/wso-{CHART_NAME}-tenancy -n {cluster_wide_release.namespace}",
             f"get configmaps -n {ns}", f"create pods -n {ns}", f"delete pods -n {ns}", f"patch deployments.apps -n {ns}",
             "delete namespaces", "list namespaces", "list nodes", f"create serviceaccounts --subresource=token -n {ns}",
             f"create workspacesecrets.workspace-secrets.io -n {ns}", f"delete workspacesecrets.workspace-secrets.io -n {ns}",
@@ -526,6 +593,48 @@ def test_cluster_wide_service_account_has_only_what_it_needs(cluster, cluster_wi
     # server's wording.
     refused = cluster.kubectl("--kubeconfig", str(cluster_wide_release.kubeconfig), "get", "configmaps", "-n", ns, check=False)
     assert refused.returncode != 0 and RBAC_DENIED.search(refused.stderr), refused.stderr
+
+
+def test_default_install_enforces_the_tenant_isolation_policies(cluster, cluster_wide_release, scratch_namespaces) -> None:
+    """The policies are installed by default, name the release's real operator ServiceAccount as a platform
+    identity, and the API server enforces them: an impersonated tenant with the chart's user role is refused
+    another user's WorkspaceSecret, allowed their own; the operator may write its reserved Secrets."""
+    release, ns = cluster_wide_release, scratch_namespaces["team-a"]
+    selector = f"app.kubernetes.io/instance={release.name}"
+    policies = cluster.kubectl("get", "validatingadmissionpolicies.admissionregistration.k8s.io", "-l", selector, "-o", "name").stdout.split()
+    bindings = cluster.kubectl("get", "validatingadmissionpolicybindings.admissionregistration.k8s.io", "-l", selector, "-o", "name").stdout.split()
+    assert sorted(p.split("/")[1] for p in policies) == sorted(f"{release.name}-{CHART_NAME}-{s}" for s in POLICY_SUFFIXES)
+    assert len(bindings) == 3
+    params = json.loads(cluster.kubectl("get", "configmap", f"{release.name}-{CHART_NAME}-tenancy", "-n", release.namespace,
+                                        "-o", "json").stdout)["data"]
+    operator_identity = whoami(cluster, release.kubeconfig)
+    assert operator_identity in [u.strip() for u in params["platformUsers"].split(",")]
+    assert "system:serviceaccount:kube-system:namespace-controller" in params["platformUsers"]
+
+    user_role = f"{release.name}-{CHART_NAME}-user"
+    cluster.kubectl("create", "rolebinding", "helm-e2e-users", "-n", ns, f"--clusterrole={user_role}", "--user=alice", "--user=bob")
+    cluster.kubectl("create", "role", "helm-e2e-secrets", "-n", ns, "--verb=create,delete", "--resource=secrets")
+    cluster.kubectl("create", "rolebinding", "helm-e2e-secrets", "-n", ns, "--role=helm-e2e-secrets", "--user=alice")
+
+    def dry_run(manifest: dict, user: str) -> subprocess.CompletedProcess[str]:
+        return cluster.kubectl(f"--as={user}", "-n", ns, "create", "--dry-run=server", "-f", "-", input=json.dumps(manifest), check=False)
+
+    def ws(user: str) -> dict:
+        return {"apiVersion": c.API_VERSION, "kind": c.WORKSPACE_SECRET_KIND, "metadata": {"name": f"for-{user}"},
+                "spec": {"user": user, "workspaceRef": {"kind": "Pod", "name": "none"}}}
+
+    reserved = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "ssh-bob-ed25519-0123abcd"}, "stringData": {"v": "x"}}
+    isolation = f"ValidatingAdmissionPolicy '{release.name}-{CHART_NAME}-user-isolation'"
+    refusal = wait_for(lambda: (r := dry_run(ws("bob"), "alice")).returncode != 0 and isolation in r.stderr and r,
+                       timeout=30, what="the chart's user-isolation policy to be enforced")
+    assert "'alice' (workspace user 'alice') may not create a WorkspaceSecret for user 'bob'" in refusal.stderr
+    assert f"ConfigMap {release.namespace}/{release.name}-{CHART_NAME}-tenancy" in refusal.stderr, "says where platform identities are set"
+    assert dry_run(ws("alice"), "alice").returncode == 0
+    reserved_refusal = dry_run(reserved, "alice")
+    assert reserved_refusal.returncode != 0 and f"{release.name}-{CHART_NAME}-reserved-secrets" in reserved_refusal.stderr, reserved_refusal.stderr
+    # The operator itself (the chart's ServiceAccount) is a platform identity.
+    assert dry_run(reserved, operator_identity).returncode == 0
+    assert cluster.kubectl("get", "secret", "ssh-bob-ed25519-0123abcd", "-n", ns, check=False).returncode != 0
 
 
 @dataclass
@@ -694,16 +803,18 @@ def test_webhook_runs_with_the_chart_flags_and_rbac(cluster, shared_operator_pau
 
 
 # --- namespaced mode --------------------------------------------------------------------------------
-def test_namespaced_mode_smoke(cluster, shared_operator_paused, tmp_path) -> None:
+def test_namespaced_mode_smoke(cluster, cluster_wide_release, shared_operator_paused, tmp_path) -> None:
     """Namespaced RBAC with providers: the admin credentials Secret readable by name in the release
-    namespace only, TokenRequest only in the watched namespace; a token credential is minted with it."""
-    release_ns = _create_namespace(cluster, "wso-e2e-helm-ns-", {"pod-security.kubernetes.io/enforce": "restricted"})
+    namespace only, TokenRequest only in the watched namespace; a token credential is minted with it.
+    Installed next to the module's cluster-wide release (whose policies treat this namespace's
+    ServiceAccounts as platform identities); its own policies bind the watched namespace only."""
+    release_ns = cluster_wide_release.namespace
     watched = _create_namespace(cluster, "wso-e2e-watched-")
     unwatched = _create_namespace(cluster, "wso-e2e-unwatched-")
     name = "wso-ns"
     # The aws-iam provider is only built at start-up (a boto3 client; no request is made): enough to prove the
     # operator reads its credentials Secret with the chart's Role. Placeholder values, not credentials.
-    aws = {"name": "aws-dev", "type": "aws-iam", "credentialsSecret": "aws-admin",
+    aws = {"name": "aws-dev", "type": "aws-iam", "credentialsSecret": "aws-admin", "allow": {"namespaces": [watched]},
            "config": {"region": "us-east-1", "endpointURL": "http://127.0.0.1:9"}}
     try:
         with cluster.api_client() as api_client:
@@ -733,7 +844,7 @@ def test_namespaced_mode_smoke(cluster, shared_operator_paused, tmp_path) -> Non
             with cluster.api_client() as api_client:
                 api = Api(api_client)
                 api.create_ws(unwatched, "ignored", {"user": "zoe", "workspaceRef": {"kind": "Pod", "name": "none"}})
-                api.create_deployment(watched, "ws-amy")
+                api.create_deployment(watched, "ws-amy", user="amy")
                 api.create_ws(watched, "amy", {"user": "amy", "workspaceRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "ws-amy"}})
                 api.wait_condition(watched, "amy")
                 api.wait_condition(watched, "amy", type_="WorkspaceBound")
@@ -759,14 +870,18 @@ def test_namespaced_mode_smoke(cluster, shared_operator_paused, tmp_path) -> Non
         assert cluster.kubectl("get", "role,rolebinding", "-n", watched, "-o", "name").stdout.strip() == ""
     finally:
         cluster.helm("uninstall", name, "--namespace", release_ns, check=False)
-        _delete_namespaces(cluster, release_ns, watched, unwatched)
+        cluster.kubectl("delete", "secret", "aws-admin", "-n", release_ns, "--ignore-not-found", check=False)
+        _delete_namespaces(cluster, watched, unwatched)
 
 
 # --- uninstall ----------------------------------------------------------------------------------------
 INSTALLABLE_EVERYTHING = {
     "webhook": {"enabled": True},
     "metrics": {"enabled": True},
-    "connect": {"enabled": True, "publicURL": "https://workspace-secrets.example.com", "oauthClientSecrets": ["github-oauth"],
+    "connect": {"enabled": True, "publicURL": "https://workspace-secrets.example.com",
+                "auth": {"userHeader": "X-Forwarded-User", "trustedProxies": ["10.0.0.0/8"]},
+                "signingKey": {"secretName": "connect-signing-key"},
+                "applications": [{**GITHUB_APPLICATION, "name": "helm-e2e-github"}],
                 "ingress": {"enabled": True}},
     "providers": PROVIDERS,
     "networkPolicy": {"enabled": True},
@@ -774,7 +889,9 @@ INSTALLABLE_EVERYTHING = {
 RELEASE_KINDS = ("serviceaccounts,configmaps,deployments.apps,replicasets.apps,pods,services,roles.rbac.authorization.k8s.io,"
                  "rolebindings.rbac.authorization.k8s.io,networkpolicies.networking.k8s.io,ingresses.networking.k8s.io")
 CLUSTER_KINDS = ("clusterroles.rbac.authorization.k8s.io,clusterrolebindings.rbac.authorization.k8s.io,"
-                 "mutatingwebhookconfigurations.admissionregistration.k8s.io")
+                 "mutatingwebhookconfigurations.admissionregistration.k8s.io,"
+                 "validatingadmissionpolicies.admissionregistration.k8s.io,"
+                 "validatingadmissionpolicybindings.admissionregistration.k8s.io,oauthapplications.workspace-secrets.io")
 
 
 def test_uninstall_removes_everything_but_the_crds(cluster) -> None:
@@ -791,7 +908,8 @@ def test_uninstall_removes_everything_but_the_crds(cluster) -> None:
         helm_install(cluster, name, namespace, INSTALLABLE_EVERYTHING)
         manifest = [d for d in yaml.safe_load_all(cluster.helm("get", "manifest", name, "-n", namespace).stdout) if d]
         kinds = {d["kind"] for d in manifest}
-        assert {"MutatingWebhookConfiguration", "Ingress", "NetworkPolicy", "ClusterRole", "Role", "Service", "ConfigMap"} <= kinds
+        assert {"MutatingWebhookConfiguration", "Ingress", "NetworkPolicy", "ClusterRole", "Role", "Service", "ConfigMap",
+                "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding", "OAuthApplication"} <= kinds
         before = wait_for(lambda: (found := leftovers()) and any(n.startswith("pod/") for n in found) and found,
                           timeout=30, what="the release's objects and pod")
         assert len(before) >= len(manifest)

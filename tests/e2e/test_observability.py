@@ -83,7 +83,7 @@ def test_every_state_change_gets_an_event_with_a_stable_reason(api, namespace, w
                       labels={c.LABEL_USER: "eve"})
     api.patch_ws(namespace, "ev", {"metadata": {"annotations": {"touch": "1"}}})  # the key Secret is not watched
     api.wait_condition(namespace, "ev")
-    api.create_pod(namespace, "ws-eve")
+    api.create_pod(namespace, "ws-eve", user="eve")
     api.wait_condition(namespace, "ev", type_="WorkspaceBound")
     reasons = wait_for(lambda: (r := {e.reason for e in api.events_for(namespace, "ev")}) and "WorkspaceBound" in r and r,
                        timeout=10, what="events")

@@ -56,7 +56,7 @@ def test_a_labelled_deployments_pods_get_the_secret(api, namespace, wso_operator
     assert api.get_ws(namespace, "alice")["status"]["env"] == [{"name": "GIT_SSH_COMMAND", "key": "GIT_SSH_COMMAND"}]
 
     template = client.V1PodTemplateSpec(
-        metadata=client.V1ObjectMeta(labels={"app": "ws-alice", c.LABEL_WORKSPACE_SECRET: "alice"},
+        metadata=client.V1ObjectMeta(labels={"app": "ws-alice", c.LABEL_WORKSPACE_SECRET: "alice", c.LABEL_USER: "alice"},
                                      annotations={c.ANNOTATION_CONTAINERS: "workspace,clone"}),
         spec=client.V1PodSpec(
             security_context=client.V1PodSecurityContext(run_as_user=1000, fs_group=1000),
@@ -66,7 +66,7 @@ def test_a_labelled_deployments_pods_get_the_secret(api, namespace, wso_operator
         ),
     )
     api.apps.create_namespaced_deployment(namespace, client.V1Deployment(
-        metadata=client.V1ObjectMeta(name="ws-alice"),
+        metadata=client.V1ObjectMeta(name="ws-alice", labels={c.LABEL_USER: "alice"}),
         spec=client.V1DeploymentSpec(replicas=2, selector=client.V1LabelSelector(match_labels={"app": "ws-alice"}), template=template),
     ))
     pods = wait_for(lambda: (items := api.core.list_namespaced_pod(namespace, label_selector="app=ws-alice").items) and len(items) == 2 and items,
@@ -116,7 +116,7 @@ def test_a_stale_ca_bundle_is_restored(api, namespace, wso_operator):
     other_ca = base64.b64encode(tls.new_ca(datetime.now(timezone.utc)).cert_pem).decode()
     admission.patch_mutating_webhook_configuration(c.WEBHOOK_CONFIGURATION_NAME, [
         {"op": "replace", "path": "/webhooks/0/clientConfig/caBundle", "value": other_ca}])
-    labelled = pod_body("erin-ws", labels={c.LABEL_WORKSPACE_SECRET: "erin"})
+    labelled = pod_body("erin-ws", labels={c.LABEL_WORKSPACE_SECRET: "erin", c.LABEL_USER: "erin"})
 
     def dry_run_error() -> ApiException | None:
         try:
@@ -162,7 +162,7 @@ def test_existing_definitions_are_kept_and_reported(api, namespace, wso_operator
     # Mounted by hand already (the README's manual path) and its own GIT_SSH_COMMAND: nothing is doubled
     # (the API server would reject a second mount at the same path) and nothing is overridden.
     manual = pod_body(
-        "carol-ws", labels={c.LABEL_WORKSPACE_SECRET: "carol"},
+        "carol-ws", labels={c.LABEL_WORKSPACE_SECRET: "carol", c.LABEL_USER: "carol"},
         volumes=[{"name": "ssh", "secret": {"secretName": "carol", "defaultMode": 0o440}}],
     )
     manual["spec"]["containers"][0].update(
@@ -204,3 +204,19 @@ def test_the_example_deployment_gets_its_secret(api, namespace, cluster):
     [container] = pod.spec.containers
     assert [(m.mount_path, m.read_only) for m in container.volume_mounts if m.name == volume.name] == [("/home/coder/.workspace-secrets", True)]
     assert env_refs(container) == {"GIT_SSH_COMMAND": ("dana-workspace-secrets", "GIT_SSH_COMMAND")}
+    api.wait_condition(namespace, "dana-workspace-secrets", type_="WorkspaceBound", timeout=30)  # the Deployment is dana's
+
+
+def test_a_pod_of_another_user_or_of_nobody_is_refused(api, namespace, wso_operator):
+    """The WorkspaceSecret's name proves nothing about whose pod it is: the pod's user label must match its
+    spec.user (issue 14, instance 5: a re-created WorkspaceSecret must not reach its old owner's pods)."""
+    api.create_ws(namespace, "frank", ws_spec("frank"))
+    api.wait_condition(namespace, "frank")
+    for labels, found in (({}, "is missing"), ({c.LABEL_USER: "gus"}, "is 'gus'")):
+        with pytest.raises(ApiException) as error:
+            api.core.create_namespaced_pod(namespace, pod_body("not-franks", labels={c.LABEL_WORKSPACE_SECRET: "frank", **labels}))
+        assert error.value.status == 403, error.value.body
+        assert f"label {c.LABEL_USER} {found}" in error.value.body and "belongs to user 'frank'" in error.value.body
+    assert api.core.list_namespaced_pod(namespace).items == []
+    created = api.core.create_namespaced_pod(namespace, pod_body("franks", labels={c.LABEL_WORKSPACE_SECRET: "frank", c.LABEL_USER: "frank"}))
+    assert secret_volumes(created)[0].secret.secret_name == "frank"

@@ -16,11 +16,12 @@ def api(cluster) -> Api:
     return Api(cluster.api_client())
 
 
-def user_secret(api: Api, namespace: str, name: str, user: str, data: dict[str, bytes], env: str = "", files: str = "") -> None:
+def user_secret(api: Api, namespace: str, name: str, user: str, data: dict[str, bytes], env: str = "", files: str = "",
+                type_: str | None = None) -> None:
     annotations = {k: v for k, v in ((c.ANNOTATION_USER_ENV, env), (c.ANNOTATION_USER_FILES, files)) if v}
     api.core.create_namespaced_secret(namespace, k8s.V1Secret(
         metadata=k8s.V1ObjectMeta(name=name, labels={c.LABEL_USER: user}, annotations=annotations),
-        data={k: base64.b64encode(v).decode() for k, v in data.items()},
+        data={k: base64.b64encode(v).decode() for k, v in data.items()}, type=type_,
     ))
 
 
@@ -69,6 +70,32 @@ def test_conflicts_are_reported_and_nothing_is_overwritten(api, namespace, wso_o
     assert "UserSecretConflict" in {e.reason for e in api.events_for(namespace, "c1")}
 
 
+def test_dangerous_env_names_and_foreign_secret_types_are_never_delivered(api, namespace, wso_operator):
+    """Instances 5 and 6 of issue 14: env that changes how programs run, and Secrets Kubernetes fills in."""
+    api.core.create_namespaced_service_account(namespace, k8s.V1ServiceAccount(metadata=k8s.V1ObjectMeta(name="powerful")))
+    api.core.create_namespaced_secret(namespace, k8s.V1Secret(
+        metadata=k8s.V1ObjectMeta(name="sa-token", labels={c.LABEL_USER: "hal"},
+                                  annotations={"kubernetes.io/service-account.name": "powerful", c.ANNOTATION_USER_ENV: "SA_TOKEN=token"}),
+        type="kubernetes.io/service-account-token"))
+    try:
+        wait_for(lambda: "token" in (api.secret_data(namespace, "sa-token") or {}), timeout=30, what="Kubernetes fills in the token")
+        user_secret(api, namespace, "evil", "hal", {"k": b"/tmp/x.so"}, env="LD_PRELOAD=k, BASH_ENV=k, GIT_CONFIG_COUNT=k, OK_VALUE=k")
+        user_secret(api, namespace, "auth", "hal", {"username": b"u", "password": b"p"}, env="SVC_PASSWORD=password",
+                    type_="kubernetes.io/basic-auth")
+        api.create_ws(namespace, "h1", {"user": "hal", "workspaceRef": {"kind": "Pod", "name": "p"}})
+        cond = api.wait_condition(namespace, "h1", status="False", type_=c.CONDITION_USER_SECRETS_READY)
+        assert "Secret 'sa-token' has type kubernetes.io/service-account-token" in cond["message"]
+        for name in ("LD_PRELOAD", "BASH_ENV", "GIT_CONFIG_COUNT"):
+            assert f"env {name} (Secret 'evil') changes how programs in the workspace run" in cond["message"]
+        wait_for(lambda: set(delivered(api, namespace, "h1")) == {"user.evil.k", "user.auth.password"}, timeout=30, what="only the safe ones")
+        env = {e["name"] for e in api.get_ws(namespace, "h1")["status"]["env"]}
+        assert {"OK_VALUE", "SVC_PASSWORD"} <= env and not env & {"LD_PRELOAD", "BASH_ENV", "GIT_CONFIG_COUNT", "SA_TOKEN"}
+    finally:
+        # Its `namespace` key holds the namespace's name, which Events rightly mention: not a leak, but the
+        # session's secret hygiene scan would count it as one.
+        api.core.delete_namespaced_secret("sa-token", namespace)
+
+
 def test_opt_out_and_subset(api, namespace, wso_operator):
     user_secret(api, namespace, "s1", "dana", {"k": b"1"}, env="ONE=k")
     user_secret(api, namespace, "s2", "dana", {"k": b"2"}, env="TWO=k")
@@ -86,7 +113,7 @@ def test_a_pod_created_through_the_webhook_gets_the_env_var_and_the_file(api, na
     api.create_ws(namespace, "erin", {"user": "erin", "workspaceRef": {"kind": "Pod", "name": "erin-ws"}})
     wait_for(lambda: "user.tools.cfg" in delivered(api, namespace, "erin"), timeout=30, what="user secret delivered")
     pod = api.core.create_namespaced_pod(namespace, k8s.V1Pod(
-        metadata=k8s.V1ObjectMeta(name="erin-ws", labels={c.LABEL_WORKSPACE_SECRET: "erin"}),
+        metadata=k8s.V1ObjectMeta(name="erin-ws", labels={c.LABEL_WORKSPACE_SECRET: "erin", c.LABEL_USER: "erin"}),
         spec=k8s.V1PodSpec(containers=[k8s.V1Container(name="main", image="registry.invalid/ws:1")]),
     ))
     container = pod.spec.containers[0]

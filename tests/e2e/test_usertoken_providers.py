@@ -9,7 +9,7 @@ import subprocess
 import pytest
 import requests
 from helpers import Api, wait_for
-from test_usertoken import assert_no_token_leaks, connect, create_token, get_token, wait_phase
+from test_usertoken import applications, assert_no_token_leaks, connect, create_token, get_token, wait_phase  # noqa: F401 (fixture)
 from usertoken_support import BrowserSession
 
 from fakes.git_providers import FakeGitProvider, fetch_state
@@ -56,14 +56,13 @@ def user_public_key(api: Api, namespace: str, ws: str) -> str:
 
 
 @pytest.mark.parametrize("fake", list(PROVIDERS), indirect=True)
-def test_connect_git_credentials_ssh_key_and_cleanup(api, namespace, wso_operator, fake, tmp_path):
+def test_connect_git_credentials_ssh_key_and_cleanup(api, namespace, wso_operator, fake, tmp_path, applications):  # noqa: F811
     type_ = next(t for t, (kind, _) in PROVIDERS.items() if kind == fake.state.kind)
     username = PROVIDERS[type_][1]
     api.create_ws(namespace, "alice-ws", {"user": "alice", "workspaceRef": {"kind": "Pod", "name": "alice-pod"}})
     api.wait_condition(namespace, "alice-ws")
-    api.create_secret(namespace, "oauth-client", {"client-id": b"wso-client", "client-secret": CLIENT_SECRET.encode()})
-    create_token(api, namespace, "git", {"user": "alice", "type": type_, "host": fake.url, "addSSHKey": True,
-                                         "clientSecretRef": {"name": "oauth-client"}})
+    app = applications("wso-client", {"type": type_, "host": fake.url}, secret=CLIENT_SECRET)
+    create_token(api, namespace, "git", {"user": "alice", "application": app, "addSSHKey": True})
     ut = connect(api, wso_operator, namespace, "git")
     status = ut["status"]
     assert status["login"] == "octo-alice"
@@ -107,12 +106,12 @@ def test_connect_git_credentials_ssh_key_and_cleanup(api, namespace, wso_operato
     assert_no_token_leaks(api, namespace, wso_operator, secrets_seen)
 
 
-def test_a_failing_refresh_at_github_expires_the_token(api, namespace, wso_operator):
+def test_a_failing_refresh_at_github_expires_the_token(api, namespace, wso_operator, applications):  # noqa: F811
     """GitHub reports a dead refresh token with HTTP 200 and error=bad_refresh_token: still a rejection."""
     server = FakeGitProvider("github", clients={"wso-client": CLIENT_SECRET}).start()
     try:
-        api.create_secret(namespace, "oauth-client", {"client-id": b"wso-client", "client-secret": CLIENT_SECRET.encode()})
-        create_token(api, namespace, "gh", {"user": "alice", "type": "github", "host": server.url, "clientSecretRef": {"name": "oauth-client"}})
+        app = applications("wso-client", {"type": "github", "host": server.url}, secret=CLIENT_SECRET)
+        create_token(api, namespace, "gh", {"user": "alice", "application": app})
         connect(api, wso_operator, namespace, "gh")
         server.state.refresh_tokens.clear()  # GitHub no longer knows the refresh token (e.g. its 6 months passed)
         api.custom.patch_namespaced_custom_object(c.GROUP, c.VERSION, namespace, c.USER_TOKEN_PLURAL, "gh",
@@ -120,21 +119,21 @@ def test_a_failing_refresh_at_github_expires_the_token(api, namespace, wso_opera
         status = wait_phase(api, namespace, "gh", c.PHASE_EXPIRED)["status"]
         assert "bad_refresh_token" in next(x for x in status["conditions"] if x["type"] == "Ready")["message"]
         assert status["authorizationURL"]
-        browser = BrowserSession(wso_operator.process.connect_url)
+        browser = BrowserSession.of(wso_operator.process)
         assert "data-ok='true'" in browser.connect(status["authorizationURL"], namespace, "gh").text
         wait_phase(api, namespace, "gh", c.PHASE_VALID)
     finally:
         server.stop()
 
 
-def test_outages_are_retried_and_never_drop_the_token(api, namespace, wso_operator):
+def test_outages_are_retried_and_never_drop_the_token(api, namespace, wso_operator, applications):  # noqa: F811
     """A 503 from the token endpoint is not a verdict: the token stays Valid and the refresh is retried with
     backoff. A 503 from the revocation endpoint keeps the finalizer: the UserToken is deleted only after
     the token was revoked."""
     server = FakeGitProvider("github", clients={"wso-client": CLIENT_SECRET}).start()
     try:
-        api.create_secret(namespace, "oauth-client", {"client-id": b"wso-client", "client-secret": CLIENT_SECRET.encode()})
-        create_token(api, namespace, "gh", {"user": "alice", "type": "github", "host": server.url, "clientSecretRef": {"name": "oauth-client"}})
+        app = applications("wso-client", {"type": "github", "host": server.url}, secret=CLIENT_SECRET)
+        create_token(api, namespace, "gh", {"user": "alice", "application": app})
         connect(api, wso_operator, namespace, "gh")
         before = api.secret_digests(namespace, "gh-token")[c.KEY_TOKEN]
         server.state.outages["token"] = 2

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 from helpers import Api, wait_for
-from test_usertoken import CLIENT_SECRET, assert_no_token_leaks, connect, create_token, get_token, wait_phase
+from test_usertoken import CLIENT_SECRET, applications, assert_no_token_leaks, connect, create_token, get_token, wait_phase  # noqa: F401
 from usertoken_support import OIDCServer, free_port
 
 from workspace_secrets.api import constants as c
@@ -92,8 +92,9 @@ def lookup_self(vault: VaultDevServer, token: bytes) -> int:
     return requests.get(f"{vault.addr}/v1/auth/token/lookup-self", headers={"X-Vault-Token": token.decode()}, timeout=10).status_code
 
 
-def test_vault_token_through_vaults_oidc_auth_method(api, namespace, wso_operator, vault):
-    create_token(api, namespace, "alice-vault", {"user": "alice", "type": "vault", "host": vault.addr, "vault": {"role": "dev"}})
+def test_vault_token_through_vaults_oidc_auth_method(api, namespace, wso_operator, vault, applications):  # noqa: F811
+    app = applications(None, {"type": "vault", "host": vault.addr, "vault": {"role": "dev"}})  # no client: Vault holds it
+    create_token(api, namespace, "alice-vault", {"user": "alice", "application": app})
     status = connect(api, wso_operator, namespace, "alice-vault")["status"]
     assert status["login"] == "oidc-alice" and "default" in status["scopes"]
     data = api.secret_data(namespace, "alice-vault-token")

@@ -32,9 +32,10 @@ def fingerprint_of(private_key: bytes, tmp_path) -> str:
 
 
 def test_create_gives_a_ready_secret_with_a_working_key(api, namespace, wso_operator, tmp_path):
-    api.create_deployment(namespace, "ws-alice")
+    api.create_deployment(namespace, "ws-alice", user="alice")
     api.create_ws(namespace, "alice-ws", {"user": "alice", "workspaceRef": deployment_ref("ws-alice"),
-                                          "display": [{"key": "editor", "value": "vscode"}]})
+                                          "display": [{"key": "editor", "value": "vscode"},
+                                                      {"key": "public key", "valueFrom": {"secretKeyRef": {"key": c.KEY_SSH_PUBLIC}}}]})
     api.wait_condition(namespace, "alice-ws")
     ws = api.get_ws(namespace, "alice-ws")
     status = ws["status"]
@@ -43,7 +44,8 @@ def test_create_gives_a_ready_secret_with_a_working_key(api, namespace, wso_oper
     assert fingerprint_of(data[c.KEY_SSH_PRIVATE], tmp_path) == status["sshKeyFingerprint"]
     assert data[c.KEY_SSH_PUBLIC].decode().strip() == status["sshPublicKey"]
     assert status["secretName"] == "alice-ws" and status["sshKeySource"] == "Generated"
-    assert status["display"] == [{"key": "editor", "value": "vscode", "sensitive": False}]
+    assert status["display"] == [{"key": "editor", "value": "vscode", "sensitive": False},
+                                 {"key": "public key", "value": status["sshPublicKey"], "sensitive": False}]
     assert status["observedGeneration"] == ws["metadata"]["generation"]
     secret = api.get_secret(namespace, "alice-ws")
     assert secret.type == "kubernetes.io/ssh-auth"
@@ -77,7 +79,7 @@ def test_workspaces_of_one_user_share_a_key_and_other_users_do_not(api, namespac
 def test_workspace_created_later_is_bound_and_its_deletion_collects_everything(api, namespace, wso_operator):
     api.create_ws(namespace, "late", {"user": "carol", "workspaceRef": {"kind": "Pod", "name": "ws-late"}})
     api.wait_condition(namespace, "late")
-    api.create_pod(namespace, "ws-late")
+    api.create_pod(namespace, "ws-late", user="carol")
     api.wait_condition(namespace, "late", type_="WorkspaceBound", timeout=30)
     api.core.delete_namespaced_pod("ws-late", namespace, grace_period_seconds=0)
     # Kubernetes' garbage collector removes the WorkspaceSecret, then its Secret. (Its discovery of a
@@ -88,7 +90,7 @@ def test_workspace_created_later_is_bound_and_its_deletion_collects_everything(a
 
 
 def test_deployment_deletion_while_the_operator_is_down_is_cleaned_up(api, namespace, wso_operator):
-    api.create_deployment(namespace, "ws-dan")
+    api.create_deployment(namespace, "ws-dan", user="dan")
     api.create_ws(namespace, "dan", {"user": "dan", "workspaceRef": deployment_ref("ws-dan")})
     api.wait_condition(namespace, "dan", type_="WorkspaceBound")
     wso_operator.process.stop()
@@ -155,6 +157,60 @@ def test_bring_your_own_key(api, namespace, wso_operator, tmp_path):
     cond = api.wait_condition(namespace, "byo-missing", status="False", reason="ExistingKeyNotFound")
     assert "'no-such-secret'" in cond["message"]
     assert api.get_secret(namespace, "byo-missing") is None
+    # Another user's key Secret gets the very same answer as a missing one: nothing tells them apart.
+    api.create_secret(namespace, "kims-key", {"ssh-privatekey": path.read_bytes()}, labels={c.LABEL_USER: "kim"})
+    api.create_ws(namespace, "byo-foreign", {"user": "hank", "workspaceRef": deployment_ref("nothing"),
+                                             "ssh": {"existingSecretRef": {"name": "kims-key"}}})
+    foreign = api.wait_condition(namespace, "byo-foreign", status="False", reason="ExistingKeyNotFound")
+    assert foreign["message"] == cond["message"].replace("no-such-secret", "kims-key")
+
+
+def test_a_workspace_of_another_user_is_not_bound(api, namespace, wso_operator):
+    """A WorkspaceSecret binds only to a workspace labelled with its spec.user (issue 14, instance 5)."""
+    api.create_deployment(namespace, "ws-kate", user="kate")
+    api.create_deployment(namespace, "ws-unlabelled")
+    api.create_ws(namespace, "not-kates", {"user": "lou", "workspaceRef": deployment_ref("ws-kate")})
+    api.create_ws(namespace, "unlabelled", {"user": "lou", "workspaceRef": deployment_ref("ws-unlabelled")})
+    for name, workspace in (("not-kates", "ws-kate"), ("unlabelled", "ws-unlabelled")):
+        cond = api.wait_condition(namespace, name, status="False", type_="WorkspaceBound", reason="WorkspaceUserMismatch")
+        assert f"Deployment {workspace!r} is not labelled {c.LABEL_USER}=lou" in cond["message"]
+        assert not api.get_ws(namespace, name)["metadata"].get("ownerReferences")
+        api.wait_condition(namespace, name)  # the Secret is still ready
+    # Labelling the workspace for its user binds it at the next re-check.
+    api.apps.patch_namespaced_deployment("ws-unlabelled", namespace, {"metadata": {"labels": {c.LABEL_USER: "lou"}}})
+    api.wait_condition(namespace, "unlabelled", type_="WorkspaceBound", timeout=30)
+    assert [o["name"] for o in api.get_ws(namespace, "unlabelled")["metadata"]["ownerReferences"]] == ["ws-unlabelled"]
+    assert not api.get_ws(namespace, "not-kates")["metadata"].get("ownerReferences")
+
+
+def test_display_never_copies_a_secret_value_into_status(api, namespace, wso_operator):
+    api.create_ws(namespace, "disp", {"user": "mo", "workspaceRef": deployment_ref("nothing"), "display": [
+        {"key": "git", "valueFrom": {"secretKeyRef": {"key": c.KEY_GIT_SSH_COMMAND}}},
+        {"key": "private", "valueFrom": {"secretKeyRef": {"key": c.KEY_SSH_PRIVATE}}, "sensitive": True},
+        {"key": "user secret", "valueFrom": {"secretKeyRef": {"key": "user.npm.token"}}}]})
+    api.wait_condition(namespace, "disp")
+    shown = {i["key"]: i for i in api.get_ws(namespace, "disp")["status"]["display"]}
+    assert shown["git"]["value"].startswith("ssh -i ") and not shown["git"]["sensitive"]
+    assert shown["private"] == {"key": "private", "value": "********", "sensitive": True}
+    assert shown["user secret"] == {"key": "user secret", "value": "********", "sensitive": True}
+
+
+def test_reserved_and_unsafe_names_are_refused_at_admission(api, namespace, wso_operator):
+    from kubernetes.client.exceptions import ApiException
+
+    reserved = user_key_secret_name("victim", KeySpec())
+    cases = [
+        ("squat", {"secretName": reserved}, "reserved"),
+        (reserved, {}, "reserved"),
+        ("etc", {"mountPath": "/etc/profile.d"}, "system directory"),
+        ("home", {"userSecrets": {"mountPath": "/home/victim"}}, "home directory"),
+        ("dots", {"mountPath": "/var/run/../../etc"}, "normalized"),
+    ]
+    for name, extra, message in cases:
+        with pytest.raises(ApiException) as info:
+            api.create_ws(namespace, name, {"user": "mo", "workspaceRef": deployment_ref("nothing"), **extra})
+        assert info.value.status == 422 and message in info.value.body, (name, info.value.body)
+    assert api.get_secret(namespace, reserved) is None
 
 
 def test_rotation_replaces_the_key_in_every_workspace_of_the_user(api, namespace, wso_operator):

@@ -1,6 +1,8 @@
-"""Support for the UserToken e2e tests: the real OAuth server (oidc-provider on Node), and a user's browser
-session driven over plain HTTP (requests) through the connect page, the provider's login/consent pages and
-the callback. The real-browser test (test_usertoken_browser.py) drives the same path with Chromium."""
+"""Support for the UserToken e2e tests: the real OAuth server (oidc-provider on Node), the platform's
+OAuthApplications (created by the test as the admin, client Secrets in the operator's namespace), and a
+user's browser session driven over plain HTTP (requests) through the platform's auth proxy to the connect
+page, the provider's login/consent pages and the callback. The real-browser test (test_usertoken_browser.py)
+drives the same path with Chromium behind a small reverse proxy playing the auth proxy."""
 
 from __future__ import annotations
 
@@ -18,6 +20,9 @@ from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 import requests
+from requests.adapters import HTTPAdapter
+
+from workspace_secrets.api import constants as c
 
 SERVER_DIR = Path(__file__).resolve().parent / "oauth_server"
 
@@ -80,40 +85,105 @@ class OIDCServer:
         assert response.status_code == 200, response.status_code
 
 
-class BrowserSession:
-    """A user's browser, approximated with requests: cookies, redirects, forms."""
+APPLICATION_PLURAL = "oauthapplications"
 
-    def __init__(self, connect_url: str) -> None:
+
+def create_application(api, name: str, spec: dict, *, operator_namespace: str, client_id: str | None = None,
+                       client_secret: str | None = None) -> dict:
+    """What the platform does: the OAuthApplication (cluster-scoped) and, unless it is a vault one, its client
+    Secret in the operator's namespace (named after the application)."""
+    spec = dict(spec)
+    if client_id is not None:
+        secret = f"oauthapp-{name}"
+        data = {"client-id": client_id.encode(), **({"client-secret": client_secret.encode()} if client_secret else {})}
+        api.create_secret(operator_namespace, secret, data)
+        spec["clientSecretRef"] = {"name": secret}
+    body = {"apiVersion": c.API_VERSION, "kind": "OAuthApplication", "metadata": {"name": name}, "spec": spec}
+    return api.custom.create_cluster_custom_object(c.GROUP, c.VERSION, APPLICATION_PLURAL, body)
+
+
+def delete_application(api, name: str, *, operator_namespace: str) -> None:
+    for call in (lambda: api.custom.delete_cluster_custom_object(c.GROUP, c.VERSION, APPLICATION_PLURAL, name),
+                 lambda: api.core.delete_namespaced_secret(f"oauthapp-{name}", operator_namespace)):
+        try:
+            call()
+        except Exception as exc:  # noqa: BLE001 - ApiException 404: already gone
+            if getattr(exc, "status", None) != 404:
+                raise
+
+
+class SourceAddressAdapter(HTTPAdapter):
+    """Connections from a chosen local address: how a request comes from the platform's auth proxy."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        super().__init__()
+
+    def init_poolmanager(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        kwargs["source_address"] = (self.source, 0)
+        return super().init_poolmanager(*args, **kwargs)
+
+
+class BrowserSession:
+    """A user's browser, approximated with requests: cookies, redirects, forms. Requests to the connect page go
+    through the platform's auth proxy (from its trusted address, with the user header naming `user`), the
+    way a browser reaches the page in production; requests to the provider go directly. `user=None`: a
+    browser nobody signed in."""
+
+    def __init__(self, connect_url: str, *, user: str | None = "alice", header: str = "X-Remote-User",
+                 source: str = "127.0.0.2") -> None:
         self.connect_url = connect_url
+        self.user = user
+        self.header = header
         self.http = requests.Session()
+        self.http.mount(connect_url.rstrip("/") + "/", SourceAddressAdapter(source))
+
+    @classmethod
+    def of(cls, process, user: str | None = "alice") -> BrowserSession:
+        """A browser of `user`, signed in by the auth proxy in front of this operator's connect page."""
+        return cls(process.connect_url, user=user, header=process.connect_user_header, source=process.connect_trusted_proxy)
+
+    def _headers(self, url: str) -> dict[str, str]:
+        return {self.header: self.user} if self.user is not None and url.startswith(self.connect_url) else {}
+
+    def get(self, url: str, **kwargs) -> requests.Response:  # type: ignore[no-untyped-def]
+        return self.http.get(url, headers=self._headers(url), timeout=kwargs.pop("timeout", 15), **kwargs)
+
+    def post(self, url: str, **kwargs) -> requests.Response:  # type: ignore[no-untyped-def]
+        return self.http.post(url, headers=self._headers(url), timeout=kwargs.pop("timeout", 15), **kwargs)
 
     def open(self, url: str) -> requests.Response:
-        return self.http.get(url, timeout=15)
+        response = self.get(url, allow_redirects=False)
+        for _ in range(5):  # same-site redirects (e.g. an old link to the page): keep the proxy's header
+            if response.status_code not in (301, 302, 303, 307, 308):
+                break
+            response = self.get(urljoin(response.url, response.headers["Location"]), allow_redirects=False)
+        return response
 
     def connect(self, link: str, namespace: str, name: str, *, login: str = "alice") -> requests.Response:
-        """Open the signed link, click Connect for namespace/name, pass the provider's pages, return the
-        operator's result page."""
+        """Open the link (status.authorizationURL: the connect page), click Connect for namespace/name, pass the
+        provider's pages, return the operator's result page."""
         page = self.open(link)
         assert page.status_code == 200 and "Connect your accounts" in page.text, page.status_code
         return self.click_connect(page.text, namespace, name, login=login)
 
     def click_connect(self, html: str, namespace: str, name: str, *, login: str = "alice") -> requests.Response:
         form = _form_for(html, namespace, name)
-        response = self.http.post(urljoin(self.connect_url, "/connect/start"), data=form, allow_redirects=False, timeout=15)
+        response = self.post(urljoin(self.connect_url, "/connect/start"), data=form, allow_redirects=False)
         assert response.status_code == 303, (response.status_code, response.text[:300])
         return self.follow(response.headers["Location"], login=login)
 
     def start(self, html: str, namespace: str, name: str) -> str:
         """Click Connect; return the provider URL the operator redirects to."""
         form = _form_for(html, namespace, name)
-        response = self.http.post(urljoin(self.connect_url, "/connect/start"), data=form, allow_redirects=False, timeout=15)
+        response = self.post(urljoin(self.connect_url, "/connect/start"), data=form, allow_redirects=False)
         assert response.status_code == 303, (response.status_code, response.text[:300])
         return response.headers["Location"]
 
     def follow(self, url: str, *, login: str = "alice", max_steps: int = 20, stop_at_callback: bool = False) -> requests.Response | str:
         """Follow redirects and submit oidc-provider's development login and consent forms. With
         stop_at_callback, return the callback URL instead of visiting it."""
-        response = self.http.get(url, allow_redirects=False, timeout=15)
+        response = self.get(url, allow_redirects=False)
         for _ in range(max_steps):
             if response.status_code in (301, 302, 303, 307, 308):
                 target = urljoin(response.url, response.headers["Location"])
@@ -121,18 +191,28 @@ class BrowserSession:
                     self.last_callback = target
                     if stop_at_callback:
                         return target
-                response = self.http.get(target, allow_redirects=False, timeout=30)
+                response = self.get(target, allow_redirects=False, timeout=30)
                 continue
             if response.status_code == 200 and 'name="prompt" value="login"' in response.text:
                 action = urljoin(response.url, unescape(re.search(r'action="([^"]+)"', response.text).group(1)))
-                response = self.http.post(action, data={"prompt": "login", "login": login, "password": "any"}, allow_redirects=False, timeout=15)
+                response = self.post(action, data={"prompt": "login", "login": login, "password": "any"}, allow_redirects=False)
                 continue
             if response.status_code == 200 and 'name="prompt" value="consent"' in response.text:
                 action = urljoin(response.url, unescape(re.search(r'action="([^"]+)"', response.text).group(1)))
-                response = self.http.post(action, data={"prompt": "consent"}, allow_redirects=False, timeout=15)
+                response = self.post(action, data={"prompt": "consent"}, allow_redirects=False)
                 continue
             return response
         raise AssertionError("too many redirects")
+
+
+def device_code_on_page(html: str, namespace: str, name: str) -> tuple[str, str] | None:
+    """(user code, verification URL) the connect page shows for a Device-flow UserToken, if any."""
+    row = re.search(rf"<tr id='{re.escape(namespace)}/{re.escape(name)}'.*?</tr>", html, re.S)
+    if row is None:
+        return None
+    code = re.search(r"<code id='user-code'[^>]*>([^<]+)</code>", row.group(0))
+    link = re.search(r"<a href='([^']+)'", row.group(0))
+    return (unescape(code.group(1)), unescape(link.group(1))) if code and link else None
 
 
 def _form_for(html: str, namespace: str, name: str) -> dict[str, str]:

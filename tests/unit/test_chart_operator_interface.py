@@ -3,9 +3,8 @@
 - Every `--flag` the chart's Deployment passes, for each documented variant, is an option of the operator's
   own argparse parser (exact name, no abbreviation), and the whole argument list parses; the parsed values
   point where the chart mounts things (certificate directory, providers file).
-- The flags other branches are adding (`--metrics-port`, `--connect-port`, `--connect-base-url`) are
-  checked the same way in their own xfail(strict=False) tests while this branch's parser lacks them: once
-  they are merged, the condition is false and the tests hold the chart to them.
+- The connect page's flags (port, public URL, the auth proxy's user header and trusted proxies, the signing
+  key file) parse to what the values say, and the key file is where the chart mounts the Secret.
 - The MutatingWebhookConfiguration the chart renders equals, field for field, the entry the operator
   writes (domain/webhook_configuration.py), except caBundle, which only the operator sets.
 - The providers ConfigMap is the `providers` value in the file format the operator reads.
@@ -36,9 +35,11 @@ from workspace_secrets.testing.controlplane import REPO_ROOT, pinned_versions, r
 CHART = REPO_ROOT / "deploy" / "helm" / "workspace-secrets-operator"
 RELEASE, NAMESPACE = "wso", "wso-system"
 FULLNAME = f"{RELEASE}-workspace-secrets-operator"
-TOKEN_PROVIDER = {"name": "cluster-tokens", "type": "kubernetes-token",
-                  "config": {"allowedServiceAccounts": ["ci-*"], "maxExpirationSeconds": 7200}}
+TOKEN_PROVIDER = {"name": "cluster-tokens", "type": "kubernetes-token", "allow": {"namespaces": ["ci-*"]},
+                  "config": {"allowedServiceAccounts": ["ci-*"], "audiences": ["https://ci.example.com"],
+                             "maxExpirationSeconds": 7200}}
 AWS_PROVIDER = {"name": "aws-dev", "type": "aws-iam", "credentialsSecret": "aws-admin",
+                "allow": {"namespaces": ["workspaces"], "users": ["alice", "bob"]},
                 "config": {"region": "eu-west-1", "policyArns": ["arn:aws:iam::123456789012:policy/workspace-dev"]}}
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -54,8 +55,15 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "providers": {"providers": [TOKEN_PROVIDER, AWS_PROVIDER]},
     "metrics": {"metrics": {"enabled": True, "port": 9191}},
     "connect": {"connect": {"enabled": True, "port": 8001, "publicURL": "https://wso.example.com"}},
+    "connect-signed-in": {"connect": {
+        "enabled": True, "publicURL": "https://wso.example.com",
+        "auth": {"userHeader": "X-Auth-Request-User", "trustedProxies": ["10.0.0.0/8", "fd00::/8"]},
+        "signingKey": {"secretName": "wso-connect-signing-key", "key": "hmac"}}},
     "everything": {"webhook": {"enabled": True}, "providers": [TOKEN_PROVIDER], "metrics": {"enabled": True},
-                   "connect": {"enabled": True, "publicURL": "https://wso.example.com"}, "watchNamespaces": ["team-a"]},
+                   "connect": {"enabled": True, "publicURL": "https://wso.example.com",
+                               "auth": {"userHeader": "X-Forwarded-User", "trustedProxies": ["10.1.0.0/16"]},
+                               "signingKey": {"secretName": "signing"}},
+                   "watchNamespaces": ["team-a"]},
 }
 
 
@@ -65,10 +73,6 @@ def _run_parser() -> argparse.ArgumentParser:
 
 
 KNOWN_FLAGS = frozenset(_run_parser()._option_string_actions)
-#: Flags the chart passes that other branches are adding to the operator right now.
-COMING_FLAGS = {"--metrics-port": "metrics (--metrics-port)", "--connect-port": "the connect page (--connect-port)",
-                "--connect-base-url": "the connect page (--connect-base-url)"}
-PENDING_FLAGS = frozenset(flag for flag in COMING_FLAGS if flag not in KNOWN_FLAGS)
 
 
 @pytest.fixture(scope="session")
@@ -90,6 +94,17 @@ def one(docs: list[dict], kind: str) -> dict:
     found = [d for d in docs if d["kind"] == kind]
     assert len(found) == 1, f"expected one {kind}, got {len(found)}"
     return found[0]
+
+
+def named(docs: list[dict], kind: str, name: str) -> dict:
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind} {name}, got {[d['metadata']['name'] for d in docs if d['kind'] == kind]}"
+    return found[0]
+
+
+def operator_cluster_role(docs: list[dict]) -> dict:
+    """The operator's ClusterRole (cluster-wide mode) -- not the workspace users' role the chart also ships."""
+    return named(docs, "ClusterRole", FULLNAME)
 
 
 def pod_spec(docs: list[dict]) -> dict:
@@ -114,44 +129,47 @@ def parse_run(args: list[str]) -> argparse.Namespace:
 def test_every_flag_the_chart_passes_is_an_operator_flag(helm: Path, variant: str) -> None:
     args = pod_spec(render(helm, VARIANTS[variant]))["containers"][0]["args"]
     assert all(a.startswith("--") for a in args), "one --flag=value per item, so every flag is checked"
-    pending = [a for a in args if flag_name(a) in PENDING_FLAGS]  # checked by the test below
-    unknown = sorted({flag_name(a) for a in args if a not in pending} - KNOWN_FLAGS)
+    unknown = sorted({flag_name(a) for a in args} - KNOWN_FLAGS)
     assert unknown == [], f"flags the operator does not have (argparse would exit): {unknown}"
-    parse_run([a for a in args if a not in pending])
+    parse_run(args)
 
 
-def _coming(variant: str, *flags: str) -> Any:
-    """A variant whose test is an expected failure exactly while one of its flags is missing here."""
-    missing = sorted(set(flags) & PENDING_FLAGS)
-    return pytest.param(variant, id=variant, marks=pytest.mark.xfail(
-        bool(missing), strict=False, reason=f"not on this branch yet: {', '.join(COMING_FLAGS[f] for f in missing)}"))
-
-
-@pytest.mark.parametrize("variant", [
-    _coming("metrics", "--metrics-port"),
-    _coming("connect", "--connect-port", "--connect-base-url"),
-    _coming("everything", *COMING_FLAGS),
-])
-def test_coming_flags_are_operator_flags(helm: Path, variant: str) -> None:
+@pytest.mark.parametrize("variant", ["metrics", "connect", "connect-signed-in", "everything"])
+def test_metrics_and_connect_flags_are_what_the_values_say(helm: Path, variant: str) -> None:
     values = VARIANTS[variant]
-    args = pod_spec(render(helm, values))["containers"][0]["args"]
-    assert sorted({flag_name(a) for a in args} - KNOWN_FLAGS) == []
-    parsed = parse_run(args)
+    spec = pod_spec(render(helm, values))
+    parsed = parse_run(spec["containers"][0]["args"])
     if values.get("metrics"):
         assert parsed.metrics_port == values["metrics"].get("port", 9090)
-    if values.get("connect"):
-        assert parsed.connect_port == values["connect"].get("port", 8000)
-        assert parsed.connect_base_url == values["connect"]["publicURL"]
+    connect = values.get("connect")
+    if not connect:
+        return
+    assert parsed.connect_port == connect.get("port", 8000)
+    assert parsed.connect_base_url == connect["publicURL"]
+    config = cli._connect_config(parsed)
+    auth = connect.get("auth", {})
+    assert config.user_header == (auth.get("userHeader") or None)
+    assert config.trusted_proxies == tuple(auth.get("trustedProxies", []))
+    signing = connect.get("signingKey")
+    if signing:
+        mount = _mount(spec, "connect-signing-key")
+        assert mount["readOnly"] is True
+        directory, _, file_name = config.signing_key_file.rpartition("/")
+        assert directory == mount["mountPath"]
+        assert _volume(spec, "connect-signing-key")["secret"] == {
+            "secretName": signing["secretName"], "items": [{"key": signing.get("key", "signing-key"), "path": file_name}],
+            "defaultMode": 0o440}
+        assert spec["securityContext"]["fsGroup"] == spec["securityContext"]["runAsGroup"], "the key is group-readable"
+    else:
+        assert config.signing_key_file is None
 
 
-def test_the_chart_passes_the_coming_flags_it_documents(helm: Path) -> None:
-    """Whatever this branch's parser knows: the flags are spelt as the other branches define them."""
-    metrics = pod_spec(render(helm, VARIANTS["metrics"]))["containers"][0]["args"]
-    connect = pod_spec(render(helm, VARIANTS["connect"]))["containers"][0]["args"]
-    assert "--metrics-port=9191" in metrics
-    assert {"--connect-port=8001", "--connect-base-url=https://wso.example.com"} <= set(connect)
+def test_connect_flags_are_off_by_default(helm: Path) -> None:
     default = pod_spec(render(helm, {}))["containers"][0]["args"]
-    assert not {flag_name(a) for a in default} & set(COMING_FLAGS), "off by default"
+    assert not [a for a in default if a.startswith(("--connect", "--metrics"))]
+    # Sign-in without the page: nothing is rendered either.
+    args = pod_spec(render(helm, {"connect": {"auth": {"userHeader": "X-User", "trustedProxies": ["10.0.0.0/8"]}}}))
+    assert not [a for a in args["containers"][0]["args"] if a.startswith("--connect")]
 
 
 def _mount(spec: dict, volume: str) -> dict:
@@ -211,7 +229,7 @@ def test_webhook_rbac_is_what_the_operator_does_to_its_configuration(helm: Path)
     """kube/webhook_configuration.py: get by name, create, and a compare-and-swap PUT (update) by name."""
     docs = render(helm, VARIANTS["webhook"])
     name = one(docs, "MutatingWebhookConfiguration")["metadata"]["name"]
-    rules = [r for r in one(docs, "ClusterRole")["rules"] if "mutatingwebhookconfigurations" in r["resources"]]
+    rules = [r for r in operator_cluster_role(docs)["rules"] if "mutatingwebhookconfigurations" in r["resources"]]
     assert sorted((tuple(r.get("resourceNames", [])), tuple(r["verbs"])) for r in rules) == [
         ((), ("create",)), ((name,), ("get", "update"))]
 
@@ -221,7 +239,7 @@ def test_providers_are_the_operator_configuration_file(helm: Path) -> None:
     spec = pod_spec(docs)
     parsed = parse_run(spec["containers"][0]["args"])
     assert parsed.operator_namespace == NAMESPACE
-    config_map = one(docs, "ConfigMap")
+    config_map = named(docs, "ConfigMap", f"{FULLNAME}-providers")
     mount = _mount(spec, "providers")
     assert mount["readOnly"] is True
     assert _volume(spec, "providers")["configMap"]["name"] == config_map["metadata"]["name"]

@@ -91,6 +91,7 @@ def test_lost_values_are_replaced_and_the_unreachable_credential_revoked():
 # --- the manager, with an in-memory provider (unit level only; e2e uses real servers) -------------
 class MemoryProvider:
     type_name = "memory"
+    access = ledgers.AccessRule(namespaces=("*",))
 
     def __init__(self, name="mem"):
         self.name = name
@@ -191,3 +192,75 @@ def test_revoke_all_covers_spec_and_ledger():
 def test_duplicate_entry_names_are_refused():
     with pytest.raises(SpecError, match=r"spec.credentials\[1\].name"):
         ws_with([{"name": "x", "provider": "mem"}, {"name": "x", "provider": "mem"}])
+
+
+# --- who may use a provider (issue 14, instance 10) -------------------------------------------------
+@pytest.mark.parametrize("raw,namespace,user,allowed", [
+    ({"namespaces": ["*"]}, "ns", "alice", True),
+    ({"namespaces": ["team-*"]}, "team-a", "alice", True),
+    ({"namespaces": ["team-*"]}, "ns", "alice", False),
+    ({"users": ["alice", "ci-*"]}, "ns", "ci-bot", True),
+    ({"users": ["alice"]}, "ns", "bob", False),
+    ({"namespaces": ["ns"], "users": ["alice"]}, "ns", "alice", True),
+    ({"namespaces": ["ns"], "users": ["alice"]}, "ns", "bob", False),
+    ({"namespaces": ["ns"], "users": ["alice"]}, "other", "alice", False),
+])
+def test_access_rules_match_namespace_and_user_globs(raw, namespace, user, allowed):
+    assert ledgers.AccessRule.parse(raw).permits(namespace, user) is allowed
+
+
+@pytest.mark.parametrize("raw", [{}, {"namespaces": []}, {"namespaces": "*"}, {"groups": ["x"]}, ["*"], {"users": [""]}])
+def test_malformed_access_rules_are_configuration_errors(raw):
+    with pytest.raises(ValueError, match="allow"):
+        ledgers.AccessRule.parse(raw)
+
+
+def test_no_allow_rule_means_nobody():
+    assert ledgers.AccessRule.parse(None) is None
+    assert "must add an allow rule" in ledgers.access_refusal("mem", None, "ns", "alice")
+
+
+def test_a_provider_that_does_not_allow_the_workspace_secret_mints_nothing_and_says_what_to_add():
+    provider = MemoryProvider()
+    provider.access = ledgers.AccessRule(namespaces=("team-*", "secret-team"), users=("bob",))
+    manager = CredentialManager({"mem": provider}, clock=lambda: T0)
+    out = run(manager.reconcile(ws_with([{"name": "tok", "provider": "mem"}]), None))
+    assert provider.counter == 0 and out.data == {} and out.env == []
+    [problem] = out.problems
+    assert problem.reason == "PolicyViolation"
+    assert problem.message.startswith("spec.credentials[0].provider: provider 'mem' is not allowed for user 'alice' in namespace 'ns'")
+    assert "namespace 'ns' to allow.namespaces and user 'alice' to allow.users" in problem.message
+    assert "secret-team" not in problem.message  # other tenants' namespaces are not revealed
+    provider.access = None
+    out = run(manager.reconcile(ws_with([{"name": "tok", "provider": "mem"}]), None))
+    assert provider.counter == 0 and out.problems[0].reason == "PolicyViolation"
+
+
+def test_credentials_issued_before_the_rule_changed_are_revoked():
+    provider = MemoryProvider()
+    manager = CredentialManager({"mem": provider}, clock=lambda: T0)
+    ws = ws_with([{"name": "tok", "provider": "mem"}])
+    first = run(manager.reconcile(ws, None))
+    assert provider.live
+    provider.access = ledgers.AccessRule(users=("bob",))
+    out = run(manager.reconcile(ws, secret_from(first)))
+    assert out.data == {} and out.ledger == {} and provider.live == {}
+    assert out.problems[0].reason == "PolicyViolation"
+
+
+def test_kubernetes_token_provider_needs_explicit_service_accounts_and_audiences():
+    from workspace_secrets.providers.credentials.kubernetes_token import KubernetesTokenProvider
+
+    def build(config):
+        return KubernetesTokenProvider.from_config(name="tokens", config=config, admin={}, kube=None)
+
+    with pytest.raises(ValueError, match="allowedServiceAccounts is required"):
+        build({"audiences": ["https://ci"]})
+    with pytest.raises(ValueError, match="audiences is required"):
+        build({"allowedServiceAccounts": ["ci-*"]})
+    provider = build({"allowedServiceAccounts": ["ci-*"], "audiences": ["https://ci", "vault"]})
+    assert provider.validate({"serviceAccount": "ci-runner"}) is None
+    assert provider.validate({"serviceAccount": "ci-runner", "audiences": "vault"}) is None
+    assert "not allowed by provider 'tokens'" in provider.validate({"serviceAccount": "default"})
+    refused = provider.validate({"serviceAccount": "ci-runner", "audiences": "vault,https://kubernetes.default.svc"})
+    assert "audiences 'https://kubernetes.default.svc' are not allowed" in refused

@@ -2,6 +2,8 @@
 
 import base64
 
+import pytest
+
 from workspace_secrets.api import constants as c
 from workspace_secrets.api.workspacesecret import WorkspaceSecret
 from workspace_secrets.domain import workspace_secret as policy
@@ -16,7 +18,8 @@ def ws(**spec):
 
 
 def secret(labels=None):
-    return {"metadata": {"name": "key", "namespace": "team", "labels": labels or {}}, "data": {}}
+    return {"metadata": {"name": "key", "namespace": "team", "labels": labels or {}},
+            "data": {"id_rsa": "c2VjcmV0", "other-users-key-name": "eA=="}}
 
 
 WHERE = "spec.ssh.existingSecretRef: Secret 'key'"
@@ -26,24 +29,25 @@ def test_the_users_own_labelled_secret_may_be_brought():
     assert policy.existing_key_ownership_problem(secret({c.LABEL_USER: "alice"}), ws(), WHERE) is None
 
 
-def test_an_unlabelled_secret_is_refused_with_the_command_that_claims_it():
-    problem = policy.existing_key_ownership_problem(secret(), ws(), WHERE)
-    assert problem is not None and problem.reason == "ExistingKeyNotOwned"
-    assert problem.message.startswith(WHERE)
-    assert "kubectl label secret key workspace-secrets.io/user=alice" in problem.message
+OPERATOR = {c.LABEL_MANAGED_BY: c.OPERATOR_NAME, c.LABEL_COMPONENT: c.COMPONENT_USER_SSH_KEY}
 
 
-def test_another_users_secret_is_refused():
-    problem = policy.existing_key_ownership_problem(secret({c.LABEL_USER: "bob"}), ws(), WHERE)
-    assert problem is not None and problem.reason == "ExistingKeyNotOwned"
-
-
-def test_the_operators_own_secrets_are_refused_even_for_the_same_user():
-    # e.g. ssh-alice-ed25519-... (harmless) or ssh-bob-... (theft): never a source of brought keys.
-    for user in ("alice", "bob"):
-        labels = {c.LABEL_MANAGED_BY: c.OPERATOR_NAME, c.LABEL_COMPONENT: c.COMPONENT_USER_SSH_KEY, c.LABEL_USER: user}
-        problem = policy.existing_key_ownership_problem(secret(labels), ws(), WHERE)
-        assert problem is not None and "managed by the operator" in problem.message
+@pytest.mark.parametrize("source", [
+    None,  # does not exist
+    secret(),  # unlabelled
+    secret({c.LABEL_USER: "bob"}),  # another user's
+    # the operator's own Secrets, e.g. ssh-alice-ed25519-... (harmless) or ssh-bob-... (theft): never a source
+    secret({**OPERATOR, c.LABEL_USER: "alice"}),
+    secret({**OPERATOR, c.LABEL_USER: "bob"}),
+], ids=["missing", "unlabelled", "another-user", "operator-own-user", "operator-other-user"])
+def test_missing_and_not_yours_get_one_and_the_same_answer(source):
+    """A tenant may not read other users' Secrets: the answer must not tell "absent" from "not yours"."""
+    problem = policy.existing_key_ownership_problem(source, ws(), WHERE)
+    assert problem == policy.existing_key_unavailable(ws(), WHERE)
+    assert problem.reason == "ExistingKeyNotFound" and problem.message.startswith(WHERE)
+    assert "workspace-secrets.io/user=alice" in problem.message
+    for leak in ("bob", "id_rsa", "other-users-key-name"):
+        assert leak not in problem.message
 
 
 def test_the_private_key_is_masked_in_status_even_if_the_item_is_not_marked_sensitive():

@@ -350,3 +350,117 @@ def test_providers_without_a_device_flow_say_so():
 
     with pytest.raises(Unsupported):
         run(BitbucketCloud(MockTransport(lambda r: Response(500))).start_device_authorization(CLIENT, scopes=()))
+
+
+# --- requests only where the platform said, and no hot loops (issue 14, instance 8) ------------------------
+@pytest.mark.parametrize("endpoint,value", [
+    ("token_endpoint", "https://evil.example.com/token"),  # another host
+    ("token_endpoint", "http://idp/token"),  # plain http on the issuer's host
+    ("token_endpoint", "https://idp:8443/token"),  # another port
+    ("userinfo_endpoint", "http://169.254.169.254/latest/meta-data"),  # link-local metadata service
+    ("revocation_endpoint", "https://user@idp/revoke"),  # credentials in the URL
+    ("device_authorization_endpoint", "https://10.0.0.1/device"),
+    ("authorization_endpoint", "/relative"),
+])
+def test_oidc_discovery_endpoints_must_be_on_the_issuers_https_origin(endpoint, value):
+    transport = MockTransport(lambda r: json_response(200, {**DISCOVERY, endpoint: value}))
+    with pytest.raises(ProviderMisconfigured, match=endpoint):
+        run(OIDC(transport, host="https://idp").token_endpoint())
+    assert len(transport.requests) == 1  # only discovery: nothing was sent to the endpoint
+
+
+def test_oidc_discovery_must_name_its_own_issuer_and_an_http_issuer_only_on_loopback():
+    transport = MockTransport(lambda r: json_response(200, {**DISCOVERY, "issuer": "https://other"}))
+    with pytest.raises(ProviderMisconfigured, match="issuer"):
+        run(OIDC(transport, host="https://idp").token_endpoint())
+    with pytest.raises(ProviderMisconfigured, match="https"):
+        run(OIDC(MockTransport(lambda r: json_response(200, {})), host="http://idp.internal").token_endpoint())
+    loopback = "http://127.0.0.1:9999"
+    document = {k: v.replace("https://idp", loopback) for k, v in DISCOVERY.items() if isinstance(v, str)}
+    assert run(OIDC(MockTransport(lambda r: json_response(200, document)), host=loopback).token_endpoint()) == f"{loopback}/token"
+    other_port = {**document, "token_endpoint": "http://127.0.0.1:1/token"}
+    with pytest.raises(ProviderMisconfigured, match="token_endpoint"):
+        run(OIDC(MockTransport(lambda r: json_response(200, other_port)), host=loopback).token_endpoint())
+
+
+def test_a_body_over_one_mebibyte_is_refused_not_read():
+    """The real transport against a local server: a 2 MiB answer (declared, or streamed without a length) is an
+    error, and no more than the cap is ever held."""
+    from aiohttp import web
+
+    from workspace_secrets.providers.http import MAX_BODY, AiohttpTransport, ResponseTooLarge, TransportError
+
+    async def scenario() -> None:
+        async def big(request: web.Request) -> web.StreamResponse:
+            return web.Response(body=b"x" * (2 * MAX_BODY))
+
+        async def streamed(request: web.Request) -> web.StreamResponse:
+            response = web.StreamResponse()
+            response.enable_chunked_encoding()
+            await response.prepare(request)
+            for _ in range(40):
+                await response.write(b"y" * 65536)
+            return response
+
+        async def small(request: web.Request) -> web.StreamResponse:
+            return web.json_response({"ok": True})
+
+        app = web.Application()
+        app.router.add_get("/big", big)
+        app.router.add_get("/streamed", streamed)
+        app.router.add_get("/small", small)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        transport = AiohttpTransport()
+        try:
+            for path in ("/big", "/streamed"):
+                with pytest.raises(ResponseTooLarge):
+                    await transport.send(Request("GET", f"http://127.0.0.1:{port}{path}"))
+            assert issubclass(ResponseTooLarge, TransportError)
+            assert (await transport.send(Request("GET", f"http://127.0.0.1:{port}/small"))).json() == {"ok": True}
+            # A provider turns it into an error a human must fix, not an outage retried forever.
+            with pytest.raises(ProviderMisconfigured, match="larger than"):
+                await GitLab(transport, host=f"http://127.0.0.1:{port}/big#").identity(TOKENS)
+        finally:
+            await transport.close()
+            await runner.cleanup()
+
+    run(scenario())
+
+
+def test_the_mock_transport_applies_the_same_cap():
+    from workspace_secrets.providers.http import MAX_BODY
+
+    with pytest.raises(ProviderMisconfigured):
+        run(GitLab(MockTransport(lambda r: Response(200, {}, b"{" + b" " * MAX_BODY + b"}"))).identity(TOKENS))
+
+
+def test_device_flow_interval_and_expiry_are_bounded():
+    answers = {"interval": 0, "expires_in": 1}
+    transport = MockTransport(lambda r: json_response(200, {"device_code": "dc", "user_code": "U", "verification_uri": "https://github.com/login/device",
+                                                            **answers}))
+    device = run(GitHub(transport, clock=clock).start_device_authorization(CLIENT, scopes=()))
+    assert device.interval == 5.0 and device.expires_at == NOW + timedelta(seconds=60)
+    answers.update(interval=-3, expires_in=10**9)
+    device = run(GitHub(transport, clock=clock).start_device_authorization(CLIENT, scopes=()))
+    assert device.interval == 5.0 and device.expires_at == NOW + timedelta(minutes=30)
+    answers.update(interval="soon", expires_in="later")
+    device = run(GitHub(transport, clock=clock).start_device_authorization(CLIENT, scopes=()))
+    assert device.interval == 5.0 and device.expires_at == NOW + timedelta(minutes=10)
+
+
+def test_device_verification_page_must_be_the_providers():
+    transport = MockTransport(lambda r: json_response(200, {"device_code": "dc", "user_code": "U",
+                                                            "verification_uri": "https://phish.example.com/login/device"}))
+    with pytest.raises(ProviderMisconfigured, match="verification page"):
+        run(GitHub(transport, clock=clock).start_device_authorization(CLIENT, scopes=()))
+
+
+@pytest.mark.parametrize("expires_in,lifetime", [(1, 60), (0.2, 60), ("5", 60), (59, 60), (7200, 7200)])
+def test_a_token_lifetime_is_floored(expires_in, lifetime):
+    transport = MockTransport(lambda r: json_response(200, {"access_token": "a", "refresh_token": "r", "expires_in": expires_in}))
+    tokens = run(GitLab(transport, clock=clock).refresh(CLIENT, TOKENS))
+    assert tokens.expires_at == NOW + timedelta(seconds=lifetime)

@@ -41,7 +41,8 @@ def pod(*containers: dict, init: tuple[dict, ...] = (), annotations: dict | None
         spec["volumes"] = volumes
     if security is not None:
         spec["securityContext"] = security
-    return {"metadata": {"generateName": "ws-", "namespace": "team", "labels": {c.LABEL_WORKSPACE_SECRET: "alice-ws"},
+    return {"metadata": {"generateName": "ws-", "namespace": "team",
+                         "labels": {c.LABEL_WORKSPACE_SECRET: "alice-ws", c.LABEL_USER: "alice"},
                          "annotations": annotations or {}}, "spec": spec}
 
 
@@ -194,9 +195,9 @@ def test_a_secret_volume_with_items_is_not_the_layout_git_ssh_command_expects():
 
 # --- the mount path -----------------------------------------------------------------------------------
 def test_mount_path_comes_from_the_workspace_secret():
-    source = inj.mount_source(ws_body(mountPath="/etc/ws"))
-    after, _ = injected(pod({"name": "w"}, annotations={c.ANNOTATION_MOUNT_PATH: "/etc/ws/"}), source)
-    assert mounts(after["spec"]["containers"][0]) == [("workspace-secrets", "/etc/ws", True)]
+    source = inj.mount_source(ws_body(mountPath="/srv/ws"))
+    after, _ = injected(pod({"name": "w"}, annotations={c.ANNOTATION_MOUNT_PATH: "/srv/ws/"}), source)
+    assert mounts(after["spec"]["containers"][0]) == [("workspace-secrets", "/srv/ws", True)]
 
 
 def test_a_mount_path_annotation_that_disagrees_is_refused():
@@ -336,8 +337,8 @@ def test_user_secret_files_get_their_own_volume_with_items_at_the_declared_paths
     from workspace_secrets.domain.pod_injection import FileBinding, MountSource, apply_patch, inject
 
     source = MountSource(workspace_secret="ws", secret_name="ws", mount_path="/var/run/workspace-secrets",
-                         files=(FileBinding("user.npm.npmrc", ".npmrc", 0o600),), files_mount_path="/var/run/workspace-secrets-user")
-    pod = {"metadata": {"name": "p"}, "spec": {"containers": [{"name": "main"}]}}
+                         files=(FileBinding("user.npm.npmrc", ".npmrc", 0o600),), files_mount_path="/var/run/workspace-secrets-user", user="alice")
+    pod = {"metadata": {"name": "p", "labels": {c.LABEL_USER: "alice"}}, "spec": {"containers": [{"name": "main"}]}}
     injection = inject(pod, source)
     mutated = apply_patch(pod, injection.patch)
     volume = next(v for v in mutated["spec"]["volumes"] if v["name"] == "workspace-secrets-user-files")
@@ -345,3 +346,41 @@ def test_user_secret_files_get_their_own_volume_with_items_at_the_declared_paths
     mounts = {m["mountPath"]: m for m in mutated["spec"]["containers"][0]["volumeMounts"]}
     assert mounts["/var/run/workspace-secrets-user"]["readOnly"] is True
     assert inject(mutated, source).patch == []  # idempotent
+
+
+# --- whose pod (issue 14, instance 5) ----------------------------------------------------------------
+@pytest.mark.parametrize("labels,found", [({}, "is missing"), ({c.LABEL_USER: "bob"}, "is 'bob'"), ({c.LABEL_USER: ""}, "is ''")])
+def test_a_pod_of_another_user_or_of_nobody_is_refused(labels, found):
+    p = pod({"name": "w"})
+    p["metadata"]["labels"] = {c.LABEL_WORKSPACE_SECRET: "alice-ws", **labels}
+    with pytest.raises(inj.Refused) as info:
+        inj.inject(p, SOURCE)
+    message = str(info.value)
+    assert f"label {c.LABEL_USER} {found}" in message and "belongs to user 'alice'" in message
+    assert f"{c.LABEL_USER}=alice" in message
+
+
+def test_the_users_own_pod_is_injected():
+    assert SOURCE.user == "alice"
+    assert inj.inject(pod({"name": "w"}), SOURCE).patch
+
+
+def test_a_workspace_secret_at_a_reserved_name_is_never_mounted():
+    with pytest.raises(inj.Refused, match="reserved"):
+        inj.mount_source(ws_body(secretName="ssh-bob-ed25519-0123abcd"))
+
+
+@pytest.mark.parametrize("field", ["mountPath", "userSecrets"])
+@pytest.mark.parametrize("path", ["/etc/profile.d", "/root", "/home/bob", "/usr/local/bin", "/lib64/x", "/x", "/a/../b", "/a//b", "/a/b/"])
+def test_a_workspace_secret_with_a_dangerous_mount_path_is_refused(field, path):
+    spec = {"mountPath": path} if field == "mountPath" else {"userSecrets": {"mountPath": path}}
+    with pytest.raises(inj.Refused, match="invalid spec"):
+        inj.mount_source(ws_body(**spec))
+
+
+def test_admission_refuses_a_pod_of_another_user_after_the_workspace_secret_was_re_created():
+    """bob's workspace pod names 'alice-ws'; whoever re-created it with spec.user alice gets nothing into it."""
+    bobs = pod({"name": "w"})
+    bobs["metadata"]["labels"][c.LABEL_USER] = "bob"
+    with pytest.raises(inj.Refused, match="belongs to user 'alice'"):
+        admit({"alice-ws": ws_body()}, bobs)

@@ -140,3 +140,133 @@ def test_serialization_is_canonical_so_an_unchanged_key_is_an_unchanged_secret(g
     key = serialization.load_ssh_private_key(pair.private_openssh.reveal(), password=None)
     fresh = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
     assert sshkeys.canonical_openssh(fresh) == pair.private_openssh.reveal()
+
+
+# --- the work a brought key may cost is bounded before any of it is done (issue 14, instance 7) ----------
+import base64 as _b64  # noqa: E402
+import time as _time  # noqa: E402
+
+
+def _ssh_string(data: bytes) -> bytes:
+    return len(data).to_bytes(4, "big") + data
+
+
+def _with_bcrypt_rounds(pem: bytes, rounds: int) -> bytes:
+    """Rewrite the rounds field of an encrypted OpenSSH key's envelope (what a tenant can do in a text editor)."""
+    body = _b64.b64decode(b"".join(pem.strip().splitlines()[1:-1]))
+    offset = len(b"openssh-key-v1\x00")
+    for _ in range(2):  # cipher name, kdf name
+        offset += 4 + int.from_bytes(body[offset:offset + 4], "big")
+    options_at = offset + 4
+    salt_length = int.from_bytes(body[options_at:options_at + 4], "big")
+    rounds_at = options_at + 4 + salt_length
+    body = body[:rounds_at] + rounds.to_bytes(4, "big") + body[rounds_at + 4:]
+    encoded = _b64.b64encode(body)
+    return b"\n".join([b"-----BEGIN OPENSSH PRIVATE KEY-----", *[encoded[i:i + 70] for i in range(0, len(encoded), 70)],
+                       b"-----END OPENSSH PRIVATE KEY-----"]) + b"\n"
+
+
+def _encrypted_openssh(rounds: int) -> bytes:
+    key = ed25519.Ed25519PrivateKey.generate()
+    encryption = serialization.PrivateFormat.OpenSSH.encryption_builder().kdf_rounds(rounds).build(b"pass")
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, encryption)
+
+
+def test_an_openssh_key_with_up_to_64_bcrypt_rounds_is_decrypted():
+    pair = sshkeys.load(_encrypted_openssh(16), passphrase=b"pass", comment="x")
+    assert pair.type == "ed25519"
+    assert sshkeys.load(_encrypted_openssh(64), passphrase=b"pass", comment="x").type == "ed25519"
+
+
+@pytest.mark.parametrize("rounds", [65, 20_000, 2**32 - 1])
+def test_an_openssh_key_with_huge_bcrypt_rounds_is_refused_before_any_decryption(rounds):
+    pem = _with_bcrypt_rounds(_encrypted_openssh(4), rounds)
+    started = _time.perf_counter()
+    with pytest.raises(InvalidKey) as info:
+        sshkeys.load(pem, passphrase=b"pass", comment="x")
+    assert _time.perf_counter() - started < 0.5
+    message = str(info.value)
+    assert f"asks for {rounds} rounds" in message and "at most 64" in message and "default is 16" in message
+
+
+def _der(tag: int, content: bytes) -> bytes:
+    length = len(content)
+    if length < 0x80:
+        return bytes([tag, length]) + content
+    raw = length.to_bytes((length.bit_length() + 7) // 8, "big")
+    return bytes([tag, 0x80 | len(raw)]) + raw + content
+
+
+def _der_int(value: int) -> bytes:
+    return _der(0x02, value.to_bytes(value.bit_length() // 8 + 1, "big", signed=True))
+
+
+def _der_oid(dotted: str) -> bytes:
+    parts = [int(p) for p in dotted.split(".")]
+    out = bytes([parts[0] * 40 + parts[1]])
+    for part in parts[2:]:
+        chunk = [part & 0x7F]
+        part >>= 7
+        while part:
+            chunk.insert(0, 0x80 | (part & 0x7F))
+            part >>= 7
+        out += bytes(chunk)
+    return _der(0x06, out)
+
+
+def _pem(label: str, der: bytes) -> bytes:
+    encoded = _b64.b64encode(der)
+    lines = [encoded[i:i + 64] for i in range(0, len(encoded), 64)]
+    return b"\n".join([f"-----BEGIN {label}-----".encode(), *lines, f"-----END {label}-----".encode()]) + b"\n"
+
+
+def _pkcs8_encrypted(kdf: bytes) -> bytes:
+    aes = _der(0x30, _der_oid("2.16.840.1.101.3.4.1.42") + _der(0x04, b"\x00" * 16))
+    pbes2 = _der(0x30, _der_oid("1.2.840.113549.1.5.13") + _der(0x30, kdf + aes))
+    return _pem("ENCRYPTED PRIVATE KEY", _der(0x30, pbes2 + _der(0x04, b"\x00" * 64)))
+
+
+def test_a_pkcs8_key_with_huge_pbkdf2_iterations_is_refused_before_any_decryption():
+    kdf = _der(0x30, _der_oid("1.2.840.113549.1.5.12") + _der(0x30, _der(0x04, b"salt" * 4) + _der_int(2_000_000_000)))
+    started = _time.perf_counter()
+    with pytest.raises(InvalidKey, match="PBKDF2.*2000000000 iterations.*at most 600000"):
+        sshkeys.load(_pkcs8_encrypted(kdf), passphrase=b"pass", comment="x")
+    assert _time.perf_counter() - started < 0.5
+
+
+def test_a_pkcs8_key_with_huge_scrypt_parameters_is_refused():
+    kdf = _der(0x30, _der_oid("1.3.6.1.4.1.11591.4.11") + _der(0x30, _der(0x04, b"salt" * 4) + _der_int(2**30) + _der_int(8) + _der_int(1)))
+    with pytest.raises(InvalidKey, match="scrypt N=1073741824"):
+        sshkeys.load(_pkcs8_encrypted(kdf), passphrase=b"pass", comment="x")
+
+
+def test_an_ordinary_encrypted_pkcs8_key_is_decrypted():
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.BestAvailableEncryption(b"pass"))
+    assert sshkeys.load(pem, passphrase=b"pass", comment="x").type == "ecdsa-p256"
+
+
+def test_huge_rsa_keys_are_refused_from_their_framing():
+    n = (1 << 9000) | 1
+    pkcs1 = _der(0x30, _der_int(0) + _der_int(n) + _der_int(65537) + _der_int(12345))
+    with pytest.raises(InvalidKey, match="9001 bits; at most 8192"):
+        sshkeys.load(_pem("RSA PRIVATE KEY", pkcs1), comment="x")
+    rsa_alg = _der(0x30, _der_oid("1.2.840.113549.1.1.1") + b"\x05\x00")
+    pkcs8 = _der(0x30, _der_int(0) + rsa_alg + _der(0x04, pkcs1))
+    with pytest.raises(InvalidKey, match="9001 bits; at most 8192"):
+        sshkeys.load(_pem("PRIVATE KEY", pkcs8), comment="x")
+    # OpenSSH: the public key in the unencrypted envelope says how big the key is.
+    n_bytes = n.to_bytes(9001 // 8 + 2, "big")
+    public = _ssh_string(b"ssh-rsa") + _ssh_string(b"\x01\x00\x01") + _ssh_string(n_bytes)
+    body = (b"openssh-key-v1\x00" + _ssh_string(b"aes256-ctr") + _ssh_string(b"bcrypt")
+            + _ssh_string(_ssh_string(b"s" * 16) + (16).to_bytes(4, "big")) + (1).to_bytes(4, "big")
+            + _ssh_string(public) + _ssh_string(b"\x00" * 64))
+    encoded = _b64.b64encode(body)
+    pem = b"\n".join([b"-----BEGIN OPENSSH PRIVATE KEY-----", encoded, b"-----END OPENSSH PRIVATE KEY-----"])
+    with pytest.raises(InvalidKey, match="9001 bits; at most 8192"):
+        sshkeys.load(pem, passphrase=b"pass", comment="x")
+
+
+def test_oversized_key_input_is_refused():
+    with pytest.raises(InvalidKey, match="at most 16384"):
+        sshkeys.load(b"-----BEGIN OPENSSH PRIVATE KEY-----\n" + b"A" * 20000, comment="x")

@@ -2,6 +2,8 @@
 
 import base64
 
+import pytest
+
 from workspace_secrets.api import constants as c
 from workspace_secrets.domain import user_secrets
 
@@ -61,3 +63,47 @@ def test_problem_messages_never_contain_values():
     plan = user_secrets.plan([secret("a", env="A=k, B=nope", k="super-secret-value")], user="alice", select=None, reserved_env=())
     assert "super-secret-value" not in " ".join(plan.problems)
     assert base64.b64encode(b"super-secret-value").decode() not in " ".join(plan.problems)
+
+
+def typed(name, type_, **kw):
+    s = secret(name, **kw)
+    s["type"] = type_
+    return s
+
+
+def test_only_user_secret_types_are_delivered():
+    """A service-account-token Secret is filled in by Kubernetes: never "the user's secret" (issue 14, instance 6)."""
+    ok = ["Opaque", "kubernetes.io/basic-auth", "kubernetes.io/ssh-auth", "kubernetes.io/dockerconfigjson", "kubernetes.io/tls"]
+    refused = ["kubernetes.io/service-account-token", "bootstrap.kubernetes.io/token", "helm.sh/release.v1", "kubernetes.io/dockercfg"]
+    secrets = [typed(f"s{i}", t, env=f"V{i}=k", k="x") for i, t in enumerate(ok + refused)]
+    plan = user_secrets.plan(secrets, user="alice", select=None, reserved_env=())
+    assert plan.delivered == [f"s{i}" for i in range(len(ok))]
+    assert [e["name"] for e in plan.env] == [f"V{i}" for i in range(len(ok))]
+    text = " ".join(plan.problems)
+    for i, t in enumerate(refused, start=len(ok)):
+        assert f"Secret 's{i}' has type {t}" in text
+    assert "not delivered" in text
+    untyped = secret("plain", env="A=k", k="x")  # no type: Opaque
+    assert user_secrets.plan([untyped], user="alice", select=None, reserved_env=()).delivered == ["plain"]
+
+
+@pytest.mark.parametrize("name", [
+    "LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT", "DYLD_INSERT_LIBRARIES", "BASH_ENV", "ENV", "PROMPT_COMMAND", "SHELLOPTS",
+    "BASHOPTS", "PS4", "IFS", "PATH", "path", "HOME", "SHELL", "GIT_CONFIG_COUNT", "GIT_CONFIG_KEY_0", "GIT_SSH_COMMAND",
+    "GIT_ASKPASS", "SSH_AUTH_SOCK", "SSH_ASKPASS", "PYTHONPATH", "PYTHONSTARTUP", "PERL5OPT", "PERL5LIB", "PERLLIB",
+    "RUBYOPT", "NODE_OPTIONS", "NODE_PATH", "JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "JDK_JAVA_OPTIONS", "CLASSPATH",
+    "GCONV_PATH", "LOCPATH", "MALLOC_CHECK_", "LESSOPEN", "LESSCLOSE", "PAGER", "EDITOR", "VISUAL", "BROWSER",
+    "HTTP_PROXY", "https_proxy", "ALL_PROXY", "NO_PROXY", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "GNUPGHOME", "KUBECONFIG", "XDG_CONFIG_HOME", "TMPDIR", "GLIBC_TUNABLES",
+    "NPM_CONFIG_SCRIPT_SHELL", "OPENSSL_CONF", "SSLKEYLOGFILE",
+])
+def test_env_names_that_change_how_programs_run_are_refused(name):
+    assert user_secrets.denied_env(name)
+    plan = user_secrets.plan([secret("evil", env=f"{name}=k, FINE=k", k="x")], user="alice", select=None, reserved_env=())
+    assert [e["name"] for e in plan.env] == ["FINE"]
+    assert f"env {name} (Secret 'evil') changes how programs in the workspace run" in " ".join(plan.problems)
+
+
+@pytest.mark.parametrize("name", ["NPM_TOKEN", "OPENAI_API_KEY", "GITHUB_TOKEN", "DATABASE_URL", "AWS_PROFILE", "MY_PATH_X"])
+def test_ordinary_env_names_are_delivered(name):
+    assert not user_secrets.denied_env(name)

@@ -23,6 +23,8 @@ from workspace_secrets.providers.oauth.registry import ProviderCache
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=timezone.utc)
 NS = "team"
+OPERATOR_NS = "wso-system"
+APP_PATH = f"/apis/{c.API_VERSION}/oauthapplications/gitlab-app"
 UT_PATH = f"/apis/{c.API_VERSION}/namespaces/{NS}/{c.USER_TOKEN_PLURAL}/gl"
 SECRET_PATH = f"/api/v1/namespaces/{NS}/secrets/gl-token"
 
@@ -128,23 +130,31 @@ class FakeGitLab:
         return json_response(200, {"id": 1, "username": "alice"})
 
 
-def setup(clock_value: list[datetime]) -> tuple[UserTokenController, MemoryKube, FakeGitLab, Events]:
+def application(**spec) -> dict:
+    return {"apiVersion": c.API_VERSION, "kind": "OAuthApplication", "metadata": {"name": "gitlab-app", "resourceVersion": "1"},
+            "spec": {"type": "gitlab", "clientSecretRef": {"name": "gl-app"}, "allowedNamespaces": ["team", "other-*"], **spec}}
+
+
+def setup(clock_value: list[datetime], handler: Any = None) -> tuple[UserTokenController, MemoryKube, FakeGitLab, Events]:
     kube = MemoryKube()
     gitlab = FakeGitLab(kube)
     events = Events()
     signer = Signer(Sensitive(b"k" * 32))
     clock = lambda: clock_value[0]  # noqa: E731
-    controller = UserTokenController(kube, events, ProviderCache(MockTransport(gitlab), clock=clock), signer,  # type: ignore[arg-type]
-                                     PendingAuthorizations(signer), ConnectSettings(base_url="https://ops"), clock=clock)
-    kube.objects[f"/api/v1/namespaces/{NS}/secrets/gl-app"] = {
-        "metadata": {"name": "gl-app", "namespace": NS, "resourceVersion": "0"},
+    controller = UserTokenController(kube, events, ProviderCache(MockTransport(handler or gitlab), clock=clock), signer,  # type: ignore[arg-type]
+                                     PendingAuthorizations(signer), ConnectSettings(base_url="https://ops"),
+                                     operator_namespace=OPERATOR_NS, clock=clock)
+    kube.objects[APP_PATH] = application()
+    kube.objects[f"/api/v1/namespaces/{OPERATOR_NS}/secrets/gl-app"] = {
+        "metadata": {"name": "gl-app", "namespace": OPERATOR_NS, "resourceVersion": "0"},
         "data": {"client-id": base64.b64encode(b"cid").decode(), "client-secret": base64.b64encode(b"cs").decode()}}
     kube.objects[UT_PATH] = {"apiVersion": c.API_VERSION, "kind": c.USER_TOKEN_KIND,
                              "metadata": {"name": "gl", "namespace": NS, "uid": "uid-gl", "generation": 1, "resourceVersion": "0"},
-                             "spec": {"user": "alice", "type": "gitlab", "clientSecretRef": {"name": "gl-app"}}, "status": {"phase": "Valid"}}
+                             "spec": {"user": "alice", "application": "gitlab-app"}, "status": {"phase": "Valid"}}
+    from workspace_secrets.api.oauthapplication import OAuthApplication
     from workspace_secrets.api.usertoken import UserToken
 
-    ut = UserToken.from_body(kube.objects[UT_PATH])
+    ut = UserToken.from_body(kube.objects[UT_PATH]).bind(OAuthApplication.from_body(application()))
     tokens = TokenSet(Sensitive("at-1"), Sensitive("rt-1"), expires_at=NOW + timedelta(hours=2), scopes=("api",))
     secret = policy.desired_token_secret(ut, tokens, issued_at=NOW, generation="g0", git=policy.GitAccess("oauth2", "https://gitlab.com"))
     secret["metadata"]["resourceVersion"] = "0"
@@ -202,3 +212,172 @@ def test_nothing_is_due_before_the_planned_refresh():
     validation = policy.validation_due(clock[0], clock[0], "uid-gl")
     assert abs(delay - (min(planned, validation) - clock[0]).total_seconds()) < 1  # the daemon sleeps until the next of them
     assert kube.objects[UT_PATH]["status"]["nextRefreshAt"] == policy.format_time(planned)
+
+
+# --- the OAuthApplication is the platform's (issue 14, instance 1) ---------------------------------------------
+def ready(kube: MemoryKube) -> dict:
+    return next(x for x in kube.objects[UT_PATH]["status"]["conditions"] if x["type"] == c.CONDITION_READY)
+
+
+def test_a_missing_or_not_allowed_application_gives_one_message_and_no_request():
+    clock = [NOW + timedelta(minutes=10)]
+    controller, kube, gitlab, events = setup(clock)
+    messages = []
+    for change in (lambda: kube.objects.pop(APP_PATH),  # no such application
+                   lambda: kube.objects.__setitem__(APP_PATH, application(allowedNamespaces=["other-*"])),  # not for "team"
+                   lambda: kube.objects.__setitem__(APP_PATH, application(allowedNamespaces=[]))):  # deny by default
+        change()
+        delay = asyncio.run(controller.maintain(NS, "gl"))
+        condition = ready(kube)
+        assert (condition["status"], condition["reason"]) == ("False", "ApplicationNotFound") and delay == 60
+        assert kube.objects[UT_PATH]["status"]["phase"] == "Error"
+        messages.append(condition["message"])
+    assert len(set(messages)) == 1 and "spec.application" in messages[0] and "'gitlab-app'" in messages[0]
+    assert gitlab.refresh_calls == 0 and not gitlab.secret_token_when_validated  # nothing was sent anywhere
+    assert ("ApplicationNotFound", messages[0]) in events.posted
+    kube.objects[APP_PATH] = application(allowedNamespaces=["t*"])  # the platform allows it: the next pass works
+    asyncio.run(controller.maintain(NS, "gl"))
+    assert ready(kube)["status"] == "True"
+    assert kube.objects[UT_PATH]["status"]["type"] == "gitlab" and kube.objects[UT_PATH]["status"]["host"] == "https://gitlab.com"
+
+
+def test_the_client_secret_is_read_from_the_operator_namespace_only():
+    clock = [NOW + timedelta(hours=1, minutes=45)]  # a refresh is due: it needs the client
+    controller, kube, gitlab, _ = setup(clock)
+    tenant_copy = kube.objects.pop(f"/api/v1/namespaces/{OPERATOR_NS}/secrets/gl-app")
+    kube.objects[f"/api/v1/namespaces/{NS}/secrets/gl-app"] = {**tenant_copy, "metadata": {**tenant_copy["metadata"], "namespace": NS}}
+    asyncio.run(controller.maintain(NS, "gl"))
+    assert gitlab.refresh_calls == 0 and ready(kube)["reason"] == "ApplicationNotReady"
+    assert "client-id" not in ready(kube)["message"]  # nothing about the Secret's keys
+
+
+def test_the_provider_follows_the_application_version():
+    controller, kube, _, _ = setup([NOW])
+    from workspace_secrets.api.oauthapplication import OAuthApplication
+
+    cache = controller._providers
+    first = cache.for_application(OAuthApplication.from_body(application()))
+    assert cache.for_application(OAuthApplication.from_body(application())) is first
+    changed = application(type="gitlab-self-managed", host="https://gitlab.example.com")
+    changed["metadata"]["resourceVersion"] = "2"
+    second = cache.for_application(OAuthApplication.from_body(changed))
+    assert second is not first and second.web == "https://gitlab.example.com"
+
+
+# --- addSSHKey uploads only the operator's own key of the user (instance 2) ------------------------------------
+KEY_NAME = "ssh-alice-ed25519-" + __import__("hashlib").sha256(b"alice\x00ed25519").hexdigest()[:8]
+PUBLIC_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl alice@wso"
+
+
+class GitLabWithKeys(FakeGitLab):
+    def __init__(self, kube: MemoryKube) -> None:
+        super().__init__(kube)
+        self.keys: list[dict] = []
+
+    async def __call__(self, request: Request) -> Response:
+        if "/user/keys" in request.url:
+            if request.method == "POST":
+                self.keys.append({"id": len(self.keys) + 1, "title": request.json["title"], "key": request.json["key"]})
+                return json_response(201, self.keys[-1])
+            return json_response(200, self.keys)
+        return await super().__call__(request)
+
+
+def key_secret(**meta) -> dict:
+    labels = {c.LABEL_MANAGED_BY: c.OPERATOR_NAME, c.LABEL_COMPONENT: c.COMPONENT_USER_SSH_KEY, c.LABEL_USER: "alice"}
+    return {"metadata": {"name": KEY_NAME, "namespace": NS, "resourceVersion": "0", "labels": labels, **meta},
+            "data": {c.KEY_SSH_PUBLIC: base64.b64encode(PUBLIC_KEY.encode()).decode()}}
+
+
+def ssh_condition(kube: MemoryKube) -> dict:
+    return next(x for x in kube.objects[UT_PATH]["status"]["conditions"] if x["type"] == c.CONDITION_SSH_KEY_UPLOADED)
+
+
+def test_add_ssh_key_uploads_only_a_secret_proven_to_be_the_users_operator_key():
+    from workspace_secrets.domain.naming import user_key_secret_name
+    from workspace_secrets.domain.sshkeys import KeySpec
+
+    assert user_key_secret_name("alice", KeySpec()) == KEY_NAME
+    squats = [
+        key_secret(ownerReferences=[{"apiVersion": c.API_VERSION, "kind": "WorkspaceSecret", "name": "mallory-ws", "uid": "u"}]),
+        key_secret(labels={c.LABEL_USER: "alice"}),  # a tenant's Secret at the name
+        key_secret(labels={c.LABEL_MANAGED_BY: c.OPERATOR_NAME, c.LABEL_COMPONENT: c.COMPONENT_USER_SSH_KEY, c.LABEL_USER: "mallory"}),
+        None,  # absent
+    ]
+    messages = set()
+    for squat in squats:
+        kube_holder: list[MemoryKube] = []
+        clock = [NOW + timedelta(minutes=10)]
+        provider = None
+
+        def handler(request: Request, _k=kube_holder):
+            return provider(request)
+
+        controller, kube, _, _ = setup(clock, handler)
+        provider = GitLabWithKeys(kube)
+        kube.objects[UT_PATH]["spec"]["addSSHKey"] = True
+        if squat is not None:
+            kube.objects[f"/api/v1/namespaces/{NS}/secrets/{KEY_NAME}"] = squat
+        asyncio.run(controller.maintain(NS, "gl"))
+        condition = ssh_condition(kube)
+        assert (condition["status"], condition["reason"]) == ("False", "UserKeyNotFound") and provider.keys == []
+        messages.add(condition["message"])
+    assert len(messages) == 1  # absent or not proven: the same words
+
+    clock = [NOW + timedelta(minutes=10)]
+    controller, kube, _, _ = setup(clock, lambda request: provider(request))
+    provider = GitLabWithKeys(kube)
+    kube.objects[UT_PATH]["spec"]["addSSHKey"] = True
+    kube.objects[f"/api/v1/namespaces/{NS}/secrets/{KEY_NAME}"] = key_secret()
+    asyncio.run(controller.maintain(NS, "gl"))
+    assert ssh_condition(kube)["status"] == "True" and [k["key"] for k in provider.keys] == [" ".join(PUBLIC_KEY.split()[:2])]
+
+
+# --- no hot loops (instance 8) ----------------------------------------------------------------------------
+def test_a_provider_answering_expires_in_1_cannot_make_a_refresh_loop():
+    clock = [NOW + timedelta(hours=1, minutes=45)]
+    controller, kube, gitlab, _ = setup(clock)
+
+    async def short_lived(request: Request) -> Response:
+        if request.url.endswith("/oauth/token"):
+            gitlab.refresh_calls += 1
+            return json_response(200, {"access_token": f"at-x{gitlab.refresh_calls}", "refresh_token": "rt", "expires_in": 1})
+        return await gitlab(request)
+
+    controller._providers._transport = MockTransport(short_lived)  # type: ignore[attr-defined]
+    delay = asyncio.run(controller.maintain(NS, "gl"))
+    assert gitlab.refresh_calls == 1 and delay >= 59
+    for _ in range(5):  # the daemon wakes up early (watch events, annotations): nothing is due yet
+        asyncio.run(controller.maintain(NS, "gl"))
+    assert gitlab.refresh_calls == 1
+    clock[0] += timedelta(seconds=60)
+    asyncio.run(controller.maintain(NS, "gl"))
+    assert gitlab.refresh_calls == 2
+
+
+# --- the connect page's side: links and device codes (instances 3, 4) ------------------------------------------
+def test_the_authorization_url_is_a_plain_link_and_the_device_code_stays_in_memory():
+    clock = [NOW]
+    controller, kube, gitlab, _ = setup(clock)
+    del kube.objects[SECRET_PATH]
+    kube.objects[UT_PATH]["status"] = {"userCode": "OLD-CODE", "authorizationURLExpiresAt": "2026-01-01T00:00:00Z"}
+    asyncio.run(controller.maintain(NS, "gl"))
+    status = kube.objects[UT_PATH]["status"]
+    assert status["authorizationURL"] == "https://ops/accounts?focus=team/gl"
+    assert "userCode" not in status and "authorizationURLExpiresAt" not in status
+
+    async def device(request: Request) -> Response:
+        if request.url.endswith("/oauth/authorize_device"):
+            return json_response(200, {"device_code": "dc-secret", "user_code": "WXYZ-1234", "verification_uri": "https://gitlab.com/oauth/device",
+                                       "expires_in": 600, "interval": 0})
+        return json_response(400, {"error": "authorization_pending"})
+
+    controller._providers._transport = MockTransport(device)  # type: ignore[attr-defined]
+    kube.objects[UT_PATH]["spec"]["flow"] = "Device"
+    delay = asyncio.run(controller.maintain(NS, "gl"))
+    status = kube.objects[UT_PATH]["status"]
+    assert "userCode" not in status and status["authorizationURL"] == "https://ops/accounts?focus=team/gl"
+    assert "WXYZ" not in str(status) and delay >= 5  # the interval 0 is floored
+    mine = asyncio.run(controller.list_for_user("alice", NS))
+    assert [(t.name, t.user_code, t.verification_url, t.type) for t in mine] == [("gl", "WXYZ-1234", "https://gitlab.com/oauth/device", "gitlab")]
+    assert asyncio.run(controller.list_for_user("bob", NS)) == []

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from workspace_secrets.api import constants as c
+from workspace_secrets.api.oauthapplication import OAuthApplication
 from workspace_secrets.api.usertoken import UserToken
 from workspace_secrets.api.workspacesecret import SpecError
 from workspace_secrets.domain import usertoken as policy
@@ -25,7 +26,16 @@ SIGNER = Signer(Sensitive(b"k" * 32))
 
 def body(**spec) -> dict:
     return {"metadata": {"namespace": "ns", "name": "alice-gh", "uid": "uid-1", "generation": 1},
-            "spec": {"user": "alice", "type": "github", "clientSecretRef": {"name": "gh-app"}, **spec}}
+            "spec": {"user": "alice", "application": "gh", **spec}}
+
+
+def app(**spec) -> OAuthApplication:
+    return OAuthApplication.from_body({"metadata": {"name": "gh", "resourceVersion": "7"},
+                                       "spec": {"type": "github", "clientSecretRef": {"name": "gh-app"}, "allowedNamespaces": ["*"], **spec}})
+
+
+def bound(**spec) -> UserToken:
+    return UserToken.from_body(body(**spec)).bind(app())
 
 
 # --- PKCE and signing ------------------------------------------------------------------------------
@@ -126,11 +136,15 @@ def test_refresh_is_ahead_of_expiry_and_jittered_per_token():
     assert policy.refresh_at(issued, expires, "uid-1") == policy.refresh_at(issued, expires, "uid-1")  # stable
 
 
-def test_short_lived_tokens_still_refresh_before_expiry():
-    expires = NOW + timedelta(seconds=8)
+def test_short_lived_tokens_refresh_before_expiry_but_never_in_a_loop():
+    expires = NOW + timedelta(minutes=5)
     due = policy.refresh_at(NOW, expires, "uid")
-    assert NOW <= due <= expires - timedelta(seconds=2)
-    assert policy.refresh_at(NOW, NOW, "uid") <= NOW  # already expired: due now
+    assert NOW + timedelta(minutes=3) <= due <= expires - timedelta(seconds=5)
+    # However short a lifetime the provider claims, two refreshes of one token are a minute apart at least.
+    assert policy.refresh_at(NOW, NOW + timedelta(seconds=1), "uid") == NOW + timedelta(seconds=60)
+    assert policy.refresh_at(NOW, NOW + timedelta(seconds=70), "uid") == NOW + timedelta(seconds=60)
+    long_ago = NOW - timedelta(hours=2)
+    assert policy.refresh_at(long_ago, long_ago, "uid") <= NOW  # issued long ago and expired: due now
 
 
 def test_overdue_refreshes_after_a_restart_are_spread():
@@ -150,21 +164,63 @@ def test_validation_schedule():
     assert NOW + timedelta(minutes=27) <= due <= NOW + timedelta(minutes=30)
 
 
-# --- spec, Secret, link -----------------------------------------------------------------------------
+# --- spec, application, Secret, link ------------------------------------------------------------------
 def test_spec_parsing_and_errors_name_the_field():
-    ut = UserToken.from_body(body(scopes=["repo"], addSSHKey=True))
-    assert (ut.secret_name, ut.provider_key, ut.add_ssh_key) == ("alice-gh-token", ("ns", "alice", "github", ""), True)
-    with pytest.raises(SpecError, match="spec.host"):
-        UserToken.from_body(body(type="gitlab-self-managed"))
-    with pytest.raises(SpecError, match="spec.host"):
-        UserToken.from_body(body(host="http://git.example.com"))
+    ut = UserToken.from_body(body(addSSHKey=True))
+    assert (ut.secret_name, ut.provider_key, ut.add_ssh_key, ut.application) == ("alice-gh-token", ("ns", "alice", "gh"), True, "gh")
+    with pytest.raises(SpecError, match="spec.application"):
+        UserToken.from_body(body(application=None))
+    with pytest.raises(RuntimeError):
+        ut.type  # noqa: B018 - the provider's settings exist only once bound to the application
+    bound_ut = ut.bind(app())
+    assert (bound_ut.type, bound_ut.host, bound_ut.client_secret_ref.name) == ("github", None, "gh-app")
+    oidc = OAuthApplication.from_body({"metadata": {"name": "idp"}, "spec": {
+        "type": "oidc", "host": "https://idp/", "clientSecretRef": {"name": "x"}, "allowedNamespaces": ["*"]}})
     with pytest.raises(SpecError, match="spec.addSSHKey"):
-        UserToken.from_body(body(type="oidc", host="https://idp", addSSHKey=True))
-    assert UserToken.from_body(body(host="http://127.0.0.1:8080/")).host == "http://127.0.0.1:8080"
+        ut.bind(oidc)
+    with pytest.raises(SpecError, match="spec.flow"):
+        UserToken.from_body(body(flow="Device")).bind(app(type="bitbucket-cloud"))
+    assert oidc.host == "https://idp"
+
+
+@pytest.mark.parametrize("field", ["type", "host", "clientSecretRef", "vault", "scopes"])
+def test_removed_fields_are_refused_with_the_migration(field):
+    with pytest.raises(SpecError) as refused:
+        UserToken.from_body(body(**{field: {"name": "bobs-key"} if field == "clientSecretRef" else "x"}))
+    assert refused.value.field == f"spec.{field}" and "spec.application" in str(refused.value)
+
+
+def test_applications_allow_namespaces_by_glob_and_deny_by_default():
+    assert app(allowedNamespaces=["*"]).allows("anything")
+    team = app(allowedNamespaces=["team-*", "ops"])
+    assert team.allows("team-a") and team.allows("ops")
+    assert not team.allows("teams") and not team.allows("ops-2") and not team.allows("other")
+    assert not app(allowedNamespaces=[]).allows("ops")
+    with pytest.raises(SpecError, match="allowedNamespaces"):
+        OAuthApplication.from_body({"metadata": {"name": "x"}, "spec": {"type": "github", "clientSecretRef": {"name": "s"}}})
+    with pytest.raises(SpecError, match="spec.host"):
+        app(type="oidc", host="http://10.0.0.1")  # plain http only for loopback
+    with pytest.raises(SpecError, match="spec.host"):
+        app(type="gitlab-self-managed")
+    assert app().display_host == "https://github.com" and app(host="https://ghe.example.com").display_host == "https://ghe.example.com"
+
+
+def test_only_the_operators_own_key_secret_is_the_users_key():
+    name = "ssh-alice-ed25519-0123abcd"
+    mine = {"metadata": {"name": name, "labels": {c.LABEL_MANAGED_BY: c.OPERATOR_NAME, c.LABEL_COMPONENT: c.COMPONENT_USER_SSH_KEY,
+                                                  c.LABEL_USER: "alice"}}}
+    assert policy.is_operator_user_key(mine, "alice", name)
+    assert not policy.is_operator_user_key(mine, "bob", name)  # another user's
+    assert not policy.is_operator_user_key(mine, "alice", "ssh-alice-ed25519-ffffffff")  # not at the derived name
+    owned = {"metadata": {**mine["metadata"], "ownerReferences": [{"kind": "WorkspaceSecret", "name": "squat", "uid": "u"}]}}
+    assert not policy.is_operator_user_key(owned, "alice", name)  # a WorkspaceSecret's Secret made at the name
+    for label in (c.LABEL_MANAGED_BY, c.LABEL_COMPONENT, c.LABEL_USER):
+        labels = {k: v for k, v in mine["metadata"]["labels"].items() if k != label}
+        assert not policy.is_operator_user_key({"metadata": {"name": name, "labels": labels}}, "alice", name)
 
 
 def test_token_secret_carries_tokens_and_a_git_credentials_line_that_git_reads(tmp_path):
-    ut = UserToken.from_body(body())
+    ut = bound()
     tokens = TokenSet(Sensitive("gh+u/x=y"), Sensitive("ghr_1"), expires_at=NOW + timedelta(hours=8), scopes=("repo",))
     secret = policy.desired_token_secret(ut, tokens, issued_at=NOW, generation="g1",
                                          git=policy.GitAccess("x-access-token", "https://github.com"))
@@ -185,24 +241,30 @@ def test_token_secret_carries_tokens_and_a_git_credentials_line_that_git_reads(t
     assert stored.issued_at == NOW and stored.tokens.scopes == ("repo",) and stored.generation == "g1"
 
 
-def test_connect_link_is_signed_for_the_token_and_renewed_in_time():
-    ut = UserToken.from_body(body())
-    ttl = timedelta(hours=1)
-    link = policy.connect_link("https://ops.example.com/", ut, SIGNER, expires=NOW + ttl)
-    assert link.startswith("https://ops.example.com/connect/ns/alice-gh?t=")
-    status = {"authorizationURL": link, "authorizationURLExpiresAt": policy.format_time(NOW + ttl)}
-    assert not policy.link_needs_renewal(status, ut, SIGNER, "https://ops.example.com", NOW, ttl)
-    assert policy.link_needs_renewal(status, ut, SIGNER, "https://ops.example.com", NOW + timedelta(minutes=31), ttl)
-    assert policy.link_needs_renewal(status, ut, Signer(Sensitive(b"n" * 32)), "https://ops.example.com", NOW, ttl)  # new key
-    assert policy.link_needs_renewal(status, ut, SIGNER, "https://elsewhere", NOW, ttl)
-    assert policy.connect_link("https://ops.example.com", ut, SIGNER, expires=NOW + ttl) != link  # fresh each time
+def test_the_connect_link_is_a_plain_link_to_the_page():
+    ut = bound()
+    link = policy.connect_page_link("https://ops.example.com/", ut)
+    assert link == "https://ops.example.com/accounts?focus=ns/alice-gh"
+    assert policy.connect_page_link("https://ops.example.com", ut) == link  # nothing secret, nothing that expires
+
+
+def test_flow_cookie_binding():
+    from workspace_secrets.domain.oauth import browser_binding, flow_nonce, same_browser
+
+    nonce = flow_nonce()
+    record = PendingAuthorization("ns", "alice-gh", "uid-1", "alice", Sensitive("v"), "https://ops/cb", NOW, browser=browser_binding(nonce))
+    assert nonce not in record.browser and len(nonce) >= 40
+    assert same_browser(record, nonce)
+    assert not same_browser(record, flow_nonce()) and not same_browser(record, None) and not same_browser(record, "")
+    unbound = PendingAuthorization("ns", "alice-gh", "uid-1", "alice", Sensitive("v"), "https://ops/cb", NOW)
+    assert not same_browser(unbound, nonce)
 
 
 def test_conditions_say_what_to_do():
-    ut = UserToken.from_body(body())
+    ut = bound()
     awaiting = policy.conditions(ut, Phase.AWAITING_AUTHORIZATION, login=None, problem=None, ssh=None)
     assert [x.type for x in awaiting] == ["Ready", "Authorized"] and "authorizationURL" in awaiting[0].message
     valid = policy.conditions(ut, Phase.VALID, login="octo", problem=None, ssh=None)
     assert valid[0].status and "'octo'" in valid[0].message
-    error = policy.conditions(ut, Phase.ERROR, login=None, problem=policy.Problem("ClientSecretNotFound", "spec.clientSecretRef: ..."), ssh=None)
-    assert error[0].reason == "ClientSecretNotFound"
+    error = policy.conditions(ut, Phase.ERROR, login=None, problem=policy.Problem("ApplicationNotFound", "OAuthApplication ..."), ssh=None)
+    assert error[0].reason == "ApplicationNotFound"

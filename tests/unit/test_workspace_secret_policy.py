@@ -59,6 +59,61 @@ def test_unusable_specs_name_the_field(overrides, field):
     assert info.value.field == field and str(info.value).startswith(field)
 
 
+@pytest.mark.parametrize("field", ["mountPath", "userSecrets.mountPath"])
+@pytest.mark.parametrize("path,why", [
+    ("/x", "at least two components"), ("/a/./b", "normalized"), ("/a/../etc", "normalized"), ("/a//b", "normalized"),
+    ("/a/b/", "normalized"), ("relative/path", "absolute"),
+    ("/etc/ssh", "system directory"), ("/usr/local/bin", "system directory"), ("/lib64/x", "system directory"),
+    ("/proc/self", "system directory"), ("/dev/shm", "system directory"), ("/boot/x", "system directory"),
+    ("/bin/x", "system directory"), ("/sbin/x", "system directory"), ("/sys/x", "system directory"),
+    ("/home/bob", "home directory"),
+])
+def test_mount_paths_are_bounded(field, path, why):
+    spec = {"mountPath": path} if field == "mountPath" else {"userSecrets": {"mountPath": path}}
+    with pytest.raises(SpecError) as info:
+        ws(**spec)
+    assert info.value.field == f"spec.{field}" and why in str(info.value)
+
+
+@pytest.mark.parametrize("path", ["/var/run/workspace-secrets", "/home/coder/.secrets", "/root/.config/x", "/workspace/secrets", "/etcetera/x", "/opt/x"])
+def test_ordinary_mount_paths_are_accepted(path):
+    assert ws(mountPath=path).mount_path == path
+
+
+def test_reserved_secret_names_are_the_per_user_key_pattern():
+    from workspace_secrets.domain.naming import RESERVED_SECRET_NAME_PATTERN, is_reserved_secret_name
+
+    assert RESERVED_SECRET_NAME_PATTERN == "^ssh-.+-(ecdsa-p256|ed25519|rsa-[0-9]+)-[0-9a-f]{8}$"
+    for spec in (KeySpec(), KeySpec(KeyType.ECDSA), KeySpec(KeyType.RSA, 3072), KeySpec(KeyType.RSA, 4096)):
+        for user in ("bob", "Alice.Smith", "x"):
+            assert is_reserved_secret_name(user_key_secret_name(user, spec))
+    assert is_reserved_secret_name("ssh-bob-rsa-2048-0123abcd")
+    for name in ("alice-ws", "ssh-bob-ed25519", "ssh-bob-ed25519-0123ABCD", "ssh-bob-dsa-0123abcd", "my-ssh-bob-ed25519-0123abcd"):
+        assert not is_reserved_secret_name(name)
+
+
+def test_a_reserved_secret_name_is_an_invalid_spec():
+    assert policy.reserved_name_problem(ws(), False) is None
+    problem = policy.reserved_name_problem(ws(secretName="ssh-bob-ed25519-0123abcd"), True)
+    assert problem is not None and problem.reason == "InvalidSpec"
+    assert problem.message.startswith("spec.secretName: 'ssh-bob-ed25519-0123abcd'") and "reserved" in problem.message
+
+
+def test_only_a_workspace_labelled_with_the_user_binds():
+    def workspace(labels):
+        return {"metadata": {"name": "ws-alice", "uid": "w1", "labels": labels}}
+
+    assert policy.workspace_user_problem(workspace({c.LABEL_USER: "alice"}), ws()) is None
+    for labels in ({}, {c.LABEL_USER: "bob"}, {c.LABEL_USER: "Alice"}):
+        problem = policy.workspace_user_problem(workspace(labels), ws())
+        assert problem is not None and problem.reason == "WorkspaceUserMismatch"
+        assert "Deployment 'ws-alice' is not labelled workspace-secrets.io/user=alice" in problem.message
+    obs = policy.Observation(key=KEY, key_source="Generated", problem=None, secret_action=policy.SecretAction.UNCHANGED,
+                             secret_data={}, workspace_uid=None, workspace_problem=problem)
+    bound = {x.type: x for x in policy.conditions(ws(), obs)}["WorkspaceBound"]
+    assert not bound.status and bound.reason == "WorkspaceUserMismatch" and bound.message == problem.message
+
+
 def test_rsa_defaults_to_3072_bits():
     assert ws(ssh={"keyType": "rsa"}).ssh.rsa_bits == 3072
 
@@ -193,14 +248,27 @@ def test_a_problem_keeps_the_previously_published_key():
 def test_display_items_mask_sensitive_values_and_resolve_references():
     w = ws(display=[
         {"key": "region", "value": "eu-west-1"},
-        {"key": "key id", "valueFrom": {"secretKeyRef": {"key": "AWS_ACCESS_KEY_ID"}}},
-        {"key": "secret", "valueFrom": {"secretKeyRef": {"key": "AWS_SECRET_ACCESS_KEY"}}, "sensitive": True},
-        {"key": "absent", "valueFrom": {"secretKeyRef": {"key": "nope"}}},
+        {"key": "key id", "valueFrom": {"secretKeyRef": {"key": "aws.AWS_ACCESS_KEY_ID"}}},
+        {"key": "secret", "valueFrom": {"secretKeyRef": {"key": "aws.AWS_SECRET_ACCESS_KEY"}}, "sensitive": True},
+        {"key": "absent", "valueFrom": {"secretKeyRef": {"key": "known_hosts"}}},
     ])
-    data = {"AWS_ACCESS_KEY_ID": base64.b64encode(b"AKIAEXAMPLE").decode(),
-            "AWS_SECRET_ACCESS_KEY": base64.b64encode(b"very-secret").decode()}
+    data = {"aws.AWS_ACCESS_KEY_ID": base64.b64encode(b"AKIAEXAMPLE").decode(),
+            "aws.AWS_SECRET_ACCESS_KEY": base64.b64encode(b"very-secret").decode()}
     items = {i["key"]: i["value"] for i in policy.display_items(w, data)}
     assert items == {"region": "eu-west-1", "key id": "AKIAEXAMPLE", "secret": "********", "absent": "<missing>"}
+
+
+def test_display_copies_only_public_keys_whatever_sensitive_says():
+    """Status is readable by every user who may list WorkspaceSecrets: only public values are copied."""
+    keys = ["ssh-publickey", "known_hosts", "GIT_SSH_COMMAND", "aws.AWS_ACCESS_KEY_ID", "db.PGUSER",  # public
+            "aws.AWS_SECRET_ACCESS_KEY", "kube.token", "user.npm.token", "user.x.AWS_REGION", "PGUSER", "ssh-privatekey"]
+    w = ws(display=[{"key": k, "valueFrom": {"secretKeyRef": {"key": k}}, "sensitive": False} for k in keys])
+    data = {k: base64.b64encode(f"value-of-{k}".encode()).decode() for k in keys}
+    shown = {i["key"]: i for i in policy.display_items(w, data)}
+    for k in keys[:5]:
+        assert shown[k] == {"key": k, "value": f"value-of-{k}", "sensitive": False}
+    for k in keys[5:]:
+        assert shown[k] == {"key": k, "value": "********", "sensitive": True}
 
 
 # --- conditions ---------------------------------------------------------------------------------

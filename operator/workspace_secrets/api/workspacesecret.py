@@ -4,6 +4,7 @@ must still produce a clear Condition rather than a traceback."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -21,6 +22,26 @@ WORKSPACE_KINDS: dict[str, tuple[str, str]] = {
 }
 
 HOST_KEY_POLICIES = {"Strict": "yes", "AcceptNew": "accept-new", "Off": "no"}
+
+#: Top-level directories a workspace Secret (spec.mountPath) or the user files (spec.userSecrets.mountPath)
+#: may not be mounted in: mounting over them replaces what programs load and run. `lib*` covers lib64, libx32.
+SYSTEM_DIRECTORIES = ("proc", "sys", "dev", "etc", "bin", "sbin", "usr", "boot", "lib*")
+_MOUNT_PATH = re.compile(r"^(/[-A-Za-z0-9_.]+){2,}$")
+_SYSTEM = re.compile(r"^/(proc|sys|dev|etc|bin|sbin|usr|boot|lib[^/]*)(/|$)")
+_HOME = re.compile(r"^/(root|home/[^/]+)$")
+
+
+def mount_path_problem(path: str) -> str | None:
+    """Why `path` may not be a mount path, or None. Same rules as the CRD's CEL rules on the two fields:
+    absolute and normalized, at least two components, not in a system directory, not a home directory."""
+    if not _MOUNT_PATH.match(path) or any(part in (".", "..") for part in path.split("/")):
+        return (f"{path!r} must be an absolute, normalized path of at least two components (like "
+                f"{c.DEFAULT_MOUNT_PATH}): no '.', '..', '//' or trailing '/'")
+    if _SYSTEM.match(path):
+        return f"{path!r} is in a system directory (/{', /'.join(SYSTEM_DIRECTORIES)}); choose a path under /var/run or the workspace's own directories"
+    if _HOME.match(path):
+        return f"{path!r} is a home directory; mounting there would hide the user's files: choose a subdirectory"
+    return None
 
 
 class SpecError(ValueError):
@@ -117,6 +138,11 @@ class WorkspaceSecret:
         api_version = ref.get("apiVersion") or expected_api
         if api_version != expected_api:
             raise SpecError("spec.workspaceRef.apiVersion", f"{kind} is served as {expected_api}, got {api_version}")
+        mount_path = spec.get("mountPath") or c.DEFAULT_MOUNT_PATH
+        user_files_path = (spec.get("userSecrets") or {}).get("mountPath") or c.DEFAULT_USER_FILES_PATH
+        for where, path in (("spec.mountPath", mount_path), ("spec.userSecrets.mountPath", user_files_path)):
+            if (problem := mount_path_problem(path)) is not None:
+                raise SpecError(where, problem)
         return cls(
             namespace=meta["namespace"],
             name=name,
@@ -125,12 +151,12 @@ class WorkspaceSecret:
             user=user,
             workspace_ref=WorkspaceRef(api_version, kind, ref["name"]),
             secret_name=spec.get("secretName") or name,
-            mount_path=spec.get("mountPath") or c.DEFAULT_MOUNT_PATH,
+            mount_path=mount_path,
             ssh=_ssh(spec.get("ssh") or {}),
             display=tuple(_display(item) for item in spec.get("display") or ()),
             credentials=_credentials(spec.get("credentials") or ()),
             user_secrets_enabled=(spec.get("userSecrets") or {}).get("enabled", True),
-            user_files_path=(spec.get("userSecrets") or {}).get("mountPath") or c.DEFAULT_USER_FILES_PATH,
+            user_files_path=user_files_path,
             user_secret_names=tuple((spec.get("userSecrets") or {})["names"]) if "names" in (spec.get("userSecrets") or {}) else None,
             abandon_cleanup=(meta.get("annotations") or {}).get(c.ANNOTATION_ABANDON_CLEANUP) == "true",
             rotate_ssh_key=(meta.get("annotations") or {}).get(c.ANNOTATION_ROTATE_SSH_KEY) or None,

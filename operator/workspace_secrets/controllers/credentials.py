@@ -91,6 +91,12 @@ class CredentialManager:
         if provider is None:
             configured = ", ".join(self.configured) or "none"
             return keep_as_is(Problem("UnknownProvider", f"{where}.provider: {spec.provider!r} is not configured by the platform (configured: {configured})."))
+        if (refusal := ledgers.access_refusal(spec.provider, getattr(provider, "access", None), ws.namespace, ws.user)) is not None:
+            # Nothing is delivered; what was issued before (the rule changed since) is revoked like a removed entry.
+            out.problems.append(Problem("PolicyViolation", f"{where}.provider: {refusal}."))
+            if ledger is not None:
+                await self._retire_entry(ws, spec.name, ledger, out, why="its provider no longer allows this WorkspaceSecret")
+            return None
         if (error := provider.validate(spec.parameters)) is not None:
             return keep_as_is(Problem("PolicyViolation", f"{where}.parameters: {error}"))
         scope = Scope.of(ws.namespace, ws.name, ws.uid, spec.name)
@@ -133,15 +139,17 @@ class CredentialManager:
                 continue
             out.env.append({"name": name, "key": key})
 
-    async def _retire_entry(self, ws: WorkspaceSecret, name: str, ledger: ledgers.EntryLedger, out: CredentialOutcome) -> None:
-        """An entry removed from the spec: revoke everything in its scope; until that works, keep it recorded."""
+    async def _retire_entry(self, ws: WorkspaceSecret, name: str, ledger: ledgers.EntryLedger, out: CredentialOutcome,
+                            *, why: str = "entry removed from the spec") -> None:
+        """An entry removed from the spec (or no longer allowed): revoke everything in its scope; until that
+        works, keep it recorded."""
         provider = self._providers.get(ledger.provider)
         scope = Scope.of(ws.namespace, ws.name, ws.uid, name)
         try:
             if provider is None:
                 raise ProviderError(f"provider {ledger.provider!r} is no longer configured", retryable=False)
             await self.revoke_scope(provider, scope)
-            out.events.append(("Normal", "CredentialRevoked", f"{name}: entry removed from the spec; its {provider.type_name} credentials are revoked."))
+            out.events.append(("Normal", "CredentialRevoked", f"{name}: {why}; its {provider.type_name} credentials are revoked."))
         except ProviderError as exc:
             out.ledger[name] = ledger
             out.problems.append(Problem("RevocationFailed", f"credentials of removed entry {name!r} ({ledger.provider}) could not be revoked yet: {exc}"))

@@ -5,6 +5,9 @@
         type: aws-iam                 # a type from providers/credentials/registry.py
         credentialsSecret: aws-admin  # admin credentials: a Secret in the operator's namespace
         config: {region: eu-west-1}   # type-specific settings and policy bounds
+        allow:                        # who may use it; without `allow`, nobody (deny by default)
+          namespaces: ["team-*"]      # glob patterns; a WorkspaceSecret's namespace must match one (if given)
+          users: ["alice", "ci-*"]    # glob patterns; its spec.user must match one (if given)
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from ..domain.credentials import AccessRule
 from ..domain.sensitive import Sensitive
 from ..kube.client import Kube, core_path
 from ..providers.credentials import registry
@@ -33,14 +37,22 @@ async def load_providers(path: str | None, kube: Kube, operator_namespace: str) 
     for item in document.get("providers", ()):
         name, type_name = item.get("name"), item.get("type")
         try:
+            access = AccessRule.parse(item.get("allow"))
             admin: dict[str, Sensitive] = {}
             if secret_name := item.get("credentialsSecret"):
                 secret = await kube.get(core_path(operator_namespace, "secrets", secret_name))
                 if secret is None:
                     raise ValueError(f"credentials Secret {operator_namespace}/{secret_name} does not exist")
                 admin = {k: Sensitive(base64.b64decode(v)) for k, v in (secret.get("data") or {}).items()}
-            providers[name] = registry.build(name, type_name, item.get("config") or {}, admin, kube)
-            log.info("dynamic-credential provider %r (%s) configured", name, type_name)
+            provider = registry.build(name, type_name, item.get("config") or {}, admin, kube)
+            provider.access = access
+            providers[name] = provider
+            if access is None:
+                log.warning("dynamic-credential provider %r (%s) has no `allow` rule: no WorkspaceSecret may use it "
+                            "(add allow: {namespaces: [...], users: [...]})", name, type_name)
+            else:
+                log.info("dynamic-credential provider %r (%s) configured for namespaces %s, users %s", name, type_name,
+                         list(access.namespaces or ["*"]), list(access.users or ["*"]))
         except Exception as exc:  # noqa: BLE001 - one broken provider must not stop the others
             broken[name] = f"{type(exc).__name__}: {exc}"
             log.error("dynamic-credential provider %r (%s) is unavailable: %s", name, type_name, broken[name])

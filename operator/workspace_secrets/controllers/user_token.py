@@ -1,6 +1,10 @@
 """Reconcile UserTokens: connect (the OAuth callback), refresh ahead of expiry, validate, upload the user's
 SSH key, and clean up on deletion.
 
+A UserToken names an OAuthApplication (cluster-scoped, the platform's): every pass reads it, checks that the
+UserToken's namespace is allowed to use it, and reads its client Secret from the operator's own namespace.
+A tenant never chooses a host, a client or a Secret to read.
+
 Every operation on a token runs under one lock per (namespace, user, type, host), and re-reads the
 UserToken and its Secret under that lock, so concurrent triggers (the per-token daemon, a kopf update,
 the callback, a watch event) never spend a single-use refresh token twice: the second one finds the
@@ -22,6 +26,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from ..api import constants as c
+from ..api.oauthapplication import OAuthApplication, app_path
 from ..api.usertoken import UserToken
 from ..api.workspacesecret import SpecError
 from ..domain import conditions as cond
@@ -29,7 +34,8 @@ from ..domain import sshkeys
 from ..domain import usertoken as policy
 from ..domain.conditions import Condition
 from ..domain.naming import user_key_secret_name
-from ..domain.oauth import Identity, PendingAuthorization, PendingAuthorizations, StateRejected, TokenSet, pkce_challenge, pkce_verifier
+from ..domain.oauth import (Identity, PendingAuthorization, PendingAuthorizations, StateRejected, TokenSet, pkce_challenge,  # noqa: F401
+                            pkce_verifier)
 from ..domain.sensitive import Sensitive
 from ..domain.signing import Signer
 from ..domain.sshkeys import KeySpec
@@ -48,7 +54,7 @@ MAX_SLEEP = 300.0  # the daemon looks at every token at least this often
 @dataclass(frozen=True)
 class ConnectSettings:
     base_url: str  # where users reach the connect page; the OAuth callback is <base_url>/oauth/callback
-    link_ttl: timedelta = timedelta(hours=1)
+    link_ttl: timedelta = timedelta(hours=1)  # unused: status.authorizationURL no longer expires (kept for callers)
     schedule: policy.Schedule = policy.Schedule()
 
     @property
@@ -83,7 +89,7 @@ class TokenSummary:
     expires_at: str | None
     message: str
     flow: str = "AuthorizationCode"
-    user_code: str | None = None  # Device flow: the code to enter ...
+    user_code: str | None = None  # Device flow: the code to enter (kept in the operator's memory only) ...
     verification_url: str | None = None  # ... there
 
 
@@ -97,11 +103,22 @@ def _ref(body: Mapping[str, Any]) -> dict[str, Any]:
             "metadata": {"name": meta["name"], "namespace": meta["namespace"], "uid": meta.get("uid")}}
 
 
+#: One message for "no such OAuthApplication" and "not allowed in this namespace": a tenant learns no more
+#: about the platform's applications than that this name cannot be used here.
+def _application_problem(ut: UserToken) -> Problem:
+    return Problem("ApplicationNotFound",
+                   f"OAuthApplication {ut.application!r} does not exist or may not be used in namespace {ut.namespace!r}: set "
+                   "spec.application to an application your platform offers for this namespace, or ask the platform team to "
+                   "allow this namespace in its spec.allowedNamespaces.")
+
+
 class UserTokenController:
     def __init__(self, kube: Kube, events: EventRecorder, providers: ProviderCache, signer: Signer,
                  pending: PendingAuthorizations, settings: ConnectSettings, *,
-                 namespaces: tuple[str, ...] = (), clock: Callable[[], datetime] = cond.utcnow) -> None:
+                 namespaces: tuple[str, ...] = (), operator_namespace: str = "workspace-secrets-system",
+                 clock: Callable[[], datetime] = cond.utcnow) -> None:
         self._kube = kube
+        self._operator_namespace = operator_namespace  # where OAuthApplications' client Secrets live
         self._events = events
         self._providers = providers
         self._signer = signer
@@ -150,19 +167,36 @@ class UserTokenController:
         return max(delay, retry_after or 0.0)
 
     async def _client(self, ut: UserToken) -> ClientCredentials | None:
+        """The application's client, from its Secret in the operator's namespace (never the tenant's)."""
         ref = ut.client_secret_ref
         if ref is None:
             return None
-        secret = await self._kube.get(core_path(ut.namespace, "secrets", ref.name))
-        where = f"spec.clientSecretRef: Secret {ref.name!r}"
-        if secret is None:
-            raise ProblemFound(Problem("ClientSecretNotFound", f"{where} does not exist in namespace {ut.namespace!r}; create it with the OAuth application's {ref.client_id_key!r} and {ref.client_secret_key!r}."))
-        data = secret.get("data") or {}
+        secret = await self._kube.get(core_path(self._operator_namespace, "secrets", ref.name))
+        data = (secret or {}).get("data") or {}
         if ref.client_id_key not in data:
-            raise ProblemFound(Problem("InvalidClientSecret", f"{where} has no key {ref.client_id_key!r} (it has: {', '.join(sorted(data)) or 'none'}); set clientIDKey."))
+            # Platform configuration: the tenant cannot fix it, and learns nothing about the Secret's contents.
+            raise ProblemFound(Problem("ApplicationNotReady", f"OAuthApplication {ut.application!r} has no usable client credentials "
+                                       "yet (its client Secret in the operator's namespace is missing or incomplete); ask the platform team."))
         client_id = base64.b64decode(data[ref.client_id_key]).decode().strip()
         client_secret = base64.b64decode(data[ref.client_secret_key]).strip() if ref.client_secret_key in data else None
         return ClientCredentials(client_id, Sensitive(client_secret) if client_secret else None)
+
+    async def _bind(self, ut: UserToken) -> UserToken:
+        """The UserToken with its OAuthApplication, read now (a GET: few objects, always current). Raises
+        ProblemFound when it does not exist, is not allowed in the UserToken's namespace or does not fit."""
+        body = await self._kube.get(app_path(ut.application))
+        if body is None:
+            raise ProblemFound(_application_problem(ut))
+        try:
+            app = OAuthApplication.from_body(body)
+        except SpecError as exc:
+            raise ProblemFound(Problem("ApplicationInvalid", f"OAuthApplication {ut.application!r} is not usable ({exc.field}); ask the platform team.")) from None
+        if not app.allows(ut.namespace):
+            raise ProblemFound(_application_problem(ut))
+        try:
+            return ut.bind(app)
+        except SpecError as exc:
+            raise ProblemFound(Problem("InvalidSpec", str(exc))) from None
 
     # --- entry points --------------------------------------------------------------------------------------
     async def reconcile(self, body: Mapping[str, Any]) -> None:
@@ -191,18 +225,36 @@ class UserTokenController:
         if body is None or body["metadata"].get("deletionTimestamp"):
             return None
         ut = UserToken.from_body(body)
+        try:
+            ut = await self._bind(ut)
+        except ProblemFound as exc:
+            await self._application_unusable(body, exc.problem)
+            return 60.0  # the platform may create or allow it meanwhile
         return await _Pass(self, body, ut, just_started).run()
 
+    async def _application_unusable(self, body: Mapping[str, Any], problem: Problem) -> None:
+        previous = cond.find((body.get("status") or {}).get("conditions"), c.CONDITION_READY) or {}
+        fields = {"phase": Phase.ERROR.value, "userCode": None, "authorizationURLExpiresAt": None, "authorizationURL": None}
+        await self._write_status(body, fields, [Condition(c.CONDITION_READY, False, problem.reason, problem.message),
+                                                Condition(c.CONDITION_AUTHORIZED, False, problem.reason, problem.message)])
+        if previous.get("reason") != problem.reason or previous.get("message") != problem.message:
+            await self._events.warning(_ref(body), problem.reason, problem.message)
+
     # --- connecting ----------------------------------------------------------------------------------------
-    async def begin_authorization(self, namespace: str, name: str, user: str) -> str:
-        """Mint a single-use state and a PKCE verifier for this UserToken, and return the provider URL."""
+    async def begin_authorization(self, namespace: str, name: str, user: str, *, browser: str = "") -> str:
+        """Mint a single-use state and a PKCE verifier for this UserToken, and return the provider URL.
+        `browser` (domain.oauth.browser_binding of the flow cookie) binds the flow to the starting browser."""
         body = await self._kube.get(_ut_path(namespace, name))
         if body is None or body["metadata"].get("deletionTimestamp"):
             raise NotAllowed(f"UserToken {namespace}/{name} does not exist.")
-        ut = UserToken.from_body(body)
+        try:
+            ut = UserToken.from_body(body)
+        except SpecError as exc:
+            raise ProblemFound(Problem("InvalidSpec", str(exc))) from None
         if ut.user != user:
             raise NotAllowed(f"UserToken {namespace}/{name} belongs to another user.")
-        if ut.flow == "Device":  # a new device code, shown on the page and in status
+        ut = await self._bind(ut)
+        if ut.flow == "Device":  # a new device code, shown on the connect page to this user
             self._device_requested.add(ut.uid)
             self._devices.pop(ut.uid, None)
             await self.maintain(namespace, name)
@@ -219,7 +271,7 @@ class UserTokenController:
         self._pending.put(start.state, PendingAuthorization(
             namespace=ut.namespace, name=ut.name, uid=ut.uid, user=ut.user, code_verifier=verifier,
             redirect_uri=self.settings.redirect_uri, expires_at=now + self._pending.ttl,
-            provider_data={**start.provider_data, "state": start.state, "ours": start.state_is_ours},
+            provider_data={**start.provider_data, "state": start.state, "ours": start.state_is_ours}, browser=browser,
         ))
         log.info("authorization started for UserToken %s/%s (%s)", namespace, name, ut.type)
         return start.url
@@ -234,6 +286,12 @@ class UserTokenController:
             return ConnectResult(False, "This account link no longer exists",
                                  f"UserToken {record.namespace}/{record.name} was deleted or replaced while you were signing in.")
         ut = UserToken.from_body(body)
+        if ut.user != record.user:
+            return ConnectResult(False, "This account link no longer exists", f"UserToken {record.namespace}/{record.name} changed while you were signing in.")
+        try:
+            ut = await self._bind(ut)
+        except ProblemFound as exc:
+            return ConnectResult(False, "The operator is not set up for this provider", exc.problem.message, ut.namespace, ut.name)
         async with self._lock(ut.provider_key):
             return await asyncio.shield(self._complete_locked(ut, record, code))
 
@@ -282,23 +340,17 @@ class UserTokenController:
                 if spec.get("user") != user or meta.get("deletionTimestamp"):
                     continue
                 ready = cond.find(status.get("conditions"), c.CONDITION_READY) or {}
-                device = spec.get("flow") == "Device"
+                device = self._devices.get(meta.get("uid", "")) if spec.get("flow") == "Device" else None
                 summaries.append(TokenSummary(
-                    namespace=meta["namespace"], name=meta["name"], user=user, type=spec.get("type", ""),
-                    host=spec.get("host"), phase=status.get("phase") or Phase.AWAITING_AUTHORIZATION.value,
+                    namespace=meta["namespace"], name=meta["name"], user=user,
+                    type=status.get("type") or spec.get("application", ""),
+                    host=status.get("host"), phase=status.get("phase") or Phase.AWAITING_AUTHORIZATION.value,
                     login=status.get("login"), expires_at=status.get("expiresAt"), message=ready.get("message", ""),
                     flow=spec.get("flow") or "AuthorizationCode",
-                    user_code=status.get("userCode") if device else None,
-                    verification_url=status.get("authorizationURL") if device else None,
+                    user_code=device.user_code if device else None,
+                    verification_url=(device.verification_uri_complete or device.verification_uri) if device else None,
                 ))
         return sorted(summaries, key=lambda s: (s.namespace, s.name))
-
-    async def owner_of(self, namespace: str, name: str) -> tuple[str, str] | None:
-        """(user, uid) of a UserToken, for checking signed links."""
-        body = await self._kube.get(_ut_path(namespace, name))
-        if body is None:
-            return None
-        return (body.get("spec") or {}).get("user", ""), body["metadata"].get("uid", "")
 
     async def names_for_user(self, namespace: str, user: str) -> list[str]:
         listing = await self._kube.list(group_path(c.API_VERSION, namespace, c.USER_TOKEN_PLURAL))
@@ -321,6 +373,15 @@ class UserTokenController:
         async with self._lock(ut.provider_key):
             await asyncio.shield(self._finalize_locked(body, ut))
 
+    async def _finalize_bound(self, body: Mapping[str, Any], ut: UserToken) -> UserToken | None:
+        try:
+            return await self._bind(ut)
+        except ProblemFound as exc:
+            # No application (deleted, or this namespace no longer allowed): nothing to revoke with. The token
+            # Secret is deleted all the same; the grant ends at the provider by its own expiry.
+            await self._events.warning(_ref(body), "RevocationSkipped", f"{exc.problem.message} The token could not be revoked at the provider.")
+            return None
+
     async def _finalize_locked(self, body: Mapping[str, Any], ut: UserToken) -> None:
         path = core_path(ut.namespace, "secrets", ut.secret_name)
         secret = await self._kube.get(path)
@@ -329,8 +390,10 @@ class UserTokenController:
         unsaved = self._unsaved.pop(ut.uid, None)
         tokens = unsaved[0] if unsaved else (stored.tokens if stored else None)
         status = body.get("status") or {}
-        where = _where(ut)
-        if tokens is not None and not ut.skip_revocation:
+        bound = await self._finalize_bound(body, ut) if tokens is not None and not ut.skip_revocation else None
+        if bound is not None:
+            ut = bound
+            where = _where(ut)
             provider = self._providers.for_token(ut)
             identity = Identity(login=status.get("login", ""), user_id=status.get("providerUserID", ""))
             key_id = (status.get("sshKey") or {}).get("id")
@@ -340,7 +403,7 @@ class UserTokenController:
                     # re-upload racing this deletion): nothing the operator uploaded is left behind.
                     key_ids = [key_id] if key_id else []
                     if ut.add_ssh_key:
-                        public = await self._user_public_key(ut)
+                        public, _ = await self._user_public_key(ut)
                         found = await provider.find_ssh_key(tokens, identity, public) if public else None
                         if found is not None and found.id not in key_ids:
                             key_ids.append(found.id)
@@ -363,9 +426,18 @@ class UserTokenController:
             await self._kube.delete(path, uid=secret["metadata"]["uid"])  # type: ignore[index]
         log.info("UserToken %s/%s cleaned up", ut.namespace, ut.name)
 
-    async def _user_public_key(self, ut: UserToken) -> str:
-        secret = await self._kube.get(core_path(ut.namespace, "secrets", user_key_secret_name(ut.user, KeySpec())))
-        return base64.b64decode((secret or {}).get("data", {}).get(c.KEY_SSH_PUBLIC, "")).decode().strip()
+    async def _user_public_key(self, ut: UserToken) -> tuple[str, str]:
+        """(public key, Secret name) of the user's operator-managed key; the key is '' unless the Secret is
+        proven to be the operator's per-user key for ut.user (see policy.is_operator_user_key): a Secret that
+        only has the name -- squatted, or made by someone else -- is never uploaded to anyone's account."""
+        name = user_key_secret_name(ut.user, KeySpec())
+        secret = await self._kube.get(core_path(ut.namespace, "secrets", name))
+        if secret is None or not policy.is_operator_user_key(secret, ut.user, name):
+            return "", name
+        try:
+            return base64.b64decode((secret.get("data") or {}).get(c.KEY_SSH_PUBLIC, "")).decode().strip(), name
+        except ValueError:
+            return "", name
 
     # --- status ----------------------------------------------------------------------------------------------
     async def _write_status(self, body: Mapping[str, Any], fields: Mapping[str, Any], conditions: list[Condition]) -> dict[str, Any]:
@@ -493,6 +565,7 @@ class _Pass:
             self._due_in(60)
         self._link()
         self.fields["secretName"] = ut.secret_name
+        self.fields.update(type=ut.type, host=ut.app.display_host or None if ut.app is not None else None)
         self.fields["phase"] = (self.phase or Phase.AWAITING_AUTHORIZATION).value
         conditions = policy.conditions(ut, self.phase or Phase.AWAITING_AUTHORIZATION, login=self.fields.get("login", self.status.get("login")),
                                        problem=self.problem, ssh=self.ssh)
@@ -530,7 +603,6 @@ class _Pass:
         if device is None:
             asked = ut.uid in ctl._device_requested or forced
             if not asked and (self.problem is not None or ended):
-                self.fields.update(authorizationURL=None, userCode=None, authorizationURLExpiresAt=None)
                 self.problem = self.problem or Problem(ready.get("reason", "DeviceCodeExpired"),
                                                        "the last code expired or was declined; click Connect on the connect page (or set the refresh annotation) for a new one")
                 return None
@@ -556,7 +628,6 @@ class _Pass:
             except GrantRejected as exc:  # expired_token, access_denied
                 ctl._devices.pop(ut.uid, None)
                 self.problem = Problem("DeviceAuthorizationEnded", f"{exc}; click Connect on the connect page (or set the refresh annotation) for a new code")
-                self.fields.update(authorizationURL=None, userCode=None, authorizationURLExpiresAt=None)
                 return None
             except TemporaryFailure as exc:
                 self._temporary(exc, TokenSet(Sensitive(b"-")))
@@ -568,8 +639,6 @@ class _Pass:
                 await self.save(tokens, ctl._clock())
                 self.connected = True
                 return policy.read_token_secret(self.secret) if self.secret is not None else None
-        self.fields.update(authorizationURL=device.verification_uri_complete or device.verification_uri, userCode=device.user_code,
-                           authorizationURLExpiresAt=policy.format_time(device.expires_at))
         self._due_in(device.interval)
         return None
 
@@ -735,10 +804,8 @@ class _Pass:
                     self.fields["sshKey"] = None
                     await ctl._events.normal(_ref(self.body), "SSHKeyRemoved", f"Removed SSH key {current['id']} from {where}.")
                 return
-            name = user_key_secret_name(ut.user, KeySpec())
-            key_secret = await ctl._kube.get(core_path(ut.namespace, "secrets", name))
-            public = base64.b64decode((key_secret or {}).get("data", {}).get(c.KEY_SSH_PUBLIC, "")).decode().strip()
-            if not public:
+            public, name = await ctl._user_public_key(ut)
+            if not public:  # one message whether absent or not proven to be the operator's key for this user
                 self.ssh = Condition(c.CONDITION_SSH_KEY_UPLOADED, False, "UserKeyNotFound",
                                      f"{ut.user!r} has no operator-managed SSH key yet (Secret {name!r}); it is uploaded once a WorkspaceSecret of the user creates it.")
                 return
@@ -763,22 +830,14 @@ class _Pass:
             self.ssh = Condition(c.CONDITION_SSH_KEY_UPLOADED, False, "UploadFailed", f"{exc}. Check the token's scopes and the key at the provider.")
 
     def _link(self) -> None:
+        """status.authorizationURL: the connect page focused on this UserToken, while the user has to act. A
+        plain link, never a credential; the device flow's code is shown there (to the signed-in owner) only."""
         ut, ctl = self.ut, self.ctl
-        settings = ctl.settings
+        self.fields.update(userCode=None, authorizationURLExpiresAt=None)
         if not policy.needs_authorization(self.phase) and self.phase is not Phase.ERROR:
-            self.fields.update(authorizationURL=None, authorizationURLExpiresAt=None, userCode=None)
+            self.fields["authorizationURL"] = None
             return
-        if ut.flow == "Device":
-            return  # the provider's verification page and code, set by _device()
-        if policy.link_needs_renewal(self.status, ut, ctl._signer, settings.base_url, self.now, settings.link_ttl):
-            expires = self.now + settings.link_ttl
-            self.fields["authorizationURL"] = policy.connect_link(settings.base_url, ut, ctl._signer, expires=expires)
-            self.fields["authorizationURLExpiresAt"] = policy.format_time(expires)
-            self._due_in((settings.link_ttl / 2).total_seconds())
-        else:
-            expires = policy.parse_time(self.status.get("authorizationURLExpiresAt"))
-            if expires is not None:
-                self._due_in((expires - settings.link_ttl / 2 - self.now).total_seconds())
+        self.fields["authorizationURL"] = policy.connect_page_link(ctl.settings.base_url, ut)
 
     async def _announce(self, previous: str | None) -> None:
         phase = (self.phase or Phase.AWAITING_AUTHORIZATION).value

@@ -11,6 +11,7 @@ import base64
 import logging
 import time
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from collections.abc import Callable, Mapping
 from datetime import datetime
@@ -22,7 +23,7 @@ from ..domain import conditions as cond
 from ..domain.credentials import dump as ledger_dump
 from ..domain import sshkeys, user_secrets
 from ..domain import workspace_secret as policy
-from ..domain.naming import user_key_secret_name
+from ..domain.naming import is_reserved_secret_name, user_key_secret_name
 from ..domain.sshkeys import KeySpec, KeyType, SSHKeyPair
 from ..kube.client import Conflict, Kube, NotFound, core_path, group_path
 from ..kube.events import EventRecorder
@@ -40,6 +41,13 @@ KEY_SOURCE_EXISTING = "Existing"
 #: a full reconcile (a few GETs), so thousands of forever-unbound objects must not poll every 5 s.
 BIND_RECHECK_SCHEDULE = ((120.0, 5.0), (600.0, 15.0))  # (age below, re-check every)
 BIND_RECHECK_SLOWEST = 60.0
+
+#: Brought keys are decrypted and parsed here, never on the event loop: even bounded (sshkeys.check_work_bounds)
+#: a key costs up to about a second of CPU, and the loop also answers the pod-injection webhook. Two threads:
+#: one tenant's keys can occupy them, never the loop; further keys wait their turn.
+KEY_PARSE_WORKERS = 2
+KEY_PARSE_DEADLINE = 30.0  # seconds, queueing included; a key that takes longer is reported, not waited for
+_key_parser = ThreadPoolExecutor(max_workers=KEY_PARSE_WORKERS, thread_name_prefix="byo-key")
 
 
 @dataclass(frozen=True)
@@ -192,9 +200,13 @@ class WorkspaceSecretController:
         except SpecError as exc:
             await self._write_status(body, None, [cond.Condition(c.CONDITION_READY, False, "InvalidSpec", str(exc))])
             return "problem"
+        reserved = policy.reserved_name_problem(ws, is_reserved_secret_name(ws.secret_name))
+        if reserved is not None:  # the CRD refuses it; an object stored before that rule must not write there either
+            await self._write_status(body, ws, [cond.Condition(c.CONDITION_READY, False, reserved.reason, reserved.message)])
+            return "problem"
 
         key, source, rotation, problem = await self._key(ws)
-        workspace_uid = await self._bind(body, ws)
+        workspace_uid, workspace_problem = await self._bind(body, ws)
 
         written = SecretOutcome()
         if key is not None:
@@ -213,7 +225,7 @@ class WorkspaceSecretController:
             credentials=creds.status if creds is not None else (ws.status.get("credentials") or None),
             credential_problems=credential_problems,
             credential_env=tuple(creds.env) if creds is not None else (),
-            user_secrets=written.user_secrets,
+            user_secrets=written.user_secrets, workspace_problem=workspace_problem,
         )
         # Events first: whoever sees the new status can already read the Event that explains it.
         await self._announce(body, ws, obs)
@@ -252,23 +264,30 @@ class WorkspaceSecretController:
         assert ref is not None
         where = f"spec.ssh.existingSecretRef: Secret {ref.name!r}"
         source = await self._kube.get(core_path(ws.namespace, "secrets", ref.name))
-        if source is None:
-            return None, policy.Problem("ExistingKeyNotFound", f"{where} does not exist in namespace {ws.namespace!r}; create it with the private key under {ref.private_key_key!r}.")
         not_owned = policy.existing_key_ownership_problem(source, ws, where)
-        if not_owned is not None:
+        if not_owned is not None or source is None:
             return None, not_owned
+        # From here on the Secret is the user's own: naming its keys tells them nothing new (never list them).
         data = source.get("data") or {}
         if ref.private_key_key not in data:
-            return None, policy.Problem("InvalidExistingKey", f"{where} has no key {ref.private_key_key!r} (it has: {', '.join(sorted(data)) or 'none'}); set privateKeyKey.")
+            return None, policy.Problem("InvalidExistingKey", f"{where} has no key {ref.private_key_key!r}; put the private key there, or set privateKeyKey.")
         passphrase = None
         if ref.passphrase_key:
             if ref.passphrase_key not in data:
                 return None, policy.Problem("InvalidExistingKey", f"{where} has no key {ref.passphrase_key!r} named by passphraseKey.")
             passphrase = base64.b64decode(data[ref.passphrase_key]).rstrip(b"\r\n")
+        meta = source["metadata"]
+        cache_key = (meta.get("namespace", ""), meta.get("name", ""), meta.get("resourceVersion", ""), ref.private_key_key, ref.passphrase_key or "", ws.user)
+        key = self._key_cache.get(cache_key)
+        if key is not None:
+            return key, None
         try:
-            key = sshkeys.load(base64.b64decode(data[ref.private_key_key]), passphrase=passphrase, comment=_comment(ws))
+            key = await _load_off_loop(base64.b64decode(data[ref.private_key_key]), passphrase, _comment(ws))
         except sshkeys.InvalidKey as exc:
             return None, policy.Problem("InvalidExistingKey", f"{where}, key {ref.private_key_key!r}: {exc}.")
+        if len(self._key_cache) > 4096:
+            self._key_cache.clear()
+        self._key_cache[cache_key] = key
         return key, None
 
     async def _user_key(self, ws: WorkspaceSecret) -> tuple[SSHKeyPair, str | None]:
@@ -335,10 +354,12 @@ class WorkspaceSecretController:
         return key
 
     # --- the workspace binding ------------------------------------------------------------------
-    async def _bind(self, body: Mapping[str, Any], ws: WorkspaceSecret) -> str | None:
+    async def _bind(self, body: Mapping[str, Any], ws: WorkspaceSecret) -> tuple[str | None, policy.Problem | None]:
         """Make the workspace the owner of this WorkspaceSecret, so Kubernetes' garbage collector deletes
         us (and, through our ownerReference, the Secret) when the workspace goes -- even while the
-        operator is down."""
+        operator is down. Only a workspace labelled with this WorkspaceSecret's user is bound.
+
+        Returns (the workspace's uid when bound, why it is not bound although it exists)."""
         ref = ws.workspace_ref
         api_version, plural = WORKSPACE_KINDS[ref.kind]
         owners = list(body["metadata"].get("ownerReferences") or ())
@@ -346,11 +367,14 @@ class WorkspaceSecretController:
             if owner.get("kind") == ref.kind and owner.get("name") == ref.name and owner.get("uid"):
                 # Already bound: no need to look again. Should that workspace be gone (or replaced by a
                 # namesake), the garbage collector deletes this WorkspaceSecret through that reference.
-                return str(owner["uid"])
+                return str(owner["uid"]), None
         path = core_path(ws.namespace, plural, ref.name) if api_version == "v1" else group_path(api_version, ws.namespace, plural, ref.name)
         workspace = await self._kube.get(path)
         if workspace is None or workspace["metadata"].get("deletionTimestamp"):
-            return None
+            return None, None
+        mismatch = policy.workspace_user_problem(workspace, ws)
+        if mismatch is not None:
+            return None, mismatch
         uid = workspace["metadata"]["uid"]
         if not any(o.get("uid") == uid for o in owners):
             owners.append({"apiVersion": api_version, "kind": ref.kind, "name": ref.name, "uid": uid})
@@ -363,7 +387,7 @@ class WorkspaceSecretController:
                 raise RetryLater("WorkspaceSecret changed while binding it to its workspace") from None
             except NotFound:
                 raise ObjectGone() from None
-        return uid
+        return uid, None
 
     # --- the Secret -----------------------------------------------------------------------------
     async def _apply_secret(self, ws: WorkspaceSecret, key: SSHKeyPair) -> SecretOutcome:
@@ -502,6 +526,16 @@ def _log_ref(ws: WorkspaceSecret) -> dict[str, Any]:
 
 def _comment(ws: WorkspaceSecret) -> str:
     return f"{ws.user}@{c.OPERATOR_NAME}"
+
+
+async def _load_off_loop(private_key: bytes, passphrase: bytes | None, comment: str) -> SSHKeyPair:
+    """sshkeys.load in the key-parsing threads, with a deadline (the thread finishes its bounded work)."""
+    loop = asyncio.get_running_loop()
+    future = loop.run_in_executor(_key_parser, lambda: sshkeys.load(private_key, passphrase=passphrase, comment=comment))
+    try:
+        return await asyncio.wait_for(future, KEY_PARSE_DEADLINE)
+    except asyncio.TimeoutError:  # the threads are busy with other keys: the work queue retries with backoff
+        raise RetryLater(f"a brought key could not be checked within {KEY_PARSE_DEADLINE:.0f} s") from None
 
 
 async def _generate(spec: KeySpec, comment: str) -> SSHKeyPair:

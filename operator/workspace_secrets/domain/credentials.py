@@ -8,6 +8,7 @@ ledger does not know is an orphan (a crash between minting and recording) and is
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from collections.abc import Mapping, Set
 from dataclasses import dataclass, field, replace
@@ -16,6 +17,62 @@ from datetime import datetime, timedelta, timezone
 from ..api.workspacesecret import CredentialSpec
 
 RENEW_FRACTION = 2 / 3  # renew an expiring credential at 2/3 of its lifetime (Vault's practice)
+
+
+# --- who may use a provider ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AccessRule:
+    """A provider entry's `allow: {namespaces: [glob...], users: [glob...]}` in the operator's providers
+    config. A WorkspaceSecret may use the provider when its namespace matches one of `namespaces` (if given)
+    AND its spec.user matches one of `users` (if given); at least one list is required. A provider without
+    `allow` serves nobody: deny by default (issue 14, instance 10)."""
+
+    namespaces: tuple[str, ...] | None = None
+    users: tuple[str, ...] | None = None
+
+    @classmethod
+    def parse(cls, raw: object) -> AccessRule | None:
+        """None for a missing `allow` (nobody); ValueError, saying how to write it, for a malformed one."""
+        if raw is None:
+            return None
+        if not isinstance(raw, Mapping) or set(raw) - {"namespaces", "users"}:
+            raise ValueError("allow must be a mapping with namespaces and/or users, each a list of glob patterns")
+        lists: dict[str, tuple[str, ...] | None] = {}
+        for key in ("namespaces", "users"):
+            value = raw.get(key)
+            if value is None:
+                lists[key] = None
+            elif isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
+                lists[key] = tuple(value)
+            else:
+                raise ValueError(f"allow.{key} must be a non-empty list of glob patterns (e.g. [\"team-*\"], or [\"*\"] for all)")
+        if lists["namespaces"] is None and lists["users"] is None:
+            raise ValueError('allow needs namespaces and/or users (allow: {namespaces: ["*"]} allows every namespace)')
+        return cls(lists["namespaces"], lists["users"])
+
+    def permits(self, namespace: str, user: str) -> bool:
+        return (
+            (self.namespaces is None or any(fnmatch.fnmatchcase(namespace, p) for p in self.namespaces))
+            and (self.users is None or any(fnmatch.fnmatchcase(user, p) for p in self.users))
+        )
+
+
+def access_refusal(provider: str, rule: AccessRule | None, namespace: str, user: str) -> str | None:
+    """Why this WorkspaceSecret may not use `provider` (None: it may). Names what the platform must add,
+    never the rule's other patterns (they would tell a tenant about other namespaces and users)."""
+    if rule is not None and rule.permits(namespace, user):
+        return None
+    if rule is None:
+        need = f"an allow rule (allow: {{namespaces: [{namespace!r}], users: [{user!r}]}})"
+    else:
+        needs = []
+        if rule.namespaces is not None and not any(fnmatch.fnmatchcase(namespace, p) for p in rule.namespaces):
+            needs.append(f"namespace {namespace!r} to allow.namespaces")
+        if rule.users is not None and not any(fnmatch.fnmatchcase(user, p) for p in rule.users):
+            needs.append(f"user {user!r} to allow.users")
+        need = " and ".join(needs)
+    return (f"provider {provider!r} is not allowed for user {user!r} in namespace {namespace!r}; the platform must add "
+            f"{need} of provider {provider!r} in the operator's providers config")
 
 
 @dataclass(frozen=True)

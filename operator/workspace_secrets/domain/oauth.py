@@ -1,11 +1,12 @@
 """OAuth 2.0 values and decisions that need no I/O: token sets, PKCE (RFC 7636, S256 only), and the
 server-side record of pending authorizations that makes every `state` single-use, expiring and bound to
-one UserToken (by uid) and one user."""
+one UserToken (by uid), one user and the browser that started it (a flow cookie)."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import secrets
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -65,6 +66,21 @@ class PendingAuthorization:
     redirect_uri: str
     expires_at: datetime
     provider_data: dict[str, Any] = field(default_factory=dict)  # e.g. Vault's client_nonce
+    browser: str = ""  # browser_binding() of the flow cookie set by the browser that started the flow
+
+
+def flow_nonce() -> str:
+    """The random value of the flow cookie: only the browser that started a flow has it."""
+    return secrets.token_urlsafe(32)
+
+
+def browser_binding(nonce: str) -> str:
+    """What the pending record keeps of the flow cookie: its SHA-256, never the cookie itself."""
+    return hashlib.sha256(nonce.encode()).hexdigest()
+
+
+def same_browser(record: PendingAuthorization, nonce: str | None) -> bool:
+    return bool(record.browser) and bool(nonce) and hmac.compare_digest(record.browser, browser_binding(nonce or ""))
 
 
 class StateRejected(Exception):

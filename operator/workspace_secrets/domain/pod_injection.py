@@ -20,6 +20,7 @@ from typing import Any
 from ..api import constants as c
 from ..api.workspacesecret import SpecError, WorkspaceSecret
 from .conditions import find
+from .naming import is_reserved_secret_name
 
 # Kubernetes' rules for env var names and Secret keys (validation.IsEnvVarName / IsConfigMapKey).
 _ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
@@ -65,6 +66,7 @@ class MountSource:
     notes: tuple[str, ...] = ()
     files: tuple[FileBinding, ...] = ()  # user-secret files, mounted in their own directory
     files_mount_path: str = c.DEFAULT_USER_FILES_PATH
+    user: str = ""  # the WorkspaceSecret's spec.user: the pod must be labelled with it
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,8 @@ def mount_source(body: Mapping[str, Any]) -> MountSource:
         ws = WorkspaceSecret.from_body(body)
     except SpecError as exc:
         raise Refused(f"{where} has an invalid spec ({exc}); fix the WorkspaceSecret, then create the pod again.") from None
+    if is_reserved_secret_name(ws.secret_name):
+        raise Refused(f"{where} names Secret {ws.secret_name!r}, a name reserved for the operator's per-user keys; it is never mounted.")
     ready = find((body.get("status") or {}).get("conditions"), c.CONDITION_READY) or {}
     if ready.get("status") == "False" and ready.get("reason") in _REFUSED_REASONS:
         raise Refused(f"{where} is not usable ({ready['reason']}: {ready.get('message', '')})")
@@ -140,6 +144,7 @@ def mount_source(body: Mapping[str, Any]) -> MountSource:
         notes=(*notes, *env_notes),
         files=files,
         files_mount_path=ws.user_files_path,
+        user=ws.user,
     )
 
 
@@ -185,6 +190,7 @@ def inject(pod: Mapping[str, Any], source: MountSource) -> Injection:
     mount-path annotation that disagrees with the WorkspaceSecret's spec.mountPath (GIT_SSH_COMMAND in the
     Secret points at spec.mountPath, so a pod mounting elsewhere would get a command that cannot work).
     """
+    check_pod_user(pod, source)
     spec = pod.get("spec") or {}
     annotations = (pod.get("metadata") or {}).get("annotations") or {}
     _check_mount_path(annotations, source)
@@ -243,6 +249,25 @@ def inject(pod: Mapping[str, Any], source: MountSource) -> Injection:
         patch += _user_files(patched_spec, _targets(patched_spec, annotations), source, conflicts)
     hints = _readability_hints(spec, needs_mount)
     return Injection(patch=patch, warnings=[*source.notes, *conflicts, *hints], conflicts=conflicts)
+
+
+def check_pod_user(pod: Mapping[str, Any], source: MountSource) -> None:
+    """A pod gets a WorkspaceSecret's secrets only when it is a workspace of that WorkspaceSecret's user.
+
+    The pod says whose workspace it is with the label workspace-secrets.io/user, set by whoever creates it
+    (the platform's provisioner). The WorkspaceSecret's name alone proves nothing: another user may have
+    deleted and re-created it with their own spec.user (issue 14, instance 5)."""
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    user = labels.get(c.LABEL_USER)
+    if user == source.user and user:
+        return
+    found = f"is {user!r}" if user is not None else "is missing"
+    raise Refused(
+        f"label {c.LABEL_USER} {found}, but WorkspaceSecret {source.workspace_secret!r} belongs to user "
+        f"{source.user!r}: a pod gets a WorkspaceSecret only when it is labelled {c.LABEL_USER}={source.user} "
+        f"(the workspace's user) next to {c.LABEL_WORKSPACE_SECRET}={source.workspace_secret}. Label the pod (or the "
+        f"pod template) with its user, or point {c.LABEL_WORKSPACE_SECRET} at a WorkspaceSecret of that user."
+    )
 
 
 def _user_files(spec: Mapping[str, Any], targets: Sequence[_Target], source: MountSource, conflicts: list[str]) -> JSONPatch:

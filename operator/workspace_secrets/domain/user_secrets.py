@@ -12,6 +12,13 @@ A user declares, per Secret, which keys become env vars and which become files:
 Only declared keys are delivered. They land in the workspace Secret under "user.<secret>.<key>", so they
 can never clash with the operator's own keys; env names and file paths that two declarations (or the
 platform) both claim are reported and delivered to nobody -- never silently overwritten.
+
+What a user secret may be and do is bounded (issue 14, instances 5 and 6):
+- only Secrets of the types in USER_SECRET_TYPES: a `kubernetes.io/service-account-token` Secret, filled in
+  by Kubernetes with a ServiceAccount's token, is never "a user's secret";
+- no env var that changes how programs run (DENIED_ENV_*: the dynamic loader, shells, interpreters, git,
+  ssh, proxies, CA bundles...): a value there is code execution or interception, not configuration;
+- files stay inside their own mount (relative paths, no "..").
 """
 
 from __future__ import annotations
@@ -26,6 +33,47 @@ from ..api import constants as c
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 SAFE_PATH = re.compile(r"^[A-Za-z0-9_.][-A-Za-z0-9_./]*$")
 KEY_PREFIX = "user."
+
+#: Secret types a user secret may have. Others (service-account tokens, bootstrap tokens, Helm releases...)
+#: are filled in or owned by someone else: reported, never delivered.
+USER_SECRET_TYPES = frozenset({
+    "Opaque",
+    "kubernetes.io/basic-auth",
+    "kubernetes.io/ssh-auth",
+    "kubernetes.io/dockerconfigjson",
+    "kubernetes.io/tls",
+})
+
+#: Env var names a user secret may not set, because their value changes how programs in the workspace run
+#: (what they load, execute, trust or where they connect), not what they read. Compared case-insensitively
+#: (zsh ties `path` to PATH; curl reads `http_proxy`). Deliver such a value as a file instead.
+DENIED_ENV_NAMES = frozenset({
+    # shells
+    "BASH_ENV", "ENV", "PROMPT_COMMAND", "SHELLOPTS", "BASHOPTS", "PS0", "PS1", "PS2", "PS3", "PS4", "IFS",
+    "PATH", "HOME", "SHELL", "CDPATH", "FPATH", "ZDOTDIR", "INPUTRC",
+    # interpreters and runtimes
+    "PERLLIB", "NODE_OPTIONS", "NODE_PATH", "NODE_EXTRA_CA_CERTS", "JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS",
+    "JDK_JAVA_OPTIONS", "CLASSPATH",
+    # libc
+    "GCONV_PATH", "LOCPATH", "NLSPATH", "HOSTALIASES", "RESOLV_HOST_CONF", "TMPDIR",
+    # programs other programs start
+    "LESSOPEN", "LESSCLOSE", "PAGER", "MANPAGER", "EDITOR", "VISUAL", "BROWSER",
+    # trust and transport
+    "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "OPENSSL_CONF", "OPENSSL_ENGINES", "SSLKEYLOGFILE",
+    # tools' own configuration homes
+    "GNUPGHOME", "KUBECONFIG",
+})
+DENIED_ENV_PREFIXES = (
+    "LD_", "DYLD_", "GLIBC_", "MALLOC_", "BASH_", "GIT_", "SSH_", "PYTHON", "PERL5", "RUBY", "GEM_",
+    "NPM_CONFIG_", "SSL_CERT_", "XDG_", "KRB5",
+)
+DENIED_ENV_SUFFIXES = ("_PROXY",)  # HTTP_PROXY, https_proxy, ALL_PROXY, NO_PROXY...
+
+
+def denied_env(name: str) -> bool:
+    """Whether a user secret may not set env var `name` (see DENIED_ENV_NAMES)."""
+    upper = name.upper()
+    return upper in DENIED_ENV_NAMES or upper.startswith(DENIED_ENV_PREFIXES) or upper.endswith(DENIED_ENV_SUFFIXES)
 
 
 @dataclass(frozen=True)
@@ -98,15 +146,25 @@ def plan(
     """Merge the user's Secrets into what the workspace Secret and the pod injection need."""
     out = UserSecretsPlan()
     wanted = set(select) if select is not None else None
-    chosen = sorted(
+    labelled = sorted(
         (s for s in secrets
          if (s.get("metadata") or {}).get("labels", {}).get(c.LABEL_USER) == user  # tenant isolation, again
          and (wanted is None or s["metadata"]["name"] in wanted)),
         key=lambda s: s["metadata"]["name"],
     )
     if wanted:
-        missing = sorted(wanted - {s["metadata"]["name"] for s in chosen})
+        missing = sorted(wanted - {s["metadata"]["name"] for s in labelled})
         out.problems += [f"spec.userSecrets.names: no Secret {n!r} labelled for user {user!r}" for n in missing]
+    chosen = []
+    for secret in labelled:
+        type_ = secret.get("type") or "Opaque"
+        if type_ in USER_SECRET_TYPES:
+            chosen.append(secret)
+        else:
+            out.problems.append(
+                f"Secret {secret['metadata']['name']!r} has type {type_}; a user secret must be one of "
+                f"{', '.join(sorted(USER_SECRET_TYPES))}, so it is not delivered"
+            )
 
     all_env: dict[str, list[Declaration]] = {}
     all_files: dict[str, list[Declaration]] = {}
@@ -125,6 +183,12 @@ def plan(
     for env_name, claims in sorted(all_env.items()):
         if env_name in reserved:
             out.problems.append(f"env {env_name} is set by the platform; Secret {claims[0].secret!r} cannot override it")
+            continue
+        if denied_env(env_name):
+            out.problems.append(
+                f"env {env_name} (Secret {claims[0].secret!r}) changes how programs in the workspace run, so a user "
+                f"secret may not set it; deliver the value as a file ({c.ANNOTATION_USER_FILES}) instead"
+            )
             continue
         if len(claims) > 1:
             out.problems.append(f"env {env_name} is claimed by several Secrets ({', '.join(d.secret for d in claims)}); none is delivered")

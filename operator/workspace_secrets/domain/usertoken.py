@@ -5,22 +5,19 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from enum import Enum
 from typing import Any
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import quote, urlsplit
 
 from ..api import constants as c
 from ..api.usertoken import UserToken
 from .conditions import Condition
 from .oauth import TokenSet
-from .signing import Signer
 
 SECRET_TYPE = "Opaque"
-LINK_PURPOSE = "connect-link"
 
 
 # --- phases ------------------------------------------------------------------------------------------
@@ -102,6 +99,9 @@ class Schedule:
     min_lead: timedelta = timedelta(seconds=5)  # never later than this before expiry
     validate_interval: timedelta = timedelta(minutes=30)
     startup_spread: timedelta = timedelta(seconds=30)  # overdue refreshes after a restart are spread over this
+    # Never two scheduled refreshes of one token closer than this, whatever lifetime the provider claims
+    # (with the providers' floor on expires_in, an answer of expires_in: 1 cannot make a refresh loop).
+    min_refresh_interval: timedelta = timedelta(seconds=60)
 
 
 def jitter(uid: str) -> float:
@@ -112,12 +112,13 @@ def jitter(uid: str) -> float:
 
 def refresh_at(issued_at: datetime, expires_at: datetime, uid: str, schedule: Schedule = Schedule()) -> datetime:
     lifetime = expires_at - issued_at
+    earliest = issued_at + schedule.min_refresh_interval
     if lifetime <= timedelta(0):
-        return expires_at - schedule.min_lead
+        return max(expires_at - schedule.min_lead, earliest)
     fraction = schedule.refresh_fraction - schedule.jitter_fraction * jitter(uid)
     planned = issued_at + lifetime * fraction
     latest = expires_at - min(schedule.min_lead, lifetime / 4)
-    return max(issued_at, min(planned, latest))
+    return max(earliest, min(planned, latest))
 
 
 def refresh_delay(now: datetime, due: datetime, expires_at: datetime, uid: str, *, just_started: bool,
@@ -258,38 +259,32 @@ def read_token_secret(secret: Mapping[str, Any]) -> StoredToken | None:
     )
 
 
+def is_operator_user_key(secret: Mapping[str, Any], user: str, expected_name: str) -> bool:
+    """Whether `secret` is proven to be the operator's per-user SSH key of `user` (what addSSHKey may upload):
+    the derived name, the operator's labels for that user, and no ownerReferences (the operator's per-user key
+    is owned by no object; a Secret that is some object's -- e.g. a WorkspaceSecret's Secret made at a
+    squatted name -- is not it)."""
+    meta = secret.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    return (
+        meta.get("name") == expected_name
+        and labels.get(c.LABEL_MANAGED_BY) == c.OPERATOR_NAME
+        and labels.get(c.LABEL_COMPONENT) == c.COMPONENT_USER_SSH_KEY
+        and labels.get(c.LABEL_USER) == user
+        and not meta.get("ownerReferences")
+    )
+
+
 def is_owned_by(obj: Mapping[str, Any], owner_uid: str) -> bool:
     refs = (obj.get("metadata") or {}).get("ownerReferences") or ()
     return any(r.get("uid") == owner_uid and r.get("controller") for r in refs)
 
 
 # --- the connect link -----------------------------------------------------------------------------------
-def connect_link(base_url: str, ut: UserToken, signer: Signer, *, expires: datetime) -> str:
-    """status.authorizationURL: the operator's connect page for this UserToken, signed for its uid and
-    user, expiring. It carries no token and no OAuth state: the state is minted when the user clicks."""
-    # A nonce makes every renewed link a new one, even within the same second.
-    sig = signer.sign(LINK_PURPOSE, {"ns": ut.namespace, "n": ut.name, "uid": ut.uid, "user": ut.user, "r": secrets.token_urlsafe(6)},
-                      expires=expires)
-    return f"{base_url.rstrip('/')}/connect/{quote(ut.namespace, safe='')}/{quote(ut.name, safe='')}?{urlencode({'t': sig})}"
-
-
-def link_needs_renewal(status: Mapping[str, Any], ut: UserToken, signer: Signer, base_url: str, now: datetime,
-                       ttl: timedelta) -> bool:
-    """Renew when it is missing, points elsewhere, was signed with another key, or is past half its life."""
-    url = status.get("authorizationURL")
-    if not isinstance(url, str) or not url.startswith(f"{base_url.rstrip('/')}/connect/"):
-        return True
-    expires = parse_time(status.get("authorizationURLExpiresAt"))
-    if expires is None or expires - now < ttl / 2:
-        return True
-    token = dict(p.split("=", 1) for p in urlsplit(url).query.split("&") if "=" in p).get("t", "")
-    from urllib.parse import unquote
-
-    try:
-        payload = signer.verify(LINK_PURPOSE, unquote(token), now=now)
-    except ValueError:
-        return True
-    return payload.get("uid") != ut.uid
+def connect_page_link(base_url: str, ut: UserToken) -> str:
+    """status.authorizationURL: the connect page, focused on this UserToken. A plain link, no credential in
+    it: whoever opens it signs in through the platform (the auth proxy) and sees only their own tokens."""
+    return f"{base_url.rstrip('/')}/accounts?focus={quote(ut.namespace, safe='')}/{quote(ut.name, safe='')}"
 
 
 # --- conditions -------------------------------------------------------------------------------------------
@@ -314,7 +309,8 @@ def conditions(ut: UserToken, phase: Phase, *, login: str | None, problem: Probl
             Phase.EXPIRED: ("Expired", f"The {where} token expired and can no longer be refreshed; {ut.user!r} must reconnect at status.authorizationURL."),
             Phase.REVOKED: ("Revoked", f"{where} no longer accepts the token (revoked at the provider); {ut.user!r} must reconnect at status.authorizationURL."),
         }.get(phase, ("AwaitingAuthorization", f"{ut.user!r} has not connected {where} yet: " + (
-            "enter status.userCode at status.authorizationURL." if ut.flow == "Device" else "open status.authorizationURL to connect.")))
+            "open status.authorizationURL (the connect page) for the code to enter at the provider." if ut.flow == "Device"
+            else "open status.authorizationURL to connect.")))
         if problem is not None and problem.reason in ("DeviceCodeExpired", "DeviceAuthorizationEnded"):
             reason, message = problem.reason, f"{ut.user!r} has not connected {where}: {problem.message}."
         elif problem is not None:

@@ -152,6 +152,39 @@ def conflict_message(existing: Mapping[str, Any], ws: WorkspaceSecret) -> str:
     )
 
 
+# --- the workspace binding -----------------------------------------------------------------------
+REASON_WORKSPACE_USER_MISMATCH = "WorkspaceUserMismatch"
+
+
+def workspace_user_problem(workspace: Mapping[str, Any], ws: WorkspaceSecret) -> Problem | None:
+    """May this WorkspaceSecret bind to this workspace object? Only to a workspace of its own user.
+
+    The workspace object says whose it is with the label workspace-secrets.io/user (set by whoever creates
+    workspaces: the platform's provisioner). Without it, a WorkspaceSecret of one user could name another
+    user's workspace and become part of its lifecycle (issue 14, instance 5)."""
+    labels = (workspace.get("metadata") or {}).get("labels") or {}
+    if labels.get(c.LABEL_USER) == ws.user:
+        return None
+    ref = ws.workspace_ref
+    return Problem(
+        REASON_WORKSPACE_USER_MISMATCH,
+        f"{ref.kind} {ref.name!r} is not labelled {c.LABEL_USER}={ws.user}, so it is not known to be a workspace of "
+        f"user {ws.user!r} and is not bound. The platform labels a workspace with its user when it creates it "
+        f"(metadata.labels[\"{c.LABEL_USER}\"]: \"{ws.user}\"); the binding follows once the label is there.",
+    )
+
+
+def reserved_name_problem(ws: WorkspaceSecret, reserved: bool) -> Problem | None:
+    if not reserved:
+        return None
+    where = "spec.secretName" if ws.secret_name != ws.name else "metadata.name (the Secret's name when spec.secretName is unset)"
+    return Problem(
+        "InvalidSpec",
+        f"{where}: {ws.secret_name!r} has the shape of the operator's per-user key Secrets (ssh-<user>-<key type>-<hash>), "
+        f"a name reserved for them; choose another name. Nothing was written.",
+    )
+
+
 # --- when to reconcile ---------------------------------------------------------------------------
 #: Annotations only kopf writes on a WorkspaceSecret: its diff base and the progress of the
 #: revoke-credentials delete handler. Their changes are never a reason to reconcile again.
@@ -198,6 +231,7 @@ class Observation:
     credential_problems: tuple[Problem, ...] = ()
     credential_env: tuple[dict[str, str], ...] = ()
     user_secrets: UserSecretsPlan | None = None  # None: disabled for this WorkspaceSecret
+    workspace_problem: Problem | None = None  # why the workspace is not bound although it may exist
 
 
 def conditions(ws: WorkspaceSecret, obs: Observation) -> list[Condition]:
@@ -231,11 +265,12 @@ def user_secrets_condition(obs: Observation) -> Condition:
 
 def _ssh_and_binding_conditions(ws: WorkspaceSecret, obs: Observation) -> list[Condition]:
     ref = ws.workspace_ref
-    bound = (
-        Condition(c.CONDITION_WORKSPACE_BOUND, True, "Bound", f"Bound to {ref.kind} {ref.name!r}; deleting it deletes this WorkspaceSecret and its Secret.")
-        if obs.workspace_uid
-        else Condition(c.CONDITION_WORKSPACE_BOUND, False, "WorkspaceNotFound", f"{ref.kind} {ref.name!r} does not exist yet; the Secret is ready for it and will be bound when it appears.")
-    )
+    if obs.workspace_uid:
+        bound = Condition(c.CONDITION_WORKSPACE_BOUND, True, "Bound", f"Bound to {ref.kind} {ref.name!r}; deleting it deletes this WorkspaceSecret and its Secret.")
+    elif obs.workspace_problem is not None:
+        bound = Condition(c.CONDITION_WORKSPACE_BOUND, False, obs.workspace_problem.reason, obs.workspace_problem.message)
+    else:
+        bound = Condition(c.CONDITION_WORKSPACE_BOUND, False, "WorkspaceNotFound", f"{ref.kind} {ref.name!r} does not exist yet; the Secret is ready for it and will be bound when it appears.")
     if obs.problem:
         key_ok = obs.key is not None
         return [
@@ -258,11 +293,27 @@ def _key_message(obs: Observation) -> str:
     return f"Using the user's operator-generated {obs.key.type} key {obs.key.fingerprint}."
 
 
+#: Keys of the workspace Secret whose values are public by construction; display items may show them.
+PUBLIC_KEYS = frozenset({c.KEY_SSH_PUBLIC, c.KEY_KNOWN_HOSTS, c.KEY_GIT_SSH_COMMAND})
+
+
+def is_public_key(secret_key: str) -> bool:
+    """Whether a display item may copy this key's value into status: the public SSH key, known_hosts,
+    GIT_SSH_COMMAND, and credential identifiers ("<entry>.<FIELD>", FIELD in PUBLIC_CREDENTIAL_FIELDS).
+    Everything else -- private key, tokens, user secrets ("user.<secret>.<key>") -- is masked, whatever the
+    item says: status is readable by every user who may list WorkspaceSecrets (issue 14, instance 12)."""
+    if secret_key in PUBLIC_KEYS:
+        return True
+    entry, dot, field_name = secret_key.rpartition(".")
+    return bool(dot and entry and "." not in entry and field_name in c.PUBLIC_CREDENTIAL_FIELDS)
+
+
 def display_items(ws: WorkspaceSecret, secret_data: Mapping[str, str] | None) -> list[dict[str, Any]]:
-    """The seed's coder_metadata. Sensitive items are only ever shown masked."""
+    """The seed's coder_metadata. Sensitive items, and items referring to a non-public key, are only ever
+    shown masked."""
     items = []
     for item in ws.display:
-        sensitive = item.sensitive or item.secret_key in c.ALWAYS_SENSITIVE_KEYS
+        sensitive = item.sensitive or (item.secret_key is not None and not is_public_key(item.secret_key))
         if sensitive:
             value = MASK
         elif item.secret_key is not None:
@@ -322,30 +373,36 @@ def desired_status(ws: WorkspaceSecret, obs: Observation) -> dict[str, Any]:
 
 
 # --- bring-your-own keys --------------------------------------------------------------------------
-REASON_EXISTING_KEY_NOT_OWNED = "ExistingKeyNotOwned"
+REASON_EXISTING_KEY_NOT_FOUND = "ExistingKeyNotFound"
 
 
-def existing_key_ownership_problem(secret: Mapping[str, Any], ws: WorkspaceSecret, where: str) -> Problem | None:
-    """May this WorkspaceSecret take its key from this Secret? Only from the user's own Secret.
+def existing_key_unavailable(ws: WorkspaceSecret, where: str) -> Problem:
+    """The one answer for "no such Secret", "not labelled for this user" and "the operator's own Secret".
+
+    A tenant may not read other users' Secrets, so the operator must not tell them apart for her either:
+    different messages would reveal which Secrets exist (and whose they are)."""
+    return Problem(
+        REASON_EXISTING_KEY_NOT_FOUND,
+        f"{where} is not a key Secret of user {ws.user!r} in namespace {ws.namespace!r}: it does not exist, or it "
+        f"was not created with the label {c.LABEL_USER}={ws.user}, or it is managed by the operator. Create it with "
+        f"that label and the private key under the key named by privateKeyKey (see examples/bring-your-own-key.yaml), "
+        f"or remove existingSecretRef to use the operator-generated key.",
+    )
+
+
+def existing_key_ownership_problem(secret: Mapping[str, Any] | None, ws: WorkspaceSecret, where: str) -> Problem | None:
+    """May this WorkspaceSecret take its key from this Secret (None: it does not exist)? Only from the
+    user's own Secret.
 
     Without this check, anyone allowed to create a WorkspaceSecret for themselves could name another
     user's key Secret -- or the operator's per-user key Secret `ssh-<user>-...` -- in existingSecretRef,
     and have the operator copy that key into a Secret their own workspace mounts. A Secret is the user's
-    when it carries the label workspace-secrets.io/user=<spec.user>; the admission policy
-    deploy/policies/user-secret-labels.yaml lets only that user (or a platform identity) set that label.
+    when it carries the label workspace-secrets.io/user=<spec.user> and is not the operator's; the
+    admission policies let only that user (or a platform identity) set that label, at creation.
     """
+    if secret is None:
+        return existing_key_unavailable(ws, where)
     labels = (secret.get("metadata") or {}).get("labels") or {}
-    if labels.get(c.LABEL_MANAGED_BY) == c.OPERATOR_NAME:
-        return Problem(
-            REASON_EXISTING_KEY_NOT_OWNED,
-            f"{where} is managed by the operator (a generated key or a workspace Secret), so it cannot be brought "
-            f"as a key; reference a Secret holding {ws.user!r}'s own key, or remove existingSecretRef to use the "
-            f"operator-generated key.",
-        )
-    if labels.get(c.LABEL_USER) != ws.user:
-        return Problem(
-            REASON_EXISTING_KEY_NOT_OWNED,
-            f"{where} is not labelled {c.LABEL_USER}={ws.user}, so it is not known to hold {ws.user!r}'s own key; "
-            f"label it: kubectl label secret {secret.get('metadata', {}).get('name', '')} {c.LABEL_USER}={ws.user}",
-        )
+    if labels.get(c.LABEL_MANAGED_BY) == c.OPERATOR_NAME or labels.get(c.LABEL_USER) != ws.user:
+        return existing_key_unavailable(ws, where)
     return None

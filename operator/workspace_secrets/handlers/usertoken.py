@@ -34,7 +34,7 @@ _TRANSIENT = {408, 429, 500, 502, 503, 504}
 def _signer(connect: ConnectConfig) -> Signer:
     if connect.signing_key_file:
         return Signer(Sensitive(Path(connect.signing_key_file).read_bytes().strip()))
-    log.warning("no --connect-signing-key-file: using a random key; connect links and sessions end with this process")
+    log.warning("no --connect-signing-key-file: using a random key; pending sign-ins and connect-page forms end with this process")
     return Signer.generate()
 
 
@@ -50,13 +50,16 @@ async def start(memo: kopf.Memo, **_: Any) -> None:
         memo.kube, EventRecorder(memo.kube), ProviderCache(transport), signer, PendingAuthorizations(signer),
         ConnectSettings(base_url=connect.base_url, link_ttl=timedelta(seconds=connect.link_ttl),
                         schedule=policy.Schedule(validate_interval=timedelta(seconds=connect.validate_interval))),
-        namespaces=config.namespaces,
+        namespaces=config.namespaces, operator_namespace=config.operator_namespace,
     )
     memo.user_tokens = controller
     memo.usertoken_transport = transport
     memo.usertoken_tasks = []
     if connect.port is not None:
         settings = WebSettings.parse(connect.base_url, connect.user_header, connect.trusted_proxies, connect.session_ttl)
+        if not settings.sign_in_configured:
+            log.warning("the connect page has no sign-in (--connect-user-header and --connect-trusted-proxies): it answers 503 "
+                        "until the platform's authentication proxy is configured")
         memo.connect_runner = await serve(ConnectServer(controller, signer, settings), host=connect.bind, port=connect.port)
 
     async def on_secret(type_: str, obj: dict[str, Any]) -> None:

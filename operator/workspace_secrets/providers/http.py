@@ -56,6 +56,19 @@ class TransportError(Exception):
     """The request did not get an HTTP answer (DNS, refused connection, timeout, TLS)."""
 
 
+#: The largest response body read (1 MiB): token, user and discovery answers are a few KiB. A bigger one is
+#: refused without reading it into memory.
+MAX_BODY = 1024 * 1024
+
+
+class ResponseTooLarge(TransportError):
+    """The answer's body is larger than MAX_BODY: nothing of it was kept."""
+
+
+def too_large(request: Request) -> ResponseTooLarge:
+    return ResponseTooLarge(f"{request.method} {request.url.split('?', 1)[0]}: the answer is larger than {MAX_BODY // 1024} KiB")
+
+
 class Transport(Protocol):
     async def send(self, request: Request, *, timeout: float = 30.0) -> Response: ...
 
@@ -89,8 +102,16 @@ class AiohttpTransport:
                 request.method, request.url, headers=headers, data=data, auth=auth, allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(total=timeout),
             ) as response:
-                body = await response.read()
-                return Response(response.status, {k.lower(): v for k, v in response.headers.items()}, body)
+                if response.content_length is not None and response.content_length > MAX_BODY:
+                    raise too_large(request)
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in response.content.iter_chunked(64 * 1024):
+                    size += len(chunk)
+                    if size > MAX_BODY:
+                        raise too_large(request)
+                    chunks.append(chunk)
+                return Response(response.status, {k.lower(): v for k, v in response.headers.items()}, b"".join(chunks))
         except (aiohttp.ClientError, TimeoutError) as exc:
             # The exception's text can include the URL; our URLs carry no tokens (they go in headers/bodies).
             raise TransportError(f"{request.method} {request.url.split('?', 1)[0]}: {type(exc).__name__}") from None
@@ -113,9 +134,10 @@ class MockTransport:
     async def send(self, request: Request, *, timeout: float = 30.0) -> Response:
         self.requests.append(request)
         result = self._handler(request)
-        if isinstance(result, Response):
-            return result
-        return await result
+        response = result if isinstance(result, Response) else await result
+        if len(response.body) > MAX_BODY:  # as AiohttpTransport: a bigger answer never reaches a provider
+            raise too_large(request)
+        return response
 
 
 def json_response(status: int, payload: Any, headers: Mapping[str, str] | None = None) -> Response:

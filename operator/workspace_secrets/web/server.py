@@ -1,16 +1,17 @@
 """The operator's connect page and OAuth callback (aiohttp), on its own port.
 
-Who is the user? Two ways, both explicit:
-1. A trusted header (Grafana's auth-proxy model): with `--connect-user-header X-Remote-User` and
-   `--connect-trusted-proxies CIDR,...`, a request from a trusted proxy address carrying the header is
-   that user. The same header from any other address is refused (403), so a client that reaches the port
-   directly cannot claim to be someone else.
-2. A signed per-UserToken link (status.authorizationURL): HMAC-signed for that UserToken's uid and user,
-   expiring. Opening it starts a browser session for that user (a signed, HttpOnly, SameSite=Lax cookie).
+Who is the user? The platform says so, and only the platform: a trusted header (Grafana's auth-proxy model).
+With `--connect-user-header X-Remote-User` and `--connect-trusted-proxies CIDR,...`, a request from a trusted
+proxy address carrying the header is that user; the same header from any other address is refused (403), so
+a client that reaches the port directly cannot claim to be someone else. Without both flags the page answers
+503 "sign-in not configured" (only /healthz works). A link is never an identity: status.authorizationURL is a
+plain link to this page, and /connect/<ns>/<name> (the signed links of earlier versions) only redirects here.
 
-A user only ever sees and connects their own UserTokens (spec.user == the user). Every form carries a
-CSRF token bound to the user. The callback consumes the state (single-use) and accepts it only from the
-same user who started the flow. No access log: callback URLs carry authorization codes.
+A user only ever sees and connects their own UserTokens (spec.user == the user). Every form carries a CSRF
+token bound to the user. /connect/start binds the flow to the browser that started it: a short-lived
+HttpOnly, SameSite=Lax cookie with a random nonce, whose SHA-256 the pending record keeps. The callback
+consumes the state (single-use) and accepts it only with that cookie, from the same signed-in user. No access
+log: callback URLs carry authorization codes.
 """
 
 from __future__ import annotations
@@ -26,17 +27,16 @@ from urllib.parse import quote
 from aiohttp import web
 
 from ..controllers.user_token import NotAllowed, ProblemFound, UserTokenController
-from ..domain import usertoken as policy
 from ..domain.conditions import utcnow
-from ..domain.oauth import StateRejected
-from ..domain.signing import BadSignature, Expired, Signer
+from ..domain.oauth import StateRejected, browser_binding, flow_nonce, same_browser
+from ..domain.signing import Signer
 from ..providers.oauth.base import ProviderError
 from . import pages
 
 log = logging.getLogger(__name__)
 
-SESSION_COOKIE = "wso_session"
-SESSION_PURPOSE = "session"
+FLOW_COOKIE = "wso_flow"
+FLOW_COOKIE_PATH = "/oauth/callback"
 CSRF_PURPOSE = "csrf"
 
 
@@ -45,7 +45,8 @@ class WebSettings:
     base_url: str
     user_header: str | None = None
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-    session_ttl: timedelta = timedelta(hours=8)
+    session_ttl: timedelta = timedelta(hours=8)  # how long a page's CSRF token stays valid
+    flow_ttl: timedelta = timedelta(minutes=10)  # the flow cookie (as long as a pending authorization)
 
     @classmethod
     def parse(cls, base_url: str, user_header: str | None, trusted_proxies: tuple[str, ...], session_ttl: float) -> WebSettings:
@@ -55,12 +56,14 @@ class WebSettings:
         return cls(base_url=base_url.rstrip("/"), user_header=user_header, trusted_proxies=nets,
                    session_ttl=timedelta(seconds=session_ttl))
 
+    @property
+    def sign_in_configured(self) -> bool:
+        return bool(self.user_header and self.trusted_proxies)
+
 
 @dataclass(frozen=True)
 class Principal:
     user: str
-    namespace: str | None  # a link-based session is limited to the namespace of the link
-    via: str  # "header" or "session"
 
 
 class Refused(Exception):
@@ -87,7 +90,7 @@ class ConnectServer:
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._errors])
-        app.router.add_get("/connect/{namespace}/{name}", self.open_link)
+        app.router.add_get("/connect/{namespace}/{name}", self.old_link)
         app.router.add_get("/accounts", self.accounts)
         app.router.add_get("/", self.accounts)
         app.router.add_post("/connect/start", self.start)
@@ -98,6 +101,10 @@ class ConnectServer:
     @web.middleware
     async def _errors(self, request: web.Request, handler: Any) -> web.StreamResponse:
         try:
+            if request.path != "/healthz" and not self.settings.sign_in_configured:
+                raise Refused(503, "Sign-in not configured",
+                              "The connect page needs the platform's sign-in: start the operator with --connect-user-header and "
+                              "--connect-trusted-proxies (the address of the authentication proxy in front of this page).")
             return await handler(request)
         except Refused as exc:
             log.info("connect page refused %s %s: %s", request.method, request.path, exc.title)
@@ -105,33 +112,26 @@ class ConnectServer:
 
     # --- who is asking ---
     def principal(self, request: web.Request) -> Principal | None:
+        """The user the platform's auth proxy signed in, or None. The header from anywhere else is refused."""
         header = self.settings.user_header
-        if header and header in request.headers:
-            peer = request.remote or ""
-            try:
-                trusted = any(ipaddress.ip_address(peer) in net for net in self.settings.trusted_proxies)
-            except ValueError:
-                trusted = False
-            if not trusted:
-                raise Refused(403, "Not accepted", f"The {header} header is only accepted from the platform's authentication proxy.")
-            user = request.headers[header].strip()
-            if not user:
-                raise Refused(403, "Not accepted", f"The {header} header is empty.")
-            return Principal(user, None, "header")
-        cookie = request.cookies.get(SESSION_COOKIE)
-        if cookie:
-            try:
-                payload = self.signer.verify(SESSION_PURPOSE, cookie, now=self.clock())
-                return Principal(payload["user"], payload.get("ns"), "session")
-            except (BadSignature, Expired, KeyError):
-                return None
-        return None
+        if not header or header not in request.headers:
+            return None
+        peer = request.remote or ""
+        try:
+            trusted = any(ipaddress.ip_address(peer) in net for net in self.settings.trusted_proxies)
+        except ValueError:
+            trusted = False
+        if not trusted:
+            raise Refused(403, "Not accepted", f"The {header} header is only accepted from the platform's authentication proxy.")
+        user = request.headers[header].strip()
+        if not user:
+            raise Refused(403, "Not accepted", f"The {header} header is empty.")
+        return Principal(user)
 
     def _require(self, request: web.Request) -> Principal:
         principal = self.principal(request)
         if principal is None:
-            raise Refused(401, "Sign in first", "Open the connect link of one of your UserTokens (its status.authorizationURL, "
-                          "shown by your workspace platform), or sign in through the platform.")
+            raise Refused(401, "Sign in first", "Open this page through your workspace platform, which signs you in.")
         return principal
 
     def _csrf(self, principal: Principal) -> str:
@@ -141,32 +141,14 @@ class ConnectServer:
     async def healthz(self, request: web.Request) -> web.Response:
         return web.Response(text="ok")
 
-    async def open_link(self, request: web.Request) -> web.Response:
+    async def old_link(self, request: web.Request) -> web.Response:
+        """Links of earlier versions (/connect/<ns>/<name>?t=...): no longer a sign-in, just the page."""
         namespace, name = request.match_info["namespace"], request.match_info["name"]
-        now = self.clock()
-        try:
-            payload = self.signer.verify(policy.LINK_PURPOSE, request.query.get("t", ""), now=now)
-        except Expired:
-            raise Refused(403, "This link has expired", "Connect links expire. Get a fresh one from your workspace platform (the UserToken's status.authorizationURL).") from None
-        except BadSignature:
-            raise Refused(403, "Invalid link", "This connect link is not valid.") from None
-        if payload.get("ns") != namespace or payload.get("n") != name:
-            raise Refused(403, "Invalid link", "This connect link is not valid.")
-        owner = await self.ctl.owner_of(namespace, name)
-        if owner is None or owner != (payload.get("user"), payload.get("uid")):
-            raise Refused(403, "Invalid link", "This connect link belongs to a UserToken that no longer exists.")
-        current = self.principal(request)
-        if current is not None and current.via == "header" and current.user != payload["user"]:
-            raise Refused(403, "Not your link", "This connect link belongs to another user.")
-        session = self.signer.sign(SESSION_PURPOSE, {"user": payload["user"], "ns": namespace}, expires=now + self.settings.session_ttl)
-        response = web.HTTPSeeOther(f"/accounts?focus={quote(namespace)}/{quote(name)}")
-        response.set_cookie(SESSION_COOKIE, session, httponly=True, samesite="Lax", secure=self.secure_cookie, path="/",
-                            max_age=int(self.settings.session_ttl.total_seconds()))
-        raise response
+        raise web.HTTPSeeOther(f"/accounts?focus={quote(namespace, safe='')}/{quote(name, safe='')}")
 
     async def accounts(self, request: web.Request) -> web.Response:
         principal = self._require(request)
-        tokens = await self.ctl.list_for_user(principal.user, principal.namespace)
+        tokens = await self.ctl.list_for_user(principal.user, None)
         return _html(pages.accounts(principal.user, tokens, self._csrf(principal), focus=request.query.get("focus")))
 
     async def start(self, request: web.Request) -> web.Response:
@@ -177,28 +159,34 @@ class ConnectServer:
         except ValueError:
             raise Refused(403, "Please try again", "The form was too old or did not come from this page. Reload the page and try again.") from None
         namespace, name = str(form.get("namespace", "")), str(form.get("name", ""))
-        if csrf.get("user") != principal.user or (principal.namespace is not None and principal.namespace != namespace):
+        if csrf.get("user") != principal.user:
             raise Refused(403, "Not your account", "You can only connect your own accounts.")
+        nonce = flow_nonce()
         try:
-            url = await self.ctl.begin_authorization(namespace, name, principal.user)
+            url = await self.ctl.begin_authorization(namespace, name, principal.user, browser=browser_binding(nonce))
         except NotAllowed as exc:
             raise Refused(403, "Not your account", str(exc)) from None
         except ProblemFound as exc:
             raise Refused(503, "Not set up yet", exc.problem.message) from None
         except ProviderError as exc:
             raise Refused(502, "The provider could not be reached", f"{exc}. Try again in a moment.") from None
-        raise web.HTTPSeeOther(url)
+        response = web.HTTPSeeOther(url)
+        # Only this browser can finish the flow: the callback needs this cookie (sent on the provider's
+        # top-level redirect back: SameSite=Lax), and the pending record holds only its hash.
+        response.set_cookie(FLOW_COOKIE, nonce, httponly=True, samesite="Lax", secure=self.secure_cookie, path=FLOW_COOKIE_PATH,
+                            max_age=int(self.settings.flow_ttl.total_seconds()))
+        raise response
 
     async def callback(self, request: web.Request) -> web.Response:
+        principal = self.principal(request)
         state = request.query.get("state", "")
         try:
-            record = self.ctl.take_state(state)
+            record = self.ctl.take_state(state)  # consumed whatever follows: a leaked callback URL is spent
         except StateRejected as exc:
             log.warning("OAuth callback refused: %s", exc.reason)
             raise Refused(400, "Sign-in not accepted", str(exc)) from None
-        principal = self.principal(request)
-        if principal is None or principal.user != record.user:
-            log.warning("OAuth callback for %s/%s refused: the browser is not signed in as its user", record.namespace, record.name)
+        if principal is None or principal.user != record.user or not same_browser(record, request.cookies.get(FLOW_COOKIE)):
+            log.warning("OAuth callback for %s/%s refused: not the browser and user that started it", record.namespace, record.name)
             raise Refused(403, "Sign-in not accepted", "This sign-in was started by another user or in another browser. Start again from the connect page.")
         if "error" in request.query:
             error = request.query.get("error", "")
@@ -208,13 +196,17 @@ class ConnectServer:
             else:
                 message = f"The provider reported {error!r}" + (f": {description[:200]}" if description else "") + ". Start again from the connect page."
             log.info("OAuth callback for %s/%s: provider error %s", record.namespace, record.name, error[:64])
-            return _html(pages.result(False, "Not connected", message), 400)
+            return self._clear_flow(_html(pages.result(False, "Not connected", message), 400))
         code = request.query.get("code", "")
         if not code:
             raise Refused(400, "Sign-in not accepted", "The provider's answer carried no authorization code. Start again from the connect page.")
         outcome = await self.ctl.complete_authorization(record, code)
         log.info("OAuth callback for %s/%s: %s", record.namespace, record.name, "connected" if outcome.ok else "failed")
-        return _html(pages.result(outcome.ok, outcome.title, outcome.message), 200 if outcome.ok else 400)
+        return self._clear_flow(_html(pages.result(outcome.ok, outcome.title, outcome.message), 200 if outcome.ok else 400))
+
+    def _clear_flow(self, response: web.Response) -> web.Response:
+        response.del_cookie(FLOW_COOKIE, path=FLOW_COOKIE_PATH)
+        return response
 
 
 async def serve(server: ConnectServer, *, host: str, port: int) -> web.AppRunner:

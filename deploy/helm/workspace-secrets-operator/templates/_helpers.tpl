@@ -95,8 +95,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: workspace-secrets-operator
 {{- end -}}
 
-{{/* Secrets in the release namespace the operator may read by name (provider admin credentials, OAuth
-     clients). Sorted and de-duplicated, one name per line. */}}
+{{/* Secrets in the release namespace the operator may read by name (provider admin credentials, the OAuth
+     applications' client credentials). Sorted and de-duplicated, one name per line. */}}
 {{- define "wso.referencedSecrets" -}}
 {{- $names := list -}}
 {{- range .Values.providers -}}
@@ -104,12 +104,67 @@ app.kubernetes.io/part-of: workspace-secrets-operator
 {{- $names = append $names . -}}
 {{- end -}}
 {{- end -}}
-{{- if .Values.connect.enabled -}}
-{{- $names = concat $names .Values.connect.oauthClientSecrets -}}
+{{- range .Values.connect.applications -}}
+{{- with .clientSecretRef -}}
+{{- $names = append $names .name -}}
+{{- end -}}
 {{- end -}}
 {{- range ($names | uniq | sortAlpha) }}
 {{ . }}
 {{- end -}}
+{{- end -}}
+
+{{/* Tenant-isolation policies ------------------------------------------------------------------------ */}}
+
+{{/* The policies' parameters ConfigMap (release namespace). */}}
+{{- define "wso.tenancyParams" -}}
+{{- printf "%s-tenancy" (include "wso.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* platformUsers: the operator's own ServiceAccount, the Kubernetes controllers that must act for every
+     user (garbage collector, namespace controller, or the controller-manager itself without
+     --use-service-account-credentials), then policies.platformUsers. Comma-separated. */}}
+{{- define "wso.platformUsers" -}}
+{{- $users := list (printf "system:serviceaccount:%s:%s" .Release.Namespace (include "wso.serviceAccountName" .))
+      "system:serviceaccount:kube-system:generic-garbage-collector"
+      "system:serviceaccount:kube-system:namespace-controller"
+      "system:kube-controller-manager" -}}
+{{- join ", " (concat $users .Values.policies.platformUsers | uniq) -}}
+{{- end -}}
+
+{{/* platformGroups: system:masters (bypasses RBAC anyway), then policies.platformGroups. */}}
+{{- define "wso.platformGroups" -}}
+{{- join ", " (concat (list "system:masters") .Values.policies.platformGroups | uniq) -}}
+{{- end -}}
+
+{{/* Where the policies' bindings apply: every namespace but the release namespace in cluster-wide mode,
+     the watched namespaces (but the release namespace) in namespaced mode. The release namespace is the
+     platform's (the operator, its credentials, Helm's release records; tenants have no rights there), and
+     excluding it keeps `helm uninstall` working: Helm deletes the parameters ConfigMap before the policies,
+     and for that moment the policies refuse what they match -- Helm's own release Secret among it. */}}
+{{- define "wso.policyMatchResources" -}}
+matchResources:
+  namespaceSelector:
+    matchExpressions:
+      {{- if .Values.watchNamespaces }}
+      - key: kubernetes.io/metadata.name
+        operator: In
+        values:
+          {{- toYaml (sortAlpha .Values.watchNamespaces) | nindent 10 }}
+      {{- end }}
+      - key: kubernetes.io/metadata.name
+        operator: NotIn
+        values: [{{ .Release.Namespace | quote }}, "kube-system", "kube-public", "kube-node-lease"]
+{{- end -}}
+
+{{/* The workspace users' ClusterRole (userRole.enabled). */}}
+{{- define "wso.userRoleName" -}}
+{{- default (printf "%s-user" (include "wso.fullname" .)) .Values.userRole.name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Where the connect page's signing key is mounted (--connect-signing-key-file=<dir>/signing-key). */}}
+{{- define "wso.connectSigningKeyDir" -}}
+/var/run/workspace-secrets-operator/connect-signing-key
 {{- end -}}
 
 {{/* RBAC rules ------------------------------------------------------------------------------------
@@ -142,8 +197,13 @@ app.kubernetes.io/part-of: workspace-secrets-operator
   resources: ["usertokens/finalizers"]
   verbs: ["update"]
 # Secrets: per-user key Secrets and workspace Secrets are created, repaired and deleted; bring-your-own
-# key Secrets are read. list/watch are only ever used with the operator's label selector, but RBAC
-# cannot express a label restriction.
+# key Secrets and user secrets are read. This is the widest grant of the chart and cannot be narrowed by
+# RBAC: the operator creates Secrets under names derived from its objects (RBAC cannot name an object
+# before it exists, and `create` takes no resourceNames), and lists/watches them by label selector (RBAC
+# has no label restrictions). What limits it: watchNamespaces (only those namespaces), the operator's own
+# checks (it reads a bring-your-own key or user secret only if labelled for the WorkspaceSecret's user, and
+# never writes at a reserved name), and the admission policies (tenants cannot forge its labels, names or
+# ownerReferences).
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]

@@ -20,6 +20,7 @@ USER_PATH = "/workspace-secrets/"
 
 class AwsIamProvider:
     type_name: ClassVar[str] = "aws-iam"
+    access = None  # the platform's allow rule (domain.credentials.AccessRule), set by provider_setup
 
     def __init__(self, name: str, client: Any, *, region: str | None, policy_arns: list[str]) -> None:
         self.name = name

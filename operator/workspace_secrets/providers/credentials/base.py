@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, Protocol
 
+from ...domain.credentials import AccessRule
 from ...domain.naming import short_hash
 from ...domain.sensitive import Sensitive
 
@@ -64,6 +65,9 @@ class ProviderError(Exception):
 class CredentialProvider(Protocol):
     type_name: ClassVar[str]
     name: str  # the platform's name for this configured instance, used in WorkspaceSecret specs
+    # The platform's `allow` rule for this instance, set by controllers/provider_setup.py after building it
+    # (None: nobody may use it). Checked by the CredentialManager before anything is minted.
+    access: AccessRule | None
 
     def env(self) -> Mapping[str, str | FileRef]:
         """Env var name -> value suffix (secretKeyRef) or FileRef (the file's path)."""

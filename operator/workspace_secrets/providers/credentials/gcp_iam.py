@@ -101,6 +101,7 @@ def error_from_response(action: str, status: int, body: bytes) -> ProviderError:
 
 class GcpServiceAccountKeyProvider:
     type_name: ClassVar[str] = "gcp-service-account-key"
+    access = None  # the platform's allow rule (domain.credentials.AccessRule), set by provider_setup
 
     def __init__(self, name: str, session: Any, *, project: str, endpoint: str = DEFAULT_ENDPOINT,
                  key_algorithm: str = "KEY_ALG_RSA_2048", timeout: float = 20.0) -> None:

@@ -24,6 +24,7 @@ LABEL_SCOPE = f"{c.GROUP}/credential-scope"
 
 class KubernetesTokenProvider:
     type_name: ClassVar[str] = "kubernetes-token"
+    access = None  # the platform's allow rule (domain.credentials.AccessRule), set by provider_setup
 
     def __init__(self, name: str, kube: Kube, *, allowed_service_accounts: list[str], default_audiences: list[str],
                  max_expiration: int, default_expiration: int) -> None:
@@ -36,10 +37,19 @@ class KubernetesTokenProvider:
 
     @classmethod
     def from_config(cls, *, name: str, config: Mapping[str, Any], admin: Mapping[str, Any], kube: Kube) -> KubernetesTokenProvider:
+        """`allowedServiceAccounts` (globs) and `audiences` are required: a token provider never defaults to
+        every ServiceAccount of the namespace, nor to the API server's own audience (issue 14, instance 10)."""
+        accounts, audiences = config.get("allowedServiceAccounts"), config.get("audiences")
+        if not isinstance(accounts, list) or not accounts or not all(isinstance(a, str) and a for a in accounts):
+            raise ValueError("config.allowedServiceAccounts is required: a list of ServiceAccount name patterns "
+                             "(there is no allow-all default; [\"*\"] must be written out)")
+        if not isinstance(audiences, list) or not audiences or not all(isinstance(a, str) and a for a in audiences):
+            raise ValueError("config.audiences is required: the audiences the tokens are minted for "
+                             "(a WorkspaceSecret may ask for a subset)")
         return cls(
             name, kube,
-            allowed_service_accounts=list(config.get("allowedServiceAccounts", ["*"])),
-            default_audiences=list(config.get("audiences", [])),
+            allowed_service_accounts=list(accounts),
+            default_audiences=list(audiences),
             max_expiration=int(config.get("maxExpirationSeconds", 86400)),
             default_expiration=int(config.get("expirationSeconds", 3600)),
         )
@@ -53,6 +63,10 @@ class KubernetesTokenProvider:
             return "serviceAccount is required (a ServiceAccount in the WorkspaceSecret's namespace)"
         if not any(fnmatch.fnmatchcase(account, pattern) for pattern in self._allowed):
             return f"serviceAccount {account!r} is not allowed by provider {self.name!r} (allowed: {', '.join(self._allowed)})"
+        asked = [a.strip() for a in parameters.get("audiences", "").split(",") if a.strip()]
+        if not_allowed := [a for a in asked if a not in self._audiences]:
+            return (f"audiences {', '.join(map(repr, not_allowed))} are not allowed by provider {self.name!r} "
+                    f"(allowed: {', '.join(self._audiences)}); ask for a subset, or omit audiences to get all of them")
         try:
             seconds = int(parameters.get("expirationSeconds", self._default_expiration))
         except ValueError:
@@ -65,7 +79,9 @@ class KubernetesTokenProvider:
         anchor_name = f"{scope.workspace[:40]}-{scope.entry[:40]}-tok-{short_hash(scope.tag, str(generation))}".lower()
         anchor = await self._ensure_anchor(scope, anchor_name)
         seconds = int(parameters.get("expirationSeconds", self._default_expiration))
-        audiences = [a for a in parameters.get("audiences", "").split(",") if a] or self._audiences
+        audiences = [a.strip() for a in parameters.get("audiences", "").split(",") if a.strip()] or self._audiences
+        if any(a not in self._audiences for a in audiences) or not audiences:  # validate() said so; never mint otherwise
+            raise ProviderError(f"audiences outside provider {self.name!r}'s allowed audiences", retryable=False)
         request = {
             "apiVersion": "authentication.k8s.io/v1",
             "kind": "TokenRequest",

@@ -117,6 +117,7 @@ def provider_error(action: str, exc: Exception, *, quote_server: bool = True) ->
 
 class PostgresRoleProvider:
     type_name: ClassVar[str] = "postgresql"
+    access = None  # the platform's allow rule (domain.credentials.AccessRule), set by provider_setup
 
     def __init__(self, name: str, conn: Connection, *, grants: Sequence[str], member_of: Sequence[str],
                  password_lifetime: timedelta, reassign_owned_to: str | None = None, clock: Any = None) -> None:

@@ -68,6 +68,7 @@ def error_from_response(action: str, status: int, body: bytes, headers: Mapping[
 
 class TwilioApiKeyProvider:
     type_name: ClassVar[str] = "twilio-api-key"
+    access = None  # the platform's allow rule (domain.credentials.AccessRule), set by provider_setup
 
     def __init__(self, name: str, *, account_sid: str, auth_token: Sensitive, base_url: str = DEFAULT_BASE_URL,
                  policy: Mapping[str, Any] | None = None, timeout: float = 15.0, session: Any = None) -> None:

@@ -16,12 +16,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from ...domain.oauth import Identity, TokenSet
 from ...domain.sensitive import Sensitive
 from ...domain.usertoken import GitAccess
-from ..http import Request, Response, Transport, TransportError
+from ...api.oauthapplication import origin
+from ..http import Request, Response, ResponseTooLarge, Transport, TransportError
 
 Clock = Callable[[], datetime]
 
@@ -73,6 +74,27 @@ GRANT_ERRORS = frozenset({"invalid_grant", "bad_refresh_token", "bad_verificatio
                           "access_denied"})
 DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 TEMPORARY_ERRORS = frozenset({"temporarily_unavailable", "server_error", "slow_down"})
+
+# Floors and bounds on what a provider says about time, so that no answer can make a hot loop of requests,
+# Secret writes and Events: device-flow polling at least every DEVICE_MIN_INTERVAL, a device code lives
+# DEVICE_MIN_EXPIRY..DEVICE_MAX_EXPIRY, and an access token is taken to live at least MIN_TOKEN_LIFETIME
+# (the schedule also keeps that long between two refreshes of one token).
+DEVICE_MIN_INTERVAL = 5.0
+DEVICE_MIN_EXPIRY = 60
+DEVICE_MAX_EXPIRY = 1800
+MIN_TOKEN_LIFETIME = 60
+
+
+def same_origin(url: str, base: str) -> bool:
+    """`url` is an absolute URL on exactly the origin of `base` (scheme, host and port), without credentials."""
+    return bool(origin(url)) and origin(url) == origin(base) and "@" not in urlsplit(url).netloc
+
+
+def _number(value: Any, default: float) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return default
 
 
 # --- values ----------------------------------------------------------------------------------------------
@@ -243,13 +265,20 @@ class OAuth2Base:
         payload = response.json()
         if response.status != 200 or not isinstance(payload, dict) or "device_code" not in payload:
             raise classify_token_error(self.name, response, payload if isinstance(payload, dict) else {})
+        verification = str(payload.get("verification_uri") or payload.get("verification_url") or "")
+        complete = payload.get("verification_uri_complete")
+        # The user is sent there from the connect page: only to the provider's own origin.
+        for url in (verification, complete):
+            if url is not None and not same_origin(str(url), endpoint):
+                raise ProviderMisconfigured(f"{self.name} device authorization answered a verification page outside {origin(endpoint)}")
+        expires_in = min(max(_number(payload.get("expires_in"), 600), DEVICE_MIN_EXPIRY), DEVICE_MAX_EXPIRY)
         return DeviceAuthorization(
             device_code=Sensitive(str(payload["device_code"])),
-            user_code=str(payload["user_code"]),
-            verification_uri=str(payload.get("verification_uri") or payload.get("verification_url") or ""),
-            verification_uri_complete=payload.get("verification_uri_complete"),
-            expires_at=self._clock() + timedelta(seconds=int(payload.get("expires_in") or 600)),
-            interval=float(payload.get("interval") or 5),
+            user_code=str(payload["user_code"])[:64],
+            verification_uri=verification,
+            verification_uri_complete=str(complete) if complete is not None else None,
+            expires_at=self._clock() + timedelta(seconds=expires_in),
+            interval=max(_number(payload.get("interval"), DEVICE_MIN_INTERVAL), DEVICE_MIN_INTERVAL),
         )
 
     async def poll_device(self, client: ClientCredentials | None, device: DeviceAuthorization) -> TokenSet:
@@ -288,7 +317,9 @@ class OAuth2Base:
 
     def token_set(self, payload: Mapping[str, Any], *, previous: TokenSet | None) -> TokenSet:
         expires_in = payload.get("expires_in")
-        expires_at = self._clock() + timedelta(seconds=int(expires_in)) if expires_in not in (None, "", 0) else None
+        expires_at = None
+        if expires_in not in (None, "", 0, "0"):
+            expires_at = self._clock() + timedelta(seconds=max(_number(expires_in, MIN_TOKEN_LIFETIME), MIN_TOKEN_LIFETIME))
         refresh = payload.get("refresh_token")
         scope = payload.get("scope", payload.get("scopes"))
         scopes = tuple(s for s in str(scope).replace(",", " ").split() if s) if scope is not None else None
@@ -315,6 +346,8 @@ class OAuth2Base:
     async def _send(self, request: Request, *, what: str) -> Response:
         try:
             return await self._transport.send(request)
+        except ResponseTooLarge as exc:  # not an outage: retrying would only read it again
+            raise ProviderMisconfigured(f"{self.name} {what} refused ({exc})") from None
         except TransportError as exc:
             raise TemporaryFailure(f"{self.name} {what} unreachable ({exc})", code="network") from None
 

@@ -7,8 +7,13 @@ from __future__ import annotations
 from typing import Any
 
 from ...domain.oauth import Identity, TokenSet
+from ...api.oauthapplication import is_loopback_http
 from ..http import Request
-from .base import ClientCredentials, OAuth2Base, ProviderMisconfigured, classify_api_error
+from .base import ClientCredentials, OAuth2Base, ProviderMisconfigured, classify_api_error, same_origin
+
+# Every endpoint of the discovery document the operator may call or send a browser to.
+ENDPOINTS = ("authorization_endpoint", "token_endpoint", "userinfo_endpoint", "revocation_endpoint",
+             "device_authorization_endpoint")
 
 
 class OIDC(OAuth2Base):
@@ -25,6 +30,8 @@ class OIDC(OAuth2Base):
 
     async def metadata(self) -> dict[str, Any]:
         if self._metadata is None:
+            if not (self.issuer.startswith("https://") or is_loopback_http(self.issuer)):
+                raise ProviderMisconfigured(f"{self.name} issuer must be https (http only on a loopback address)")
             url = f"{self.issuer}/.well-known/openid-configuration"
             response = await self._send(Request("GET", url, {"Accept": "application/json"}), what="discovery")
             document = response.json()
@@ -34,6 +41,15 @@ class OIDC(OAuth2Base):
             for endpoint in ("authorization_endpoint", "token_endpoint"):
                 if not isinstance(document.get(endpoint), str):
                     raise ProviderMisconfigured(f"{self.name} discovery document has no {endpoint}")
+            if str(document.get("issuer", "")).rstrip("/") != self.issuer:
+                raise ProviderMisconfigured(f"{self.name} discovery at {url} names another issuer than {self.issuer}")
+            # Requests (with the client secret and users' tokens) go to the issuer's origin only: a discovery
+            # document cannot point them at another host, an internal address or plain http. The issuer is
+            # https (the OAuthApplication's host allows http for loopback only), so the same origin is https too.
+            for endpoint in ENDPOINTS:
+                value = document.get(endpoint)
+                if value is not None and (not isinstance(value, str) or not same_origin(value, self.issuer)):
+                    raise ProviderMisconfigured(f"{self.name} discovery: {endpoint} is not on the issuer's origin {self.issuer}")
             methods = document.get("token_endpoint_auth_methods_supported") or ["client_secret_basic"]
             self.client_auth = "basic" if "client_secret_basic" in methods else "body"
             self._metadata = document

@@ -1,10 +1,12 @@
-"""spec.type -> provider class. Adding a provider: one module implementing base.OAuthProvider, one line here."""
+"""OAuthApplication spec.type -> provider class. Adding a provider: one module implementing base.OAuthProvider,
+one line here."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
+from ...api.oauthapplication import OAuthApplication
 from ...api.usertoken import UserToken
 from ..http import Transport
 from .base import Clock, OAuthProvider, utcnow
@@ -28,21 +30,28 @@ PROVIDERS: dict[str, Callable[..., Any]] = {
 
 
 class ProviderCache:
-    """One provider instance per (type, host, vault mount/role), so discovery documents are fetched once."""
+    """One provider instance per OAuthApplication, rebuilt when the application changes (its resourceVersion),
+    so discovery documents are fetched once per version of the platform's configuration."""
 
     def __init__(self, transport: Transport, *, clock: Clock = utcnow) -> None:
         self._transport = transport
         self._clock = clock
-        self._cache: dict[tuple[str, ...], OAuthProvider] = {}
+        self._cache: dict[str, tuple[str, OAuthProvider]] = {}  # application name -> (resourceVersion, provider)
+
+    def for_application(self, app: OAuthApplication) -> OAuthProvider:
+        cached = self._cache.get(app.name)
+        if cached is not None and cached[0] == app.resource_version:
+            return cached[1]
+        kwargs: dict[str, Any] = {"clock": self._clock}
+        if app.host:
+            kwargs["host"] = app.host
+        if app.type == "vault":
+            kwargs.update(mount=app.vault.mount, role=app.vault.role)
+        provider: OAuthProvider = PROVIDERS[app.type](self._transport, **kwargs)
+        self._cache[app.name] = (app.resource_version, provider)
+        return provider
 
     def for_token(self, ut: UserToken) -> OAuthProvider:
-        key = (ut.type, ut.host or "", ut.vault.mount, ut.vault.role or "")
-        provider = self._cache.get(key)
-        if provider is None:
-            kwargs: dict[str, Any] = {"clock": self._clock}
-            if ut.host:
-                kwargs["host"] = ut.host
-            if ut.type == "vault":
-                kwargs.update(mount=ut.vault.mount, role=ut.vault.role)
-            provider = self._cache[key] = PROVIDERS[ut.type](self._transport, **kwargs)
-        return provider
+        """The provider of a UserToken bound to its application (UserToken.bind)."""
+        assert ut.app is not None, "bind the UserToken to its OAuthApplication first"
+        return self.for_application(ut.app)

@@ -1,0 +1,91 @@
+"""A brought key is decrypted off the event loop, and answered the same way whether missing or not the user's
+(issue 14, instances 7 and 12)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from workspace_secrets.api import constants as c
+from workspace_secrets.api.workspacesecret import WorkspaceSecret
+from workspace_secrets.controllers.workspace_secret import WorkspaceSecretController
+
+PASSPHRASE = b"correct horse"
+
+
+def encrypted_key(rounds: int) -> bytes:
+    encryption = serialization.PrivateFormat.OpenSSH.encryption_builder().kdf_rounds(rounds).build(PASSPHRASE)
+    return ed25519.Ed25519PrivateKey.generate().private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, encryption)
+
+
+class FakeKube:
+    def __init__(self, secrets: dict[str, dict]) -> None:
+        self.secrets = secrets
+
+    async def get(self, path: str):
+        return self.secrets.get(path.rsplit("/", 1)[1])
+
+
+def secret(name: str, labels: dict, data: dict[str, bytes]) -> dict:
+    return {"metadata": {"name": name, "namespace": "team", "resourceVersion": "1", "labels": labels},
+            "data": {k: base64.b64encode(v).decode() for k, v in data.items()}}
+
+
+def ws(ref: str) -> WorkspaceSecret:
+    return WorkspaceSecret.from_body({
+        "metadata": {"name": "alice-ws", "namespace": "team", "uid": "u1"},
+        "spec": {"user": "alice", "workspaceRef": {"kind": "Pod", "name": "p"},
+                 "ssh": {"existingSecretRef": {"name": ref, "passphraseKey": "passphrase"}}},
+    })
+
+
+def test_decrypting_a_brought_key_never_stalls_the_event_loop():
+    kube = FakeKube({"k": secret("k", {c.LABEL_USER: "alice"}, {"ssh-privatekey": encrypted_key(64), "passphrase": PASSPHRASE})})
+    controller = WorkspaceSecretController(kube, events=None)  # type: ignore[arg-type]
+
+    async def main():
+        gaps: list[float] = []
+        stop = asyncio.Event()
+
+        async def ticker():
+            last = time.perf_counter()
+            while not stop.is_set():
+                await asyncio.sleep(0.01)
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = now
+
+        task = asyncio.create_task(ticker())
+        started = time.perf_counter()
+        key, problem = await controller._existing_key(ws("k"))
+        took = time.perf_counter() - started
+        stop.set()
+        await task
+        again = await controller._existing_key(ws("k"))  # cached by resourceVersion: no second decryption
+        return key, problem, took, gaps, again
+
+    key, problem, took, gaps, again = asyncio.run(main())
+    assert problem is None and key is not None and key.type == "ed25519"
+    assert again == (key, None)
+    # 64 bcrypt rounds take a noticeable time; the loop kept ticking all along.
+    assert took > 0.05 and max(gaps) < max(0.25, took / 2), (took, max(gaps))
+
+
+def test_missing_and_not_yours_are_one_answer_and_never_list_keys():
+    kube = FakeKube({
+        "bobs": secret("bobs", {c.LABEL_USER: "bob"}, {"id_rsa": b"x"}),
+        "operators": secret("operators", {c.LABEL_USER: "alice", c.LABEL_MANAGED_BY: c.OPERATOR_NAME}, {"ssh-privatekey": b"x"}),
+        "mine": secret("mine", {c.LABEL_USER: "alice"}, {"id_rsa": b"x"}),
+    })
+    controller = WorkspaceSecretController(kube, events=None)  # type: ignore[arg-type]
+    answers = {name: asyncio.run(controller._existing_key(ws(name)))[1] for name in ("missing", "bobs", "operators", "mine")}
+    normalized = {name: p.message.replace(f"'{name}'", "'X'") for name, p in answers.items() if p is not None}
+    assert normalized["missing"] == normalized["bobs"] == normalized["operators"]
+    assert {answers[n].reason for n in ("missing", "bobs", "operators")} == {"ExistingKeyNotFound"}
+    # Her own Secret: the missing key is named, the keys it has are not listed.
+    assert answers["mine"].reason == "InvalidExistingKey" and "has no key 'ssh-privatekey'" in answers["mine"].message
+    assert "id_rsa" not in answers["mine"].message
