@@ -89,3 +89,31 @@ def test_missing_and_not_yours_are_one_answer_and_never_list_keys():
     # Her own Secret: the missing key is named, the keys it has are not listed.
     assert answers["mine"].reason == "InvalidExistingKey" and "has no key 'ssh-privatekey'" in answers["mine"].message
     assert "id_rsa" not in answers["mine"].message
+
+
+def test_a_refused_key_is_not_decrypted_again_until_its_secret_changes(monkeypatch):
+    """A wrong passphrase on an expensive key costs one decryption per version of its Secret, not one per
+    reconcile: the re-checks of an unbound WorkspaceSecret must not keep the key threads busy for others."""
+    from workspace_secrets.domain import sshkeys
+
+    calls = []
+    real_load = sshkeys.load
+
+    def counting_load(*args, **kwargs):
+        calls.append(1)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(sshkeys, "load", counting_load)
+    wrong = secret("k", {c.LABEL_USER: "alice"}, {"ssh-privatekey": encrypted_key(16), "passphrase": b"wrong"})
+    kube = FakeKube({"k": wrong})
+    controller = WorkspaceSecretController(kube, events=None)  # type: ignore[arg-type]
+    first = asyncio.run(controller._existing_key(ws("k")))[1]
+    second = asyncio.run(controller._existing_key(ws("k")))[1]
+    assert first is not None and first.reason == "InvalidExistingKey" and second == first
+    assert len(calls) == 1
+    # The user fixes the passphrase: a new resourceVersion, checked again, and accepted.
+    kube.secrets["k"] = {**secret("k", {c.LABEL_USER: "alice"}, {"ssh-privatekey": base64.b64decode(wrong["data"]["ssh-privatekey"]),
+                                                              "passphrase": PASSPHRASE}),
+                         "metadata": {**wrong["metadata"], "resourceVersion": "2"}}
+    key, problem = asyncio.run(controller._existing_key(ws("k")))
+    assert problem is None and key is not None and len(calls) == 2

@@ -381,3 +381,39 @@ def test_the_authorization_url_is_a_plain_link_and_the_device_code_stays_in_memo
     mine = asyncio.run(controller.list_for_user("alice", NS))
     assert [(t.name, t.user_code, t.verification_url, t.type) for t in mine] == [("gl", "WXYZ-1234", "https://gitlab.com/oauth/device", "gitlab")]
     assert asyncio.run(controller.list_for_user("bob", NS)) == []
+
+
+def test_device_polls_are_one_per_interval_whatever_the_triggers():
+    """The create handler, the daemon and an update can pass over one token at the same moment: the token
+    endpoint still sees at most one poll per interval (a strict provider answers slow_down otherwise)."""
+    clock = [NOW]
+    controller, kube, _, _ = setup(clock)
+    del kube.objects[SECRET_PATH]
+    polls: list[datetime] = []
+
+    async def device(request: Request) -> Response:
+        if request.url.endswith("/oauth/authorize_device"):
+            return json_response(200, {"device_code": "dc-secret", "user_code": "WXYZ-1234", "verification_uri": "https://gitlab.com/oauth/device",
+                                       "expires_in": 600, "interval": 0})
+        if request.url.endswith("/oauth/token"):
+            polls.append(clock[0])
+            return json_response(400, {"error": "authorization_pending"})
+        return json_response(404, {})
+
+    controller._providers._transport = MockTransport(device)  # type: ignore[attr-defined]
+    kube.objects[UT_PATH]["spec"]["flow"] = "Device"
+
+    async def triggers(n: int) -> None:
+        await asyncio.gather(*(controller.maintain(NS, "gl") for _ in range(n)))
+
+    asyncio.run(triggers(3))  # requests the code; nobody polls before the interval
+    assert polls == []
+    clock[0] += timedelta(seconds=5)
+    asyncio.run(triggers(3))
+    assert polls == [NOW + timedelta(seconds=5)]
+    clock[0] += timedelta(seconds=2)
+    asyncio.run(triggers(3))  # too early for the next poll
+    assert len(polls) == 1
+    clock[0] += timedelta(seconds=3)
+    asyncio.run(triggers(3))
+    assert polls == [NOW + timedelta(seconds=5), NOW + timedelta(seconds=10)]

@@ -132,6 +132,10 @@ class UserTokenController:
         self._unsaved: dict[str, tuple[TokenSet, datetime]] = {}  # uid -> a rotated token not yet written
         self._devices: dict[str, DeviceAuthorization] = {}  # uid -> the device authorization being polled
         self._device_requested: set[str] = set()  # uids whose user asked for a new device code
+        # uid -> when the device authorization may be polled next. Several triggers (the create handler, the
+        # daemon, an update) can pass over one token at the same moment; the token endpoint sees one poll
+        # per interval all the same (RFC 8628 3.5: a faster poll earns slow_down).
+        self._device_next_poll: dict[str, datetime] = {}
         self.refreshes = 0  # refresh calls made (for metrics and tests)
 
     # --- plumbing ------------------------------------------------------------------------------------------
@@ -521,7 +525,7 @@ class _Pass:
                 if existing is None:
                     self.secret = await ctl._kube.create(path.rsplit("/", 1)[0], desired)
                 elif not policy.is_owned_by(existing, ut.uid):
-                    raise ProblemFound(Problem("SecretConflict", f"Secret {ut.secret_name!r} exists and is not this UserToken's; it was left untouched. Delete or rename it, or set spec.secretName."))
+                    raise ProblemFound(Problem("SecretConflict", f"Secret {ut.secret_name!r} exists and is not this UserToken's; it was left untouched. Delete or rename it, or ask the platform to set spec.secretName."))
                 else:
                     meta = dict(existing["metadata"])
                     meta["labels"] = {**(meta.get("labels") or {}), **desired["metadata"]["labels"]}
@@ -617,12 +621,19 @@ class _Pass:
             except (ProviderMisconfigured, GrantRejected, Unsupported) as exc:
                 raise ProblemFound(Problem("ProviderError", str(exc))) from None
             ctl._devices[ut.uid] = device
+            ctl._device_next_poll[ut.uid] = now + timedelta(seconds=device.interval)
             log.info("device authorization started for UserToken %s/%s (%s)", ut.namespace, ut.name, ut.type)
         else:
+            due = ctl._device_next_poll.get(ut.uid)
+            if due is not None and due > now:  # polled a moment ago by another trigger: wait for the interval
+                self._due_in((due - now).total_seconds())
+                return None
+            ctl._device_next_poll[ut.uid] = now + timedelta(seconds=device.interval)
             try:
                 tokens = await provider.poll_device(client, device)
             except SlowDown:
                 device = ctl._devices[ut.uid] = dataclasses.replace(device, interval=device.interval + 5)
+                ctl._device_next_poll[ut.uid] = now + timedelta(seconds=device.interval)
             except AuthorizationPending:
                 pass
             except GrantRejected as exc:  # expired_token, access_denied
@@ -646,7 +657,7 @@ class _Pass:
         ut, ctl = self.ut, self.ctl
         self.secret = await ctl._kube.get(core_path(ut.namespace, "secrets", ut.secret_name))
         if self.secret is not None and not policy.is_owned_by(self.secret, ut.uid):
-            raise ProblemFound(Problem("SecretConflict", f"Secret {ut.secret_name!r} exists and is not this UserToken's; it was left untouched. Delete or rename it, or set spec.secretName."))
+            raise ProblemFound(Problem("SecretConflict", f"Secret {ut.secret_name!r} exists and is not this UserToken's; it was left untouched. Delete or rename it, or ask the platform to set spec.secretName."))
         unsaved = ctl._unsaved.get(ut.uid)
         if unsaved is not None:  # a rotated token a failed write left in memory: store it first
             await self.save(*unsaved)

@@ -101,7 +101,10 @@ class WorkspaceSecretController:
         # hash(policy.essence(body)) of each WorkspaceSecret as last reconciled: a watch event with the
         # same essence only echoes our own status/ownerReference writes and needs no work.
         self._handled: dict[tuple[str, str], int] = {}
-        self._key_cache: dict[tuple[str, str, str], SSHKeyPair] = {}
+        self._key_cache: dict[tuple[str, ...], SSHKeyPair] = {}
+        # Brought keys that failed to load, by the same key as _key_cache (the Secret's resourceVersion among it):
+        # a wrong passphrase on an expensive key is paid once per change of the Secret, not once per reconcile.
+        self._refused_keys: dict[tuple[str, ...], str] = {}
 
     # --- entry points ---------------------------------------------------------------------------
     def observe(self, event_type: str | None, body: Mapping[str, Any]) -> None:
@@ -281,9 +284,15 @@ class WorkspaceSecretController:
         key = self._key_cache.get(cache_key)
         if key is not None:
             return key, None
+        refused = self._refused_keys.get(cache_key)
+        if refused is not None:  # the same bytes were refused before: never pay their KDF again
+            return None, policy.Problem("InvalidExistingKey", f"{where}, key {ref.private_key_key!r}: {refused}.")
         try:
             key = await _load_off_loop(base64.b64decode(data[ref.private_key_key]), passphrase, _comment(ws))
         except sshkeys.InvalidKey as exc:
+            if len(self._refused_keys) > 4096:
+                self._refused_keys.clear()
+            self._refused_keys[cache_key] = str(exc)
             return None, policy.Problem("InvalidExistingKey", f"{where}, key {ref.private_key_key!r}: {exc}.")
         if len(self._key_cache) > 4096:
             self._key_cache.clear()
