@@ -19,6 +19,7 @@ Instances (issue 14): 1 `test_i1_*`, 2 `test_i2_*`, ... 12 `test_i12_*`; variant
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from urllib.parse import parse_qs, urlsplit
@@ -897,6 +898,43 @@ def test_i9_a_patch_never_returns_another_users_secret(env):
         assert not result.ok and result.stdout == "", f"alice patched (and read) bob's Secret {name}"
         assert "ValidatingAdmissionPolicy" in result.stderr, result.stderr[-300:]
     env.victim_ok(before)
+
+
+def test_i9_in_a_shared_namespace_a_patch_reads_no_unlabelled_secret(env):
+    """The same answer-carries-the-data path on Secrets the operator never sees: bob's unlabelled Secret and the
+    platform's (Coder keeps agent tokens in the workspace namespace). In a namespace labelled
+    workspace-secrets.io/tenancy=shared a workspace user edits and deletes only Secrets labelled for them."""
+    t, api, ns = env.t, env.api, env.ns
+    touch = {"metadata": {"annotations": {"atk-touch": "shared"}}}
+    assert t.create(secret_manifest("bob-unlabelled", data={"v": b"bob's unlabelled value"}), user="bob").check()
+    api.create_secret(ns, "platform-agent-token", {"token": b"a platform agent token value"})
+    victims = {name: api.secret_digests(ns, name) for name in ("bob-unlabelled", "platform-agent-token")}
+    # Proves it can tell: without the namespace label, alice's PATCH answers with the data of both.
+    for name in victims:
+        result = t.api_patch("secrets", name, touch, user="alice")
+        assert result.ok and json.loads(result.stdout).get("data"), f"{name}: {result.stderr[-300:]}"
+    api.core.patch_namespace(ns, {"metadata": {"labels": {"workspace-secrets.io/tenancy": "shared"}}})
+    try:
+        wait_for(lambda: not t.api_patch("secrets", "bob-unlabelled", touch, user="alice").ok, timeout=30,
+                 what="the shared-namespace rule to be enforced")
+        before = env.bob.snapshot()
+        for name in victims:
+            for attempt in (touch, {"data": {"v": base64.b64encode(b"alice was here").decode()}}):
+                result = t.api_patch("secrets", name, attempt, user="alice")
+                assert not result.ok and result.stdout == "", f"alice patched (and read) {name}"
+                assert refused_by_policy(result, "workspace-secrets.io/tenancy=shared"), result.stderr[-300:]
+            deleted = t("delete", "secret", name, user="alice")
+            assert not deleted.ok
+        # Her own labelled Secret is still hers to edit.
+        assert t.create(secret_manifest("alice-shared-own", user="alice"), user="alice").check()
+        assert t.api_patch("secrets", "alice-shared-own", touch, user="alice").ok
+        assert {name: api.secret_digests(ns, name) for name in victims} == victims
+        env.victim_ok(before)
+    finally:
+        api.core.patch_namespace(ns, {"metadata": {"labels": {"workspace-secrets.io/tenancy": None}}})
+        # The rest of the module runs in an unlabelled namespace again.
+        wait_for(lambda: t.api_patch("secrets", "bob-unlabelled", touch, user="alice").ok, timeout=30,
+                 what="the namespace label removed")
 
 
 def test_i9_an_object_named_like_another_objects_secret_takes_nothing(env, bob_token):
