@@ -137,7 +137,7 @@ def _connect_config(args: argparse.Namespace) -> ConnectConfig:
         port=args.connect_port, bind=args.connect_bind, base_url=base_url.rstrip("/"),
         user_header=args.connect_user_header or None,
         trusted_proxies=tuple(p.strip() for p in args.connect_trusted_proxies.split(",") if p.strip()),
-        signing_key_file=args.connect_signing_key_file, link_ttl=args.connect_link_ttl,
+        signing_key_file=args.connect_signing_key_file,
         validate_interval=args.token_validate_interval,
     )
 

@@ -65,6 +65,5 @@ class ConnectConfig:
     user_header: str | None = None  # trusted header carrying the user name, set by the platform's auth proxy
     trusted_proxies: tuple[str, ...] = ()  # CIDRs the user header is accepted from
     signing_key_file: str | None = None  # HMAC key for CSRF tokens and OAuth state (random per process if unset)
-    link_ttl: float = 3600.0  # unused: status.authorizationURL is a plain link (kept for compatibility)
     session_ttl: float = 8 * 3600.0
     validate_interval: float = 1800.0  # seconds between scheduled token validations

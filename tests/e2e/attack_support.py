@@ -39,7 +39,7 @@ from urllib.parse import urljoin, urlsplit
 import requests
 import yaml
 from helpers import Api, digest, wait_for
-from requests.adapters import HTTPAdapter
+from usertoken_support import BrowserSession, get_token  # noqa: F401 (get_token: re-exported for the tests)
 
 from workspace_secrets.api import constants as c
 
@@ -279,15 +279,6 @@ class Applications:
                 pass
 
 
-def get_token(api: Api, namespace: str, name: str) -> dict | None:
-    try:
-        return api.custom.get_namespaced_custom_object(c.GROUP, c.VERSION, namespace, c.USER_TOKEN_PLURAL, name)
-    except Exception as exc:  # noqa: BLE001
-        if getattr(exc, "status", None) == 404:
-            return None
-        raise
-
-
 def token_condition(ut: dict | None, type_: str = "Ready") -> dict | None:
     return next((x for x in ((ut or {}).get("status") or {}).get("conditions", ()) if x["type"] == type_), None)
 
@@ -408,70 +399,29 @@ def public_key_of(api: Api, namespace: str, ws: str) -> str:
 
 
 # --- a browser behind the platform's auth proxy ----------------------------------------------------------
-class _ProxyAdapter(HTTPAdapter):
-    """What the platform's auth proxy does: connect from its own address, add the user header."""
-
-    def __init__(self, source: str, header: str | None, user: str | None) -> None:
-        self.source, self.header, self.user = source, header, user
-        super().__init__()
-
-    def init_poolmanager(self, *args, **kwargs):
-        kwargs["source_address"] = (self.source, 0)
-        return super().init_poolmanager(*args, **kwargs)
-
-    def add_headers(self, request, **kwargs) -> None:
-        if self.header and self.user is not None:
-            request.headers[self.header] = self.user
-
-
-class Browser:
-    """A user's browser (cookies, redirects, forms). With `user`, connect-page requests go through the auth
-    proxy as that user; requests to providers go directly."""
+class Browser(BrowserSession):
+    """A user's browser (cookies, redirects, forms), signed in by the auth proxy as `user` (None: nobody);
+    requests to providers go directly. Every request stops at redirects unless told otherwise."""
 
     def __init__(self, operator, user: str | None) -> None:
-        self.connect_url = operator.connect_url
-        self.user = user
-        self.http = requests.Session()
-        if user is not None:
-            self.http.mount(self.connect_url + "/", _ProxyAdapter(operator.connect_trusted_proxy, operator.connect_user_header, user))
+        super().__init__(operator.connect_url, user=user, header=operator.connect_user_header,
+                         source=operator.connect_trusted_proxy)
         self.last_callback: str | None = None
 
     def get(self, url: str, **kw) -> requests.Response:
-        return self.http.get(url, timeout=15, allow_redirects=False, **kw)
+        kw.setdefault("allow_redirects", False)
+        return super().get(url, **kw)
 
     def accounts(self, focus: str | None = None) -> requests.Response:
         return self.get(f"{self.connect_url}/accounts" + (f"?focus={focus}" if focus else ""))
 
-    def start(self, namespace: str, name: str, *, page: str | None = None) -> requests.Response:
+    def start(self, namespace: str, name: str, *, page: str | None = None) -> requests.Response:  # type: ignore[override]
         """Click Connect for namespace/name on the accounts page: the /connect/start answer (303 to the provider)."""
         html = page if page is not None else self.accounts().text
         form = connect_form(html, namespace, name)
-        return self.http.post(urljoin(self.connect_url, "/connect/start"), data=form, allow_redirects=False, timeout=15)
+        return self.post(urljoin(self.connect_url, "/connect/start"), data=form, allow_redirects=False)
 
-    def follow(self, url: str, *, login: str, stop_at_callback: bool = False, max_steps: int = 20) -> requests.Response | str:
-        """Follow redirects through the provider, submitting oidc-provider's login and consent forms."""
-        response = self.http.get(url, allow_redirects=False, timeout=15)
-        for _ in range(max_steps):
-            if response.status_code in (301, 302, 303, 307, 308):
-                target = urljoin(response.url, response.headers["Location"])
-                if target.startswith(self.connect_url) and "/oauth/callback" in target:
-                    self.last_callback = target
-                    if stop_at_callback:
-                        return target
-                response = self.http.get(target, allow_redirects=False, timeout=30)
-                continue
-            if response.status_code == 200 and 'name="prompt" value="login"' in response.text:
-                action = urljoin(response.url, unescape(re.search(r'action="([^"]+)"', response.text).group(1)))
-                response = self.http.post(action, data={"prompt": "login", "login": login, "password": "any"}, allow_redirects=False, timeout=15)
-                continue
-            if response.status_code == 200 and 'name="prompt" value="consent"' in response.text:
-                action = urljoin(response.url, unescape(re.search(r'action="([^"]+)"', response.text).group(1)))
-                response = self.http.post(action, data={"prompt": "consent"}, allow_redirects=False, timeout=15)
-                continue
-            return response
-        raise AssertionError("too many redirects")
-
-    def connect(self, namespace: str, name: str, *, login: str) -> requests.Response:
+    def connect(self, namespace: str, name: str, *, login: str) -> requests.Response:  # type: ignore[override]
         started = self.start(namespace, name)
         assert started.status_code == 303, (started.status_code, started.text[-300:])
         return self.follow(started.headers["Location"], login=login)

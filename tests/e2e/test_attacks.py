@@ -885,7 +885,7 @@ def test_i9_a_tenant_cannot_create_secrets_reserved_for_the_operator(env):
 def test_i9_a_patch_never_returns_another_users_secret(env):
     """`patch` (which tenants have, for their own Secrets) answers with the whole object, data included: it must
     not work on the operator's Secrets or on Secrets labelled for someone else."""
-    t, ns = env.t, env.ns
+    t = env.t
     touch = {"metadata": {"annotations": {"atk-touch": "1"}}}
     # Proves it can tell: on alice's own Secret, the answer carries its data.
     assert t.create(secret_manifest("alice-readback", user="alice", data={"v": b"alice value"}), user="alice").check()

@@ -17,7 +17,7 @@ import requests
 from backends import ADMIN_NAMESPACE
 from helpers import Api, digest, wait_for
 from usertoken_support import (BrowserSession, OIDCServer, approve_device_code, create_application, delete_application,
-                               device_code_on_page, via_proxy)
+                               device_code_on_page, get_token, via_proxy)
 
 from workspace_secrets.api import constants as c
 
@@ -65,15 +65,6 @@ def applications(api, namespace):
 def create_token(api: Api, namespace: str, name: str, spec: dict) -> dict:
     body = {"apiVersion": c.API_VERSION, "kind": c.USER_TOKEN_KIND, "metadata": {"name": name}, "spec": spec}
     return api.custom.create_namespaced_custom_object(c.GROUP, c.VERSION, namespace, c.USER_TOKEN_PLURAL, body)
-
-
-def get_token(api: Api, namespace: str, name: str) -> dict | None:
-    try:
-        return api.custom.get_namespaced_custom_object(c.GROUP, c.VERSION, namespace, c.USER_TOKEN_PLURAL, name)
-    except Exception as exc:  # noqa: BLE001
-        if getattr(exc, "status", None) == 404:
-            return None
-        raise
 
 
 def wait_phase(api: Api, namespace: str, name: str, phase: str, timeout: float = 30) -> dict:

@@ -112,16 +112,33 @@ def delete_application(api, name: str, *, operator_namespace: str) -> None:
                 raise
 
 
-class SourceAddressAdapter(HTTPAdapter):
-    """Connections from a chosen local address: how a request comes from the platform's auth proxy."""
+def get_token(api, namespace: str, name: str) -> dict | None:
+    """A UserToken as the API has it, or None."""
+    from workspace_secrets.api import constants as c
 
-    def __init__(self, source: str) -> None:
-        self.source = source
+    try:
+        return api.custom.get_namespaced_custom_object(c.GROUP, c.VERSION, namespace, c.USER_TOKEN_PLURAL, name)
+    except Exception as exc:  # noqa: BLE001
+        if getattr(exc, "status", None) == 404:
+            return None
+        raise
+
+
+class SourceAddressAdapter(HTTPAdapter):
+    """What the platform's auth proxy does: connect from its own address and, for a signed-in user, add the user
+    header -- to every request through this adapter, however the session is called."""
+
+    def __init__(self, source: str, header: str | None = None, user: str | None = None) -> None:
+        self.source, self.header, self.user = source, header, user
         super().__init__()
 
     def init_poolmanager(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         kwargs["source_address"] = (self.source, 0)
         return super().init_poolmanager(*args, **kwargs)
+
+    def add_headers(self, request, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        if self.header and self.user is not None:
+            request.headers[self.header] = self.user
 
 
 class BrowserSession:
@@ -136,21 +153,18 @@ class BrowserSession:
         self.user = user
         self.header = header
         self.http = requests.Session()
-        self.http.mount(connect_url.rstrip("/") + "/", SourceAddressAdapter(source))
+        self.http.mount(connect_url.rstrip("/") + "/", SourceAddressAdapter(source, header, user))
 
     @classmethod
     def of(cls, process, user: str | None = "alice") -> BrowserSession:
         """A browser of `user`, signed in by the auth proxy in front of this operator's connect page."""
         return cls(process.connect_url, user=user, header=process.connect_user_header, source=process.connect_trusted_proxy)
 
-    def _headers(self, url: str) -> dict[str, str]:
-        return {self.header: self.user} if self.user is not None and url.startswith(self.connect_url) else {}
-
     def get(self, url: str, **kwargs) -> requests.Response:  # type: ignore[no-untyped-def]
-        return self.http.get(url, headers=self._headers(url), timeout=kwargs.pop("timeout", 15), **kwargs)
+        return self.http.get(url, timeout=kwargs.pop("timeout", 15), **kwargs)
 
     def post(self, url: str, **kwargs) -> requests.Response:  # type: ignore[no-untyped-def]
-        return self.http.post(url, headers=self._headers(url), timeout=kwargs.pop("timeout", 15), **kwargs)
+        return self.http.post(url, timeout=kwargs.pop("timeout", 15), **kwargs)
 
     def open(self, url: str) -> requests.Response:
         response = self.get(url, allow_redirects=False)

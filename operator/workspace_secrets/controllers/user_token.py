@@ -54,7 +54,6 @@ MAX_SLEEP = 300.0  # the daemon looks at every token at least this often
 @dataclass(frozen=True)
 class ConnectSettings:
     base_url: str  # where users reach the connect page; the OAuth callback is <base_url>/oauth/callback
-    link_ttl: timedelta = timedelta(hours=1)  # unused: status.authorizationURL no longer expires (kept for callers)
     schedule: policy.Schedule = policy.Schedule()
 
     @property

@@ -48,7 +48,7 @@ async def start(memo: kopf.Memo, **_: Any) -> None:
     transport = AiohttpTransport()
     controller = UserTokenController(
         memo.kube, EventRecorder(memo.kube), ProviderCache(transport), signer, PendingAuthorizations(signer),
-        ConnectSettings(base_url=connect.base_url, link_ttl=timedelta(seconds=connect.link_ttl),
+        ConnectSettings(base_url=connect.base_url,
                         schedule=policy.Schedule(validate_interval=timedelta(seconds=connect.validate_interval))),
         namespaces=config.namespaces, operator_namespace=config.operator_namespace,
     )

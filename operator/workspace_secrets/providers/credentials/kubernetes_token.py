@@ -120,13 +120,23 @@ class KubernetesTokenProvider:
             existing = await self._kube.get(core_path(scope.namespace, "secrets", name))
             if existing is None:
                 raise ProviderError("token anchor vanished while creating it") from None
+            if not _is_anchor_of(existing, scope):
+                # Someone else's Secret at the derived name (its name is computable from the WorkspaceSecret's
+                # uid): binding the token to it would let its owner end the token -- or keep it alive past the
+                # workspace, since the garbage collector would not delete it. Never adopted.
+                raise ProviderError(f"Secret {name!r} exists and is not this WorkspaceSecret's token anchor; it was left "
+                                    "untouched. Remove it (a platform identity must) to let the token be issued.") from None
             return existing
         except KubeError as exc:
             raise ProviderError(f"could not create token anchor: {exc.status} {exc.reason}") from None
 
     async def revoke(self, scope: Scope, credential_id: str) -> None:
+        path = core_path(scope.namespace, "secrets", credential_id)
         try:
-            await self._kube.delete(core_path(scope.namespace, "secrets", credential_id))
+            anchor = await self._kube.get(path)
+            if anchor is None or not _is_anchor_of(anchor, scope):
+                return  # gone, or never ours: the operator deletes only its own anchors
+            await self._kube.delete(path, uid=anchor["metadata"].get("uid"))
         except KubeError as exc:
             raise ProviderError(f"could not delete token anchor {credential_id}: {exc.status} {exc.reason}") from None
 
@@ -135,10 +145,21 @@ class KubernetesTokenProvider:
             listing = await self._kube.list(core_path(scope.namespace, "secrets"), label_selector=f"{LABEL_SCOPE}={scope.tag}")
         except KubeError as exc:
             raise ProviderError(f"could not list token anchors: {exc.status} {exc.reason}") from None
-        return [item["metadata"]["name"] for item in listing.get("items", ()) if not item["metadata"].get("deletionTimestamp")]
+        return [item["metadata"]["name"] for item in listing.get("items", ())
+                if not item["metadata"].get("deletionTimestamp") and _is_anchor_of(item, scope)]
 
     async def release(self, scope: Scope) -> None:
         return None  # nothing per scope besides the anchors
 
     async def sweep(self) -> list[str]:
         return []  # anchors are owned by their WorkspaceSecret: Kubernetes' garbage collector sweeps them
+
+
+def _is_anchor_of(secret: Mapping[str, Any], scope: Scope) -> bool:
+    """Whether `secret` is an anchor the operator made for this scope: our labels and the WorkspaceSecret as its
+    owner (the admission policies let only the platform write Secrets owned by our kinds)."""
+    meta = secret.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    return (labels.get(c.LABEL_MANAGED_BY) == c.OPERATOR_NAME and labels.get(c.LABEL_COMPONENT) == c.COMPONENT_TOKEN_ANCHOR
+            and labels.get(LABEL_SCOPE) == scope.tag
+            and any(o.get("uid") == scope.workspace_uid for o in meta.get("ownerReferences") or ()))
