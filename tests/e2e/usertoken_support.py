@@ -150,10 +150,19 @@ class BrowserSession:
     def __init__(self, connect_url: str, *, user: str | None = "alice", header: str = "X-Remote-User",
                  source: str = "127.0.0.2") -> None:
         self.connect_url = connect_url
-        self.user = user
         self.header = header
         self.http = requests.Session()
-        self.http.mount(connect_url.rstrip("/") + "/", SourceAddressAdapter(source, header, user))
+        self._proxy = SourceAddressAdapter(source, header, user)
+        self.http.mount(connect_url.rstrip("/") + "/", self._proxy)
+
+    @property
+    def user(self) -> str | None:
+        """Who the auth proxy says this browser is; set it to have the proxy say someone else from now on."""
+        return self._proxy.user
+
+    @user.setter
+    def user(self, value: str | None) -> None:
+        self._proxy.user = value
 
     @classmethod
     def of(cls, process, user: str | None = "alice") -> BrowserSession:

@@ -1,18 +1,18 @@
-"""The kubernetes-token provider binds tokens only to anchors it made (issue 14: a tenant can compute an anchor's
-name from the WorkspaceSecret's uid and create a Secret there first)."""
+"""The kubernetes-token provider binds tokens only to anchors it made, under names nobody can take first
+(issue 14: a derived name is computable from the WorkspaceSecret's uid, so a tenant could create a Secret there)."""
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import itertools
 
-import pytest
-
-from workspace_secrets.kube.client import Conflict
-from workspace_secrets.providers.credentials.base import ProviderError, Scope
-from workspace_secrets.providers.credentials.kubernetes_token import KubernetesTokenProvider
+from workspace_secrets.api import constants as c
+from workspace_secrets.providers.credentials.base import Scope
+from workspace_secrets.providers.credentials.kubernetes_token import LABEL_SCOPE, KubernetesTokenProvider
 
 SCOPE = Scope.of("team", "bob-ws", "uid-bob-ws", "kube")
+SECRETS = "/api/v1/namespaces/team/secrets"
 
 
 class MemoryKube:
@@ -20,17 +20,18 @@ class MemoryKube:
         self.objects: dict[str, dict] = {}
         self.deleted: list[str] = []
         self.token_requests: list[dict] = []
+        self._suffix = itertools.count(1)
 
     async def create(self, path: str, body: dict) -> dict:
         if path.endswith("/token"):
             self.token_requests.append(body)
             return {"status": {"token": "t0ken", "expirationTimestamp": "2030-01-01T00:00:00Z"}}
-        target = f"{path}/{body['metadata']['name']}"
-        if target in self.objects:
-            raise Conflict(409, "AlreadyExists", "exists")
         stored = copy.deepcopy(body)
-        stored["metadata"]["uid"] = f"uid-{body['metadata']['name']}"
-        self.objects[target] = stored
+        meta = stored["metadata"]
+        if "generateName" in meta:  # the API server makes the name up
+            meta["name"] = f"{meta.pop('generateName')}{next(self._suffix):05d}"
+        meta["uid"] = f"uid-{meta['name']}"
+        self.objects[f"{path}/{meta['name']}"] = stored
         return copy.deepcopy(stored)
 
     async def get(self, path: str) -> dict | None:
@@ -51,28 +52,27 @@ def provider(kube: MemoryKube) -> KubernetesTokenProvider:
                                                admin={}, kube=kube)  # type: ignore[arg-type]
 
 
-def test_an_anchor_name_taken_by_someone_elses_secret_is_never_adopted():
+def test_anchors_get_names_nobody_can_take_first_and_foreign_secrets_are_never_ours():
     kube = MemoryKube()
     tokens = provider(kube)
-    # Proves it can tell: issued normally, the anchor is ours and the token is bound to it.
+    # Proves it can tell: the anchor is ours, named by the API server, and the token is bound to it.
     issued = asyncio.run(tokens.issue(SCOPE, {"serviceAccount": "ci"}, 1))
-    path = f"/api/v1/namespaces/team/secrets/{issued.id}"
-    assert kube.token_requests[-1]["spec"]["boundObjectRef"]["uid"] == kube.objects[path]["metadata"]["uid"]
-    assert asyncio.run(tokens.list(SCOPE)) == [issued.id]
+    ours = f"{SECRETS}/{issued.id}"
+    assert issued.id.startswith("bob-ws-kube-tok-")
+    assert kube.token_requests[-1]["spec"]["boundObjectRef"] == {"apiVersion": "v1", "kind": "Secret", "name": issued.id,
+                                                                 "uid": kube.objects[ours]["metadata"]["uid"]}
+    again = asyncio.run(tokens.issue(SCOPE, {"serviceAccount": "ci"}, 1))
+    assert again.id != issued.id  # a retry never reuses a name someone could have prepared
 
-    # alice computed the next anchor's name and created a Secret there first (labels copied, no owner: the
-    # policies refuse her an ownerReference to a WorkspaceSecret).
-    kube2 = MemoryKube()
-    squat = copy.deepcopy(kube.objects[path])
-    squat["metadata"]["ownerReferences"] = []
-    kube2.objects[path] = squat
-    with pytest.raises(ProviderError, match="not this WorkspaceSecret's token anchor"):
-        asyncio.run(provider(kube2).issue(SCOPE, {"serviceAccount": "ci"}, 1))
-    assert kube2.token_requests == []  # nothing minted against her Secret
-    assert asyncio.run(provider(kube2).list(SCOPE)) == []  # nor listed as ours
-
-    # Revoking never deletes a Secret that is not our anchor; it deletes ours.
-    asyncio.run(provider(kube2).revoke(SCOPE, issued.id))
-    assert kube2.deleted == [] and path in kube2.objects
+    # alice's Secret with the anchor's labels (no owner: the policies refuse her an ownerReference to a
+    # WorkspaceSecret) is neither listed as one of bob's tokens nor ever deleted by a revocation.
+    squat = copy.deepcopy(kube.objects[ours])
+    squat["metadata"].update(name="alices", ownerReferences=[])
+    kube.objects[f"{SECRETS}/alices"] = squat
+    assert squat["metadata"]["labels"][LABEL_SCOPE] == SCOPE.tag
+    assert sorted(asyncio.run(tokens.list(SCOPE))) == sorted([issued.id, again.id])
+    asyncio.run(tokens.revoke(SCOPE, "alices"))
+    assert f"{SECRETS}/alices" in kube.objects and kube.deleted == []
     asyncio.run(tokens.revoke(SCOPE, issued.id))
-    assert path not in kube.objects
+    assert ours not in kube.objects and kube.deleted == [ours]
+    assert kube.objects[f"{SECRETS}/{again.id}"]["metadata"]["labels"][c.LABEL_COMPONENT] == c.COMPONENT_TOKEN_ANCHOR

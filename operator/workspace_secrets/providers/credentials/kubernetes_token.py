@@ -14,9 +14,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, ClassVar
 
 from ...api import constants as c
-from ...domain.naming import short_hash
 from ...domain.sensitive import Sensitive
-from ...kube.client import Conflict, Kube, KubeError, core_path
+from ...kube.client import Kube, KubeError, core_path
 from .base import Issued, ProviderError, Scope
 
 LABEL_SCOPE = f"{c.GROUP}/credential-scope"
@@ -76,8 +75,8 @@ class KubernetesTokenProvider:
         return None
 
     async def issue(self, scope: Scope, parameters: Mapping[str, str], generation: int) -> Issued:
-        anchor_name = f"{scope.workspace[:40]}-{scope.entry[:40]}-tok-{short_hash(scope.tag, str(generation))}".lower()
-        anchor = await self._ensure_anchor(scope, anchor_name)
+        anchor = await self._create_anchor(scope, f"{scope.workspace[:40]}-{scope.entry[:40]}-tok-".lower())
+        anchor_name = anchor["metadata"]["name"]
         seconds = int(parameters.get("expirationSeconds", self._default_expiration))
         audiences = [a.strip() for a in parameters.get("audiences", "").split(",") if a.strip()] or self._audiences
         if any(a not in self._audiences for a in audiences) or not audiences:  # validate() said so; never mint otherwise
@@ -102,12 +101,14 @@ class KubernetesTokenProvider:
             datetime.now(timezone.utc) + timedelta(seconds=seconds))
         return Issued(id=anchor_name, values={"token": Sensitive(response["status"]["token"])}, expires_at=expires_at)
 
-    async def _ensure_anchor(self, scope: Scope, name: str) -> dict[str, Any]:
-        path = core_path(scope.namespace, "secrets")
+    async def _create_anchor(self, scope: Scope, prefix: str) -> dict[str, Any]:
+        """A new anchor under a name the API server makes up (generateName): nobody can create a Secret at that
+        name first, and an anchor of an interrupted attempt is found by its scope label (list) and revoked as an
+        orphan before the next one is minted."""
         body = {
             "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
             "metadata": {
-                "name": name, "namespace": scope.namespace,
+                "generateName": prefix, "namespace": scope.namespace,
                 "labels": {c.LABEL_MANAGED_BY: c.OPERATOR_NAME, c.LABEL_COMPONENT: c.COMPONENT_TOKEN_ANCHOR, LABEL_SCOPE: scope.tag},
                 "annotations": {"workspace-secrets.io/purpose": "Binds a ServiceAccount token: deleting this Secret revokes it."},
                 "ownerReferences": [{"apiVersion": c.API_VERSION, "kind": c.WORKSPACE_SECRET_KIND, "name": scope.workspace,
@@ -115,18 +116,7 @@ class KubernetesTokenProvider:
             },
         }
         try:
-            return await self._kube.create(path, body)
-        except Conflict:
-            existing = await self._kube.get(core_path(scope.namespace, "secrets", name))
-            if existing is None:
-                raise ProviderError("token anchor vanished while creating it") from None
-            if not _is_anchor_of(existing, scope):
-                # Someone else's Secret at the derived name (its name is computable from the WorkspaceSecret's
-                # uid): binding the token to it would let its owner end the token -- or keep it alive past the
-                # workspace, since the garbage collector would not delete it. Never adopted.
-                raise ProviderError(f"Secret {name!r} exists and is not this WorkspaceSecret's token anchor; it was left "
-                                    "untouched. Remove it (a platform identity must) to let the token be issued.") from None
-            return existing
+            return await self._kube.create(core_path(scope.namespace, "secrets"), body)
         except KubeError as exc:
             raise ProviderError(f"could not create token anchor: {exc.status} {exc.reason}") from None
 
@@ -162,4 +152,5 @@ def _is_anchor_of(secret: Mapping[str, Any], scope: Scope) -> bool:
     labels = meta.get("labels") or {}
     return (labels.get(c.LABEL_MANAGED_BY) == c.OPERATOR_NAME and labels.get(c.LABEL_COMPONENT) == c.COMPONENT_TOKEN_ANCHOR
             and labels.get(LABEL_SCOPE) == scope.tag
-            and any(o.get("uid") == scope.workspace_uid for o in meta.get("ownerReferences") or ()))
+            and any(o.get("kind") == c.WORKSPACE_SECRET_KIND and (o.get("uid") == scope.workspace_uid or not scope.workspace_uid)
+                    for o in meta.get("ownerReferences") or ()))
