@@ -44,9 +44,6 @@ KEY_SSH_PUBLIC: Final = "ssh-publickey"
 KEY_KNOWN_HOSTS: Final = "known_hosts"
 KEY_GIT_SSH_COMMAND: Final = "GIT_SSH_COMMAND"
 
-# Keys of a workspace Secret whose value is shown masked by display items even when an item does not say
-# `sensitive: true` (the CRD refuses such an item; this guards objects stored before that rule).
-ALWAYS_SENSITIVE_KEYS: Final = frozenset({KEY_SSH_PRIVATE})
 # Dynamic-credential fields that are identifiers, not secrets ("<entry>.<FIELD>" in the workspace Secret): the
 # operator shows them in status.credentials[].id, Events and logs, as providers' own consoles do.
 PUBLIC_CREDENTIAL_FIELDS: Final = frozenset({
