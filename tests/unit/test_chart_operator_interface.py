@@ -19,7 +19,6 @@ import argparse
 import contextlib
 import io
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +29,9 @@ from workspace_secrets import cli
 from workspace_secrets.api import constants as c
 from workspace_secrets.domain import webhook_configuration as desired
 from workspace_secrets.providers.credentials import registry
-from workspace_secrets.testing.controlplane import REPO_ROOT, pinned_versions, resolve_bin_dir
+from chart_support import CHART, NAMESPACE, RELEASE, helm, render  # noqa: F401 (helm: fixture)
 
-CHART = REPO_ROOT / "deploy" / "helm" / "workspace-secrets-operator"
-RELEASE, NAMESPACE = "wso", "wso-system"
+
 FULLNAME = f"{RELEASE}-workspace-secrets-operator"
 TOKEN_PROVIDER = {"name": "cluster-tokens", "type": "kubernetes-token", "allow": {"namespaces": ["ci-*"]},
                   "config": {"allowedServiceAccounts": ["ci-*"], "audiences": ["https://ci.example.com"],
@@ -73,21 +71,6 @@ def _run_parser() -> argparse.ArgumentParser:
 
 
 KNOWN_FLAGS = frozenset(_run_parser()._option_string_actions)
-
-
-@pytest.fixture(scope="session")
-def helm() -> Path:
-    return resolve_bin_dir() / "helm"
-
-
-def render(helm: Path, values: dict[str, Any]) -> list[dict]:
-    result = subprocess.run(
-        [str(helm), "template", RELEASE, str(CHART), "--namespace", NAMESPACE,
-         "--kube-version", pinned_versions()["K8S_VERSION"], "-f", "-"],
-        input=json.dumps(values), capture_output=True, text=True, check=False, timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
 def one(docs: list[dict], kind: str) -> dict:

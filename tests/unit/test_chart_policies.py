@@ -22,11 +22,11 @@ import pytest
 import yaml
 
 from workspace_secrets.domain import naming
-from workspace_secrets.testing.controlplane import REPO_ROOT, pinned_versions, resolve_bin_dir
+from chart_support import CHART, NAMESPACE, RELEASE, helm, render  # noqa: F401 (helm: fixture)
 
-CHART = REPO_ROOT / "deploy" / "helm" / "workspace-secrets-operator"
+from workspace_secrets.testing.controlplane import REPO_ROOT, pinned_versions
+
 POLICY_DIR = REPO_ROOT / "deploy" / "policies"
-RELEASE, NAMESPACE = "wso", "wso-system"
 FULLNAME = f"{RELEASE}-workspace-secrets-operator"
 POLICIES = {"user-isolation": "user-isolation.yaml", "user-secret-labels": "user-secret-labels.yaml",
             "reserved-secrets": "reserved-secrets.yaml"}
@@ -35,23 +35,6 @@ NOT_THE_RELEASE_NAMESPACE = {"key": "kubernetes.io/metadata.name", "operator": "
                              "values": [NAMESPACE, "kube-system", "kube-public", "kube-node-lease"]}
 KUBERNETES_PLATFORM_USERS = ["system:serviceaccount:kube-system:generic-garbage-collector",
                              "system:serviceaccount:kube-system:namespace-controller", "system:kube-controller-manager"]
-
-
-@pytest.fixture(scope="session")
-def helm() -> Path:
-    return resolve_bin_dir() / "helm"
-
-
-def render(helm: Path, values: dict[str, Any]) -> list[dict]:
-    import subprocess
-
-    result = subprocess.run(
-        [str(helm), "template", RELEASE, str(CHART), "--namespace", NAMESPACE,
-         "--kube-version", pinned_versions()["K8S_VERSION"], "-f", "-"],
-        input=json.dumps(values), capture_output=True, text=True, check=False, timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
 def render_error(helm: Path, values: dict[str, Any]) -> str:
