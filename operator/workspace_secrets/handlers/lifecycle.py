@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
+import time
 from typing import Any
 
 import kopf
@@ -199,8 +201,30 @@ async def _sweep(memo: kopf.Memo, config: OperatorConfig) -> None:
             log.warning("orphan sweep failed: %s", exc)
 
 
+#: How long kopf may take to finish after our cleanup before the process ends anyway (see _exit_if_hung).
+SHUTDOWN_GRACE_SECONDS = 20.0
+
+
+def _exit_if_hung(grace: float) -> None:
+    """End the process if kopf has not finished `grace` seconds after our cleanup.
+
+    kopf waits without a limit for its tasks to stop. A watcher that was retrying a dropped request when the
+    orchestrator failed (a watch-stream ERROR) can stay "cancelling" for ever -- seen in the faults test: the
+    request retry waits for credentials from a retriever that is already stopped. The process would then
+    live on half-alive, its liveness endpoint gone and nothing reconciled; ending it lets the Pod restart."""
+
+    def watchdog() -> None:
+        time.sleep(grace)
+        log.error("the operator did not finish stopping within %.0f s after cleanup (a kopf task is hung); exiting", grace)
+        logging.shutdown()
+        os._exit(1)
+
+    threading.Thread(target=watchdog, name="shutdown-watchdog", daemon=True).start()
+
+
 @kopf.on.cleanup(id="shutdown")
 async def shutdown(memo: kopf.Memo, **_: Any) -> None:
+    _exit_if_hung(SHUTDOWN_GRACE_SECONDS)
     for task in getattr(memo, "tasks", ()):
         task.cancel()
     await asyncio.gather(*getattr(memo, "tasks", ()), return_exceptions=True)
