@@ -196,6 +196,7 @@ def _run(args: argparse.Namespace) -> int:
         operator_namespace=args.operator_namespace,
         webhook=webhook,
         connect=_connect_config(args),
+        shutdown_grace=20.0,  # our own process: a hung kopf task must not keep it alive (handlers/lifecycle.py)
     )
     metrics.serve(args.metrics_port, args.metrics_address)
     asyncio.run(

@@ -49,6 +49,10 @@ class OperatorConfig:
     priority: int = 0  # this replica's peering priority (also passed to kopf)
     peering_lifetime: int = 60  # seconds a replica's keep-alive stays valid: the failover time after a crash
     connect: ConnectConfig = field(default_factory=lambda: ConnectConfig())
+    # The process ends (exit 1) if kopf has not finished stopping this long after our cleanup (a hung kopf
+    # task would otherwise keep it alive for ever). None: never -- for kopf run in-process (kopf's CLI,
+    # KopfRunner), where ending the process would end its host.
+    shutdown_grace: float | None = None
 
     @property
     def clusterwide(self) -> bool:

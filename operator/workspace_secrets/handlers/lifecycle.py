@@ -201,10 +201,6 @@ async def _sweep(memo: kopf.Memo, config: OperatorConfig) -> None:
             log.warning("orphan sweep failed: %s", exc)
 
 
-#: How long kopf may take to finish after our cleanup before the process ends anyway (see _exit_if_hung).
-SHUTDOWN_GRACE_SECONDS = 20.0
-
-
 def _exit_if_hung(grace: float) -> None:
     """End the process if kopf has not finished `grace` seconds after our cleanup.
 
@@ -224,7 +220,9 @@ def _exit_if_hung(grace: float) -> None:
 
 @kopf.on.cleanup(id="shutdown")
 async def shutdown(memo: kopf.Memo, **_: Any) -> None:
-    _exit_if_hung(SHUTDOWN_GRACE_SECONDS)
+    grace = operator_config(memo).shutdown_grace
+    if grace is not None:
+        _exit_if_hung(grace)
     for task in getattr(memo, "tasks", ()):
         task.cancel()
     await asyncio.gather(*getattr(memo, "tasks", ()), return_exceptions=True)
