@@ -8,21 +8,21 @@ BIN    := $(VENV)/bin
 .PHONY: run test unit e2e lint audit venv tools system-deps clean chart-crds helm-e2e bench
 
 venv: $(VENV)/.installed
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml tools/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev]' -e ./tools
 	touch $@
 
 tools:
-	bash hack/build-tools.sh >/dev/null
-	bash hack/build-vault.sh >/dev/null
+	bash tools/build-tools.sh >/dev/null
+	bash tools/build-vault.sh >/dev/null
 
 system-deps:
-	bash hack/install-system-deps.sh
+	bash tools/install-system-deps.sh
 
 run: venv tools
-	$(BIN)/workspace-secrets-operator dev
+	$(BIN)/wso-dev
 
 lint: venv
 	$(BIN)/lint-imports

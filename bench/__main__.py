@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     kubeconfig = args.kubeconfig
     started = time.monotonic()
     if kubeconfig is None:
-        from workspace_secrets.testing.controlplane import ControlPlane
+        from devcluster.controlplane import ControlPlane
 
         print("starting a local control plane (etcd, kube-apiserver, kube-controller-manager)...", flush=True)
         plane = ControlPlane(controller_manager_args=tuple(args.controller_manager_arg)).start()

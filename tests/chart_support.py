@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from workspace_secrets.testing.controlplane import REPO_ROOT, pinned_versions, resolve_bin_dir
+from devcluster.controlplane import REPO_ROOT, pinned_versions, resolve_bin_dir
 
 CHART = REPO_ROOT / "deploy" / "helm" / "workspace-secrets-operator"
 RELEASE, NAMESPACE = "wso", "wso-system"

@@ -1,4 +1,4 @@
-"""The console entry point: `workspace-secrets-operator run|dev`."""
+"""The console entry point: `workspace-secrets-operator run`."""
 
 from __future__ import annotations
 
@@ -8,10 +8,8 @@ import logging
 import os
 import secrets
 import socket
-import subprocess
 import sys
 from datetime import datetime, timezone
-from pathlib import Path
 
 import kopf
 
@@ -19,16 +17,13 @@ from . import __version__, metrics
 from .config import ConnectConfig, OperatorConfig, WebhookConfig
 from .domain.peering import auto_priority
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="workspace-secrets-operator", description=__doc__)
     parser.add_argument("--version", action="version", version=__version__)
     sub = parser.add_subparsers(dest="command")
+    # `make run` (tools/devcluster/dev.py) starts a local cluster when none is configured, then this command.
     for name, help_ in (
         ("run", "run the operator against the configured cluster (in-cluster, or KUBECONFIG)"),
-        ("dev", "run the operator locally; with no KUBECONFIG, start a local control plane and apply the CRDs first"),
     ):
         cmd = sub.add_parser(name, help=help_)
         cmd.add_argument("-n", "--namespace", action="append", default=[], dest="namespaces",
@@ -64,17 +59,16 @@ def _parser() -> argparse.ArgumentParser:
                          help="YAML file configuring dynamic-credential providers (see README)")
         cmd.add_argument("--operator-namespace", default=os.environ.get("POD_NAMESPACE", "workspace-secrets-system"),
                          help="namespace holding the providers' admin credential Secrets")
-        _webhook_arguments(cmd, default_on=name == "dev")
+        _webhook_arguments(cmd)
         _add_connect_arguments(cmd)
     return parser
 
 
-def _webhook_arguments(cmd: argparse.ArgumentParser, *, default_on: bool) -> None:
+def _webhook_arguments(cmd: argparse.ArgumentParser) -> None:
     """The pod-injection admission webhook (README: "How workspace pods get their secrets")."""
     group = cmd.add_argument_group("pod-injection webhook")
     group.add_argument("--webhook", action=argparse.BooleanOptionalAction, default=None,
-                       help="serve the mutating webhook that mounts WorkspaceSecrets into labelled pods (default: "
-                       + ("on when `dev` starts its own control plane)" if default_on else "off)"))
+                       help="serve the mutating webhook that mounts WorkspaceSecrets into labelled pods (default: off)")
     group.add_argument("--webhook-port", type=int, default=9443, help="HTTPS port the webhook listens on (default 9443)")
     group.add_argument("--webhook-host", default="127.0.0.1",
                        help="out of the cluster: the API server calls https://HOST:PORT (default 127.0.0.1)")
@@ -147,8 +141,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         _parser().print_help()
         return 2
-    if args.command == "dev":
-        return _dev(args)
     return _run(args)
 
 
@@ -232,47 +224,6 @@ def _quiet_client_libraries() -> None:
     (botocore logs CreateAccessKey's response). Never let them, whatever the operator's verbosity."""
     for name in ("botocore", "boto3", "s3transfer", "urllib3", "google", "psycopg", "requests_oauthlib", "oauthlib"):
         logging.getLogger(name).setLevel(logging.WARNING)
-
-
-def _dev(args: argparse.Namespace) -> int:
-    """A newcomer's one command: a cluster (the configured one, or a local control plane), CRDs, operator."""
-    control_plane = None
-    if not args.kubeconfig and not os.environ.get("KUBECONFIG") and not Path("~/.kube/config").expanduser().exists():
-        from .testing.controlplane import ControlPlane
-
-        print("No cluster configured: starting a local control plane (etcd, kube-apiserver, kube-controller-manager)...", flush=True)
-        control_plane = ControlPlane()
-        control_plane.start()
-        args.kubeconfig = str(control_plane.kubeconfig)
-        kubectl = str(Path(control_plane.bin_dir) / "kubectl")
-    else:
-        kubectl = "kubectl"
-    env = {**os.environ, **({"KUBECONFIG": args.kubeconfig} if args.kubeconfig else {})}
-    try:
-        subprocess.run([kubectl, "apply", "--server-side", "-f", str(REPO_ROOT / "crds")], check=True, env=env)
-        subprocess.run([kubectl, "wait", "--for=condition=Established", "--timeout=60s", "-f", str(REPO_ROOT / "crds")],
-                       check=True, env=env, stdout=subprocess.DEVNULL)
-        print(
-            "\nCRDs applied. In another shell:\n"
-            + (f"  export KUBECONFIG={args.kubeconfig}\n" if args.kubeconfig else "")
-            + f"  {kubectl} apply -f {REPO_ROOT / 'examples'}\n"
-            f"  {kubectl} get workspacesecrets -o wide\n"
-            "Stop with Ctrl-C.\n",
-            flush=True,
-        )
-        if args.webhook is None:
-            # The local control plane's API server reaches the operator on 127.0.0.1; a remote one does not.
-            args.webhook = control_plane is not None
-        if args.liveness == "http://0.0.0.0:8080/healthz":
-            args.liveness = "http://127.0.0.1:8080/healthz"
-        if args.metrics_address == "0.0.0.0":
-            args.metrics_address = "127.0.0.1"
-        return _run(args)
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        if control_plane is not None:
-            control_plane.stop()
 
 
 if __name__ == "__main__":

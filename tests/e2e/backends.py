@@ -204,7 +204,7 @@ class Postgres:
     @classmethod
     def start(cls, log_dir: Path) -> Postgres:
         if not (PG_BIN / "initdb").exists():
-            raise RuntimeError(f"PostgreSQL server binaries not found in {PG_BIN}: run hack/install-system-deps.sh "
+            raise RuntimeError(f"PostgreSQL server binaries not found in {PG_BIN}: run tools/install-system-deps.sh "
                                "(Debian package postgresql) or set WSO_PG_BIN")
         # Not under pytest's tmp dir: that is root-only (0700), and the server runs as `postgres`.
         base = Path(tempfile.mkdtemp(prefix="wso-pg-"))

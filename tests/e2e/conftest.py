@@ -1,7 +1,7 @@
 """End-to-end wiring: one Kubernetes cluster per session, a fresh namespace per test.
 
 By default a local control plane (etcd + kube-apiserver + kube-controller-manager, see
-``workspace_secrets.testing.controlplane``) is started once per session. To run against an existing
+``devcluster.controlplane``) is started once per session. To run against an existing
 cluster instead (kind or anything else), set ``WSO_E2E_KUBECONFIG=<path>``, or set
 ``WSO_E2E_USE_KUBECONFIG=1`` to use ``$KUBECONFIG``. ``KUBECONFIG`` alone is deliberately *not*
 enough: a developer's everyday KUBECONFIG often points at a real cluster, and the tests create and
@@ -12,7 +12,7 @@ are attached to the report. Every test under tests/e2e is marked ``e2e``.
 
 Secret hygiene: the session fails if any secret value of the run (any Secret in a test namespace, any
 Secret the operator manages) shows up in an operator log, an Event, or the status or annotations of a
-WorkspaceSecret/UserToken (``_secret_hygiene`` below; the scanner is workspace_secrets.testing.secret_hygiene).
+WorkspaceSecret/UserToken (``_secret_hygiene`` below; the scanner is secret_hygiene).
 """
 
 from __future__ import annotations
@@ -33,13 +33,13 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
 from workspace_secrets.api.constants import WEBHOOK_CONFIGURATION_NAME
-from workspace_secrets.testing.controlplane import REPO_ROOT, ControlPlane, resolve_bin_dir
+from devcluster.controlplane import REPO_ROOT, ControlPlane, resolve_bin_dir
 from backends import ADMIN_NAMESPACE, Backends, FakeGcpIam, FakeTwilio, Moto, Postgres, admin_secrets, extra_providers_yaml, providers_yaml
 from helpers import webhook_answers
 from hygiene import final_sweep, operator_logs, snapshot_namespace
 from operator_process import OperatorProcess, free_port
 
-from workspace_secrets.testing.secret_hygiene import SecretHygiene, report
+from secret_hygiene import SecretHygiene, report
 
 E2E_DIR = Path(__file__).resolve().parent
 CRD_DIR = REPO_ROOT / "crds"
@@ -167,7 +167,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Build (or locate) the binaries before any test runs.
 
-    A cold ``hack/build-tools.sh`` takes many minutes; done inside the session fixture it would count
+    A cold ``tools/build-tools.sh`` takes many minutes; done inside the session fixture it would count
     against the first test's pytest-timeout and fail it with a misleading timeout.
     """
     config = session.config
@@ -319,7 +319,7 @@ def _secret_hygiene(
     Needles: the values of every Secret in every test namespace (recorded before the namespace is
     deleted) and of every Secret the operator manages. Haystacks: every operator log file under the
     session's temp dir, the Events of test namespaces, and the status, labels and annotations (kopf's
-    bookkeeping included) of every WorkspaceSecret/UserToken. See workspace_secrets.testing.secret_hygiene.
+    bookkeeping included) of every WorkspaceSecret/UserToken. See secret_hygiene.
     Set up before, and torn down after, the operator fixture, so its log is complete when scanned.
     """
     hygiene = _Hygiene()

@@ -26,7 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from workspace_secrets.testing.controlplane import _write, issue_certificate, new_ca, render_kubeconfig
+from devcluster.controlplane import _write, issue_certificate, new_ca, render_kubeconfig
 
 _HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade",
                "content-length", "host"}

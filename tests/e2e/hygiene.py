@@ -1,4 +1,4 @@
-"""Feeds the session's secret-hygiene scanner (workspace_secrets.testing.secret_hygiene) from the cluster.
+"""Feeds the session's secret-hygiene scanner (secret_hygiene) from the cluster.
 
 `snapshot_namespace` runs before each test namespace is deleted (the conftest's namespace fixtures call
 it) and records, from that namespace, every Secret's values (needles) and the Events and the status and
@@ -17,7 +17,7 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
 from workspace_secrets.api import constants as c
-from workspace_secrets.testing.secret_hygiene import SecretHygiene
+from secret_hygiene import SecretHygiene
 
 #: Our custom resources, by plural. UserToken's CRD may be absent (then it is skipped).
 CUSTOM_RESOURCES = (("WorkspaceSecret", c.WORKSPACE_SECRET_PLURAL), ("UserToken", "usertokens"))

@@ -16,7 +16,7 @@ import pytest
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from workspace_secrets.testing.controlplane import listening_addresses, pinned_versions
+from devcluster.controlplane import listening_addresses, pinned_versions
 
 T = TypeVar("T")
 

@@ -16,7 +16,7 @@ from hygiene import operator_logs, snapshot_namespace
 from workspace_secrets.api import constants as c
 from workspace_secrets.domain import sshkeys
 from workspace_secrets.domain.sshkeys import KeySpec
-from workspace_secrets.testing.secret_hygiene import SecretHygiene, report
+from secret_hygiene import SecretHygiene, report
 
 
 def test_planted_values_are_found_and_reported_without_the_value(cluster, tmp_path):

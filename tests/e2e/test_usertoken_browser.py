@@ -94,7 +94,7 @@ def auth_proxy(wso_operator):
 @pytest.fixture
 def browser(tmp_path, auth_proxy):
     if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
-        pytest.fail("Chromium and chromedriver are needed: run hack/install-system-deps.sh")
+        pytest.fail("Chromium and chromedriver are needed: run tools/install-system-deps.sh")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 

@@ -1,4 +1,4 @@
-"""type vault against a REAL Vault (v1.14.2 dev server, built from source by hack/build-vault.sh) whose OIDC
+"""type vault against a REAL Vault (v1.14.2 dev server, built from source by tools/build-vault.sh) whose OIDC
 auth method signs users in at the real authorization server (oidc-provider): connect through Vault's
 auth_url and callback, renew-self as the refresh, lookup-self as the validation, revoke-self on delete."""
 
@@ -18,7 +18,7 @@ from test_usertoken import CLIENT_SECRET, applications, assert_no_token_leaks, c
 from usertoken_support import OIDCServer, free_port
 
 from workspace_secrets.api import constants as c
-from workspace_secrets.testing.controlplane import REPO_ROOT
+from devcluster.controlplane import REPO_ROOT
 
 
 @pytest.fixture
@@ -28,7 +28,7 @@ def api(cluster) -> Api:
 
 class VaultDevServer:
     def __init__(self, log_dir: Path) -> None:
-        self.binary = subprocess.run(["bash", str(REPO_ROOT / "hack" / "build-vault.sh")], check=True, capture_output=True,
+        self.binary = subprocess.run(["bash", str(REPO_ROOT / "tools" / "build-vault.sh")], check=True, capture_output=True,
                                      text=True, timeout=1800).stdout.strip()
         self.port = free_port()
         self.root_token = secrets.token_hex(16)

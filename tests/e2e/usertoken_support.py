@@ -50,7 +50,7 @@ class OIDCServer:
     def start(self, timeout: float = 30) -> OIDCServer:
         node = shutil.which("node")
         if node is None or not (SERVER_DIR / "node_modules" / "oidc-provider").exists():
-            raise RuntimeError("node and tests/e2e/oauth_server/node_modules are needed: run hack/install-system-deps.sh")
+            raise RuntimeError("node and tests/e2e/oauth_server/node_modules are needed: run tools/install-system-deps.sh")
         log = open(self.log_path, "ab")
         env = {**os.environ, "PORT": str(self.port), "OIDC_CLIENTS": json.dumps(self.clients), "SHORT_TTL": str(self.short_ttl)}
         self.process = subprocess.Popen([node, "server.mjs"], cwd=SERVER_DIR, stdout=log, stderr=subprocess.STDOUT, env=env,

@@ -9,7 +9,7 @@
   writes (domain/webhook_configuration.py), except caBundle, which only the operator sets.
 - The providers ConfigMap is the `providers` value in the file format the operator reads.
 
-Renders with the pinned helm (`hack/build-tools.sh`, built by `make test`/`make unit` before the tests run):
+Renders with the pinned helm (`tools/build-tools.sh`, built by `make test`/`make unit` before the tests run):
 `helm template` is a pure renderer, no cluster is involved.
 """
 

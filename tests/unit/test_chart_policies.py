@@ -24,7 +24,7 @@ import yaml
 from workspace_secrets.domain import naming
 from chart_support import CHART, NAMESPACE, RELEASE, helm, render  # noqa: F401 (helm: fixture)
 
-from workspace_secrets.testing.controlplane import REPO_ROOT, pinned_versions
+from devcluster.controlplane import REPO_ROOT, pinned_versions
 
 POLICY_DIR = REPO_ROOT / "deploy" / "policies"
 FULLNAME = f"{RELEASE}-workspace-secrets-operator"

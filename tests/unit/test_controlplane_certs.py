@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from workspace_secrets.testing.controlplane import (
+from devcluster.controlplane import (
     ADMIN_GROUP,
     CONTROLLER_MANAGER_USER,
     KUBERNETES_SERVICE_IP,

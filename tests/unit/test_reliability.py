@@ -14,7 +14,7 @@ from workspace_secrets.controllers.workqueue import WorkQueue
 from workspace_secrets.domain import peering
 from workspace_secrets.kube.client import KubeError
 from workspace_secrets.kube.ratelimit import RateLimiter
-from workspace_secrets.testing.controlplane import ControlPlaneError, ProcessRecord, RunRecord, _flag
+from devcluster.controlplane import ControlPlaneError, ProcessRecord, RunRecord, _flag
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=timezone.utc)
 

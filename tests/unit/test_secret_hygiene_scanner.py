@@ -7,7 +7,7 @@ import pytest
 
 from workspace_secrets.domain import sshkeys
 from workspace_secrets.domain.sshkeys import KeySpec
-from workspace_secrets.testing.secret_hygiene import (
+from secret_hygiene import (
     MIN_VALUE_CHARS,
     SecretHygiene,
     flatten_strings,

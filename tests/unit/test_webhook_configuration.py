@@ -118,7 +118,6 @@ def test_cli_flags_make_the_webhook_config():
 
     off = _webhook_config(_parser().parse_args(["run"]))
     assert not off.enabled and off.host == "127.0.0.1" and off.port == 9443
-    assert _parser().parse_args(["dev"]).webhook is None  # decided by `dev`: on with its own control plane
     local = _webhook_config(_parser().parse_args(["run", "--webhook", "--webhook-port", "8443"]))
     assert local.enabled and hosts_for(local) == ["127.0.0.1"] and listen_address(local) == "127.0.0.1"
     in_cluster = _webhook_config(_parser().parse_args(

@@ -38,8 +38,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from ..api.constants import PUBLIC_CREDENTIAL_FIELDS
-from ..domain import sshkeys
+from workspace_secrets.api.constants import PUBLIC_CREDENTIAL_FIELDS
+from workspace_secrets.domain import sshkeys
 
 #: Entries of a Secret that are public by design (see the module docstring).
 PUBLIC_SECRET_KEYS: Final = frozenset({

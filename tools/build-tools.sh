@@ -13,7 +13,7 @@ HELM_VERSION=v3.22.0
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 tools="$here/tools"
-# tools/vault is built by hack/build-vault.sh with its own cache key.
+# tools/vault is built by tools/build-vault.sh with its own cache key.
 key=$(cat "$tools"/{etcd,helm,k8s}/go.mod "$tools"/{etcd,helm,k8s}/go.sum | sha256sum | cut -c1-12)
 cache="${WSO_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/workspace-secrets-operator}/k8s-${K8S_VERSION}-${key}"
 bin="$cache/bin"

@@ -22,7 +22,7 @@ Design notes (the *why*):
 * Only the standard library and ``cryptography`` are used, and kopf is never imported, so the launcher
   can start a cluster for the operator without importing the code under test.
 
-Binaries come from ``hack/build-tools.sh`` (built from source at pinned versions and cached), from
+Binaries come from ``tools/build-tools.sh`` (built from source at pinned versions and cached), from
 ``$WSO_BIN_DIR``, or from an explicit ``bin_dir``.
 """
 
@@ -62,9 +62,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 # Constants and locations
 # --------------------------------------------------------------------------------------------------
 
-#: Repository root, found from this file: operator/workspace_secrets/testing/controlplane.py.
-REPO_ROOT: Final = Path(__file__).resolve().parents[3]
-BUILD_TOOLS_SCRIPT: Final = REPO_ROOT / "hack" / "build-tools.sh"
+#: Repository root, found from this file: tools/devcluster/controlplane.py.
+REPO_ROOT: Final = Path(__file__).resolve().parents[2]
+BUILD_TOOLS_SCRIPT: Final = REPO_ROOT / "tools" / "build-tools.sh"
 
 #: Binaries the launcher itself runs (build-tools.sh also builds kubectl and helm, for tests and users).
 SERVER_BINARIES: Final = ("etcd", "kube-apiserver", "kube-controller-manager")
@@ -122,7 +122,7 @@ def state_dir() -> Path:
 
 
 def pinned_versions(script: Path = BUILD_TOOLS_SCRIPT) -> dict[str, str]:
-    """The versions pinned in ``hack/build-tools.sh`` (K8S_VERSION, ETCD_VERSION, HELM_VERSION).
+    """The versions pinned in ``tools/build-tools.sh`` (K8S_VERSION, ETCD_VERSION, HELM_VERSION).
 
     Read from the script rather than duplicated here, so tests asserting versions cannot drift from
     what is actually built.
@@ -143,7 +143,7 @@ def _build_lock_path() -> Path:
 def resolve_bin_dir(bin_dir: str | os.PathLike[str] | None = None) -> Path:
     """Find the directory holding the pinned binaries, building them if needed.
 
-    Order: the explicit argument, ``$WSO_BIN_DIR``, then ``hack/build-tools.sh`` (which prints its
+    Order: the explicit argument, ``$WSO_BIN_DIR``, then ``tools/build-tools.sh`` (which prints its
     cached bin directory and only builds what is missing). The build is serialized with a file lock
     because two concurrent builds would write the same temporary outputs.
     """
@@ -1231,7 +1231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="wso-controlplane", description=main.__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start (detached) and print the kubeconfig; reuse a healthy one")
-    up.add_argument("--bin-dir", help=f"binaries directory (default: ${BIN_DIR_ENV} or hack/build-tools.sh)")
+    up.add_argument("--bin-dir", help=f"binaries directory (default: ${BIN_DIR_ENV} or tools/build-tools.sh)")
     up.add_argument("--workdir", help="work directory (default: a new temporary directory)")
     up.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for each component")
     up.set_defaults(func=_cmd_up)

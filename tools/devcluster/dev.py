@@ -1,0 +1,72 @@
+"""`make run`: a newcomer's one command -- a cluster (the configured one, or a local one), the CRDs, the operator.
+
+With no cluster configured (no --kubeconfig, no $KUBECONFIG, no ~/.kube/config) it starts a local control
+plane, applies `crds/`, and runs `workspace-secrets-operator run` against it with the pod-injection webhook
+on (the local API server reaches the operator on 127.0.0.1). Extra arguments go to the operator unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .controlplane import REPO_ROOT, ControlPlane
+
+
+def _configured_kubeconfig(explicit: str | None) -> str | None:
+    if explicit:
+        return explicit
+    if os.environ.get("KUBECONFIG"):
+        return os.environ["KUBECONFIG"]
+    default = Path("~/.kube/config").expanduser()
+    return str(default) if default.exists() else None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="wso-dev", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--kubeconfig", default=None, help="use this cluster instead of starting a local one")
+    args, operator_args = parser.parse_known_args(argv)
+
+    kubeconfig = _configured_kubeconfig(args.kubeconfig)
+    control_plane = None
+    kubectl = "kubectl"
+    if kubeconfig is None:
+        print("No cluster configured: starting a local control plane (etcd, kube-apiserver, kube-controller-manager)...",
+              flush=True)
+        control_plane = ControlPlane()
+        control_plane.start()
+        kubeconfig = str(control_plane.kubeconfig)
+        kubectl = str(Path(control_plane.bin_dir) / "kubectl")
+    env = {**os.environ, "KUBECONFIG": kubeconfig}
+    operator = [str(Path(sys.executable).with_name("workspace-secrets-operator")), "run", "--kubeconfig", kubeconfig]
+    if control_plane is not None:
+        # The local API server reaches the webhook on 127.0.0.1; metrics and probes stay on loopback too.
+        operator += ["--webhook", "--liveness", "http://127.0.0.1:8080/healthz", "--metrics-address", "127.0.0.1"]
+    try:
+        crds = str(REPO_ROOT / "crds")
+        subprocess.run([kubectl, "apply", "--server-side", "-f", crds], check=True, env=env)
+        subprocess.run([kubectl, "wait", "--for=condition=Established", "--timeout=60s", "-f", crds],
+                       check=True, env=env, stdout=subprocess.DEVNULL)
+        print(
+            "\nCRDs applied. In another shell:\n"
+            f"  export KUBECONFIG={kubeconfig}\n"
+            f"  {kubectl} apply -f {REPO_ROOT / 'examples'}\n"
+            f"  {kubectl} get workspacesecrets -o wide\n"
+            "Stop with Ctrl-C.\n",
+            flush=True,
+        )
+        return subprocess.run(operator + list(operator_args), env=env).returncode
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if control_plane is not None:
+            control_plane.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
