@@ -1,0 +1,109 @@
+"""The per-user SSH key pair: one per (namespace, user, key type), created once and shared by the user's
+workspaces, rotated on request, uploaded by the user's UserTokens. One service both CRDs use:
+WorkspaceSecrets `ensure()` it (create, rotate, load), UserTokens read its `public_key()`.
+
+Every step is idempotent and keyed by the deterministic name (naming.user_key_secret_name); a lost race is a
+RetryLater, a Secret at the name that is not the operator's is a ProblemFound (left untouched).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from workspace_secrets.api import constants as c
+from workspace_secrets.api.conditions import Problem, ProblemFound
+from workspace_secrets.runtime.errors import RetryLater
+from workspace_secrets.runtime.kube import Conflict, Kube, core_path
+from workspace_secrets.user_keys import policy, sshkeys
+from workspace_secrets.user_keys.naming import user_key_secret_name
+from workspace_secrets.user_keys.sshkeys import KeySpec, KeyType, SSHKeyPair
+
+#: Parsed keys kept, by (namespace, name, resourceVersion); cleared when it grows past this.
+CACHE_SIZE = 4096
+
+
+@dataclass(frozen=True)
+class UserKey:
+    name: str  # the Secret's name
+    key: SSHKeyPair
+    written: Mapping[str, Any] | None = None  # the Secret as this call wrote it (None: read, not written)
+    operation: str | None = None  # "create" | "update" (a rotation) | None
+
+
+class UserKeys:
+    def __init__(self, kube: Kube) -> None:
+        self._kube = kube
+        self._cache: dict[tuple[str, ...], SSHKeyPair] = {}
+
+    async def ensure(self, namespace: str, user: str, spec: KeySpec, *, rotation_request: str | None = None) -> UserKey:
+        """The user's key pair of this type: created if missing, regenerated for a new `rotation_request` (an id
+        stamped on the Secret in the same write as the new key), else loaded."""
+        name = user_key_secret_name(user, spec)
+        path = core_path(namespace, "secrets", name)
+        existing = await self._kube.get(path)
+        if existing is not None and not policy.is_user_key_secret(existing, user):
+            raise ProblemFound(Problem(
+                "UserKeyConflict",
+                f"Secret {name!r} (where the operator keeps {user!r}'s {spec.slug} key) exists but was not created "
+                f"by the operator for this user; it was left untouched. Remove or rename it.",
+            ))
+        if existing is None:
+            key = await _generate(spec, policy.comment(user))
+            try:
+                created = await self._kube.create(path.rsplit("/", 1)[0], policy.user_key_body(namespace, user, name, key, rotation_request))
+            except Conflict:  # another workspace of this user won the race: use its key
+                raise RetryLater(f"user key {name!r} was created concurrently") from None
+            return UserKey(name, key, created, "create")
+        if rotation_request and (existing["metadata"].get("annotations") or {}).get(c.ANNOTATION_ROTATION_REQUEST) != rotation_request:
+            key = await _generate(spec, policy.comment(user))
+            body = policy.user_key_body(namespace, user, name, key, rotation_request)
+            body["metadata"]["resourceVersion"] = existing["metadata"]["resourceVersion"]
+            try:
+                replaced = await self._kube.replace(path, body)
+            except Conflict:
+                raise RetryLater(f"user key {name!r} changed while rotating") from None
+            return UserKey(name, key, replaced, "update")
+        return UserKey(name, self._load(existing, user))
+
+    async def public_key(self, namespace: str, user: str) -> tuple[str, str]:
+        """(public key, Secret name) of the user's operator-managed key; the key is '' unless the Secret is
+        proven to be the operator's per-user key for the user (policy.is_operator_user_key): a Secret that
+        only has the name -- squatted, or made by someone else -- is never uploaded to anyone's account."""
+        name = user_key_secret_name(user, KeySpec())
+        secret = await self._kube.get(core_path(namespace, "secrets", name))
+        if secret is None or not policy.is_operator_user_key(secret, user, name):
+            return "", name
+        try:
+            return base64.b64decode((secret.get("data") or {}).get(c.KEY_SSH_PUBLIC, "")).decode().strip(), name
+        except ValueError:
+            return "", name
+
+    def _load(self, secret: Mapping[str, Any], user: str) -> SSHKeyPair:
+        meta = secret["metadata"]
+        cache_key = (meta["namespace"], meta["name"], meta["resourceVersion"])
+        key = self._cache.get(cache_key)
+        if key is None:
+            try:
+                private = base64.b64decode((secret.get("data") or {})[c.KEY_SSH_PRIVATE])
+                key = sshkeys.load(private, comment=policy.comment(user))
+            except (KeyError, ValueError) as exc:
+                reason = exc if isinstance(exc, sshkeys.InvalidKey) else "the key is missing"
+                raise ProblemFound(Problem(
+                    "InvalidUserKey",
+                    f"Secret {meta['name']!r} holding {user!r}'s key is damaged ({reason}); delete it and the "
+                    f"operator generates a new key for every workspace of the user.",
+                )) from None
+            if len(self._cache) > CACHE_SIZE:
+                self._cache.clear()
+            self._cache[cache_key] = key
+        return key
+
+
+async def _generate(spec: KeySpec, comment: str) -> SSHKeyPair:
+    if spec.type is KeyType.RSA:  # ~0.1-2 s of CPU: keep it off the event loop so other objects progress
+        return await asyncio.to_thread(sshkeys.generate, spec, comment=comment)
+    return sshkeys.generate(spec, comment=comment)
