@@ -1,11 +1,11 @@
 # The two commands a newcomer needs:
-#   make run    run the operator (starts a local control plane when no cluster is configured)
+#   make run    run the operator (starts a local cluster, with a node, when no cluster is configured)
 #   make test   run the whole test suite (installs what it needs, builds the control plane once)
 VENV   ?= .venv
 PYTHON ?= python3
 BIN    := $(VENV)/bin
 
-.PHONY: run test unit e2e lint audit venv tools system-deps clean chart-crds helm-e2e bench
+.PHONY: run test unit e2e lint audit venv tools system-deps node-deps clean chart-crds helm-e2e bench
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml tools/pyproject.toml
@@ -14,14 +14,20 @@ $(VENV)/.installed: pyproject.toml tools/pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]' -e ./tools
 	touch $@
 
+# The pinned Kubernetes control plane, etcd, helm; the node's kubelet, kube-proxy, kube-scheduler; Vault.
 tools:
 	bash tools/build-tools.sh >/dev/null
+	bash tools/build-node.sh >/dev/null
 	bash tools/build-vault.sh >/dev/null
 
 system-deps:
 	bash tools/install-system-deps.sh
 
-run: venv tools
+# Only the Debian packages of the local node (containerd, runc, CNI plugins, iptables, debootstrap): `make run`.
+node-deps:
+	bash tools/install-system-deps.sh node
+
+run: venv node-deps tools
 	$(BIN)/wso-dev
 
 lint: venv

@@ -1,19 +1,33 @@
 #!/usr/bin/env bash
 # Debian packages the tests use: OpenSSH (ssh-keygen, ssh, sshd) and git for the real git-over-ssh test;
 # PostgreSQL 15's server binaries (initdb, pg_ctl) for the throwaway cluster of the PostgreSQL provider's tests.
-# Chromium and its WebDriver for the connect page driven in a real (headless) browser. Then the npm
-# packages of the test OAuth server (tests/e2e/oauth_server: panva's oidc-provider), from its lock file.
+# Chromium and its WebDriver for the connect page driven in a real (headless) browser. The local cluster's
+# node (tools/devcluster/node.py): containerd 1.6, runc (crun refuses these hosts' hybrid cgroups), the CNI
+# plugins, iptables (kube-proxy, the node's guard chains) and conntrack (kube-proxy clears stale UDP entries);
+# debootstrap for the node's images (tools/devcluster/images.py). Then the npm packages of the test OAuth server
+# (tests/e2e/oauth_server: panva's oidc-provider), from its lock file.
 # Installs only what is missing; needs root (CI runs as root) or passwordless sudo.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# `install-system-deps.sh node`: only what the local node needs (`make run`).
+only_node=false
+[ "${1:-}" = node ] && only_node=true
 need=()
-command -v ssh-keygen >/dev/null || need+=(openssh-client)
-[ -x /usr/sbin/sshd ] || need+=(openssh-server)
-command -v git >/dev/null || need+=(git)
-compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
-[ -x /usr/bin/chromium ] || need+=(chromium)
-[ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
-command -v node >/dev/null || need+=(nodejs npm)
+if ! $only_node; then
+  command -v ssh-keygen >/dev/null || need+=(openssh-client)
+  [ -x /usr/sbin/sshd ] || need+=(openssh-server)
+  command -v git >/dev/null || need+=(git)
+  compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
+  [ -x /usr/bin/chromium ] || need+=(chromium)
+  [ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
+  command -v node >/dev/null || need+=(nodejs npm)
+fi
+[ -x /usr/bin/containerd ] || need+=(containerd)
+[ -x /usr/sbin/runc ] || need+=(runc)
+[ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
+[ -x /usr/sbin/iptables ] || need+=(iptables)
+[ -x /usr/sbin/conntrack ] || need+=(conntrack)
+[ -x /usr/sbin/debootstrap ] || need+=(debootstrap)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -21,6 +35,8 @@ if [ ${#need[@]} -gt 0 ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
+
+$only_node && exit 0
 
 # The test OAuth server's node_modules, reinstalled when its lock file changes.
 server="$here/tests/e2e/oauth_server"

@@ -1,4 +1,4 @@
-"""The control plane's PKI helpers, checked without starting any process.
+"""The local cluster's PKI helpers (and the node's configuration), checked without starting any process.
 
 A wrong SAN or a missing O=system:masters shows up at e2e time as an opaque TLS or 403 error; these
 tests pin the properties the apiserver and clients rely on.
@@ -18,16 +18,20 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from devcluster import network, node
 from devcluster.controlplane import (
     ADMIN_GROUP,
     CONTROLLER_MANAGER_USER,
     KUBERNETES_SERVICE_IP,
+    NODE_IP,
+    NODE_NAME,
     PKI,
     generate_pki,
     issue_certificate,
     new_ca,
     render_kubeconfig,
 )
+from devcluster.pki import PKIPaths
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +57,8 @@ def test_ca_is_a_self_signed_ca(pki: PKI) -> None:
     ca.verify_directly_issued_by(ca)
 
 
-@pytest.mark.parametrize("which", ["apiserver", "admin", "controller_manager"])
+@pytest.mark.parametrize("which", ["apiserver", "admin", "controller_manager", "scheduler", "kube_proxy", "kubelet",
+                                   "kubelet_serving", "apiserver_kubelet_client"])
 def test_ca_signs_every_leaf(pki: PKI, which: str) -> None:
     leaf = getattr(pki, which).cert
     leaf.verify_directly_issued_by(pki.ca.cert)  # raises if the signature or issuer is wrong
@@ -100,7 +105,8 @@ def test_certificate_needs_a_purpose() -> None:
 
 def test_written_private_keys_are_owner_only(pki: PKI, tmp_path: Path) -> None:
     paths = pki.write(tmp_path / "pki")
-    keys = (paths.apiserver_key, paths.admin_key, paths.controller_manager_key, paths.service_account_key)
+    keys = [getattr(paths, f) for f in vars(paths) if f.endswith("_key")]
+    assert len(keys) == 9
     for key in keys:
         assert stat.S_IMODE(os.stat(key).st_mode) == 0o600, key
     assert not list((tmp_path / "pki").glob("ca.key")), "the CA key is not needed on disk"
@@ -122,3 +128,73 @@ def test_front_proxy_ca_is_separate(pki: PKI) -> None:
     assert pki.front_proxy_ca.cert.public_key() != pki.ca.cert.public_key()
     with pytest.raises((ValueError, InvalidSignature)):  # ValueError: issuer name differs
         pki.admin.cert.verify_directly_issued_by(pki.front_proxy_ca.cert)
+
+
+# --- the node's identities -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def node_pki() -> PKI:
+    return generate_pki(NODE_IP)
+
+
+def _subject(cert: x509.Certificate) -> tuple[str, list[str]]:
+    cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+    return str(cn), [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)]
+
+
+def test_with_a_node_the_apiserver_serves_the_node_ip_too(node_pki: PKI) -> None:
+    # Pods reach the API server through the `kubernetes` Service (10.0.0.1) whose endpoint is the node IP.
+    _, ips = _sans(node_pki.apiserver.cert)
+    assert {"127.0.0.1", KUBERNETES_SERVICE_IP, NODE_IP} <= ips
+
+
+def test_node_identities_are_the_ones_rbac_and_the_node_authorizer_know(node_pki: PKI) -> None:
+    assert _subject(node_pki.kubelet.cert) == (f"system:node:{NODE_NAME}", ["system:nodes"])
+    assert _subject(node_pki.kube_proxy.cert) == ("system:kube-proxy", [])  # bound to system:node-proxier
+    assert _subject(node_pki.scheduler.cert) == ("system:kube-scheduler", [])
+    # The API server's identity towards the kubelet (exec, logs): authorized by the kubelet's SubjectAccessReview.
+    assert _subject(node_pki.apiserver_kubelet_client.cert)[1] == ["system:masters"]
+    for pair in (node_pki.kubelet, node_pki.kube_proxy, node_pki.scheduler, node_pki.apiserver_kubelet_client):
+        assert _eku(pair.cert) == {ExtendedKeyUsageOID.CLIENT_AUTH}
+
+
+def test_kubelet_serving_cert_is_for_the_node_ip_only(node_pki: PKI) -> None:
+    dns, ips = _sans(node_pki.kubelet_serving.cert)
+    assert (dns, ips) == ({NODE_NAME}, {NODE_IP})
+    assert _eku(node_pki.kubelet_serving.cert) == {ExtendedKeyUsageOID.SERVER_AUTH}
+
+
+def test_kubelet_config_is_authenticated_and_fits_hybrid_cgroup_v1_hosts(tmp_path: Path) -> None:
+    paths = node.node_paths(tmp_path)
+    config = node.kubelet_config(paths, PKIPaths.under(tmp_path / "pki"), port=10250, healthz_port=10248)
+    assert config["address"] == NODE_IP and config["readOnlyPort"] == 0 and config["healthzBindAddress"] == "127.0.0.1"
+    assert config["authentication"]["anonymous"] == {"enabled": False}
+    assert config["authorization"] == {"mode": "Webhook"}
+    assert (config["failCgroupV1"], config["cgroupDriver"], config["cgroupsPerQOS"], config["enforceNodeAllocatable"]) \
+        == (False, "cgroupfs", False, [])
+    assert config["syncFrequency"] == node.KUBELET_SYNC_FREQUENCY == "1m"
+    # Everything the kubelet writes stays in the work directory (pod logs included).
+    assert config["podLogsDir"].startswith(str(tmp_path))
+
+
+def test_containerd_and_cni_config_keep_the_machine_as_it_is(tmp_path: Path) -> None:
+    paths = node.node_paths(tmp_path)
+    toml = node.containerd_config(paths, "localhost/wso/pause:dev")
+    assert "restrict_oom_score_adj = true" in toml and 'BinaryName = "/usr/sbin/runc"' in toml
+    assert 'stream_server_address = "127.0.0.1"' in toml
+    for line in toml.splitlines():
+        if '"/' in line and not line.strip().startswith(("BinaryName", "bin_dir")):
+            assert str(tmp_path) in line, line
+    bridge = node.cni_config(paths)["plugins"][0]
+    # isGateway would make the plugin turn on net.ipv4.ip_forward for the whole machine; no masquerading.
+    assert (bridge["bridge"], bridge["isGateway"], bridge["ipMasq"]) == (network.BRIDGE, False, False)
+    assert bridge["ipam"]["dataDir"].startswith(str(tmp_path))
+
+
+def test_kube_proxy_changes_no_machine_wide_setting(tmp_path: Path) -> None:
+    config = node.kube_proxy_config(node.node_paths(tmp_path), healthz_port=1, metrics_port=2)
+    assert config["iptables"]["localhostNodePorts"] is False  # no net.ipv4.conf.all.route_localnet
+    assert config["conntrack"]["maxPerCore"] == 0 and config["conntrack"]["min"] == 0  # no nf_conntrack_max
+    assert config["nodePortAddresses"] == [f"{NODE_IP}/32"]
+    assert config["healthzBindAddress"].startswith("127.0.0.1:")

@@ -10,10 +10,10 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from workspace_secrets.controllers.workqueue import WorkQueue
-from workspace_secrets.domain import peering
-from workspace_secrets.kube.client import KubeError
-from workspace_secrets.kube.ratelimit import RateLimiter
+from workspace_secrets.runtime.workqueue import WorkQueue
+from workspace_secrets.runtime import peering
+from workspace_secrets.runtime.kube import KubeError
+from workspace_secrets.runtime.ratelimit import RateLimiter
 from devcluster.controlplane import ControlPlaneError, ProcessRecord, RunRecord, _flag
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=timezone.utc)
@@ -147,7 +147,7 @@ def test_failures_back_off_and_honour_retry_after():
     assert attempts[1] - attempts[0] >= 0.29  # the server's Retry-After won over the shorter backoff
 
 
-# --- the control plane's restart bookkeeping -------------------------------------------------------------
+# --- the local cluster's bookkeeping: restarts, one node per machine -------------------------------------------------------------
 def test_run_records_keep_commands_and_old_records_still_load():
     record = RunRecord("r1", "/tmp/w", True, False, 1, None, "/bin", processes=[ProcessRecord("etcd", 5, "/bin/etcd")],
                        commands={"etcd": ["--listen-client-urls=http://127.0.0.1:2379"]})
@@ -162,6 +162,38 @@ def test_flag_reads_a_recorded_argument():
     assert _flag(["--a=1", "--secure-port=6443"], "--secure-port") == "6443"
     with pytest.raises(ControlPlaneError):
         _flag(["--a=1"], "--secure-port")
+
+
+def _node_record(run_id: str, owner_pid: int, owner_start_time: int | None) -> RunRecord:
+    return RunRecord(run_id, f"/nonexistent/{run_id}", False, False, owner_pid, owner_start_time, "/bin", node={})
+
+
+def test_one_node_per_machine_a_second_start_waits_then_gives_up(tmp_path, monkeypatch, capsys):
+    import os
+
+    from devcluster import node
+    from devcluster.processes import _proc_start_time
+
+    monkeypatch.setenv(node.MACHINE_DIR_ENV, str(tmp_path))
+    live = _node_record("first", os.getpid(), _proc_start_time(os.getpid()))  # its launcher runs: us
+    node.claim_machine(live)
+    with pytest.raises(ControlPlaneError, match="another local node is running"):
+        node.claim_machine(_node_record("second", os.getpid(), _proc_start_time(os.getpid())), wait=0.3)
+    assert "waiting for the local node of run first" in capsys.readouterr().err
+    node.release_machine(live)
+    node.claim_machine(_node_record("third", os.getpid(), _proc_start_time(os.getpid())), wait=0)
+
+
+def test_a_node_whose_launcher_is_gone_is_taken_over(tmp_path, monkeypatch):
+    from devcluster import node
+
+    monkeypatch.setenv(node.MACHINE_DIR_ENV, str(tmp_path))
+    torn_down = []
+    monkeypatch.setattr(node, "teardown_run", lambda record: torn_down.append(record.run_id) or [])
+    node.claim_machine(_node_record("dead", 2**22 + 7, 1))  # no such process
+    node.claim_machine(_node_record("next", 1, None), wait=0)
+    assert torn_down == ["dead"]
+    assert json.loads((tmp_path / "node.json").read_text())["run_id"] == "next"
 
 
 def test_consecutive_failures_hold_everyone_longer_until_a_success():
