@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from workspace_secrets.api import constants as c
-from workspace_secrets.kube.client import Kube, KubeError, core_path, group_path
+from workspace_secrets.runtime.kube import Kube, KubeError, core_path, group_path
 
 T = TypeVar("T")
 R = TypeVar("R")

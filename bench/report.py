@@ -1,4 +1,4 @@
-"""Results -> JSON, a Markdown report (the tables pasted into docs/benchmarks.md) and a PNG plot."""
+"""Results -> JSON, a Markdown report (the tables pasted into docs/developers/benchmarks.md) and a PNG plot."""
 
 from __future__ import annotations
 

@@ -27,12 +27,12 @@ import urllib3
 import yaml
 
 from workspace_secrets.api import constants as c
-from workspace_secrets.api.workspacesecret import WorkspaceSecret
-from workspace_secrets.domain import conditions as cond
-from workspace_secrets.domain import sshkeys
-from workspace_secrets.domain import workspace_secret as policy
-from workspace_secrets.domain.sshkeys import KeySpec, KeyType
-from workspace_secrets.kube.client import KubeError, core_path
+from workspace_secrets.api.workspace_secret import WorkspaceSecret
+from workspace_secrets.api import conditions as cond
+from workspace_secrets.user_keys import sshkeys
+from workspace_secrets.workspace_secret import policy
+from workspace_secrets.user_keys.sshkeys import KeySpec, KeyType
+from workspace_secrets.runtime.kube import KubeError, core_path
 
 from . import kube as k
 from .config import BenchConfig
@@ -235,7 +235,7 @@ class Bench:
             "kopf (imports kubernetes.client when installed)": "import kopf",
             "the operator (handlers, kube client, kubernetes-token provider)":
                 "import workspace_secrets.cli, workspace_secrets.handlers; "
-                "from workspace_secrets.providers.credentials import registry; registry.provider_class('kubernetes-token')",
+                "from workspace_secrets.credentials.providers import registry; registry.provider_class('kubernetes-token')",
         }
         heavy = ("kubernetes", "pydantic", "google.auth", "boto3", "botocore", "psycopg", "matplotlib")
         out: dict[str, Any] = {}
@@ -249,7 +249,7 @@ class Bench:
 
     # --- 6. key generation ------------------------------------------------------------------------
     def keygen(self) -> dict[str, Any]:
-        """domain/sshkeys.generate per key type, in this process, and what RSA does to an event loop
+        """user_keys/sshkeys.generate per key type, in this process, and what RSA does to an event loop
         when generated inline versus the way the operator does it (controllers._generate: a thread)."""
         specs = {"ed25519": KeySpec(KeyType.ED25519), "ecdsa": KeySpec(KeyType.ECDSA),
                  "rsa-3072": KeySpec(KeyType.RSA, 3072), "rsa-4096": KeySpec(KeyType.RSA, 4096)}
@@ -676,8 +676,8 @@ def _event(namespace: str, ws: WorkspaceSecret, reason: str) -> dict[str, Any]:
 
 async def _loop_stall(spec: KeySpec, keys: int, *, threaded: bool) -> dict[str, float]:
     """Longest gap of a 10 ms ticker while `keys` RSA keys are generated concurrently, inline or the
-    operator's way (controllers.workspace_secret._generate -> asyncio.to_thread for RSA)."""
-    from workspace_secrets.controllers.workspace_secret import _generate
+    operator's way (user_keys.service._generate -> asyncio.to_thread for RSA)."""
+    from workspace_secrets.user_keys.service import _generate
 
     gaps: list[float] = []
     done = asyncio.Event()

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from workspace_secrets.api.constants import PUBLIC_CREDENTIAL_FIELDS
-from workspace_secrets.domain import sshkeys
+from workspace_secrets.user_keys import sshkeys
 
 #: Entries of a Secret that are public by design (see the module docstring).
 PUBLIC_SECRET_KEYS: Final = frozenset({

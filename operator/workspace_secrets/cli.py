@@ -13,9 +13,12 @@ from datetime import datetime, timezone
 
 import kopf
 
-from . import __version__, metrics
-from .config import ConnectConfig, OperatorConfig, WebhookConfig
-from .domain.peering import auto_priority
+from workspace_secrets import __version__
+from workspace_secrets.runtime import metrics
+from workspace_secrets.settings import ConnectConfig, OperatorConfig, WebhookConfig, local_base_url
+
+#: Every flag's default comes from the settings dataclasses (settings.py): one home for each default.
+D, W, C = OperatorConfig, WebhookConfig, ConnectConfig
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="workspace-secrets-operator", description=__doc__)
@@ -29,35 +32,35 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("-n", "--namespace", action="append", default=[], dest="namespaces",
                          help="watch only this namespace (repeatable); default: all namespaces")
         cmd.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: in-cluster, then KUBECONFIG)")
-        cmd.add_argument("--log-format", choices=("plain", "json", "full"), default=os.environ.get("WSO_LOG_FORMAT", "plain"))
+        cmd.add_argument("--log-format", choices=("plain", "json", "full"), default=os.environ.get("WSO_LOG_FORMAT", D.log_format))
         cmd.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-        cmd.add_argument("--liveness", default=os.environ.get("WSO_LIVENESS", "http://0.0.0.0:8080/healthz"),
+        cmd.add_argument("--liveness", default=os.environ.get("WSO_LIVENESS", D.liveness),
                          help="kopf liveness endpoint URL ('' to disable)")
         cmd.add_argument("--peering", default=None,
                          help="kopf peering object name for running several replicas with one active (default: standalone)")
         cmd.add_argument("--priority", type=int, default=None,
                          help="peering priority of this replica (default: derived from the start time, so the "
                               "earliest-started replica is the active one; replicas must not share a priority)")
-        cmd.add_argument("--peering-lifetime", type=int, default=60,
+        cmd.add_argument("--peering-lifetime", type=int, default=D.peering_lifetime,
                          help="seconds a replica's keep-alive stays valid: the failover time after a crash")
-        cmd.add_argument("--metrics-port", type=int, default=int(os.environ.get("WSO_METRICS_PORT", "9090")),
+        cmd.add_argument("--metrics-port", type=int, default=int(os.environ.get("WSO_METRICS_PORT", D.metrics_port)),
                          help="serve Prometheus metrics on this port at /metrics (0 disables)")
-        cmd.add_argument("--metrics-address", default=os.environ.get("WSO_METRICS_ADDRESS", "0.0.0.0"),
+        cmd.add_argument("--metrics-address", default=os.environ.get("WSO_METRICS_ADDRESS", D.metrics_address),
                          help="address the metrics server listens on")
-        cmd.add_argument("--watch-unhealthy-threshold", type=float, default=60.0,
+        cmd.add_argument("--watch-unhealthy-threshold", type=float, default=D.watch_unhealthy_threshold,
                          help="seconds a Secret watch may stay disconnected before the liveness probe fails")
-        cmd.add_argument("--api-concurrency", type=int, default=16, help="parallel Kubernetes API requests")
-        cmd.add_argument("--api-qps", type=float, default=0.0,
+        cmd.add_argument("--api-concurrency", type=int, default=D.api_concurrency, help="parallel Kubernetes API requests")
+        cmd.add_argument("--api-qps", type=float, default=D.api_qps,
                          help="client-side pacing of the operator's own API requests per second (kopf's are separate); "
                               "0 (default): none, rely on the API server's Priority and Fairness and --api-concurrency")
-        cmd.add_argument("--api-burst", type=int, default=100, help="requests allowed in a burst above --api-qps")
-        cmd.add_argument("--workers", type=int, default=16,
+        cmd.add_argument("--api-burst", type=int, default=D.api_burst, help="requests allowed in a burst above --api-qps")
+        cmd.add_argument("--workers", type=int, default=D.workers,
                          help="WorkspaceSecret reconciles running at a time (each holds one object and mostly waits on the API)")
-        cmd.add_argument("--resync-interval", type=float, default=300.0, help="seconds between safety-net resyncs")
-        cmd.add_argument("--sweep-interval", type=float, default=600.0, help="seconds between orphaned-credential sweeps")
-        cmd.add_argument("--providers-config", default=os.environ.get("WSO_PROVIDERS_CONFIG"),
+        cmd.add_argument("--resync-interval", type=float, default=D.resync_interval, help="seconds between safety-net resyncs")
+        cmd.add_argument("--sweep-interval", type=float, default=D.sweep_interval, help="seconds between orphaned-credential sweeps")
+        cmd.add_argument("--providers-config", default=os.environ.get("WSO_PROVIDERS_CONFIG", D.providers_config),
                          help="YAML file configuring dynamic-credential providers (see README)")
-        cmd.add_argument("--operator-namespace", default=os.environ.get("POD_NAMESPACE", "workspace-secrets-system"),
+        cmd.add_argument("--operator-namespace", default=os.environ.get("POD_NAMESPACE", D.operator_namespace),
                          help="namespace holding the providers' admin credential Secrets")
         _webhook_arguments(cmd)
         _add_connect_arguments(cmd)
@@ -69,20 +72,20 @@ def _webhook_arguments(cmd: argparse.ArgumentParser) -> None:
     group = cmd.add_argument_group("pod-injection webhook")
     group.add_argument("--webhook", action=argparse.BooleanOptionalAction, default=None,
                        help="serve the mutating webhook that mounts WorkspaceSecrets into labelled pods (default: off)")
-    group.add_argument("--webhook-port", type=int, default=9443, help="HTTPS port the webhook listens on (default 9443)")
-    group.add_argument("--webhook-host", default="127.0.0.1",
-                       help="out of the cluster: the API server calls https://HOST:PORT (default 127.0.0.1)")
+    group.add_argument("--webhook-port", type=int, default=W.port, help="HTTPS port the webhook listens on (default %(default)s)")
+    group.add_argument("--webhook-host", default=W.host,
+                       help="out of the cluster: the API server calls https://HOST:PORT (default %(default)s)")
     group.add_argument("--webhook-service", metavar="NAMESPACE/NAME", default=None,
                        help="in the cluster: the API server calls this Service (its port --webhook-service-port "
                        "targets --webhook-port); the certificate covers NAME.NAMESPACE.svc")
-    group.add_argument("--webhook-service-port", type=int, default=443, help="the Service's port (default 443)")
+    group.add_argument("--webhook-service-port", type=int, default=W.service_port, help="the Service's port (default %(default)s)")
     group.add_argument("--webhook-listen-address", default=None,
                        help="address to listen on (default: 0.0.0.0 with --webhook-service, else --webhook-host if an IP)")
     group.add_argument("--webhook-cert-dir", default=None,
                        help="certificate directory: tls.crt/tls.key[/ca.crt] provided there are used as they are; "
                        "otherwise the operator keeps its own CA and serving certificate there (default: a temporary directory)")
-    group.add_argument("--webhook-configuration", default=WebhookConfig.configuration_name,
-                       help=f"name of the MutatingWebhookConfiguration the operator manages (default {WebhookConfig.configuration_name})")
+    group.add_argument("--webhook-configuration", default=W.configuration_name,
+                       help="name of the MutatingWebhookConfiguration the operator manages (default %(default)s)")
 
 
 def _webhook_config(args: argparse.Namespace) -> WebhookConfig:
@@ -108,9 +111,9 @@ def _add_connect_arguments(cmd: argparse.ArgumentParser) -> None:
     """The UserToken connect page (see README "UserToken")."""
     env = os.environ.get
     port = env("WSO_CONNECT_PORT")
-    cmd.add_argument("--connect-port", type=int, default=int(port) if port else None,
+    cmd.add_argument("--connect-port", type=int, default=int(port) if port else C.port,
                      help="serve the connect page and OAuth callback on this port (default: not served)")
-    cmd.add_argument("--connect-bind", default=env("WSO_CONNECT_BIND", "0.0.0.0"), help="address the connect page listens on")
+    cmd.add_argument("--connect-bind", default=env("WSO_CONNECT_BIND", C.bind), help="address the connect page listens on")
     cmd.add_argument("--connect-base-url", default=env("WSO_CONNECT_BASE_URL"),
                      help="URL users' browsers reach the connect page at (the OAuth callback is <it>/oauth/callback)")
     cmd.add_argument("--connect-user-header", default=env("WSO_CONNECT_USER_HEADER"),
@@ -122,11 +125,11 @@ def _add_connect_arguments(cmd: argparse.ArgumentParser) -> None:
                      help="file with the HMAC key (>= 32 bytes) for the connect page's CSRF tokens and OAuth state")
     cmd.add_argument("--connect-link-ttl", type=float, default=3600.0,
                      help="ignored (kept for compatibility): status.authorizationURL is a plain link to the connect page")
-    cmd.add_argument("--token-validate-interval", type=float, default=1800.0, help="seconds between scheduled token validations")
+    cmd.add_argument("--token-validate-interval", type=float, default=C.validate_interval, help="seconds between scheduled token validations")
 
 
 def _connect_config(args: argparse.Namespace) -> ConnectConfig:
-    base_url = args.connect_base_url or f"http://127.0.0.1:{args.connect_port or 8081}"
+    base_url = args.connect_base_url or local_base_url(args.connect_port)
     return ConnectConfig(
         port=args.connect_port, bind=args.connect_bind, base_url=base_url.rstrip("/"),
         user_header=args.connect_user_header or None,
@@ -148,11 +151,13 @@ def _run(args: argparse.Namespace) -> int:
     if args.kubeconfig:
         # Before `kubernetes` is imported: it reads KUBECONFIG once, at import, for kopf's login.
         os.environ["KUBECONFIG"] = args.kubeconfig
-    from . import handlers  # noqa: F401  (registers the kopf handlers)
+    from workspace_secrets import handlers  # noqa: F401  (registers the kopf handlers)
+    from workspace_secrets.app import App
+    from workspace_secrets.runtime.peering import auto_priority
 
     webhook = _webhook_config(args)
     if webhook.enabled:
-        from .handlers import pods
+        from workspace_secrets.handlers import pod_injection as pods
 
         pods.register()  # only when enabled: kopf refuses admission handlers without a webhook server
 
@@ -188,9 +193,13 @@ def _run(args: argparse.Namespace) -> int:
         operator_namespace=args.operator_namespace,
         webhook=webhook,
         connect=_connect_config(args),
-        shutdown_grace=20.0,  # our own process: a hung kopf task must not keep it alive (handlers/lifecycle.py)
+        log_format=args.log_format,
+        liveness=args.liveness,
+        metrics_port=args.metrics_port,
+        metrics_address=args.metrics_address,
+        shutdown_grace=20.0,  # our own process: a hung kopf task must not keep it alive (app.py)
     )
-    metrics.serve(args.metrics_port, args.metrics_address)
+    metrics.serve(config.metrics_port, config.metrics_address)
     asyncio.run(
         kopf.operator(
             clusterwide=config.clusterwide,
@@ -199,8 +208,8 @@ def _run(args: argparse.Namespace) -> int:
             peering_name=args.peering,
             priority=priority if args.peering is not None else None,
             identity=identity,  # type: ignore[arg-type]  # kopf's Identity is a NewType of str
-            liveness_endpoint=args.liveness or None,
-            memo=kopf.Memo(config=config),
+            liveness_endpoint=config.liveness or None,
+            memo=App(config),
         )
     )
     return 0
@@ -221,8 +230,10 @@ class _ObserveSuccessFilter(logging.Filter):
 
 def _quiet_client_libraries() -> None:
     """Provider SDKs log request and response bodies at DEBUG -- which include freshly minted secrets
-    (botocore logs CreateAccessKey's response). Never let them, whatever the operator's verbosity."""
-    for name in ("botocore", "boto3", "s3transfer", "urllib3", "google", "psycopg", "requests_oauthlib", "oauthlib"):
+    (botocore logs CreateAccessKey's response). Never let them, whatever the operator's verbosity. The libraries the
+    operator imports: boto3/botocore/s3transfer (aws-iam), google-auth (gcp), psycopg (postgresql),
+    urllib3 (the Kubernetes client)."""
+    for name in ("botocore", "boto3", "s3transfer", "urllib3", "google", "psycopg"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 

@@ -1,10 +1,19 @@
-"""Operator configuration, from the command line (and the Helm chart's values through it)."""
+"""Operator configuration, from the command line (and the Helm chart's values through it).
+
+The one home of every default: cli.py's flags take their defaults from these dataclasses (an environment
+variable, where a flag has one, comes before the default)."""
 
 from __future__ import annotations
 
+import functools
+import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-from .api.constants import WEBHOOK_CONFIGURATION_NAME
+from workspace_secrets.api.constants import WEBHOOK_CONFIGURATION_NAME
+from workspace_secrets.runtime.webhook import configuration as webhook_configuration
+from workspace_secrets.runtime.webhook.tls import service_hosts
 
 
 @dataclass(frozen=True)
@@ -49,6 +58,11 @@ class OperatorConfig:
     priority: int = 0  # this replica's peering priority (also passed to kopf)
     peering_lifetime: int = 60  # seconds a replica's keep-alive stays valid: the failover time after a crash
     connect: ConnectConfig = field(default_factory=lambda: ConnectConfig())
+    # The process (cli.py only): logs, kopf's liveness endpoint ('' disables it), the Prometheus endpoint (port 0 disables it).
+    log_format: str = "plain"  # plain | json | full
+    liveness: str = "http://0.0.0.0:8080/healthz"
+    metrics_port: int = 9090
+    metrics_address: str = "0.0.0.0"
     # The process ends (exit 1) if kopf has not finished stopping this long after our cleanup (a hung kopf
     # task would otherwise keep it alive for ever). None: never -- for kopf run in-process (kopf's CLI,
     # KopfRunner), where ending the process would end its host.
@@ -65,9 +79,40 @@ class ConnectConfig:
 
     port: int | None = None  # None: not served (UserTokens still get links under base_url)
     bind: str = "0.0.0.0"
-    base_url: str = "http://127.0.0.1:8081"  # how users' browsers reach it; the callback is <base_url>/oauth/callback
+    # How users' browsers reach it; the callback is <base_url>/oauth/callback. Default: local_base_url(port).
+    base_url: str = "http://127.0.0.1:8081"
     user_header: str | None = None  # trusted header carrying the user name, set by the platform's auth proxy
     trusted_proxies: tuple[str, ...] = ()  # CIDRs the user header is accepted from
     signing_key_file: str | None = None  # HMAC key for CSRF tokens and OAuth state (random per process if unset)
     session_ttl: float = 8 * 3600.0
     validate_interval: float = 1800.0  # seconds between scheduled token validations
+
+
+def hosts_for(webhook: WebhookConfig) -> list[str]:
+    """The names the API server dials, which the webhook's serving certificate must cover."""
+    return service_hosts(*webhook.service) if webhook.service else [webhook.host]
+
+
+def listen_address(webhook: WebhookConfig) -> str:
+    if webhook.listen_address:
+        return webhook.listen_address
+    if webhook.service is None:
+        try:
+            return str(ipaddress.ip_address(webhook.host))  # e.g. 127.0.0.1: do not listen more widely
+        except ValueError:
+            pass
+    return "0.0.0.0"
+
+
+def client_config(webhook: WebhookConfig) -> tuple[Callable[[str], dict[str, Any]], str]:
+    """How the API server calls the webhook: caBundle (base64) -> clientConfig, and the same said for a log line."""
+    if webhook.service:
+        target = f"Service {'/'.join(webhook.service)}:{webhook.service_port}"
+        return functools.partial(webhook_configuration.service_client_config, *webhook.service, webhook.service_port), target
+    target = f"https://{webhook.host}:{webhook.port}"
+    return functools.partial(webhook_configuration.url_client_config, webhook.host, webhook.port), target
+
+
+def local_base_url(port: int | None) -> str:
+    """The connect page's URL when --connect-base-url is not given: this machine, on the connect port."""
+    return f"http://127.0.0.1:{port or 8081}"

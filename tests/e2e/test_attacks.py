@@ -38,8 +38,8 @@ from kubernetes import client as k8s
 
 from fakes.git_providers import FakeGitProvider
 from workspace_secrets.api import constants as c
-from workspace_secrets.domain.naming import user_key_secret_name
-from workspace_secrets.domain.sshkeys import KeySpec, KeyType
+from workspace_secrets.user_keys.naming import user_key_secret_name
+from workspace_secrets.user_keys.sshkeys import KeySpec, KeyType
 
 USERS = ("alice", "bob", "carol", "dave")
 CLIENT_SECRET = "atk-client-secret-0123456789abcdef"

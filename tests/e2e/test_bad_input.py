@@ -23,8 +23,8 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519, rsa
 from helpers import Api, wait_for
 
 from workspace_secrets.api import constants as c
-from workspace_secrets.domain.naming import user_key_secret_name
-from workspace_secrets.domain.sshkeys import KeySpec
+from workspace_secrets.user_keys.naming import user_key_secret_name
+from workspace_secrets.user_keys.sshkeys import KeySpec
 
 E2E_DIR = Path(__file__).resolve().parent
 CASES: list[dict[str, Any]] = yaml.safe_load((E2E_DIR / "data" / "bad_input.yaml").read_text())

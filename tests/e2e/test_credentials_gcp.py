@@ -15,7 +15,7 @@ from google.oauth2 import service_account
 from helpers import Api, wait_for
 
 from workspace_secrets.api import constants as c
-from workspace_secrets.providers.credentials.base import Scope
+from workspace_secrets.credentials.providers.base import Scope
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import psycopg
 import pytest
 from helpers import Api, digest, wait_for
 
-from workspace_secrets.providers.credentials.base import Scope
+from workspace_secrets.credentials.providers.base import Scope
 
 
 @pytest.fixture
@@ -97,9 +97,9 @@ def test_the_orphan_sweep_drops_roles_no_workspace_secret_accounts_for(credentia
     import asyncio
     from datetime import datetime, timezone
 
-    from workspace_secrets.controllers.credentials import CredentialManager, sweep_orphans
-    from workspace_secrets.domain.sensitive import Sensitive
-    from workspace_secrets.providers.credentials import registry
+    from workspace_secrets.credentials.manager import CredentialManager, sweep_orphans
+    from workspace_secrets.runtime.sensitive import Sensitive
+    from workspace_secrets.credentials.providers import registry
 
     pg = credential_backends.postgres
     provider = registry.build("postgres-app", "postgresql", {"host": "127.0.0.1", "port": pg.port, "dbname": "app",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from helpers import Api, wait_for
 
-from workspace_secrets.providers.credentials.base import Scope
+from workspace_secrets.credentials.providers.base import Scope
 
 
 @pytest.fixture

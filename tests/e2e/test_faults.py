@@ -23,8 +23,8 @@ from metrics_text import metric
 from operator_process import OperatorProcess, other_operators_stopped
 
 from workspace_secrets.api import constants as c
-from workspace_secrets.domain.naming import user_key_secret_name
-from workspace_secrets.domain.sshkeys import KeySpec, KeyType
+from workspace_secrets.user_keys.naming import user_key_secret_name
+from workspace_secrets.user_keys.sshkeys import KeySpec, KeyType
 
 
 @pytest.fixture

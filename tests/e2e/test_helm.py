@@ -50,7 +50,7 @@ from kubernetes import client as k8s
 from backends import API_AUDIENCE
 from operator_process import OperatorProcess, free_port
 from workspace_secrets.api import constants as c
-from workspace_secrets.domain.webhook_configuration import desired_webhook, service_client_config
+from workspace_secrets.runtime.webhook.configuration import desired_webhook, service_client_config
 from devcluster.controlplane import REPO_ROOT, pinned_versions
 
 CHART = REPO_ROOT / "deploy" / "helm" / "workspace-secrets-operator"

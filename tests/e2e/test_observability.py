@@ -39,11 +39,60 @@ def test_metrics_count_reconciles_secret_writes_and_watch_state(api, namespace, 
     assert metric(after, "wso_watch_healthy", resource="secrets") == 1
     assert metric(after, "wso_peering_active") == 0  # standalone: no peering gate
     assert "wso_workqueue_depth" in families(after)
-    # The hooks other features report through exist already (no samples until they are used).
+    # Families that move only with other features (credentials, tokens, the webhook: the tests below and
+    # test_usertoken.py move them) or with trouble are exposed from the start.
     assert {
         "wso_credentials_issued", "wso_credentials_revoked", "wso_credentials_failed", "wso_tokens",
         "wso_token_refresh_failures", "wso_webhook_admissions", "wso_watch_restarts", "wso_workqueue_retries",
     } <= families(after)
+
+
+def test_credential_metrics_count_issues_failures_and_revocations(api, namespace, wso_operator):
+    """The provider label is the platform's provider name; a failure's reason says whether it is retried."""
+    api.core.create_namespaced_service_account(namespace, {"metadata": {"name": "ci-metrics"}})
+    before = wso_operator.process.metrics()
+    kube = {"name": "kube", "provider": "cluster-tokens"}
+    api.create_ws(namespace, "cm", {"user": "mia", "workspaceRef": {"kind": "Pod", "name": "nothing"},
+                                    "credentials": [{**kube, "parameters": {"serviceAccount": "ci-metrics"}}]})
+    api.wait_condition(namespace, "cm")
+    # Allowed by the provider's patterns, but there is no such ServiceAccount: the TokenRequest is refused.
+    api.create_ws(namespace, "cm-bad", {"user": "mia", "workspaceRef": {"kind": "Pod", "name": "nothing"},
+                                        "credentials": [{**kube, "parameters": {"serviceAccount": "ci-nobody"}}]})
+    api.wait_condition(namespace, "cm-bad", status="False", type_=c.CONDITION_CREDENTIALS_READY, reason="ProviderError")
+    issued = wso_operator.process.metrics()
+    for name in ("cm", "cm-bad"):
+        api.delete_ws(namespace, name)
+    wait_for(lambda: api.get_ws(namespace, "cm") is None and api.get_ws(namespace, "cm-bad") is None, timeout=30, what="deleted")
+    after = wso_operator.process.metrics()
+
+    def moved(text: str, name: str, **labels: str) -> float:
+        return metric(text, name, **labels) - metric(before, name, **labels)
+
+    assert moved(issued, "wso_credentials_issued_total", provider="cluster-tokens") >= 1
+    assert moved(issued, "wso_credentials_failed_total", provider="cluster-tokens", operation="issue", reason="permanent") >= 1
+    # The deletion revokes cm's token; cm-bad's anchors without a token are revoked too (as orphans, or then).
+    assert moved(after, "wso_credentials_revoked_total", provider="cluster-tokens") >= moved(issued, "wso_credentials_revoked_total", provider="cluster-tokens") + 1
+
+
+def test_webhook_admissions_are_counted_by_result(api, namespace, wso_operator):
+    if not wso_operator.webhook:
+        pytest.skip("the webhook is not reachable from an external cluster without WSO_E2E_WEBHOOK_HOST")
+    from kubernetes.client.rest import ApiException
+
+    api.create_ws(namespace, "adm", {"user": "ada", "workspaceRef": {"kind": "Pod", "name": "adm-pod"}})
+    api.wait_condition(namespace, "adm")
+    before = wso_operator.process.metrics()
+    api.create_pod(namespace, "adm-pod", labels={c.LABEL_WORKSPACE_SECRET: "adm"}, user="ada")
+    with pytest.raises(ApiException) as refused:
+        api.create_pod(namespace, "adm-missing", labels={c.LABEL_WORKSPACE_SECRET: "missing"}, user="ada")
+    assert refused.value.status == 403
+    after = wso_operator.process.metrics()
+
+    def moved(**labels: str) -> float:
+        return metric(after, "wso_webhook_admissions_total", webhook=c.WEBHOOK_ID, **labels) - metric(
+            before, "wso_webhook_admissions_total", webhook=c.WEBHOOK_ID, **labels)
+
+    assert moved(result="allowed") >= 1 and moved(result="rejected") >= 1 and moved(result="error") == 0
 
 
 def test_json_logs_parse_and_carry_the_object_reference(api, cluster, namespace, tmp_path):
@@ -73,7 +122,7 @@ def test_json_logs_parse_and_carry_the_object_reference(api, cluster, namespace,
 
 
 def test_every_state_change_gets_an_event_with_a_stable_reason(api, namespace, wso_operator):
-    from workspace_secrets.domain.sshkeys import KeySpec, generate
+    from workspace_secrets.user_keys.sshkeys import KeySpec, generate
 
     spec = {"user": "eve", "workspaceRef": {"kind": "Pod", "name": "ws-eve"}, "ssh": {"existingSecretRef": {"name": "eve-key"}}}
     api.create_ws(namespace, "ev", spec)

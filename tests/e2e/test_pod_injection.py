@@ -15,7 +15,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from workspace_secrets.api import constants as c
-from workspace_secrets.domain import webhook_tls as tls
+from workspace_secrets.runtime.webhook import tls
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ from helpers import Api, wait_for
 from hygiene import operator_logs, snapshot_namespace
 
 from workspace_secrets.api import constants as c
-from workspace_secrets.domain import sshkeys
-from workspace_secrets.domain.sshkeys import KeySpec
+from workspace_secrets.user_keys import sshkeys
+from workspace_secrets.user_keys.sshkeys import KeySpec
 from secret_hygiene import SecretHygiene, report
 
 

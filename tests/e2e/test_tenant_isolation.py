@@ -18,9 +18,9 @@ import pytest
 from helpers import Api, wait_for
 
 from workspace_secrets.api import constants as c
-from workspace_secrets.domain.naming import user_key_secret_name
-from workspace_secrets.domain.workspace_secret import REASON_EXISTING_KEY_NOT_FOUND
-from workspace_secrets.domain.sshkeys import KeySpec, KeyType
+from workspace_secrets.user_keys.naming import user_key_secret_name
+from workspace_secrets.workspace_secret.policy import REASON_EXISTING_KEY_NOT_FOUND
+from workspace_secrets.user_keys.sshkeys import KeySpec, KeyType
 
 POLICY_DIR = Path(__file__).resolve().parents[2] / "deploy" / "policies"
 PARAMS_NAMESPACE, PARAMS_NAME = "workspace-secrets-system", "workspace-secrets-tenancy"

@@ -16,6 +16,7 @@ import pytest
 import requests
 from backends import ADMIN_NAMESPACE
 from helpers import Api, digest, wait_for
+from metrics_text import metric
 from usertoken_support import (BrowserSession, OIDCServer, approve_device_code, create_application, delete_application,
                                device_code_on_page, get_token, via_proxy)
 
@@ -194,6 +195,7 @@ def test_refresh_ahead_of_expiry_exactly_once_under_concurrent_triggers(api, nam
 
 
 def test_revoked_refresh_token_expires_the_token_and_shows_the_connect_link(api, namespace, wso_operator, oidc, applications):
+    before = wso_operator.process.metrics()
     create_token(api, namespace, "rev", ut_spec(oidc_app(applications, oidc, "wso-revoke")))
     wait_phase(api, namespace, "rev", c.PHASE_AWAITING_AUTHORIZATION)
     connect(api, wso_operator, namespace, "rev")
@@ -211,6 +213,19 @@ def test_revoked_refresh_token_expires_the_token_and_shows_the_connect_link(api,
     warnings = {e.reason for e in api.core.list_namespaced_event(namespace).items if e.type == "Warning"}
     assert "TokenExpired" in warnings
     assert refresh_events(oidc, "wso-revoke") == (0, 1)
+    # /metrics: the rejected refresh by the application's type and a stable reason; the passes by result.
+    expired = wso_operator.process.metrics()
+
+    def moved(name: str, **labels: str) -> float:
+        return metric(expired, name, **labels) - metric(before, name, **labels)
+
+    assert moved("wso_token_refresh_failures_total", provider="oidc", reason="RefreshRejected") >= 1
+    assert moved("wso_reconciles_total", kind=c.USER_TOKEN_KIND, result="problem") >= 1  # the pass that found it dead
+    assert moved("wso_reconciles_total", kind=c.USER_TOKEN_KIND, result="success") >= 1
+    assert moved("wso_reconcile_duration_seconds_count", kind=c.USER_TOKEN_KIND) >= 2
+    # The token count (every --resync-interval, 20 s here) sees it expired, then valid again after reconnecting.
+    wait_for(lambda: metric(wso_operator.process.metrics(), "wso_tokens", provider="oidc", state=c.PHASE_EXPIRED) >= 1,
+             timeout=45, what="wso_tokens counts the expired token")
     # Reconnecting from the connect page works.
     browser = BrowserSession.of(wso_operator.process)
     result = browser.connect(status["authorizationURL"], namespace, "rev")

@@ -9,8 +9,8 @@ import pytest
 from helpers import Api, digest, wait_for
 
 from workspace_secrets.api import constants as c
-from workspace_secrets.domain.naming import user_key_secret_name
-from workspace_secrets.domain.sshkeys import KeySpec
+from workspace_secrets.user_keys.naming import user_key_secret_name
+from workspace_secrets.user_keys.sshkeys import KeySpec
 
 
 @pytest.fixture

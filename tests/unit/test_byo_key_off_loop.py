@@ -10,9 +10,11 @@ import time
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from fakes.kube import FakeKube
+
 from workspace_secrets.api import constants as c
-from workspace_secrets.api.workspacesecret import WorkspaceSecret
-from workspace_secrets.controllers.workspace_secret import WorkspaceSecretController
+from workspace_secrets.api.workspace_secret import WorkspaceSecret
+from workspace_secrets.workspace_secret.controller import WorkspaceSecretController
 
 PASSPHRASE = b"correct horse"
 
@@ -22,12 +24,14 @@ def encrypted_key(rounds: int) -> bytes:
     return ed25519.Ed25519PrivateKey.generate().private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, encryption)
 
 
-class FakeKube:
-    def __init__(self, secrets: dict[str, dict]) -> None:
-        self.secrets = secrets
+SECRETS = "/api/v1/namespaces/team/secrets"
 
-    async def get(self, path: str):
-        return self.secrets.get(path.rsplit("/", 1)[1])
+
+def cluster(secrets: dict[str, dict]) -> FakeKube:
+    kube = FakeKube()
+    for name, body in secrets.items():
+        kube.put(f"{SECRETS}/{name}", body)
+    return kube
 
 
 def secret(name: str, labels: dict, data: dict[str, bytes]) -> dict:
@@ -44,7 +48,7 @@ def ws(ref: str) -> WorkspaceSecret:
 
 
 def test_decrypting_a_brought_key_never_stalls_the_event_loop():
-    kube = FakeKube({"k": secret("k", {c.LABEL_USER: "alice"}, {"ssh-privatekey": encrypted_key(64), "passphrase": PASSPHRASE})})
+    kube = cluster({"k": secret("k", {c.LABEL_USER: "alice"}, {"ssh-privatekey": encrypted_key(64), "passphrase": PASSPHRASE})})
     controller = WorkspaceSecretController(kube, events=None)  # type: ignore[arg-type]
 
     async def main():
@@ -76,7 +80,7 @@ def test_decrypting_a_brought_key_never_stalls_the_event_loop():
 
 
 def test_missing_and_not_yours_are_one_answer_and_never_list_keys():
-    kube = FakeKube({
+    kube = cluster({
         "bobs": secret("bobs", {c.LABEL_USER: "bob"}, {"id_rsa": b"x"}),
         "operators": secret("operators", {c.LABEL_USER: "alice", c.LABEL_MANAGED_BY: c.OPERATOR_NAME}, {"ssh-privatekey": b"x"}),
         "mine": secret("mine", {c.LABEL_USER: "alice"}, {"id_rsa": b"x"}),
@@ -94,7 +98,7 @@ def test_missing_and_not_yours_are_one_answer_and_never_list_keys():
 def test_a_refused_key_is_not_decrypted_again_until_its_secret_changes(monkeypatch):
     """A wrong passphrase on an expensive key costs one decryption per version of its Secret, not one per
     reconcile: the re-checks of an unbound WorkspaceSecret must not keep the key threads busy for others."""
-    from workspace_secrets.domain import sshkeys
+    from workspace_secrets.user_keys import sshkeys
 
     calls = []
     real_load = sshkeys.load
@@ -105,15 +109,13 @@ def test_a_refused_key_is_not_decrypted_again_until_its_secret_changes(monkeypat
 
     monkeypatch.setattr(sshkeys, "load", counting_load)
     wrong = secret("k", {c.LABEL_USER: "alice"}, {"ssh-privatekey": encrypted_key(16), "passphrase": b"wrong"})
-    kube = FakeKube({"k": wrong})
+    kube = cluster({"k": wrong})
     controller = WorkspaceSecretController(kube, events=None)  # type: ignore[arg-type]
     first = asyncio.run(controller._existing_key(ws("k")))[1]
     second = asyncio.run(controller._existing_key(ws("k")))[1]
     assert first is not None and first.reason == "InvalidExistingKey" and second == first
     assert len(calls) == 1
     # The user fixes the passphrase: a new resourceVersion, checked again, and accepted.
-    kube.secrets["k"] = {**secret("k", {c.LABEL_USER: "alice"}, {"ssh-privatekey": base64.b64decode(wrong["data"]["ssh-privatekey"]),
-                                                              "passphrase": PASSPHRASE}),
-                         "metadata": {**wrong["metadata"], "resourceVersion": "2"}}
+    kube.edit(f"{SECRETS}/k", {"data": {"passphrase": base64.b64encode(PASSPHRASE).decode()}})
     key, problem = asyncio.run(controller._existing_key(ws("k")))
     assert problem is None and key is not None and len(calls) == 2

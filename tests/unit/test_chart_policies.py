@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from workspace_secrets.domain import naming
+from workspace_secrets.user_keys import naming
 from chart_support import CHART, NAMESPACE, RELEASE, helm, render  # noqa: F401 (helm: fixture)
 
 from devcluster.controlplane import REPO_ROOT, pinned_versions
@@ -107,8 +107,8 @@ def test_reserved_name_pattern_is_the_operators() -> None:
     policy = shipped("ValidatingAdmissionPolicy")["workspace-secrets-reserved-secrets"]
     expression = next(v["expression"] for v in policy["spec"]["variables"] if v["name"] == "reservedName")
     assert expression == f"variables.name.matches('{naming.RESERVED_SECRET_NAME_PATTERN}')"
-    from workspace_secrets.domain.naming import user_key_secret_name
-    from workspace_secrets.domain.sshkeys import KeySpec, KeyType
+    from workspace_secrets.user_keys.naming import user_key_secret_name
+    from workspace_secrets.user_keys.sshkeys import KeySpec, KeyType
 
     for spec in (KeySpec(), KeySpec(KeyType.RSA, 4096)):
         assert naming.is_reserved_secret_name(user_key_secret_name("bob", spec))

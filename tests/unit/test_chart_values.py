@@ -120,4 +120,10 @@ def test_chart_runs_the_image_as_the_dockerfile_user(repo_root: Path) -> None:
     values = yaml.safe_load((repo_root / CHART / "values.yaml").read_text())
     assert (values["securityContext"]["runAsUser"], values["securityContext"]["runAsGroup"]) == (uid, gid)
     assert re.search(r'^ENTRYPOINT \["workspace-secrets-operator", "run"\]$', dockerfile, re.MULTILINE)
-    assert re.search(r"^FROM python:3\.11-slim\b", dockerfile, re.MULTILINE)
+    # The image recipe (deploy/image/operator.toml, which the Dockerfile is generated from and the daemonless
+    # build reads) says the same user, and exposes the port the chart's probes use.
+    import tomllib
+
+    recipe = tomllib.loads((repo_root / "deploy" / "image" / "operator.toml").read_text())
+    assert recipe["config"]["user"] == f"{uid}:{gid}"
+    assert values["operator"]["healthPort"] in recipe["config"]["exposed_ports"]

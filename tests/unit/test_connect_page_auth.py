@@ -12,11 +12,11 @@ from unittest import mock
 import pytest
 from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 
-from workspace_secrets.controllers.user_token import ConnectResult, NotAllowed, TokenSummary
-from workspace_secrets.domain.oauth import PendingAuthorization, PendingAuthorizations, StateRejected
-from workspace_secrets.domain.sensitive import Sensitive
-from workspace_secrets.domain.signing import Signer
-from workspace_secrets.web.server import FLOW_COOKIE, ConnectServer, Refused, WebSettings
+from workspace_secrets.user_token.controller import ConnectResult, NotAllowed, TokenSummary
+from workspace_secrets.oauth.protocol import PendingAuthorization, PendingAuthorizations, StateRejected
+from workspace_secrets.runtime.sensitive import Sensitive
+from workspace_secrets.runtime.signing import Signer
+from workspace_secrets.user_token.connect_page.server import FLOW_COOKIE, ConnectServer, Refused, WebSettings
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=timezone.utc)
 SIGNER = Signer(Sensitive(b"s" * 32))

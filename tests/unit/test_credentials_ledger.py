@@ -8,11 +8,11 @@ import pytest
 
 from workspace_secrets.api import constants as c
 from workspace_secrets.api.durations import format_duration, parse_duration
-from workspace_secrets.api.workspacesecret import CredentialSpec, SpecError, WorkspaceSecret
-from workspace_secrets.controllers.credentials import CredentialManager
-from workspace_secrets.domain import credentials as ledgers
-from workspace_secrets.domain.sensitive import Sensitive
-from workspace_secrets.providers.credentials.base import Issued, ProviderError, Scope
+from workspace_secrets.api.workspace_secret import CredentialSpec, SpecError, WorkspaceSecret
+from workspace_secrets.credentials.manager import CredentialManager
+from workspace_secrets.credentials import ledger as ledgers
+from workspace_secrets.runtime.sensitive import Sensitive
+from workspace_secrets.credentials.providers.base import Issued, ProviderError, Scope
 
 T0 = datetime(2026, 11, 29, 12, 0, tzinfo=timezone.utc)
 SPEC = CredentialSpec(name="aws", provider="aws-dev", rotate_after=timedelta(hours=12), overlap=timedelta(minutes=5))
@@ -249,7 +249,7 @@ def test_credentials_issued_before_the_rule_changed_are_revoked():
 
 
 def test_kubernetes_token_provider_needs_explicit_service_accounts_and_audiences():
-    from workspace_secrets.providers.credentials.kubernetes_token import KubernetesTokenProvider
+    from workspace_secrets.credentials.providers.kubernetes_token import KubernetesTokenProvider
 
     def build(config):
         return KubernetesTokenProvider.from_config(name="tokens", config=config, admin={}, kube=None)

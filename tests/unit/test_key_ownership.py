@@ -5,9 +5,9 @@ import base64
 import pytest
 
 from workspace_secrets.api import constants as c
-from workspace_secrets.api.workspacesecret import WorkspaceSecret
-from workspace_secrets.domain import workspace_secret as policy
-from workspace_secrets.domain.sensitive import MASK
+from workspace_secrets.api.workspace_secret import WorkspaceSecret
+from workspace_secrets.workspace_secret import policy
+from workspace_secrets.runtime.sensitive import MASK
 
 
 def ws(**spec):

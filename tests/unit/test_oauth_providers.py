@@ -9,18 +9,18 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from workspace_secrets.domain.oauth import TokenSet
-from workspace_secrets.domain.sensitive import Sensitive
-from workspace_secrets.providers.http import MockTransport, Request, Response, json_response
-from workspace_secrets.providers.oauth.base import (ClientCredentials, GrantRejected, InvalidToken, ProviderMisconfigured,
-                                                    TemporaryFailure)
-from workspace_secrets.providers.oauth.bitbucket_cloud import BitbucketCloud
-from workspace_secrets.providers.oauth.bitbucket_server import BitbucketServer
-from workspace_secrets.providers.oauth.github import GitHub, GitHubEnterprise
-from workspace_secrets.providers.oauth.gitlab import GitLab, GitLabSelfManaged
-from workspace_secrets.providers.oauth.oidc import OIDC
-from workspace_secrets.providers.oauth.registry import PROVIDERS
-from workspace_secrets.providers.oauth.vault import Vault
+from workspace_secrets.oauth.protocol import TokenSet
+from workspace_secrets.runtime.sensitive import Sensitive
+from fakes.http import MockTransport, json_response
+from workspace_secrets.runtime.http import Request, Response
+from workspace_secrets.oauth.base import ClientCredentials, GrantRejected, InvalidToken, ProviderMisconfigured, TemporaryFailure
+from workspace_secrets.oauth.bitbucket_cloud import BitbucketCloud
+from workspace_secrets.oauth.bitbucket_server import BitbucketServer
+from workspace_secrets.oauth.github import GitHub, GitHubEnterprise
+from workspace_secrets.oauth.gitlab import GitLab, GitLabSelfManaged
+from workspace_secrets.oauth.oidc import OIDC
+from workspace_secrets.oauth.registry import PROVIDERS
+from workspace_secrets.oauth.vault import Vault
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=timezone.utc)
 CLIENT = ClientCredentials("client-1", Sensitive("secret-1"))
@@ -40,7 +40,7 @@ def form_of(request: Request) -> dict[str, str]:
 
 
 def test_every_spec_type_has_a_provider():
-    from workspace_secrets.api.usertoken import PROVIDER_TYPES
+    from workspace_secrets.api.user_token import PROVIDER_TYPES
 
     assert set(PROVIDERS) == set(PROVIDER_TYPES)
 
@@ -188,7 +188,7 @@ def test_bitbucket_cloud_uses_basic_client_auth_no_pkce_and_keeps_the_refresh_to
 
 def test_bitbucket_cloud_ssh_keys_address_the_user_by_uuid():
     transport = MockTransport(lambda r: json_response(201, {"uuid": "{k1}", "label": r.json["label"], "key": r.json["key"]}))
-    from workspace_secrets.domain.oauth import Identity
+    from workspace_secrets.oauth.protocol import Identity
 
     key = run(BitbucketCloud(transport).add_ssh_key(TOKENS, Identity("alice", "{u-1}"), title="t", public_key="ssh-ed25519 AAAA c"))
     assert transport.requests[0].url == "https://api.bitbucket.org/2.0/users/%7Bu-1%7D/ssh-keys"
@@ -211,7 +211,7 @@ def test_bitbucket_server_identity_from_whoami_and_git_username_is_the_slug():
 
 
 def test_git_username_conventions():
-    from workspace_secrets.domain.oauth import Identity
+    from workspace_secrets.oauth.protocol import Identity
 
     me = Identity("alice", "1")
     t = MockTransport(lambda r: Response(500))
@@ -252,7 +252,7 @@ def test_oidc_revokes_the_refresh_token_with_basic_auth():
 
 
 def test_network_errors_are_temporary():
-    from workspace_secrets.providers.http import TransportError
+    from workspace_secrets.runtime.http import TransportError
 
     def handler(r: Request) -> Response:
         raise TransportError("POST https://idp/token: ClientConnectorError")
@@ -307,7 +307,7 @@ def test_provider_reprs_and_errors_never_show_secrets():
 
 # --- the device flow (RFC 8628) --------------------------------------------------------------------
 def test_github_device_flow_requests_a_code_and_polls_with_http_200_errors():
-    from workspace_secrets.providers.oauth.base import DEVICE_CODE_GRANT, AuthorizationPending, SlowDown
+    from workspace_secrets.oauth.base import DEVICE_CODE_GRANT, AuthorizationPending, SlowDown
 
     answers = iter([
         json_response(200, {"device_code": "dc-1", "user_code": "WDJB-MJHT", "verification_uri": "https://github.com/login/device",
@@ -346,7 +346,7 @@ def test_oidc_device_flow_uses_discovery_and_basic_auth():
 
 
 def test_providers_without_a_device_flow_say_so():
-    from workspace_secrets.providers.oauth.base import Unsupported
+    from workspace_secrets.oauth.base import Unsupported
 
     with pytest.raises(Unsupported):
         run(BitbucketCloud(MockTransport(lambda r: Response(500))).start_device_authorization(CLIENT, scopes=()))
@@ -388,7 +388,7 @@ def test_a_body_over_one_mebibyte_is_refused_not_read():
     error, and no more than the cap is ever held."""
     from aiohttp import web
 
-    from workspace_secrets.providers.http import MAX_BODY, AiohttpTransport, ResponseTooLarge, TransportError
+    from workspace_secrets.runtime.http import MAX_BODY, AiohttpTransport, ResponseTooLarge, TransportError
 
     async def scenario() -> None:
         async def big(request: web.Request) -> web.StreamResponse:
@@ -432,7 +432,7 @@ def test_a_body_over_one_mebibyte_is_refused_not_read():
 
 
 def test_the_mock_transport_applies_the_same_cap():
-    from workspace_secrets.providers.http import MAX_BODY
+    from workspace_secrets.runtime.http import MAX_BODY
 
     with pytest.raises(ProviderMisconfigured):
         run(GitLab(MockTransport(lambda r: Response(200, {}, b"{" + b" " * MAX_BODY + b"}"))).identity(TOKENS))

@@ -6,11 +6,12 @@ import copy
 import shlex
 
 import pytest
+from fakes.kube import FakeKube
 
 from workspace_secrets.api import constants as c
-from workspace_secrets.api.workspacesecret import WorkspaceSecret
-from workspace_secrets.domain import pod_injection as inj
-from workspace_secrets.domain import workspace_secret as policy
+from workspace_secrets.api.workspace_secret import WorkspaceSecret
+from workspace_secrets.pod_injection import policy as inj
+from workspace_secrets.workspace_secret import policy
 
 MOUNT = c.DEFAULT_MOUNT_PATH
 GIT = {"name": "GIT_SSH_COMMAND", "valueFrom": {"secretKeyRef": {"name": "alice-secrets", "key": "GIT_SSH_COMMAND"}}}
@@ -288,16 +289,6 @@ def test_apply_patch_leaves_the_input_alone():
 
 
 # --- the admission controller, with stand-ins for the API server ----------------------------------------
-class FakeKube:
-    def __init__(self, objects: dict[str, dict]) -> None:
-        self.objects = objects
-        self.paths: list[str] = []
-
-    async def get(self, path: str):
-        self.paths.append(path)
-        return copy.deepcopy(self.objects.get(path.rsplit("/", 1)[1]))
-
-
 class FakeEvents:
     def __init__(self) -> None:
         self.posted: list[tuple[str, str, str]] = []
@@ -309,11 +300,13 @@ class FakeEvents:
 def admit(objects, p, *, namespaces=(), dry_run=False):
     import asyncio
 
-    from workspace_secrets.controllers.pod_injection import PodInjectionController
+    from workspace_secrets.pod_injection.controller import PodInjectionController
 
-    kube, events = FakeKube(objects), FakeEvents()
+    kube, events = FakeKube(), FakeEvents()
+    for name, body in objects.items():
+        kube.put(f"/apis/{c.API_VERSION}/namespaces/team/{c.WORKSPACE_SECRET_PLURAL}/{name}", body)
     result = asyncio.run(PodInjectionController(kube, events, namespaces=namespaces).admit(p, namespace="team", dry_run=dry_run))  # type: ignore[arg-type]
-    return result, events.posted, kube.paths
+    return result, events.posted, kube.requests("GET")
 
 
 def test_admission_posts_an_event_for_conflicts_but_not_on_a_dry_run():
@@ -334,7 +327,7 @@ def test_admission_refuses_a_missing_workspace_secret_and_skips_unserved_namespa
 
 
 def test_user_secret_files_get_their_own_volume_with_items_at_the_declared_paths():
-    from workspace_secrets.domain.pod_injection import FileBinding, MountSource, apply_patch, inject
+    from workspace_secrets.pod_injection.policy import FileBinding, MountSource, apply_patch, inject
 
     source = MountSource(workspace_secret="ws", secret_name="ws", mount_path="/var/run/workspace-secrets",
                          files=(FileBinding("user.npm.npmrc", ".npmrc", 0o600),), files_mount_path="/var/run/workspace-secrets-user", user="alice")

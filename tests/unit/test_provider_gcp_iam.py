@@ -17,10 +17,10 @@ from fakes.gcp_iam import FakeGcpIam
 from google.auth.transport.requests import Request
 from google.oauth2 import service_account
 
-from workspace_secrets.domain.sensitive import Sensitive
-from workspace_secrets.providers.credentials import gcp_iam as gcp
-from workspace_secrets.providers.credentials import registry
-from workspace_secrets.providers.credentials.base import FileRef, ProviderError, Scope
+from workspace_secrets.runtime.sensitive import Sensitive
+from workspace_secrets.credentials.providers import gcp_iam as gcp
+from workspace_secrets.credentials.providers import registry
+from workspace_secrets.credentials.providers.base import FileRef, ProviderError, Scope
 
 SCOPE = Scope.of("team-a", "alice-ws", "0d1e2f", "gcp")
 CLOUD = ["https://www.googleapis.com/auth/cloud-platform"]
@@ -223,7 +223,7 @@ def test_token_endpoint_refusals(fake):
 def test_the_orphan_sweep_revokes_keys_and_deletes_accounts_no_workspace_secret_accounts_for(fake, provider):
     from datetime import datetime, timezone
 
-    from workspace_secrets.controllers.credentials import CredentialManager, sweep_orphans
+    from workspace_secrets.credentials.manager import CredentialManager, sweep_orphans
 
     kept, orphan = Scope.of("team-d", "alive", "1", "gcp"), Scope.of("team-d", "deleted", "2", "gcp")
     alive = run(provider.issue(kept, {}, 1))

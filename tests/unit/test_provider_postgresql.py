@@ -9,10 +9,10 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from workspace_secrets.domain.sensitive import Sensitive
-from workspace_secrets.providers.credentials import postgresql as pg
-from workspace_secrets.providers.credentials import registry
-from workspace_secrets.providers.credentials.base import ProviderError, Scope
+from workspace_secrets.runtime.sensitive import Sensitive
+from workspace_secrets.credentials.providers import postgresql as pg
+from workspace_secrets.credentials.providers import registry
+from workspace_secrets.credentials.providers.base import ProviderError, Scope
 
 SCOPE = Scope.of("team-a", "alice-ws", "0d1e2f", "db")
 ADMIN = {"username": Sensitive("wso_admin"), "password": Sensitive("admin-pw-not-in-messages")}

@@ -10,10 +10,10 @@ import pytest
 import requests
 from fakes.twilio import FakeTwilio, Key
 
-from workspace_secrets.domain.sensitive import Sensitive
-from workspace_secrets.providers.credentials import registry
-from workspace_secrets.providers.credentials import twilio as tw
-from workspace_secrets.providers.credentials.base import ProviderError, Scope
+from workspace_secrets.runtime.sensitive import Sensitive
+from workspace_secrets.credentials.providers import registry
+from workspace_secrets.credentials.providers import twilio as tw
+from workspace_secrets.credentials.providers.base import ProviderError, Scope
 
 SCOPE = Scope.of("team-a", "alice-workspace-with-a-rather-long-name", "0d1e2f", "twilio")
 
@@ -167,7 +167,7 @@ def test_responses_outside_the_contract_are_recorded(fake, monkeypatch):
 def test_the_orphan_sweep_revokes_keys_no_workspace_secret_accounts_for(fake):
     from datetime import datetime, timezone
 
-    from workspace_secrets.controllers.credentials import CredentialManager, sweep_orphans
+    from workspace_secrets.credentials.manager import CredentialManager, sweep_orphans
 
     p = make(fake)
     kept, orphan = Scope.of("team-a", "alive", "1", "twilio"), Scope.of("team-a", "deleted", "2", "twilio")

@@ -7,8 +7,8 @@ import copy
 from typing import Any
 
 from workspace_secrets.api import constants as c
-from workspace_secrets.controllers.workspace_secret import WorkspaceSecretController
-from workspace_secrets.domain.workspace_secret import essence
+from workspace_secrets.workspace_secret.controller import WorkspaceSecretController
+from workspace_secrets.workspace_secret.policy import essence
 
 
 def body(**meta: Any) -> dict[str, Any]:

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from workspace_secrets.domain import sshkeys
-from workspace_secrets.domain.sshkeys import KeySpec
+from workspace_secrets.user_keys import sshkeys
+from workspace_secrets.user_keys.sshkeys import KeySpec
 from secret_hygiene import (
     MIN_VALUE_CHARS,
     SecretHygiene,

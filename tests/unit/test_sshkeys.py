@@ -7,9 +7,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from workspace_secrets.domain import sshkeys
-from workspace_secrets.domain.sensitive import Sensitive
-from workspace_secrets.domain.sshkeys import InvalidKey, KeySpec, KeyType
+from workspace_secrets.user_keys import sshkeys
+from workspace_secrets.runtime.sensitive import Sensitive
+from workspace_secrets.user_keys.sshkeys import InvalidKey, KeySpec, KeyType
 
 SPECS = [
     KeySpec(KeyType.ED25519),

@@ -5,55 +5,30 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import itertools
+
+from fakes.kube import FakeKube
 
 from workspace_secrets.api import constants as c
-from workspace_secrets.providers.credentials.base import Scope
-from workspace_secrets.providers.credentials.kubernetes_token import LABEL_SCOPE, KubernetesTokenProvider
+from workspace_secrets.credentials.providers.base import Scope
+from workspace_secrets.credentials.providers.kubernetes_token import LABEL_SCOPE, KubernetesTokenProvider
 
 SCOPE = Scope.of("team", "bob-ws", "uid-bob-ws", "kube")
 SECRETS = "/api/v1/namespaces/team/secrets"
 
 
-class MemoryKube:
-    def __init__(self) -> None:
-        self.objects: dict[str, dict] = {}
-        self.deleted: list[str] = []
-        self.token_requests: list[dict] = []
-        self._suffix = itertools.count(1)
-
-    async def create(self, path: str, body: dict) -> dict:
-        if path.endswith("/token"):
-            self.token_requests.append(body)
-            return {"status": {"token": "t0ken", "expirationTimestamp": "2030-01-01T00:00:00Z"}}
-        stored = copy.deepcopy(body)
-        meta = stored["metadata"]
-        if "generateName" in meta:  # the API server makes the name up
-            meta["name"] = f"{meta.pop('generateName')}{next(self._suffix):05d}"
-        meta["uid"] = f"uid-{meta['name']}"
-        self.objects[f"{path}/{meta['name']}"] = stored
-        return copy.deepcopy(stored)
-
-    async def get(self, path: str) -> dict | None:
-        return copy.deepcopy(self.objects.get(path))
-
-    async def delete(self, path: str, *, uid: str | None = None) -> bool:
-        self.deleted.append(path)
-        return self.objects.pop(path, None) is not None
-
-    async def list(self, path: str, *, label_selector: str | None = None) -> dict:
-        key, _, value = (label_selector or "").partition("=")
-        return {"items": [copy.deepcopy(o) for p, o in self.objects.items()
-                          if p.startswith(path + "/") and (o["metadata"].get("labels") or {}).get(key) == value]}
+def cluster() -> FakeKube:
+    kube = FakeKube()
+    kube.put("/api/v1/namespaces/team/serviceaccounts/ci", {"apiVersion": "v1", "kind": "ServiceAccount"})
+    return kube
 
 
-def provider(kube: MemoryKube) -> KubernetesTokenProvider:
+def provider(kube: FakeKube) -> KubernetesTokenProvider:
     return KubernetesTokenProvider.from_config(name="tokens", config={"allowedServiceAccounts": ["ci"], "audiences": ["aud"]},
                                                admin={}, kube=kube)  # type: ignore[arg-type]
 
 
 def test_anchors_get_names_nobody_can_take_first_and_foreign_secrets_are_never_ours():
-    kube = MemoryKube()
+    kube = cluster()
     tokens = provider(kube)
     # Proves it can tell: the anchor is ours, named by the API server, and the token is bound to it.
     issued = asyncio.run(tokens.issue(SCOPE, {"serviceAccount": "ci"}, 1))
@@ -68,11 +43,11 @@ def test_anchors_get_names_nobody_can_take_first_and_foreign_secrets_are_never_o
     # WorkspaceSecret) is neither listed as one of bob's tokens nor ever deleted by a revocation.
     squat = copy.deepcopy(kube.objects[ours])
     squat["metadata"].update(name="alices", ownerReferences=[])
-    kube.objects[f"{SECRETS}/alices"] = squat
+    kube.put(f"{SECRETS}/alices", squat)
     assert squat["metadata"]["labels"][LABEL_SCOPE] == SCOPE.tag
     assert sorted(asyncio.run(tokens.list(SCOPE))) == sorted([issued.id, again.id])
     asyncio.run(tokens.revoke(SCOPE, "alices"))
-    assert f"{SECRETS}/alices" in kube.objects and kube.deleted == []
+    assert f"{SECRETS}/alices" in kube.objects and kube.requests("DELETE") == []
     asyncio.run(tokens.revoke(SCOPE, issued.id))
-    assert ours not in kube.objects and kube.deleted == [ours]
+    assert ours not in kube.objects and kube.requests("DELETE") == [ours]
     assert kube.objects[f"{SECRETS}/{again.id}"]["metadata"]["labels"][c.LABEL_COMPONENT] == c.COMPONENT_TOKEN_ANCHOR

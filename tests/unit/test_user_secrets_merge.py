@@ -5,7 +5,7 @@ import base64
 import pytest
 
 from workspace_secrets.api import constants as c
-from workspace_secrets.domain import user_secrets
+from workspace_secrets.workspace_secret import user_secrets
 
 
 def secret(name, user="alice", env=None, files=None, **data):

@@ -1,25 +1,28 @@
-"""The UserToken controller against an in-memory Kubernetes API and a mock transport: a single-use refresh
-token is never spent twice under concurrent triggers, the rotated token is in the Secret before it is
-validated, and a failed Secret write keeps the token for the next attempt."""
+"""The UserToken controller against the shared in-memory Kubernetes API (tests/fakes/kube.py) and a mock
+transport: a single-use refresh token is never spent twice under concurrent triggers, the rotated token is in
+the Secret before it is validated, a failed Secret write keeps the token for the next attempt, and the metrics
+count passes, refresh failures and tokens."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import copy
-import itertools
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import pytest
+from fakes.kube import FakeKube
+
 from workspace_secrets.api import constants as c
-from workspace_secrets.controllers.user_token import ConnectSettings, UserTokenController
-from workspace_secrets.domain import usertoken as policy
-from workspace_secrets.domain.oauth import PendingAuthorizations, TokenSet
-from workspace_secrets.domain.sensitive import Sensitive
-from workspace_secrets.domain.signing import Signer
-from workspace_secrets.kube.client import Conflict, KubeError
-from workspace_secrets.providers.http import MockTransport, Request, Response, json_response
-from workspace_secrets.providers.oauth.registry import ProviderCache
+from workspace_secrets.user_token.controller import ConnectSettings, UserTokenController
+from workspace_secrets.user_token import policy
+from workspace_secrets.oauth.protocol import PendingAuthorizations, TokenSet
+from workspace_secrets.runtime.sensitive import Sensitive
+from workspace_secrets.runtime.signing import Signer
+from workspace_secrets.runtime.kube import KubeError
+from fakes.http import MockTransport, json_response
+from workspace_secrets.runtime.http import Request, Response
+from workspace_secrets.oauth.registry import ProviderCache
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=timezone.utc)
 NS = "team"
@@ -27,67 +30,6 @@ OPERATOR_NS = "wso-system"
 APP_PATH = f"/apis/{c.API_VERSION}/oauthapplications/gitlab-app"
 UT_PATH = f"/apis/{c.API_VERSION}/namespaces/{NS}/{c.USER_TOKEN_PLURAL}/gl"
 SECRET_PATH = f"/api/v1/namespaces/{NS}/secrets/gl-token"
-
-
-class MemoryKube:
-    """Just enough of kube.client.Kube: objects by path, resourceVersions, compare-and-swap replace."""
-
-    def __init__(self) -> None:
-        self.objects: dict[str, dict] = {}
-        self.versions = itertools.count(1)
-        self.fail_secret_writes = 0
-
-    def _stamp(self, obj: dict) -> dict:
-        obj.setdefault("metadata", {})["resourceVersion"] = str(next(self.versions))
-        return copy.deepcopy(obj)
-
-    async def get(self, path: str) -> dict | None:
-        await asyncio.sleep(0)  # a real API call yields to other tasks
-        return copy.deepcopy(self.objects.get(path))
-
-    async def list(self, path: str, *, label_selector: str | None = None) -> dict:
-        return {"items": [copy.deepcopy(o) for p, o in self.objects.items() if p.startswith(path + "/")]}
-
-    async def create(self, path: str, body: dict) -> dict:
-        await asyncio.sleep(0)
-        target = f"{path}/{body['metadata']['name']}"
-        if target in self.objects:
-            raise Conflict(409, "AlreadyExists", "exists")
-        self._check_secret_write(target)
-        body = copy.deepcopy(body)
-        body["metadata"].setdefault("uid", f"uid-{body['metadata']['name']}")
-        self.objects[target] = body
-        return self._stamp(body)
-
-    async def replace(self, path: str, body: dict) -> dict:
-        await asyncio.sleep(0)
-        current = self.objects[path]
-        if body["metadata"].get("resourceVersion") != current["metadata"]["resourceVersion"]:
-            raise Conflict(409, "Conflict", "stale")
-        self._check_secret_write(path)
-        self.objects[path] = copy.deepcopy(body)
-        return self._stamp(self.objects[path])
-
-    async def merge_patch(self, path: str, patch: dict) -> dict:
-        await asyncio.sleep(0)
-        target = self.objects[path.removesuffix("/status")]
-        for key, value in patch.items():
-            if isinstance(value, dict):
-                section = target.setdefault(key, {})
-                for k, v in value.items():
-                    if v is None:
-                        section.pop(k, None)
-                    else:
-                        section[k] = v
-        return self._stamp(target)
-
-    async def delete(self, path: str, *, uid: str | None = None) -> bool:
-        return self.objects.pop(path, None) is not None
-
-    def _check_secret_write(self, path: str) -> None:
-        if path == SECRET_PATH and self.fail_secret_writes:
-            self.fail_secret_writes -= 1
-            raise KubeError(503, "ServiceUnavailable", "etcd leader changed")
 
 
 class Events:
@@ -104,7 +46,7 @@ class Events:
 class FakeGitLab:
     """The token endpoint and user API of GitLab for the controller: rotating, single-use refresh tokens."""
 
-    def __init__(self, kube: MemoryKube) -> None:
+    def __init__(self, kube: FakeKube) -> None:
         self.kube = kube
         self.generation = 1
         self.refresh_calls = 0
@@ -135,8 +77,8 @@ def application(**spec) -> dict:
             "spec": {"type": "gitlab", "clientSecretRef": {"name": "gl-app"}, "allowedNamespaces": ["team", "other-*"], **spec}}
 
 
-def setup(clock_value: list[datetime], handler: Any = None) -> tuple[UserTokenController, MemoryKube, FakeGitLab, Events]:
-    kube = MemoryKube()
+def setup(clock_value: list[datetime], handler: Any = None) -> tuple[UserTokenController, FakeKube, FakeGitLab, Events]:
+    kube = FakeKube()
     gitlab = FakeGitLab(kube)
     events = Events()
     signer = Signer(Sensitive(b"k" * 32))
@@ -144,25 +86,24 @@ def setup(clock_value: list[datetime], handler: Any = None) -> tuple[UserTokenCo
     controller = UserTokenController(kube, events, ProviderCache(MockTransport(handler or gitlab), clock=clock), signer,  # type: ignore[arg-type]
                                      PendingAuthorizations(signer), ConnectSettings(base_url="https://ops"),
                                      operator_namespace=OPERATOR_NS, clock=clock)
-    kube.objects[APP_PATH] = application()
-    kube.objects[f"/api/v1/namespaces/{OPERATOR_NS}/secrets/gl-app"] = {
+    kube.put(APP_PATH, application())
+    kube.put(f"/api/v1/namespaces/{OPERATOR_NS}/secrets/gl-app", {
         "metadata": {"name": "gl-app", "namespace": OPERATOR_NS, "resourceVersion": "0"},
-        "data": {"client-id": base64.b64encode(b"cid").decode(), "client-secret": base64.b64encode(b"cs").decode()}}
-    kube.objects[UT_PATH] = {"apiVersion": c.API_VERSION, "kind": c.USER_TOKEN_KIND,
-                             "metadata": {"name": "gl", "namespace": NS, "uid": "uid-gl", "generation": 1, "resourceVersion": "0"},
-                             "spec": {"user": "alice", "application": "gitlab-app"}, "status": {"phase": "Valid"}}
-    from workspace_secrets.api.oauthapplication import OAuthApplication
-    from workspace_secrets.api.usertoken import UserToken
+        "data": {"client-id": base64.b64encode(b"cid").decode(), "client-secret": base64.b64encode(b"cs").decode()}})
+    kube.put(UT_PATH, {"apiVersion": c.API_VERSION, "kind": c.USER_TOKEN_KIND,
+                       "metadata": {"name": "gl", "namespace": NS, "uid": "uid-gl", "generation": 1},
+                       "spec": {"user": "alice", "application": "gitlab-app"}, "status": {"phase": "Valid"}})
+    from workspace_secrets.api.oauth_application import OAuthApplication
+    from workspace_secrets.api.user_token import UserToken
 
     ut = UserToken.from_body(kube.objects[UT_PATH]).bind(OAuthApplication.from_body(application()))
     tokens = TokenSet(Sensitive("at-1"), Sensitive("rt-1"), expires_at=NOW + timedelta(hours=2), scopes=("api",))
     secret = policy.desired_token_secret(ut, tokens, issued_at=NOW, generation="g0", git=policy.GitAccess("oauth2", "https://gitlab.com"))
-    secret["metadata"]["resourceVersion"] = "0"
-    kube.objects[SECRET_PATH] = secret
+    kube.put(SECRET_PATH, secret)
     return controller, kube, gitlab, events
 
 
-def secret_token(kube: MemoryKube) -> bytes:
+def secret_token(kube: FakeKube) -> bytes:
     return base64.b64decode(kube.objects[SECRET_PATH]["data"][c.KEY_TOKEN])
 
 
@@ -191,7 +132,7 @@ def test_the_rotated_token_is_in_the_secret_before_it_is_validated():
 def test_a_failed_secret_write_keeps_the_rotated_token_for_the_next_pass():
     clock = [NOW + timedelta(hours=1, minutes=45)]
     controller, kube, gitlab, _ = setup(clock)
-    kube.fail_secret_writes = 1
+    kube.fail(("POST", "PUT"), SECRET_PATH, 503, message="etcd leader changed")
     try:
         asyncio.run(controller.maintain(NS, "gl"))
     except KubeError:
@@ -205,7 +146,7 @@ def test_a_failed_secret_write_keeps_the_rotated_token_for_the_next_pass():
 def test_nothing_is_due_before_the_planned_refresh():
     clock = [NOW + timedelta(minutes=10)]
     controller, kube, gitlab, _ = setup(clock)
-    kube.objects[UT_PATH]["status"]["lastValidationTime"] = policy.format_time(clock[0])
+    kube.edit(UT_PATH, {"status": {"lastValidationTime": policy.format_time(clock[0])}})
     delay = asyncio.run(controller.maintain(NS, "gl"))
     assert gitlab.refresh_calls == 0 and secret_token(kube) == b"at-1"
     planned = policy.refresh_at(NOW, NOW + timedelta(hours=2), "uid-gl")
@@ -215,7 +156,7 @@ def test_nothing_is_due_before_the_planned_refresh():
 
 
 # --- the OAuthApplication is the platform's (issue 14, instance 1) ---------------------------------------------
-def ready(kube: MemoryKube) -> dict:
+def ready(kube: FakeKube) -> dict:
     return next(x for x in kube.objects[UT_PATH]["status"]["conditions"] if x["type"] == c.CONDITION_READY)
 
 
@@ -223,9 +164,9 @@ def test_a_missing_or_not_allowed_application_gives_one_message_and_no_request()
     clock = [NOW + timedelta(minutes=10)]
     controller, kube, gitlab, events = setup(clock)
     messages = []
-    for change in (lambda: kube.objects.pop(APP_PATH),  # no such application
-                   lambda: kube.objects.__setitem__(APP_PATH, application(allowedNamespaces=["other-*"])),  # not for "team"
-                   lambda: kube.objects.__setitem__(APP_PATH, application(allowedNamespaces=[]))):  # deny by default
+    for change in (lambda: kube.remove(APP_PATH),  # no such application
+                   lambda: kube.put(APP_PATH, application(allowedNamespaces=["other-*"])),  # not for "team"
+                   lambda: kube.put(APP_PATH, application(allowedNamespaces=[]))):  # deny by default
         change()
         delay = asyncio.run(controller.maintain(NS, "gl"))
         condition = ready(kube)
@@ -235,7 +176,7 @@ def test_a_missing_or_not_allowed_application_gives_one_message_and_no_request()
     assert len(set(messages)) == 1 and "spec.application" in messages[0] and "'gitlab-app'" in messages[0]
     assert gitlab.refresh_calls == 0 and not gitlab.secret_token_when_validated  # nothing was sent anywhere
     assert ("ApplicationNotFound", messages[0]) in events.posted
-    kube.objects[APP_PATH] = application(allowedNamespaces=["t*"])  # the platform allows it: the next pass works
+    kube.put(APP_PATH, application(allowedNamespaces=["t*"]))  # the platform allows it: the next pass works
     asyncio.run(controller.maintain(NS, "gl"))
     assert ready(kube)["status"] == "True"
     assert kube.objects[UT_PATH]["status"]["type"] == "gitlab" and kube.objects[UT_PATH]["status"]["host"] == "https://gitlab.com"
@@ -244,8 +185,9 @@ def test_a_missing_or_not_allowed_application_gives_one_message_and_no_request()
 def test_the_client_secret_is_read_from_the_operator_namespace_only():
     clock = [NOW + timedelta(hours=1, minutes=45)]  # a refresh is due: it needs the client
     controller, kube, gitlab, _ = setup(clock)
-    tenant_copy = kube.objects.pop(f"/api/v1/namespaces/{OPERATOR_NS}/secrets/gl-app")
-    kube.objects[f"/api/v1/namespaces/{NS}/secrets/gl-app"] = {**tenant_copy, "metadata": {**tenant_copy["metadata"], "namespace": NS}}
+    tenant_copy = kube.get_object(f"/api/v1/namespaces/{OPERATOR_NS}/secrets/gl-app")
+    kube.remove(f"/api/v1/namespaces/{OPERATOR_NS}/secrets/gl-app")
+    kube.put(f"/api/v1/namespaces/{NS}/secrets/gl-app", {**tenant_copy, "metadata": {"name": "gl-app", "namespace": NS}})
     asyncio.run(controller.maintain(NS, "gl"))
     assert gitlab.refresh_calls == 0 and ready(kube)["reason"] == "ApplicationNotReady"
     assert "client-id" not in ready(kube)["message"]  # nothing about the Secret's keys
@@ -253,7 +195,7 @@ def test_the_client_secret_is_read_from_the_operator_namespace_only():
 
 def test_the_provider_follows_the_application_version():
     controller, kube, _, _ = setup([NOW])
-    from workspace_secrets.api.oauthapplication import OAuthApplication
+    from workspace_secrets.api.oauth_application import OAuthApplication
 
     cache = controller._providers
     first = cache.for_application(OAuthApplication.from_body(application()))
@@ -270,7 +212,7 @@ PUBLIC_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9
 
 
 class GitLabWithKeys(FakeGitLab):
-    def __init__(self, kube: MemoryKube) -> None:
+    def __init__(self, kube: FakeKube) -> None:
         super().__init__(kube)
         self.keys: list[dict] = []
 
@@ -289,13 +231,13 @@ def key_secret(**meta) -> dict:
             "data": {c.KEY_SSH_PUBLIC: base64.b64encode(PUBLIC_KEY.encode()).decode()}}
 
 
-def ssh_condition(kube: MemoryKube) -> dict:
+def ssh_condition(kube: FakeKube) -> dict:
     return next(x for x in kube.objects[UT_PATH]["status"]["conditions"] if x["type"] == c.CONDITION_SSH_KEY_UPLOADED)
 
 
 def test_add_ssh_key_uploads_only_a_secret_proven_to_be_the_users_operator_key():
-    from workspace_secrets.domain.naming import user_key_secret_name
-    from workspace_secrets.domain.sshkeys import KeySpec
+    from workspace_secrets.user_keys.naming import user_key_secret_name
+    from workspace_secrets.user_keys.sshkeys import KeySpec
 
     assert user_key_secret_name("alice", KeySpec()) == KEY_NAME
     squats = [
@@ -306,7 +248,7 @@ def test_add_ssh_key_uploads_only_a_secret_proven_to_be_the_users_operator_key()
     ]
     messages = set()
     for squat in squats:
-        kube_holder: list[MemoryKube] = []
+        kube_holder: list[FakeKube] = []
         clock = [NOW + timedelta(minutes=10)]
         provider = None
 
@@ -315,9 +257,9 @@ def test_add_ssh_key_uploads_only_a_secret_proven_to_be_the_users_operator_key()
 
         controller, kube, _, _ = setup(clock, handler)
         provider = GitLabWithKeys(kube)
-        kube.objects[UT_PATH]["spec"]["addSSHKey"] = True
+        kube.edit(UT_PATH, {"spec": {"addSSHKey": True}})
         if squat is not None:
-            kube.objects[f"/api/v1/namespaces/{NS}/secrets/{KEY_NAME}"] = squat
+            kube.put(f"/api/v1/namespaces/{NS}/secrets/{KEY_NAME}", squat)
         asyncio.run(controller.maintain(NS, "gl"))
         condition = ssh_condition(kube)
         assert (condition["status"], condition["reason"]) == ("False", "UserKeyNotFound") and provider.keys == []
@@ -327,8 +269,8 @@ def test_add_ssh_key_uploads_only_a_secret_proven_to_be_the_users_operator_key()
     clock = [NOW + timedelta(minutes=10)]
     controller, kube, _, _ = setup(clock, lambda request: provider(request))
     provider = GitLabWithKeys(kube)
-    kube.objects[UT_PATH]["spec"]["addSSHKey"] = True
-    kube.objects[f"/api/v1/namespaces/{NS}/secrets/{KEY_NAME}"] = key_secret()
+    kube.edit(UT_PATH, {"spec": {"addSSHKey": True}})
+    kube.put(f"/api/v1/namespaces/{NS}/secrets/{KEY_NAME}", key_secret())
     asyncio.run(controller.maintain(NS, "gl"))
     assert ssh_condition(kube)["status"] == "True" and [k["key"] for k in provider.keys] == [" ".join(PUBLIC_KEY.split()[:2])]
 
@@ -359,8 +301,9 @@ def test_a_provider_answering_expires_in_1_cannot_make_a_refresh_loop():
 def test_the_authorization_url_is_a_plain_link_and_the_device_code_stays_in_memory():
     clock = [NOW]
     controller, kube, gitlab, _ = setup(clock)
-    del kube.objects[SECRET_PATH]
-    kube.objects[UT_PATH]["status"] = {"userCode": "OLD-CODE", "authorizationURLExpiresAt": "2026-01-01T00:00:00Z"}
+    kube.remove(SECRET_PATH)
+    kube.edit(UT_PATH, {"status": None})
+    kube.edit(UT_PATH, {"status": {"userCode": "OLD-CODE", "authorizationURLExpiresAt": "2026-01-01T00:00:00Z"}})
     asyncio.run(controller.maintain(NS, "gl"))
     status = kube.objects[UT_PATH]["status"]
     assert status["authorizationURL"] == "https://ops/accounts?focus=team/gl"
@@ -373,7 +316,7 @@ def test_the_authorization_url_is_a_plain_link_and_the_device_code_stays_in_memo
         return json_response(400, {"error": "authorization_pending"})
 
     controller._providers._transport = MockTransport(device)  # type: ignore[attr-defined]
-    kube.objects[UT_PATH]["spec"]["flow"] = "Device"
+    kube.edit(UT_PATH, {"spec": {"flow": "Device"}})
     delay = asyncio.run(controller.maintain(NS, "gl"))
     status = kube.objects[UT_PATH]["status"]
     assert "userCode" not in status and status["authorizationURL"] == "https://ops/accounts?focus=team/gl"
@@ -388,7 +331,7 @@ def test_device_polls_are_one_per_interval_whatever_the_triggers():
     endpoint still sees at most one poll per interval (a strict provider answers slow_down otherwise)."""
     clock = [NOW]
     controller, kube, _, _ = setup(clock)
-    del kube.objects[SECRET_PATH]
+    kube.remove(SECRET_PATH)
     polls: list[datetime] = []
 
     async def device(request: Request) -> Response:
@@ -401,7 +344,7 @@ def test_device_polls_are_one_per_interval_whatever_the_triggers():
         return json_response(404, {})
 
     controller._providers._transport = MockTransport(device)  # type: ignore[attr-defined]
-    kube.objects[UT_PATH]["spec"]["flow"] = "Device"
+    kube.edit(UT_PATH, {"spec": {"flow": "Device"}})
 
     async def triggers(n: int) -> None:
         await asyncio.gather(*(controller.maintain(NS, "gl") for _ in range(n)))
@@ -417,3 +360,62 @@ def test_device_polls_are_one_per_interval_whatever_the_triggers():
     clock[0] += timedelta(seconds=3)
     asyncio.run(triggers(3))
     assert polls == [NOW + timedelta(seconds=5), NOW + timedelta(seconds=10)]
+
+
+# --- metrics: passes, refresh failures, the token count ---------------------------------------------------------
+def metric_value(name: str, **labels: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_passes_and_refresh_failures_are_counted():
+    def passes(result: str) -> float:
+        return metric_value("wso_reconciles_total", kind=c.USER_TOKEN_KIND, result=result)
+
+    def refresh_failures(reason: str) -> float:
+        return metric_value("wso_token_refresh_failures_total", provider="gitlab", reason=reason)
+
+    def answering(status: int, body: dict):
+        async def handler(request: Request) -> Response:
+            if request.url.endswith("/oauth/token"):
+                return json_response(status, body)
+            return json_response(200, {"id": 1, "username": "alice"})
+        return handler
+
+    due = [NOW + timedelta(hours=1, minutes=45)]  # a refresh is due
+    before = {r: passes(r) for r in ("success", "problem", "gone", "error")}
+    rejected, unavailable = refresh_failures("RefreshRejected"), refresh_failures("ProviderUnavailable")
+    controller, kube, _, _ = setup(due, answering(400, {"error": "invalid_grant"}))
+    asyncio.run(controller.maintain(NS, "gl"))  # the grant is gone: the user must reconnect
+    assert refresh_failures("RefreshRejected") == rejected + 1 and passes("problem") == before["problem"] + 1
+    controller, kube, _, _ = setup(due, answering(503, {}))
+    asyncio.run(controller.maintain(NS, "gl"))  # an outage: retried with backoff, the token is still good
+    assert refresh_failures("ProviderUnavailable") == unavailable + 1 and ready(kube)["status"] == "True"
+    assert passes("success") == before["success"] + 1
+    kube.remove(UT_PATH)
+    assert asyncio.run(controller.maintain(NS, "gl")) is None
+    assert passes("gone") == before["gone"] + 1 and passes("error") == before["error"]
+    kube.fail("GET", UT_PATH, 500)
+    with pytest.raises(KubeError):
+        asyncio.run(controller.maintain(NS, "gl"))
+    assert passes("error") == before["error"] + 1
+
+
+def test_the_token_gauge_counts_by_type_and_phase_and_forgets_what_is_gone():
+    controller, kube, _, _ = setup([NOW + timedelta(minutes=10)])
+
+    def tokens(provider: str, state: str) -> float | None:
+        from prometheus_client import REGISTRY
+
+        return REGISTRY.get_sample_value("wso_tokens", {"provider": provider, "state": state})
+
+    asyncio.run(controller.maintain(NS, "gl"))  # records status.type
+    kube.put(f"/apis/{c.API_VERSION}/namespaces/{NS}/{c.USER_TOKEN_PLURAL}", {
+        "metadata": {"name": "odd"}, "spec": {"user": "bob", "application": "gitlab-app"},
+        "status": {"type": "x" * 300, "phase": "Whatever"}})  # a status written by hand cannot grow the label sets
+    assert asyncio.run(controller.count_tokens()) == {("gitlab", "Valid"): 1, ("other", "other"): 1}
+    assert tokens("gitlab", "Valid") == 1 and tokens("other", "other") == 1
+    kube.remove(UT_PATH)
+    asyncio.run(controller.count_tokens())
+    assert tokens("gitlab", "Valid") == 0 and tokens("other", "other") == 1

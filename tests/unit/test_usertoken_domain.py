@@ -10,15 +10,15 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from workspace_secrets.api import constants as c
-from workspace_secrets.api.oauthapplication import OAuthApplication
-from workspace_secrets.api.usertoken import UserToken
-from workspace_secrets.api.workspacesecret import SpecError
-from workspace_secrets.domain import usertoken as policy
-from workspace_secrets.domain.oauth import (PendingAuthorization, PendingAuthorizations, StateRejected, TokenSet, pkce_challenge,
-                                            pkce_verifier)
-from workspace_secrets.domain.sensitive import Sensitive
-from workspace_secrets.domain.signing import BadSignature, Expired, Signer
-from workspace_secrets.domain.usertoken import Event, Phase
+from workspace_secrets.api.oauth_application import OAuthApplication
+from workspace_secrets.api.user_token import UserToken
+from workspace_secrets.api.workspace_secret import SpecError
+from workspace_secrets.user_token import policy
+from workspace_secrets.oauth.protocol import (PendingAuthorization, PendingAuthorizations, StateRejected, TokenSet,
+                                              pkce_challenge, pkce_verifier)
+from workspace_secrets.runtime.sensitive import Sensitive
+from workspace_secrets.runtime.signing import BadSignature, Expired, Signer
+from workspace_secrets.user_token.policy import Event, Phase
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=timezone.utc)
 SIGNER = Signer(Sensitive(b"k" * 32))
@@ -249,7 +249,7 @@ def test_the_connect_link_is_a_plain_link_to_the_page():
 
 
 def test_flow_cookie_binding():
-    from workspace_secrets.domain.oauth import browser_binding, flow_nonce, same_browser
+    from workspace_secrets.oauth.protocol import browser_binding, flow_nonce, same_browser
 
     nonce = flow_nonce()
     record = PendingAuthorization("ns", "alice-gh", "uid-1", "alice", Sensitive("v"), "https://ops/cb", NOW, browser=browser_binding(nonce))

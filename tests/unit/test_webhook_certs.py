@@ -9,8 +9,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from workspace_secrets.controllers.webhook_certs import WebhookCertificates
-from workspace_secrets.domain import webhook_tls as tls
+from workspace_secrets.runtime.webhook.certs import WebhookCertificates
+from workspace_secrets.runtime.webhook import tls
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=timezone.utc)
 

@@ -1,17 +1,17 @@
-"""The MutatingWebhookConfiguration entry, its drift detection, and the sync against a stand-in store."""
+"""The MutatingWebhookConfiguration entry, its drift detection, and the sync through the real store over the
+shared in-memory API server (tests/fakes/kube.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import copy
 
 import pytest
+from fakes.kube import FakeKube
 
 from workspace_secrets.api import constants as c
-from workspace_secrets.controllers.webhook_configuration import WebhookConfigurationController
-from workspace_secrets.domain import webhook_configuration as wc
-from workspace_secrets.kube.client import Conflict
+from workspace_secrets.runtime.webhook.configuration import WebhookConfigurationController
+from workspace_secrets.runtime.webhook import configuration as wc
 
 CA = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 
@@ -55,35 +55,11 @@ def test_the_rewrite_keeps_other_webhooks_and_compares_and_swaps():
     assert body["webhooks"][1]["timeoutSeconds"] == wc.TIMEOUT_SECONDS
 
 
-class FakeConfigurations:
-    """A stand-in for the API server's MutatingWebhookConfiguration store with resourceVersions."""
+CONFIGURATIONS = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
 
-    def __init__(self, conflicts: int = 0) -> None:
-        self.objects: dict[str, dict] = {}
-        self.writes = 0
-        self.conflicts = conflicts
 
-    async def get(self, name):
-        return copy.deepcopy(self.objects.get(name))
-
-    async def create(self, body):
-        name = body["metadata"]["name"]
-        if name in self.objects:
-            raise Conflict(409, "AlreadyExists", name)
-        self.writes += 1
-        self.objects[name] = {**copy.deepcopy(body), "metadata": {**body["metadata"], "resourceVersion": "1"}}
-        return self.objects[name]
-
-    async def replace(self, body):
-        name = body["metadata"]["name"]
-        current = self.objects[name]
-        if self.conflicts or body["metadata"].get("resourceVersion") != current["metadata"]["resourceVersion"]:
-            self.conflicts = max(0, self.conflicts - 1)
-            raise Conflict(409, "Conflict", name)
-        self.writes += 1
-        version = str(int(current["metadata"]["resourceVersion"]) + 1)
-        self.objects[name] = {**copy.deepcopy(body), "metadata": {**body["metadata"], "resourceVersion": version}}
-        return self.objects[name]
+def writes(kube: FakeKube) -> int:
+    return len(kube.requests("POST", CONFIGURATIONS)) + len(kube.requests("PUT", f"{CONFIGURATIONS}/*"))
 
 
 def controller(store, ca=lambda: CA):
@@ -91,30 +67,34 @@ def controller(store, ca=lambda: CA):
 
 
 def test_sync_creates_then_does_nothing_then_repairs_a_stale_ca_bundle():
-    store = FakeConfigurations()
-    sync = controller(store).sync
-    assert asyncio.run(sync()) is True and store.writes == 1
-    assert asyncio.run(sync()) is False and store.writes == 1  # idempotent: no write when nothing drifted
-    store.objects["cfg"]["webhooks"][0]["clientConfig"]["caBundle"] = "c3RhbGU="
-    store.objects["cfg"]["metadata"]["resourceVersion"] = "7"
-    assert asyncio.run(sync()) is True
-    assert store.objects["cfg"]["webhooks"][0]["clientConfig"]["caBundle"] == "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCk1JSUIKLS0tLS1FTkQgQ0VSVElGSUNBVEUtLS0tLQo="
+    kube = FakeKube()
+    sync = controller(wc.MutatingWebhookConfigurations(kube)).sync  # type: ignore[arg-type]
+    assert asyncio.run(sync()) is True and writes(kube) == 1
+    assert asyncio.run(sync()) is False and writes(kube) == 1  # idempotent: no write when nothing drifted
+    stale = kube.get_object(f"{CONFIGURATIONS}/cfg")
+    stale["webhooks"][0]["clientConfig"]["caBundle"] = "c3RhbGU="
+    kube.put(CONFIGURATIONS, stale)  # someone else's write: a new resourceVersion
+    assert asyncio.run(sync()) is True and writes(kube) == 2
+    assert kube.get_object(f"{CONFIGURATIONS}/cfg")["webhooks"][0]["clientConfig"]["caBundle"] == \
+        "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCk1JSUIKLS0tLS1FTkQgQ0VSVElGSUNBVEUtLS0tLQo="
 
 
 def test_sync_follows_a_new_ca_and_retries_a_lost_compare_and_swap():
-    store = FakeConfigurations()
+    kube = FakeKube()
     ca = [CA]
-    sync = controller(store, ca=lambda: ca[0]).sync
+    sync = controller(wc.MutatingWebhookConfigurations(kube), ca=lambda: ca[0]).sync  # type: ignore[arg-type]
     asyncio.run(sync())
     ca[0] = CA.replace(b"MIIB", b"MIIC")
-    store.conflicts = 1
+    kube.fail("PUT", f"{CONFIGURATIONS}/cfg", 409, message="the object has been modified")
     assert asyncio.run(sync()) is True
-    assert wc.drift(store.objects["cfg"], wc.desired_webhook(wc.url_client_config("127.0.0.1", 9443, base64.b64encode(ca[0]).decode()))) is None
+    assert len(kube.requests("PUT")) == 2  # lost once, then read again and written
+    live = kube.get_object(f"{CONFIGURATIONS}/cfg")
+    assert wc.drift(live, wc.desired_webhook(wc.url_client_config("127.0.0.1", 9443, base64.b64encode(ca[0]).decode()))) is None
 
 
 def test_cli_flags_make_the_webhook_config():
     from workspace_secrets.cli import _parser, _webhook_config
-    from workspace_secrets.handlers.admission import hosts_for, listen_address
+    from workspace_secrets.settings import hosts_for, listen_address
 
     off = _webhook_config(_parser().parse_args(["run"]))
     assert not off.enabled and off.host == "127.0.0.1" and off.port == 9443

@@ -7,12 +7,12 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from workspace_secrets.api import constants as c
-from workspace_secrets.api.workspacesecret import SpecError, WorkspaceSecret
-from workspace_secrets.domain import conditions as cond
-from workspace_secrets.domain import sshkeys
-from workspace_secrets.domain import workspace_secret as policy
-from workspace_secrets.domain.naming import user_key_secret_name
-from workspace_secrets.domain.sshkeys import KeySpec, KeyType
+from workspace_secrets.api.workspace_secret import SpecError, WorkspaceSecret
+from workspace_secrets.api import conditions as cond
+from workspace_secrets.user_keys import sshkeys
+from workspace_secrets.workspace_secret import policy
+from workspace_secrets.user_keys.naming import user_key_secret_name
+from workspace_secrets.user_keys.sshkeys import KeySpec, KeyType
 
 KEY = sshkeys.generate(KeySpec(), comment="alice@test")
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=timezone.utc)
@@ -81,7 +81,7 @@ def test_ordinary_mount_paths_are_accepted(path):
 
 
 def test_reserved_secret_names_are_the_per_user_key_pattern():
-    from workspace_secrets.domain.naming import RESERVED_SECRET_NAME_PATTERN, is_reserved_secret_name
+    from workspace_secrets.user_keys.naming import RESERVED_SECRET_NAME_PATTERN, is_reserved_secret_name
 
     assert RESERVED_SECRET_NAME_PATTERN == "^ssh-.+-(ecdsa-p256|ed25519|rsa-[0-9]+)-[0-9a-f]{8}$"
     for spec in (KeySpec(), KeySpec(KeyType.ECDSA), KeySpec(KeyType.RSA, 3072), KeySpec(KeyType.RSA, 4096)):

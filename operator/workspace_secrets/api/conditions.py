@@ -20,6 +20,22 @@ class Condition:
         return "True" if self.status else "False"
 
 
+@dataclass(frozen=True)
+class Problem:
+    """Why something could not be done: a stable reason (a Condition reason) and a message that says how to fix it."""
+
+    reason: str
+    message: str
+
+
+class ProblemFound(Exception):
+    """Something only a human can fix: reported as a Condition (and an Event), not retried in a hot loop."""
+
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(problem.message)
+        self.problem = problem
+
+
 def merge(
     existing: Sequence[Mapping[str, Any]] | None,
     wanted: Iterable[Condition],

@@ -14,8 +14,8 @@ from fnmatch import fnmatchcase
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from . import constants as c
-from .workspacesecret import SpecError
+from workspace_secrets.api import constants as c
+from workspace_secrets.api.workspace_secret import SpecError
 
 KIND = "OAuthApplication"
 PLURAL = "oauthapplications"

@@ -12,10 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import constants as c
-from .oauthapplication import (DEVICE_FLOW_TYPES, PROVIDER_TYPES, SSH_KEY_TYPES, ClientSecretRef, OAuthApplication,  # noqa: F401
-                               VaultSpec)
-from .workspacesecret import SpecError
+from workspace_secrets.api import constants as c
+from workspace_secrets.api.oauth_application import (DEVICE_FLOW_TYPES, PROVIDER_TYPES, SSH_KEY_TYPES, ClientSecretRef,
+                                                     OAuthApplication, VaultSpec)
+from workspace_secrets.api.workspace_secret import SpecError
 
 FLOWS = ("AuthorizationCode", "Device")
 # Fields of the first UserToken schema that moved to OAuthApplication (refused by the CRD too).

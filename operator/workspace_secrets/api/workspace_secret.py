@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from . import constants as c
-from .durations import parse_duration
+from workspace_secrets.api import constants as c
+from workspace_secrets.api.durations import parse_duration
 
 WORKSPACE_KINDS: dict[str, tuple[str, str]] = {
     # kind -> (apiVersion, plural). The lifecycle anchors a WorkspaceSecret may bind to.

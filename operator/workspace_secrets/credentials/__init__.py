@@ -1,1 +1,1 @@
-"""Read -> decide (domain) -> write. No kopf here: handlers call in, and so does the Secret watch."""
+"""Dynamic credentials: the ledger and plan (pure), the manager that mints/rotates/revokes, the providers."""

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Set
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 
-from ..api.workspacesecret import CredentialSpec
+from workspace_secrets.api.workspace_secret import CredentialSpec
 
 RENEW_FRACTION = 2 / 3  # renew an expiring credential at 2/3 of its lifetime (Vault's practice)
 

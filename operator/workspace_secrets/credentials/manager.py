@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from ..api import constants as c
-from ..api.workspacesecret import CredentialSpec, WorkspaceSecret
-from ..domain import credentials as ledgers
-from ..domain.workspace_secret import Problem
-from ..providers.credentials.base import CredentialProvider, FileRef, ProviderError, Scope
+from workspace_secrets.api import constants as c
+from workspace_secrets.api.workspace_secret import CredentialSpec, WorkspaceSecret
+from workspace_secrets.credentials import ledger as ledgers
+from workspace_secrets.api.conditions import Problem
+from workspace_secrets.credentials.providers.base import CredentialProvider, FileRef, ProviderError, Scope
+from workspace_secrets.runtime.metrics import CREDENTIALS_FAILED, CREDENTIALS_ISSUED, CREDENTIALS_REVOKED
 
 log = logging.getLogger(__name__)
 
@@ -101,12 +102,15 @@ class CredentialManager:
             return keep_as_is(Problem("PolicyViolation", f"{where}.parameters: {error}"))
         scope = Scope.of(ws.namespace, ws.name, ws.uid, spec.name)
         now = self._clock()
+        operation = "list"
         try:
             live = set(await provider.list(scope))
             decided = ledgers.plan(spec, ledger, live, bool(old_values), now)
             kept = decided.keep
             for credential_id in sorted(decided.revoke):
+                operation = "revoke"
                 await provider.revoke(scope, credential_id)
+                CREDENTIALS_REVOKED.labels(provider=spec.provider).inc()
                 out.events.append(("Normal", "CredentialRevoked", f"{spec.name}: revoked {provider.type_name} credential {credential_id} ({'superseded' if credential_id in (ledger.ids if ledger else ()) else 'not recorded: orphan'})."))
             if decided.issue_reason is None:
                 out.data.update(old_values)
@@ -114,7 +118,9 @@ class CredentialManager:
                 out.status.append(_status(spec, kept, "Active"))
                 out.wake(decided.wake_at)
             else:
+                operation = "issue"
                 issued = await provider.issue(scope, spec.parameters, kept.generation + 1)
+                CREDENTIALS_ISSUED.labels(provider=spec.provider).inc()
                 record = ledgers.Record(issued.id, now, issued.expires_at)
                 new_ledger = ledgers.after_issue(spec, kept, record, now)
                 for suffix, value in issued.values.items():
@@ -125,6 +131,7 @@ class CredentialManager:
                 verb = "Rotated" if decided.issue_reason == "Rotation" else "Issued"
                 out.events.append(("Normal", f"Credential{verb}", f"{spec.name}: {verb.lower()} {provider.type_name} credential {issued.id} ({decided.issue_reason})."))
         except ProviderError as exc:
+            _count_failure(spec.provider, operation, exc)
             return keep_as_is(Problem("ProviderError", f"{where} ({spec.provider}): {exc}; retrying with backoff."))
         for env_name, ref in provider.env().items():
             if isinstance(ref, FileRef):
@@ -147,7 +154,9 @@ class CredentialManager:
         scope = Scope.of(ws.namespace, ws.name, ws.uid, name)
         try:
             if provider is None:
-                raise ProviderError(f"provider {ledger.provider!r} is no longer configured", retryable=False)
+                error = ProviderError(f"provider {ledger.provider!r} is no longer configured", retryable=False)
+                _count_failure(ledger.provider, "revoke", error)
+                raise error
             await self.revoke_scope(provider, scope)
             out.events.append(("Normal", "CredentialRevoked", f"{name}: {why}; its {provider.type_name} credentials are revoked."))
         except ProviderError as exc:
@@ -155,10 +164,18 @@ class CredentialManager:
             out.problems.append(Problem("RevocationFailed", f"credentials of removed entry {name!r} ({ledger.provider}) could not be revoked yet: {exc}"))
 
     async def revoke_scope(self, provider: CredentialProvider, scope: Scope) -> list[str]:
-        ids = await provider.list(scope)
-        for credential_id in ids:
-            await provider.revoke(scope, credential_id)
-        await provider.release(scope)
+        operation = "list"
+        try:
+            ids = await provider.list(scope)
+            for credential_id in ids:
+                operation = "revoke"
+                await provider.revoke(scope, credential_id)
+                CREDENTIALS_REVOKED.labels(provider=provider.name).inc()
+            operation = "release"
+            await provider.release(scope)
+        except ProviderError as exc:
+            _count_failure(provider.name, operation, exc)
+            raise
         return ids
 
     async def revoke_all(self, ws: WorkspaceSecret, existing: Mapping[str, Any] | None) -> tuple[list[str], list[str]]:
@@ -179,6 +196,11 @@ class CredentialManager:
         return revoked, errors
 
 
+def _count_failure(provider: str, operation: str, exc: ProviderError) -> None:
+    """CREDENTIALS_FAILED by the platform's provider name, the provider call that failed, and whether it is retried."""
+    CREDENTIALS_FAILED.labels(provider=provider, operation=operation, reason="retryable" if exc.retryable else "permanent").inc()
+
+
 def _status(spec: CredentialSpec, ledger: ledgers.EntryLedger, phase: str) -> dict[str, Any]:
     current = ledger.current
     entry: dict[str, Any] = {"name": spec.name, "provider": spec.provider, "phase": phase, "generation": ledger.generation}
@@ -197,7 +219,13 @@ async def sweep_orphans(manager: CredentialManager, expected_tags: Callable[[], 
 
     Providers are listed BEFORE the WorkspaceSecrets, so a scope created concurrently is never mistaken for
     an orphan: it belongs to a WorkspaceSecret that already exists when the second list is taken."""
-    found = {name: await provider.sweep() for name, provider in manager._providers.items()}
+    found = {}
+    for name, provider in manager._providers.items():
+        try:
+            found[name] = await provider.sweep()
+        except ProviderError as exc:
+            _count_failure(name, "sweep", exc)
+            raise
     expected = await expected_tags()
     revoked = []
     for name, tags in found.items():

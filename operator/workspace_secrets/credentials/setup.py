@@ -2,7 +2,7 @@
 
     providers:
       - name: aws-dev                 # what WorkspaceSecrets write in spec.credentials[].provider
-        type: aws-iam                 # a type from providers/credentials/registry.py
+        type: aws-iam                 # a type from credentials/providers/registry.py
         credentialsSecret: aws-admin  # admin credentials: a Secret in the operator's namespace
         config: {region: eu-west-1}   # type-specific settings and policy bounds
         allow:                        # who may use it; without `allow`, nobody (deny by default)
@@ -18,10 +18,10 @@ from typing import Any
 
 import yaml
 
-from ..domain.credentials import AccessRule
-from ..domain.sensitive import Sensitive
-from ..kube.client import Kube, core_path
-from ..providers.credentials import registry
+from workspace_secrets.credentials.ledger import AccessRule
+from workspace_secrets.runtime.sensitive import Sensitive
+from workspace_secrets.runtime.kube import Kube, core_path
+from workspace_secrets.credentials.providers import registry
 
 log = logging.getLogger(__name__)
 

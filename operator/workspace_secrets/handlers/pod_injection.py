@@ -2,7 +2,7 @@
 
 Registered by `register()` only when the webhook is enabled: kopf refuses to start with admission
 handlers but no webhook server. The API server reaches it at the URL path `/<id>`; the
-MutatingWebhookConfiguration (domain/webhook_configuration.py) selects labelled pods only, so this
+MutatingWebhookConfiguration (runtime/webhook/configuration.py) selects labelled pods only, so this
 handler never sees another pod. The kopf filters below repeat that selection as a safety net; the
 configuration's `sideEffects: NoneOnDryRun` matches what the handler does (no Event on a dry run).
 """
@@ -13,34 +13,26 @@ from typing import Any
 
 import kopf
 
-from ..api import constants as c
-from ..controllers.pod_injection import Refused
-from ..domain.pod_injection import apply_patch
-from ..kube.client import KubeError
+from workspace_secrets.api import constants as c
+from workspace_secrets.app import App
+from workspace_secrets.pod_injection.controller import Refused
+from workspace_secrets.runtime.errors import admission_error
 
 
 async def mount_workspace_secret(
-    body: kopf.Body, patch: kopf.Patch, warnings: list[str], dryrun: bool, memo: kopf.Memo, **_: Any
+    body: kopf.Body, patch: kopf.Patch, warnings: list[str], dryrun: bool, memo: Any, **_: Any
 ) -> None:
+    pod_injection = App.of(memo).pod_injection
+    assert pod_injection is not None, "registered only with the webhook enabled"
     try:
-        admission = await memo.pod_injection.admit(body, namespace=body.metadata.namespace or "", dry_run=dryrun)
+        admission = await pod_injection.admit(body, namespace=body.metadata.namespace or "", dry_run=dryrun)
     except Refused as exc:
         raise kopf.AdmissionError(str(exc), code=403) from None
-    except KubeError as exc:
-        raise kopf.AdmissionError(
-            f"{c.OPERATOR_NAME} could not read the pod's WorkspaceSecret (Kubernetes API answered {exc.status} "
-            f"{exc.reason}); retry, or check the operator's RBAC for workspacesecrets get.", code=503,
-        ) from None
+    except Exception as exc:
+        raise admission_error(exc) from None
     warnings.extend(admission.warnings)
     if admission.patch:
-        ops = admission.patch
-
-        def injected(raw: dict[str, Any]) -> None:  # kopf diffs the result into the JSON patch it answers
-            result = apply_patch(raw, ops)
-            raw.clear()
-            raw.update(result)
-
-        patch.fns.append(injected)
+        patch.fns.append(admission.apply)  # kopf diffs the result into the JSON patch it answers
 
 
 _registered: set[int] = set()

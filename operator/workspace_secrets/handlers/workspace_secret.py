@@ -21,18 +21,19 @@ from typing import Any
 
 import kopf
 
-from ..api import constants as c
-from .errors import retry_policy
+from workspace_secrets.api import constants as c
+from workspace_secrets.app import App
+from workspace_secrets.runtime.errors import retry_policy
 
 RESOURCE = (c.GROUP, c.VERSION, c.WORKSPACE_SECRET_PLURAL)
 
 
 @kopf.on.event(*RESOURCE, id="observe")
-async def observe(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def observe(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
     """Every creation, change and deletion, and each object of the initial listing at start-up (type
     None). The controller queues a reconcile when the object changed in a way that matters; the work
     queue runs it with bounded concurrency and retries failures with backoff."""
-    memo.workspace_secrets.observe(type, body)
+    App.of(memo).workspace_secrets.observe(type, body)
 
 
 def _has_credentials(spec: kopf.Spec, **_: Any) -> bool:
@@ -40,11 +41,11 @@ def _has_credentials(spec: kopf.Spec, **_: Any) -> bool:
 
 
 @kopf.on.delete(*RESOURCE, id="revoke-credentials", when=_has_credentials)
-async def revoke_credentials(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
+async def revoke_credentials(body: kopf.Body, memo: Any, retry: int, **_: Any) -> None:
     """Revoke every credential before the WorkspaceSecret goes. Failures keep the finalizer and retry
     with backoff (TemporaryError: a PermanentError here would drop the finalizer and leak credentials);
     the abandon-cleanup annotation is the documented way out."""
     with retry_policy():
-        outcome = await memo.workspace_secrets.finalize(body, attempt=retry)
+        outcome = await App.of(memo).workspace_secrets.finalize(body, attempt=retry)
     if outcome is not None:
         raise kopf.TemporaryError(outcome, delay=min(2 ** min(retry, 6), 60))

@@ -1,1 +1,2 @@
-"""One module per OAuth provider type, all behind `base.OAuthProvider`; `registry` maps spec.type to them."""
+"""OAuth / OIDC providers that UserTokens use, one module each behind `base.OAuthProvider`; `registry` maps
+OAuthApplication spec.type to them. HTTP goes through `runtime.http.Transport`."""

@@ -18,11 +18,11 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
 from urllib.parse import urlencode, urlsplit
 
-from ...domain.oauth import Identity, TokenSet
-from ...domain.sensitive import Sensitive
-from ...domain.usertoken import GitAccess
-from ...api.oauthapplication import origin
-from ..http import Request, Response, ResponseTooLarge, Transport, TransportError
+from workspace_secrets.oauth.protocol import Identity, TokenSet
+from workspace_secrets.runtime.sensitive import Sensitive
+from workspace_secrets.oauth.protocol import GitAccess
+from workspace_secrets.api.oauth_application import origin
+from workspace_secrets.runtime.http import Request, Response, ResponseTooLarge, Transport, TransportError
 
 Clock = Callable[[], datetime]
 
@@ -145,6 +145,9 @@ class OAuthProvider(Protocol):
     supports_device_flow: bool
     supports_ssh_keys: bool
     supports_revocation: bool
+    #: The git username is the user's login at the provider (Bitbucket Server): git-credentials is written again
+    #: once the login is known. Otherwise it is fixed (git_access), or the token is no git credential (None).
+    git_username_is_login: bool
 
     def default_scopes(self, *, add_ssh_key: bool) -> tuple[str, ...]: ...
 
@@ -195,6 +198,7 @@ class OAuth2Base:
     supports_device_flow = False
     supports_ssh_keys = False
     supports_revocation = False
+    git_username_is_login = False
     client_auth = "body"  # "body" (client_secret_post) or "basic" (client_secret_basic)
     name = "OAuth provider"
 
@@ -292,16 +296,20 @@ class OAuth2Base:
                 raise SlowDown(str(exc), code=exc.code) from None
             raise
 
+    def authenticate(self, client: ClientCredentials, form: Mapping[str, str]) -> tuple[dict[str, str], tuple[str, str] | None]:
+        """The client's authentication at the token and revocation endpoints: HTTP Basic (client_secret_basic), or
+        client_id and client_secret in the form (client_secret_post). Returns (the form, the Basic credentials)."""
+        form = dict(form)
+        if self.client_auth == "basic" and client.client_secret is not None:
+            return form, (client.client_id, client.client_secret.reveal_text())
+        form["client_id"] = client.client_id
+        if client.client_secret is not None:
+            form["client_secret"] = client.client_secret.reveal_text()
+        return form, None
+
     async def _token_request(self, client: ClientCredentials | None, params: dict[str, str], *, previous: TokenSet | None) -> TokenSet:
         assert client is not None
-        form = dict(params)
-        basic = None
-        if self.client_auth == "basic" and client.client_secret is not None:
-            basic = (client.client_id, client.client_secret.reveal_text())
-        else:
-            form["client_id"] = client.client_id
-            if client.client_secret is not None:
-                form["client_secret"] = client.client_secret.reveal_text()
+        form, basic = self.authenticate(client, params)
         url = await self.token_endpoint()
         response = await self._send(Request("POST", url, {"Accept": "application/json"}, form=form, basic_auth=basic), what="token endpoint")
         return self.parse_token_response(response, previous=previous)

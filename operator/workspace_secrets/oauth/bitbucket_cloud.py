@@ -11,9 +11,9 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
-from ...domain.oauth import Identity, TokenSet
-from ...domain.usertoken import GitAccess
-from .base import OAuth2Base, UploadedKey, key_body
+from workspace_secrets.oauth.protocol import Identity, TokenSet
+from workspace_secrets.oauth.protocol import GitAccess
+from workspace_secrets.oauth.base import OAuth2Base, UploadedKey, key_body
 
 PUBLIC_WEB = "https://bitbucket.org"
 PUBLIC_API = "https://api.bitbucket.org/2.0"

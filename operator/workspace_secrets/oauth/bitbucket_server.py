@@ -11,9 +11,9 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
-from ...domain.oauth import Identity, TokenSet
-from ...domain.usertoken import GitAccess
-from .base import InvalidToken, OAuth2Base, UploadedKey, key_body
+from workspace_secrets.oauth.protocol import Identity, TokenSet
+from workspace_secrets.oauth.protocol import GitAccess
+from workspace_secrets.oauth.base import InvalidToken, OAuth2Base, UploadedKey, key_body
 
 
 class BitbucketServer(OAuth2Base):
@@ -22,6 +22,7 @@ class BitbucketServer(OAuth2Base):
     supports_pkce = True
     supports_ssh_keys = True
     supports_revocation = False
+    git_username_is_login = True  # git-credentials carry the user's slug (git_access)
 
     def __init__(self, transport, *, host: str, clock=None, **_: Any) -> None:  # type: ignore[no-untyped-def]
         super().__init__(transport, **({"clock": clock} if clock else {}))

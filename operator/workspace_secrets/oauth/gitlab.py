@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...domain.oauth import Identity, TokenSet
-from ...domain.usertoken import GitAccess
-from ..http import Request
-from .base import ClientCredentials, UploadedKey, UserKeysOAuth2, classify_api_error, key_body
+from workspace_secrets.oauth.protocol import Identity, TokenSet
+from workspace_secrets.oauth.protocol import GitAccess
+from workspace_secrets.runtime.http import Request
+from workspace_secrets.oauth.base import ClientCredentials, UploadedKey, UserKeysOAuth2, classify_api_error, key_body
 
 PUBLIC = "https://gitlab.com"
 

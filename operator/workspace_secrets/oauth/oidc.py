@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...domain.oauth import Identity, TokenSet
-from ...api.oauthapplication import is_loopback_http
-from ..http import Request
-from .base import ClientCredentials, OAuth2Base, ProviderMisconfigured, classify_api_error, same_origin
+from workspace_secrets.oauth.protocol import Identity, TokenSet
+from workspace_secrets.api.oauth_application import is_loopback_http
+from workspace_secrets.runtime.http import Request
+from workspace_secrets.oauth.base import ClientCredentials, OAuth2Base, ProviderMisconfigured, classify_api_error, same_origin
 
 # Every endpoint of the discovery document the operator may call or send a browser to.
 ENDPOINTS = ("authorization_endpoint", "token_endpoint", "userinfo_endpoint", "revocation_endpoint",
@@ -88,14 +88,7 @@ class OIDC(OAuth2Base):
             return False
         # Revoking the refresh token ends the whole grant (RFC 7009 2.1); the access token goes with it.
         token, hint = ((tokens.refresh_token, "refresh_token") if tokens.refresh_token else (tokens.access_token, "access_token"))
-        form = {"token": token.reveal_text(), "token_type_hint": hint}
-        basic = None
-        if self.client_auth == "basic" and client.client_secret is not None:
-            basic = (client.client_id, client.client_secret.reveal_text())
-        else:
-            form["client_id"] = client.client_id
-            if client.client_secret is not None:
-                form["client_secret"] = client.client_secret.reveal_text()
+        form, basic = self.authenticate(client, {"token": token.reveal_text(), "token_type_hint": hint})
         response = await self._send(Request("POST", endpoint, {"Accept": "application/json"}, form=form, basic_auth=basic),
                                     what="revocation endpoint")
         if response.status == 200:

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from .sensitive import Sensitive
-from .signing import BadSignature, Signer
+from workspace_secrets.runtime.sensitive import Sensitive
+from workspace_secrets.runtime.signing import BadSignature, Signer
 
 STATE_PURPOSE = "oauth-state"
 
@@ -44,6 +44,15 @@ class Identity:
 
 
 # --- PKCE ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GitAccess:
+    """How git uses the token: the username convention of the provider and the URL of its git server.
+    None for tokens that are not git credentials (vault, oidc)."""
+
+    username: str
+    url: str
+
+
 def pkce_verifier() -> Sensitive:
     """43-128 characters of [A-Za-z0-9-._~]; 64 here (48 random bytes)."""
     return Sensitive(secrets.token_urlsafe(48))

@@ -6,16 +6,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ...api.oauthapplication import OAuthApplication
-from ...api.usertoken import UserToken
-from ..http import Transport
-from .base import Clock, OAuthProvider, utcnow
-from .bitbucket_cloud import BitbucketCloud
-from .bitbucket_server import BitbucketServer
-from .github import GitHub, GitHubEnterprise
-from .gitlab import GitLab, GitLabSelfManaged
-from .oidc import OIDC
-from .vault import Vault
+from workspace_secrets.api.oauth_application import OAuthApplication
+from workspace_secrets.api.user_token import UserToken
+from workspace_secrets.runtime.http import Transport
+from workspace_secrets.oauth.base import Clock, OAuthProvider, utcnow
+from workspace_secrets.oauth.bitbucket_cloud import BitbucketCloud
+from workspace_secrets.oauth.bitbucket_server import BitbucketServer
+from workspace_secrets.oauth.github import GitHub, GitHubEnterprise
+from workspace_secrets.oauth.gitlab import GitLab, GitLabSelfManaged
+from workspace_secrets.oauth.oidc import OIDC
+from workspace_secrets.oauth.vault import Vault
 
 PROVIDERS: dict[str, Callable[..., Any]] = {
     "github": GitHub,

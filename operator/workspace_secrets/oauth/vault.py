@@ -16,11 +16,11 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from ...domain.oauth import Identity, TokenSet
-from ...domain.sensitive import Sensitive
-from ..http import Request, Response
-from .base import (AuthorizationStart, ClientCredentials, GrantRejected, InvalidToken, OAuth2Base,
-                   ProviderMisconfigured, TemporaryFailure, _description)
+from workspace_secrets.oauth.protocol import Identity, TokenSet
+from workspace_secrets.runtime.sensitive import Sensitive
+from workspace_secrets.runtime.http import Request, Response
+from workspace_secrets.oauth.base import (AuthorizationStart, ClientCredentials, GrantRejected, InvalidToken, OAuth2Base,
+                                          ProviderMisconfigured, TemporaryFailure, _description)
 
 
 class Vault(OAuth2Base):

@@ -1,4 +1,4 @@
-"""Admission of a workspace pod: read its WorkspaceSecret -> decide (domain.pod_injection) -> answer.
+"""Admission of a workspace pod: read its WorkspaceSecret -> decide (policy.py) -> answer.
 
 Called by the mutating webhook for pods carrying the opt-in label (the webhook configuration's
 objectSelector sends nothing else). The only write is an Event on the WorkspaceSecret when the pod
@@ -12,10 +12,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..api import constants as c
-from ..domain import pod_injection as injection
-from ..kube.client import Kube, group_path
-from ..kube.events import EventRecorder
+from workspace_secrets.api import constants as c
+from workspace_secrets.pod_injection import policy as injection
+from workspace_secrets.runtime.kube import Kube, group_path
+from workspace_secrets.runtime.events import EventRecorder
+from workspace_secrets.runtime.metrics import WEBHOOK_ADMISSIONS
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,12 @@ class Admission:
     patch: injection.JSONPatch = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
+    def apply(self, raw: dict[str, Any]) -> None:
+        """Apply the patch to the pod in place (kopf diffs the result into the JSON patch it answers)."""
+        result = injection.apply_patch(raw, self.patch)
+        raw.clear()
+        raw.update(result)
+
 
 class PodInjectionController:
     def __init__(self, kube: Kube, events: EventRecorder, *, namespaces: tuple[str, ...] = ()) -> None:
@@ -35,7 +42,20 @@ class PodInjectionController:
         self._namespaces = namespaces  # empty: every namespace
 
     async def admit(self, pod: Mapping[str, Any], *, namespace: str, dry_run: bool = False) -> Admission:
-        """The patch and warnings for a pod being created; `Refused` when it must be rejected."""
+        """The patch and warnings for a pod being created; `Refused` when it must be rejected.
+        Every answer is counted in WEBHOOK_ADMISSIONS (allowed, rejected, or error: the webhook answered 500)."""
+        result = "error"
+        try:
+            admission = await self._admit(pod, namespace=namespace, dry_run=dry_run)
+            result = "allowed"
+            return admission
+        except Refused:
+            result = "rejected"
+            raise
+        finally:
+            WEBHOOK_ADMISSIONS.labels(webhook=c.WEBHOOK_ID, result=result).inc()
+
+    async def _admit(self, pod: Mapping[str, Any], *, namespace: str, dry_run: bool) -> Admission:
         name = injection.requested_workspace_secret(pod)
         if name is None:
             return Admission()  # not opted in (the objectSelector should not even have sent it)

@@ -17,10 +17,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..api import constants as c
-from ..api.workspacesecret import SpecError, WorkspaceSecret
-from .conditions import find
-from .naming import is_reserved_secret_name
+from workspace_secrets.api import constants as c
+from workspace_secrets.api.workspace_secret import SpecError, WorkspaceSecret
+from workspace_secrets.api.conditions import find
+from workspace_secrets.user_keys.naming import is_reserved_secret_name
 
 # Kubernetes' rules for env var names and Secret keys (validation.IsEnvVarName / IsConfigMapKey).
 _ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")

@@ -1,1 +1,2 @@
-"""Pure decisions: no kopf, no network, clock passed in. Everything here is unit-tested without a cluster."""
+"""Machinery that knows no feature (kopf's _cogs): the Kubernetes client, the label-selected watch, rate limit,
+work queue, Events, peering, the admission webhook's server/certificates/configuration, metrics, HTTP transport."""

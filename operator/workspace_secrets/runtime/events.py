@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
-from ..api import constants as c
-from ..domain.naming import short_hash
-from .client import Kube, KubeError, core_path
+from workspace_secrets.api import constants as c
+from workspace_secrets.runtime.names import short_hash
+from workspace_secrets.runtime.kube import Kube, KubeError, core_path
 
 log = logging.getLogger(__name__)
 

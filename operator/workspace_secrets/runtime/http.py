@@ -1,5 +1,5 @@
 """HTTP behind a small interface (the httpx transport idea): providers build `Request`s and read
-`Response`s; `AiohttpTransport` sends them for real, `MockTransport` hands them to a test function.
+`Response`s; `AiohttpTransport` sends them for real (unit tests use tests/fakes/http.py's MockTransport).
 
 Nothing here logs a request or a response: bodies and headers carry tokens.
 """
@@ -7,7 +7,7 @@ Nothing here logs a request or a response: bodies and headers carry tokens.
 from __future__ import annotations
 
 import json as jsonlib
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlencode
@@ -120,26 +120,3 @@ class AiohttpTransport:
         if self._owned and self._session is not None:
             await self._session.close()
 
-
-Handler = Callable[[Request], Response | Awaitable[Response]]
-
-
-class MockTransport:
-    """For unit tests: every request goes to `handler`, and is recorded in `requests`."""
-
-    def __init__(self, handler: Handler) -> None:
-        self._handler = handler
-        self.requests: list[Request] = []
-
-    async def send(self, request: Request, *, timeout: float = 30.0) -> Response:
-        self.requests.append(request)
-        result = self._handler(request)
-        response = result if isinstance(result, Response) else await result
-        if len(response.body) > MAX_BODY:  # as AiohttpTransport: a bigger answer never reaches a provider
-            raise too_large(request)
-        return response
-
-
-def json_response(status: int, payload: Any, headers: Mapping[str, str] | None = None) -> Response:
-    return Response(status, {"content-type": "application/json", **{k.lower(): v for k, v in (headers or {}).items()}},
-                    jsonlib.dumps(payload).encode())

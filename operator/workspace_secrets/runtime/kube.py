@@ -20,8 +20,8 @@ from urllib.parse import quote, urlencode
 import kubernetes
 import urllib3
 
-from ..metrics import KUBE_REQUESTS
-from .ratelimit import RateLimiter
+from workspace_secrets.runtime.metrics import KUBE_REQUESTS
+from workspace_secrets.runtime.ratelimit import RateLimiter
 
 JSON = dict[str, Any]
 MERGE_PATCH = "application/merge-patch+json"

@@ -6,7 +6,7 @@ are always small closed sets (kinds, results, providers, reasons) -- never objec
 derived from a secret, so cardinality stays bounded and nothing sensitive reaches a scrape.
 
 Served by `serve()` on `--metrics-port` (default 9090; 0 disables). This module imports nothing from the
-operator, so any layer except api/ and domain/ (which stay free of I/O and global state) may use it.
+operator, so any room except the pure modules (api/, the policy modules: free of I/O and global state) may use it.
 """
 
 from __future__ import annotations
@@ -16,8 +16,10 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 NAMESPACE = "wso"
 
 # --- reconciles (controllers) ---------------------------------------------------------------------
-#: result: success | problem (Ready=False with a reason a human must act on) | retry (a lost race,
-#: retried at once) | error (an exception: API failure or bug; retried with backoff).
+#: kind: WorkspaceSecret (one work-queue reconcile) | UserToken (one maintenance pass: a daemon wake-up, an
+#: event, a connect); result: success | problem (Ready=False with a reason a human must act on) | retry (a lost
+#: race, retried at once) | error (an exception: API failure or bug; retried with backoff) | gone (the object was
+#: deleted meanwhile). A UserToken pass cancelled at shutdown is not counted.
 RECONCILES = Counter(
     "reconciles", "Reconciles by resource kind and result.", ["kind", "result"], namespace=NAMESPACE
 )
@@ -58,26 +60,37 @@ PEERING_ACTIVE = Gauge(
     "peering_active", "1 when this replica acts (standalone, or the active peer), 0 while paused.", namespace=NAMESPACE
 )
 
-# --- hooks for the credential, token and webhook features --------------------------------------------
-#: provider: the spec's provider name (gcp, aws, kubernetes, postgresql, twilio, github, ...).
+# --- dynamic credentials (credentials.manager) ---------------------------------------------------------
+#: provider: the platform's name of the provider (the `name` in the provider configuration, which
+#: spec.credentials[].provider refers to). Counted per provider call: issued = each credential minted,
+#: revoked = each revocation done (a rotation's old credential, an orphan, every credential at deletion).
 CREDENTIALS_ISSUED = Counter(
     "credentials_issued", "Dynamic credentials issued, by provider.", ["provider"], namespace=NAMESPACE
 )
 CREDENTIALS_REVOKED = Counter(
     "credentials_revoked", "Dynamic credentials revoked, by provider.", ["provider"], namespace=NAMESPACE
 )
-#: operation: issue | revoke | refresh; reason: a stable Condition reason, never a provider's message.
+#: operation: the provider call that failed -- list | issue | revoke | release | sweep; reason: retryable
+#: (a provider outage, throttling: retried with backoff) | permanent (refused: a human must fix the
+#: configuration or the permissions). Never a provider's message.
 CREDENTIALS_FAILED = Counter(
     "credentials_failed", "Failed credential operations, by provider, operation and reason.",
     ["provider", "operation", "reason"], namespace=NAMESPACE,
 )
-#: state: e.g. Valid | Expiring | Expired | Revoked | NeedsConsent -- set from a periodic count.
+# --- UserTokens (user_token.controller) --------------------------------------------------------------
+#: provider: the OAuthApplication's type (github, gitlab, oidc, vault, ...; "unknown" before it is bound);
+#: state: status.phase (AwaitingAuthorization | Valid | Refreshing | Expired | Revoked | Error). Set by the
+#: active replica from a listing of the UserTokens every --resync-interval.
 TOKENS = Gauge("tokens", "UserTokens by provider and state.", ["provider", "state"], namespace=NAMESPACE)
+#: provider: the OAuthApplication's type; reason: RefreshRejected (the grant is gone: the user reconnects) |
+#: ProviderUnavailable (an outage: retried with backoff) | ProviderError (misconfigured: the platform fixes it).
 TOKEN_REFRESH_FAILURES = Counter(
     "token_refresh_failures", "Failed OAuth token refreshes, by provider and reason.", ["provider", "reason"],
     namespace=NAMESPACE,
 )
-#: webhook: the webhook's id; result: allowed | rejected | error.
+# --- the pod-injection webhook (pod_injection.controller) ---------------------------------------------
+#: webhook: the webhook's id (mount-workspace-secret); result: allowed (admitted, patched or not) | rejected
+#: (refused: 403) | error (the answer was an error). Dry runs are counted too.
 WEBHOOK_ADMISSIONS = Counter(
     "webhook_admissions", "Admission reviews answered, by webhook and result.", ["webhook", "result"],
     namespace=NAMESPACE,

@@ -1,8 +1,22 @@
-"""Pause the operator's own work (Secret watch reactions, resyncs, the work queue) while kopf's peering
-has paused kopf, i.e. while another replica is the active one.
+"""kopf peering: several replicas, one active -- and the operator's own work pausing with kopf.
 
-kopf pauses only its own watches and does not expose the paused state, so this gate reads the same
-peering object every `interval` seconds and applies kopf's rule (domain/peering.py). The two can
+Three parts, top to bottom: the rule that decides whether this replica is active (pure), the peering
+objects (read their status, create them if missing), and the PeeringGate that pauses the operator's
+own work (Secret watch reactions, resyncs, the work queue) while kopf's peering has paused kopf.
+
+The rule. kopf pauses its own watches when a live peer with a higher priority -- or with the *same*
+priority -- exists, but it does not expose that state to other tasks. The operator's own Secret watch,
+resync loop and work queue must pause with it, so they apply kopf's rule to the same peering object
+(kopf/_core/engines/peering.py: process_peering_event). A peer is alive until lastseen + lifetime.
+Replica priorities: with the same priority kopf pauses *every* replica, so replicas need distinct
+priorities. `auto_priority` makes the earliest-started replica the highest (it stays active; a restarted
+replica queues behind the running one instead of taking over), with random low digits against ties.
+
+The objects. kopf never creates the peering object it is told to use (`--peering NAME`), and without it
+every replica stays paused forever, so the operator creates it at start-up (the CRDs come from
+crds/kopf-peering.yaml).
+
+The gate reads the same peering object every `interval` seconds and applies the rule. The two can
 disagree for up to `interval` (plus kopf's own watch latency) around a handover; both sides only ever
 do idempotent compare-and-swap writes keyed by deterministic names, so a brief overlap costs at most a
 repeated, harmless reconcile -- never a duplicate or lost Secret (see the README, "Reliability").
@@ -12,17 +26,92 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
-from datetime import datetime
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
 
-from ..domain import peering as policy
-from ..kube import peering as peering_api
-from ..kube.client import Kube, KubeError
-from ..metrics import PEERING_ACTIVE
+from workspace_secrets.runtime.kube import Conflict, Kube, KubeError, NotFound, group_path
+from workspace_secrets.runtime.metrics import PEERING_ACTIVE
 
 log = logging.getLogger(__name__)
 
 
+# --- the rule (pure) ------------------------------------------------------------------------------------
+#: Fits in a JSON number exactly (< 2**53): (2**41 - epoch milliseconds) * 1000 + 0..999.
+_EPOCH_MS_CEILING = 2**41
+
+
+@dataclass(frozen=True)
+class Peer:
+    identity: str
+    priority: int
+    deadline: datetime
+
+
+def peers(status: Mapping[str, Any] | None) -> list[Peer]:
+    result = []
+    for identity, info in (status or {}).items():
+        if not isinstance(info, Mapping):
+            continue
+        try:
+            lastseen = datetime.fromisoformat(str(info["lastseen"]).replace("Z", "+00:00"))
+            result.append(Peer(identity, int(info.get("priority", 0)), lastseen + timedelta(seconds=int(info.get("lifetime", 60)))))
+        except (KeyError, ValueError, TypeError):
+            continue  # an entry we cannot read is not a live peer (kopf would fail on it too)
+    return result
+
+
+def blocking_peers(status: Mapping[str, Any] | None, identity: str, priority: int, now: datetime) -> list[Peer]:
+    """Live peers (other than us) that make kopf pause this replica: priority >= ours."""
+    return [p for p in peers(status) if p.identity != identity and p.deadline > now and p.priority >= priority]
+
+
+def is_active(status: Mapping[str, Any] | None, identity: str, priority: int, now: datetime) -> bool:
+    return not blocking_peers(status, identity, priority, now)
+
+
+def auto_priority(now: datetime, rng: random.Random | None = None) -> int:
+    """Earlier start -> higher priority; see the module docstring."""
+    epoch_ms = int(now.timestamp() * 1000)
+    return (_EPOCH_MS_CEILING - epoch_ms) * 1000 + (rng or random).randrange(1000)
+
+
+# --- the peering objects (group kopf.dev) ---------------------------------------------------------------
+GROUP_VERSION = "kopf.dev/v1"
+
+
+def peering_path(name: str, namespace: str | None) -> str:
+    if namespace is None:
+        return f"/apis/{GROUP_VERSION}/clusterkopfpeerings/{name}"
+    return group_path(GROUP_VERSION, namespace, "kopfpeerings", name)
+
+
+async def read_status(kube: Kube, name: str, namespace: str | None) -> Mapping[str, Any] | None:
+    """The peering object's status (replica identity -> keep-alive), or None if the object is missing."""
+    obj = await kube.get(peering_path(name, namespace))
+    return None if obj is None else (obj.get("status") or {})
+
+
+async def ensure(kube: Kube, name: str, namespace: str | None) -> bool:
+    """Create the peering object if it does not exist. True if we created it."""
+    if await kube.get(peering_path(name, namespace)) is not None:
+        return False
+    kind = "ClusterKopfPeering" if namespace is None else "KopfPeering"
+    metadata: dict[str, Any] = {"name": name}
+    if namespace is not None:
+        metadata["namespace"] = namespace
+    try:
+        await kube.create(peering_path(name, namespace).rsplit("/", 1)[0], {"apiVersion": GROUP_VERSION, "kind": kind, "metadata": metadata})
+    except Conflict:
+        return False  # another replica created it first
+    except NotFound as exc:
+        raise NotFound(exc.status, exc.reason, f"{kind} is not served: apply crds/kopf-peering.yaml ({exc.message})") from None
+    return True
+
+
+# --- the gate ------------------------------------------------------------------------------------------
 class PeeringGate:
     def __init__(
         self,
@@ -54,7 +143,7 @@ class PeeringGate:
         for namespace in self._namespaces:
             where = f" in {namespace!r}" if namespace else ""
             try:
-                if await peering_api.ensure(self._kube, self._name, namespace):
+                if await ensure(self._kube, self._name, namespace):
                     log.info("Created the peering object %r%s.", self._name, where)
             except KubeError as exc:
                 log.warning("Peering object %r%s is missing and could not be created (%s %s: %s); every replica "
@@ -77,8 +166,8 @@ class PeeringGate:
         now = self._clock()
         active = True
         for namespace in self._namespaces:
-            status = await peering_api.read_status(self._kube, self._name, namespace)
-            if status is None or not policy.is_active(status, self._identity, self._priority, now):
+            status = await read_status(self._kube, self._name, namespace)
+            if status is None or not is_active(status, self._identity, self._priority, now):
                 active = False  # no object: kopf never resumes either
         self._set(active)
         return active

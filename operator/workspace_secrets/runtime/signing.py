@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from .sensitive import Sensitive
+from workspace_secrets.runtime.sensitive import Sensitive
 
 
 class BadSignature(ValueError):

@@ -21,8 +21,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ..metrics import WATCH_HEALTHY, WATCH_RESTARTS
-from .client import Kube, KubeError
+from workspace_secrets.runtime.metrics import WATCH_HEALTHY, WATCH_RESTARTS
+from workspace_secrets.runtime.kube import Kube, KubeError
 
 log = logging.getLogger(__name__)
 
@@ -135,18 +135,24 @@ class LabelSelectedWatch:
             "timeoutSeconds": str(self._timeout),
         }
 
+        def put(item: tuple[str, Any]) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the loop is closed: the operator stopped while this thread was reading
+                stop.set()
+
         def connected() -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, ("connected", None))
+            put(("connected", None))
 
         def pump() -> None:
             try:
                 for event in self._kube.stream(self._path, query, timeout=self._timeout + 30, on_connected=connected):
                     if stop.is_set():
                         return
-                    loop.call_soon_threadsafe(queue.put_nowait, ("event", event))
-                loop.call_soon_threadsafe(queue.put_nowait, ("end", None))
+                    put(("event", event))
+                put(("end", None))
             except BaseException as exc:  # noqa: BLE001 - handed to the loop and re-raised there
-                loop.call_soon_threadsafe(queue.put_nowait, ("error", exc))
+                put(("error", exc))
 
         thread = threading.Thread(target=pump, name=f"watch{self._path}", daemon=True)
         thread.start()

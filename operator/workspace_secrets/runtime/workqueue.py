@@ -17,8 +17,8 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Hashable
 
-from ..kube.client import KubeError
-from ..metrics import WORKQUEUE_DEPTH, WORKQUEUE_RETRIES
+from workspace_secrets.runtime.kube import KubeError
+from workspace_secrets.runtime.metrics import WORKQUEUE_DEPTH, WORKQUEUE_RETRIES
 
 log = logging.getLogger(__name__)
 

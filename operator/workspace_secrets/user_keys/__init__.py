@@ -1,1 +1,1 @@
-"""The only code that talks to the Kubernetes API: requests, label-selected watches, event posting."""
+"""The per-user SSH key: one service both CRDs use (WorkspaceSecrets create and rotate it, UserTokens upload it)."""

@@ -10,7 +10,7 @@ from enum import Enum
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from .sensitive import Sensitive
+from workspace_secrets.runtime.sensitive import Sensitive
 
 
 class KeyType(str, Enum):

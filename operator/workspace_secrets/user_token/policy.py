@@ -12,10 +12,11 @@ from enum import Enum
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from ..api import constants as c
-from ..api.usertoken import UserToken
-from .conditions import Condition
-from .oauth import TokenSet
+from workspace_secrets.api import constants as c
+from workspace_secrets.api.user_token import UserToken
+from workspace_secrets.api.conditions import Condition, Problem
+from workspace_secrets.oauth.protocol import GitAccess, TokenSet
+from workspace_secrets.user_keys.policy import is_operator_user_key  # noqa: F401  (the key a UserToken may upload)
 
 SECRET_TYPE = "Opaque"
 
@@ -179,15 +180,6 @@ def parse_time(text: Any) -> datetime | None:
         return None
 
 
-@dataclass(frozen=True)
-class GitAccess:
-    """How git uses the token: the username convention of the provider and the URL of its git server.
-    None for tokens that are not git credentials (vault, oidc)."""
-
-    username: str
-    url: str
-
-
 def desired_token_secret(ut: UserToken, tokens: TokenSet, *, issued_at: datetime, generation: str,
                          git: GitAccess | None) -> dict[str, Any]:
     """The full token Secret. Its data is the only place a token ever goes."""
@@ -235,7 +227,7 @@ class StoredToken:
 
 
 def read_token_secret(secret: Mapping[str, Any]) -> StoredToken | None:
-    from .sensitive import Sensitive
+    from workspace_secrets.runtime.sensitive import Sensitive
 
     data = secret.get("data") or {}
     if c.KEY_TOKEN not in data:
@@ -259,22 +251,6 @@ def read_token_secret(secret: Mapping[str, Any]) -> StoredToken | None:
     )
 
 
-def is_operator_user_key(secret: Mapping[str, Any], user: str, expected_name: str) -> bool:
-    """Whether `secret` is proven to be the operator's per-user SSH key of `user` (what addSSHKey may upload):
-    the derived name, the operator's labels for that user, and no ownerReferences (the operator's per-user key
-    is owned by no object; a Secret that is some object's -- e.g. a WorkspaceSecret's Secret made at a
-    squatted name -- is not it)."""
-    meta = secret.get("metadata") or {}
-    labels = meta.get("labels") or {}
-    return (
-        meta.get("name") == expected_name
-        and labels.get(c.LABEL_MANAGED_BY) == c.OPERATOR_NAME
-        and labels.get(c.LABEL_COMPONENT) == c.COMPONENT_USER_SSH_KEY
-        and labels.get(c.LABEL_USER) == user
-        and not meta.get("ownerReferences")
-    )
-
-
 def is_owned_by(obj: Mapping[str, Any], owner_uid: str) -> bool:
     refs = (obj.get("metadata") or {}).get("ownerReferences") or ()
     return any(r.get("uid") == owner_uid and r.get("controller") for r in refs)
@@ -288,12 +264,6 @@ def connect_page_link(base_url: str, ut: UserToken) -> str:
 
 
 # --- conditions -------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Problem:
-    reason: str
-    message: str
-
-
 def conditions(ut: UserToken, phase: Phase, *, login: str | None, problem: Problem | None,
                ssh: Condition | None) -> list[Condition]:
     where = f"{ut.type}" + (f" at {ut.host}" if ut.host else "")

@@ -1,2 +1,1 @@
-"""External systems the operator talks to: dynamic-credential providers and OAuth providers, one module
-each behind a small Protocol; OAuth HTTP goes through `providers.http.Transport` (a mock transport in unit tests)."""
+"""WorkspaceSecret: the per-workspace Secret (SSH key, credentials, user secrets), its binding, status and Events."""

@@ -12,16 +12,28 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
+from datetime import datetime
 from typing import Any
 
-from ..api import constants as c
-from ..api.workspacesecret import HOST_KEY_POLICIES, WorkspaceSecret
-from .conditions import Condition
-from .sensitive import MASK
-from .sshkeys import SSHKeyPair
-from .user_secrets import UserSecretsPlan
+from workspace_secrets.api import constants as c
+from workspace_secrets.api.workspace_secret import HOST_KEY_POLICIES, WorkspaceSecret
+from workspace_secrets.api.conditions import Condition, Problem
+from workspace_secrets.api.conditions import find as find_condition
+from workspace_secrets.runtime.sensitive import MASK
+from workspace_secrets.user_keys.policy import SSH_AUTH_SECRET_TYPE
+from workspace_secrets.user_keys.sshkeys import SSHKeyPair
+from workspace_secrets.workspace_secret.user_secrets import UserSecretsPlan
 
-SECRET_TYPE = "kubernetes.io/ssh-auth"
+SECRET_TYPE = SSH_AUTH_SECRET_TYPE
+
+KEY_SOURCE_GENERATED = "Generated"  # status.sshKeySource: the user's key, made by the operator
+KEY_SOURCE_EXISTING = "Existing"  # a key the user brought (spec.ssh.existingSecretRef)
+
+#: How often an unbound WorkspaceSecret looks for its workspace, by its age: often while it is young
+#: (the workspace is usually created right after it), rarely once it has waited a while -- each look is
+#: a full reconcile (a few GETs), so thousands of forever-unbound objects must not poll every 5 s.
+BIND_RECHECK_SCHEDULE = ((120.0, 5.0), (600.0, 15.0))  # (age below, re-check every)
+BIND_RECHECK_SLOWEST = 60.0
 
 
 # --- the workspace Secret ------------------------------------------------------------------------
@@ -207,14 +219,6 @@ def essence(body: Mapping[str, Any]) -> tuple[Any, ...]:
 
 
 # --- status --------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Problem:
-    """Why the Secret could not be materialized: a stable reason and a message that says how to fix it."""
-
-    reason: str
-    message: str
-
-
 @dataclass(frozen=True)
 class Observation:
     """Everything the controller learned in one reconcile, in the form the status decision needs."""
@@ -406,3 +410,56 @@ def existing_key_ownership_problem(secret: Mapping[str, Any] | None, ws: Workspa
     if labels.get(c.LABEL_MANAGED_BY) == c.OPERATOR_NAME or labels.get(c.LABEL_USER) != ws.user:
         return existing_key_unavailable(ws, where)
     return None
+
+
+# --- the user's key, the workspace binding -----------------------------------------------------------
+def rotation_request(ws: WorkspaceSecret) -> str | None:
+    """The id of a rotation this WorkspaceSecret asks for and has not had yet (the rotate annotation's value
+    differs from status.sshKeyRotation), else None. Stamped on the user-key Secret with the new key."""
+    if ws.rotate_ssh_key is None or ws.status.get("sshKeyRotation") == ws.rotate_ssh_key:
+        return None
+    return f"{ws.uid}/{ws.rotate_ssh_key}"
+
+
+def bind_recheck_delay(creation_timestamp: str | None, now: datetime) -> float:
+    """Seconds until an unbound WorkspaceSecret looks for its workspace again (BIND_RECHECK_SCHEDULE)."""
+    age = _age_seconds(creation_timestamp, now) or 0.0
+    return next((every for below, every in BIND_RECHECK_SCHEDULE if age < below), BIND_RECHECK_SLOWEST)
+
+
+def _age_seconds(timestamp: str | None, now: datetime) -> float | None:
+    if not timestamp:
+        return None
+    try:
+        return (now - datetime.fromisoformat(timestamp.replace("Z", "+00:00"))).total_seconds()
+    except ValueError:
+        return None
+
+
+# --- Events ----------------------------------------------------------------------------------------------
+def announcements(status: Mapping[str, Any], ws: WorkspaceSecret, obs: Observation) -> list[tuple[str, str, str]]:
+    """The Events (type, reason, message) a reconcile posts, from the status before it and what it observed:
+    the Secret written, a new problem (once per reason), recovery, a first Ready after an interrupted run, a
+    user-secret conflict, the workspace bound."""
+    events: list[tuple[str, str, str]] = []
+    previous = find_condition(status.get("conditions"), c.CONDITION_READY) or {}
+    if obs.secret_action is SecretAction.CREATE:
+        events.append(("Normal", "SecretCreated", f"Created Secret {ws.secret_name!r} with {obs.key.type} key {obs.key.fingerprint}."))  # type: ignore[union-attr]
+    elif obs.secret_action is SecretAction.UPDATE:
+        events.append(("Normal", "SecretUpdated", f"Updated Secret {ws.secret_name!r} to match the spec (key {obs.key.fingerprint})."))  # type: ignore[union-attr]
+    if obs.problem and previous.get("reason") != obs.problem.reason:
+        events.append(("Warning", obs.problem.reason, obs.problem.message))
+    elif not obs.problem and previous.get("status") == "False":
+        # Recovered (a fixed key, a removed conflicting Secret): the state change gets its Event too.
+        events.append(("Normal", "SecretReady", f"Ready again (was {previous.get('reason')}): Secret {ws.secret_name!r} is up to date."))
+    elif not obs.problem and not previous and obs.secret_action is SecretAction.UNCHANGED:
+        # First Ready without a write: an earlier run created the Secret and was killed before it could
+        # record that (status, Event). Say so now, so the object's history still shows it became Ready.
+        events.append(("Normal", "SecretReady", f"Secret {ws.secret_name!r} is up to date (created by an earlier, interrupted reconcile)."))
+    previous_user = find_condition(status.get("conditions"), c.CONDITION_USER_SECRETS_READY) or {}
+    if obs.user_secrets is not None and obs.user_secrets.problems and previous_user.get("status") != "False":
+        events.append(("Warning", "UserSecretConflict", "; ".join(obs.user_secrets.problems)[:1000]))
+    if obs.workspace_uid and not status.get("workspaceUID"):
+        r = ws.workspace_ref
+        events.append(("Normal", "WorkspaceBound", f"Bound to {r.kind} {r.name!r}: the WorkspaceSecret and its Secret are deleted with it."))
+    return events

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..api import constants as c
+from workspace_secrets.api import constants as c
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 SAFE_PATH = re.compile(r"^[A-Za-z0-9_.][-A-Za-z0-9_./]*$")

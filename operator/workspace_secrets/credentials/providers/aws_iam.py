@@ -12,15 +12,15 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from ...domain.sensitive import Sensitive
-from .base import Issued, ProviderError, Scope
+from workspace_secrets.runtime.sensitive import Sensitive
+from workspace_secrets.credentials.providers.base import Issued, ProviderError, Scope
 
 USER_PATH = "/workspace-secrets/"
 
 
 class AwsIamProvider:
     type_name: ClassVar[str] = "aws-iam"
-    access = None  # the platform's allow rule (domain.credentials.AccessRule), set by provider_setup
+    access = None  # the platform's allow rule (credentials.ledger.AccessRule), set by credentials/setup.py
 
     def __init__(self, name: str, client: Any, *, region: str | None, policy_arns: list[str]) -> None:
         self.name = name

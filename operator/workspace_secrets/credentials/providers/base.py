@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar, Protocol
+from typing import ClassVar, Protocol
 
-from ...domain.credentials import AccessRule
-from ...domain.naming import short_hash
-from ...domain.sensitive import Sensitive
+from workspace_secrets.credentials.ledger import AccessRule
+from workspace_secrets.runtime.names import short_hash
+from workspace_secrets.runtime.sensitive import Sensitive
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ class ProviderError(Exception):
 class CredentialProvider(Protocol):
     type_name: ClassVar[str]
     name: str  # the platform's name for this configured instance, used in WorkspaceSecret specs
-    # The platform's `allow` rule for this instance, set by controllers/provider_setup.py after building it
+    # The platform's `allow` rule for this instance, set by credentials/setup.py after building it
     # (None: nobody may use it). Checked by the CredentialManager before anything is minted.
     access: AccessRule | None
 
@@ -95,5 +95,3 @@ class CredentialProvider(Protocol):
         """Tags of every scope this operator created at the provider (for the orphan sweep)."""
         ...
 
-
-ProviderFactory = Any  # (name, config mapping, admin credentials mapping[str, Sensitive], kube) -> CredentialProvider

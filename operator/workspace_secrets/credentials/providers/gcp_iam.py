@@ -26,8 +26,8 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any, ClassVar
 
-from ...domain.sensitive import Sensitive
-from .base import FileRef, Issued, ProviderError, Scope
+from workspace_secrets.runtime.sensitive import Sensitive
+from workspace_secrets.credentials.providers.base import FileRef, Issued, ProviderError, Scope
 
 DEFAULT_ENDPOINT = "https://iam.googleapis.com"
 SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
@@ -101,7 +101,7 @@ def error_from_response(action: str, status: int, body: bytes) -> ProviderError:
 
 class GcpServiceAccountKeyProvider:
     type_name: ClassVar[str] = "gcp-service-account-key"
-    access = None  # the platform's allow rule (domain.credentials.AccessRule), set by provider_setup
+    access = None  # the platform's allow rule (credentials.ledger.AccessRule), set by credentials/setup.py
 
     def __init__(self, name: str, session: Any, *, project: str, endpoint: str = DEFAULT_ENDPOINT,
                  key_algorithm: str = "KEY_ALG_RSA_2048", timeout: float = 20.0) -> None:

@@ -13,17 +13,17 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any, ClassVar
 
-from ...api import constants as c
-from ...domain.sensitive import Sensitive
-from ...kube.client import Kube, KubeError, core_path
-from .base import Issued, ProviderError, Scope
+from workspace_secrets.api import constants as c
+from workspace_secrets.runtime.sensitive import Sensitive
+from workspace_secrets.runtime.kube import Kube, KubeError, core_path
+from workspace_secrets.credentials.providers.base import Issued, ProviderError, Scope
 
 LABEL_SCOPE = f"{c.GROUP}/credential-scope"
 
 
 class KubernetesTokenProvider:
     type_name: ClassVar[str] = "kubernetes-token"
-    access = None  # the platform's allow rule (domain.credentials.AccessRule), set by provider_setup
+    access = None  # the platform's allow rule (credentials.ledger.AccessRule), set by credentials/setup.py
 
     def __init__(self, name: str, kube: Kube, *, allowed_service_accounts: list[str], default_audiences: list[str],
                  max_expiration: int, default_expiration: int) -> None:

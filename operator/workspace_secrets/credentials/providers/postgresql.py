@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, ClassVar
 
-from ...api.durations import parse_duration
-from ...domain.sensitive import Sensitive
-from .base import Issued, ProviderError, Scope
+from workspace_secrets.api.durations import parse_duration
+from workspace_secrets.runtime.sensitive import Sensitive
+from workspace_secrets.credentials.providers.base import Issued, ProviderError, Scope
 
 ROLE_PATTERN = r"^(wso-[0-9a-f]{12})_g[0-9]+$"  # roles this operator creates (Scope tags + generation)
 VALUE_KEYS = ("PGHOST", "PGPORT", "PGDATABASE", "PGUSER", "PGPASSWORD", "DATABASE_URL")
@@ -117,7 +117,7 @@ def provider_error(action: str, exc: Exception, *, quote_server: bool = True) ->
 
 class PostgresRoleProvider:
     type_name: ClassVar[str] = "postgresql"
-    access = None  # the platform's allow rule (domain.credentials.AccessRule), set by provider_setup
+    access = None  # the platform's allow rule (credentials.ledger.AccessRule), set by credentials/setup.py
 
     def __init__(self, name: str, conn: Connection, *, grants: Sequence[str], member_of: Sequence[str],
                  password_lifetime: timedelta, reassign_owned_to: str | None = None, clock: Any = None) -> None:

@@ -11,11 +11,11 @@ from collections.abc import Mapping
 from typing import Any
 
 PROVIDER_TYPES: dict[str, str] = {
-    "kubernetes-token": "workspace_secrets.providers.credentials.kubernetes_token:KubernetesTokenProvider",
-    "aws-iam": "workspace_secrets.providers.credentials.aws_iam:AwsIamProvider",
-    "postgresql": "workspace_secrets.providers.credentials.postgresql:PostgresRoleProvider",
-    "gcp-service-account-key": "workspace_secrets.providers.credentials.gcp_iam:GcpServiceAccountKeyProvider",
-    "twilio-api-key": "workspace_secrets.providers.credentials.twilio:TwilioApiKeyProvider",
+    "kubernetes-token": "workspace_secrets.credentials.providers.kubernetes_token:KubernetesTokenProvider",
+    "aws-iam": "workspace_secrets.credentials.providers.aws_iam:AwsIamProvider",
+    "postgresql": "workspace_secrets.credentials.providers.postgresql:PostgresRoleProvider",
+    "gcp-service-account-key": "workspace_secrets.credentials.providers.gcp_iam:GcpServiceAccountKeyProvider",
+    "twilio-api-key": "workspace_secrets.credentials.providers.twilio:TwilioApiKeyProvider",
 }
 
 

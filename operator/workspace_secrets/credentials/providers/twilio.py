@@ -16,8 +16,8 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from ...domain.sensitive import Sensitive
-from .base import Issued, ProviderError, Scope
+from workspace_secrets.runtime.sensitive import Sensitive
+from workspace_secrets.credentials.providers.base import Issued, ProviderError, Scope
 
 DEFAULT_BASE_URL = "https://iam.twilio.com"
 KEY_SID = re.compile(r"^SK[0-9a-fA-F]{32}$")
@@ -68,7 +68,7 @@ def error_from_response(action: str, status: int, body: bytes, headers: Mapping[
 
 class TwilioApiKeyProvider:
     type_name: ClassVar[str] = "twilio-api-key"
-    access = None  # the platform's allow rule (domain.credentials.AccessRule), set by provider_setup
+    access = None  # the platform's allow rule (credentials.ledger.AccessRule), set by credentials/setup.py
 
     def __init__(self, name: str, *, account_sid: str, auth_token: Sensitive, base_url: str = DEFAULT_BASE_URL,
                  policy: Mapping[str, Any] | None = None, timeout: float = 15.0, session: Any = None) -> None:

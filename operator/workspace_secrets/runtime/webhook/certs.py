@@ -1,4 +1,4 @@
-"""The webhook's certificate directory: read what is there -> decide (domain.webhook_tls) -> write.
+"""The webhook's certificate directory: read what is there -> decide (tls.py) -> write.
 
 Two modes, told apart by the files (see the README, "How workspace pods get their secrets"):
 
@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from ..domain import webhook_tls as tls
-from ..domain.conditions import utcnow
-from ..domain.sensitive import Sensitive
+from workspace_secrets.runtime.webhook import tls
+from workspace_secrets.api.conditions import utcnow
+from workspace_secrets.runtime.sensitive import Sensitive
 
 log = logging.getLogger(__name__)
 

@@ -7,16 +7,25 @@ cannot restrict the webhook to the namespaces a namespaced operator serves. Here
 compared with the live object on every resync and restored when it drifted (a stale caBundle after
 someone edited or re-applied the object, or the object deleted), and `namespaceSelector` follows
 `--namespace`. kopf still serves the webhook and dispatches to the handler by the URL path (its id).
+
+Top to bottom: the desired entry and object and their drift (pure), the object's reads and writes, and the
+controller that keeps it in place: read the live object -> compare with the desired entry -> create or
+compare-and-swap replace.
 """
 
 from __future__ import annotations
 
+import base64
 import copy
-from collections.abc import Mapping, Sequence
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+from urllib.parse import quote
 
-from ..api import constants as c
+from workspace_secrets.api import constants as c
+from workspace_secrets.runtime.kube import Conflict, Kube
 
+log = logging.getLogger(__name__)
 WEBHOOK_NAME = f"{c.WEBHOOK_ID}.{c.GROUP}"  # a webhook name must be fully qualified
 TIMEOUT_SECONDS = 10  # the API server waits this long before failing a labelled pod's creation
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"  # set by the API server on every namespace
@@ -87,3 +96,61 @@ def drift(live: Mapping[str, Any] | None, webhook: Mapping[str, Any]) -> str | N
         return f"webhook {webhook['name']!r} is missing"
     changed = sorted(k for k, v in webhook.items() if current.get(k) != v)
     return f"webhook {webhook['name']!r} differs in {', '.join(changed)}" if changed else None
+
+
+# --- reads and writes --------------------------------------------------------------------------------------
+_PATH = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
+
+
+class MutatingWebhookConfigurations:
+    def __init__(self, kube: Kube) -> None:
+        self._kube = kube
+
+    async def get(self, name: str) -> dict[str, Any] | None:
+        return await self._kube.get(f"{_PATH}/{quote(name, safe='')}")
+
+    async def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        return await self._kube.create(_PATH, body)
+
+    async def replace(self, body: dict[str, Any]) -> dict[str, Any]:
+        """PUT with the body's resourceVersion: 409 Conflict if the object changed since it was read."""
+        return await self._kube.replace(f"{_PATH}/{quote(body['metadata']['name'], safe='')}", body)
+
+
+# --- the controller ----------------------------------------------------------------------------------------
+class WebhookConfigurationController:
+    def __init__(
+        self,
+        configurations: MutatingWebhookConfigurations,
+        name: str,
+        client_config: Callable[[str], dict[str, Any]],
+        ca_bundle: Callable[[], bytes],
+        *,
+        namespaces: Sequence[str] = (),
+    ) -> None:
+        self._configurations = configurations
+        self._name = name
+        self._client_config = client_config  # caBundle (base64) -> clientConfig
+        self._ca_bundle = ca_bundle  # the PEM the webhook's serving certificate chains to (read each time)
+        self._namespaces = tuple(namespaces)
+
+    async def sync(self) -> bool:
+        """Make the live configuration match; True if it was written. Safe to run at any time."""
+        ca_b64 = base64.b64encode(self._ca_bundle()).decode()
+        webhook = desired_webhook(self._client_config(ca_b64), self._namespaces)
+        for _ in range(3):  # a compare-and-swap lost to another writer: read again
+            live = await self._configurations.get(self._name)
+            problem = drift(live, webhook)
+            if problem is None:
+                return False
+            body = desired_configuration(self._name, webhook, live)
+            try:
+                if live is None:
+                    await self._configurations.create(body)
+                else:
+                    await self._configurations.replace(body)
+            except Conflict:
+                continue
+            log.info("MutatingWebhookConfiguration %r updated: %s", self._name, problem)
+            return True
+        raise Conflict(409, "Conflict", f"MutatingWebhookConfiguration {self._name!r} kept changing while being updated")

@@ -1,35 +1,27 @@
-"""Admission settings: kopf's webhook server, its certificate, and the MutatingWebhookConfiguration.
+"""The admission webhook's server: kopf's webhook server, its certificate, and the MutatingWebhookConfiguration.
 
 kopf serves the webhook (aiohttp, HTTPS) and dispatches each AdmissionReview to the handler named by the
-URL path. The operator keeps the certificate files valid (controllers/webhook_certs.py) and writes the
-MutatingWebhookConfiguration itself (controllers/webhook_configuration.py; why not kopf's
-`settings.admission.managed`: see domain/webhook_configuration.py): at start-up and on every resync,
+URL path. The operator keeps the certificate files valid (certs.py) and writes the MutatingWebhookConfiguration
+itself (configuration.py, which also says why not kopf's `settings.admission.managed`): at start-up and on every resync,
 so a changed caBundle or an edited/deleted configuration is restored within `--resync-interval`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import ipaddress
 import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import kopf
 
-from ..config import OperatorConfig, WebhookConfig
-from ..controllers.pod_injection import PodInjectionController
-from ..controllers.webhook_certs import WebhookCertificates
-from ..controllers.webhook_configuration import WebhookConfigurationController
-from ..domain import webhook_configuration as desired
-from ..domain.webhook_tls import service_hosts
-from ..kube.client import Kube
-from ..kube.events import EventRecorder
-from ..kube.webhook_configuration import MutatingWebhookConfigurations
+from workspace_secrets.runtime.kube import Kube
+from workspace_secrets.runtime.webhook.certs import WebhookCertificates
+from workspace_secrets.runtime.webhook.configuration import MutatingWebhookConfigurations, WebhookConfigurationController
 
 log = logging.getLogger(__name__)
 
@@ -37,82 +29,85 @@ RENEWAL_CHECK_INTERVAL = 12 * 3600.0
 CERT_FILE_CHECK_INTERVAL = 10.0  # how soon kopf's server picks up renewed certificate files
 
 
-def hosts_for(webhook: WebhookConfig) -> list[str]:
-    """The names the API server dials, which the serving certificate must cover."""
-    return service_hosts(*webhook.service) if webhook.service else [webhook.host]
+class WebhookServer:
+    """kopf's webhook server with certificates kept valid and the configuration kept in place."""
 
+    def __init__(
+        self,
+        kube: Kube,
+        *,
+        cert_dir: str | None,
+        hosts: Sequence[str],
+        listen_address: str,
+        port: int,
+        host: str,
+        client_config: Callable[[str], dict[str, Any]],
+        target: str,
+        configuration_name: str,
+        namespaces: Sequence[str] = (),
+        resync_interval: float = 300.0,
+    ) -> None:
+        self._kube = kube
+        self._cert_dir = cert_dir
+        self._hosts = list(hosts)
+        self._address = listen_address
+        self._port = port
+        self._host = host
+        self._client_config = client_config  # caBundle (base64) -> clientConfig
+        self._target = target  # how the API server calls us, for the log
+        self._configuration_name = configuration_name
+        self._namespaces = tuple(namespaces)
+        self._interval = resync_interval
+        self._temp_dir: Path | None = None
+        self._certs: WebhookCertificates | None = None  # only for an operator-managed certificate
+        self.configuration: WebhookConfigurationController | None = None
 
-def listen_address(webhook: WebhookConfig) -> str:
-    if webhook.listen_address:
-        return webhook.listen_address
-    if webhook.service is None:
+    async def configure(self, settings: kopf.OperatorSettings) -> None:
+        """Make the certificate files usable and point kopf's webhook server at them."""
+        if self._cert_dir:
+            cert_dir = Path(self._cert_dir)
+        else:
+            cert_dir = self._temp_dir = Path(tempfile.mkdtemp(prefix="wso-webhook-certs-"))
+        certs = WebhookCertificates(cert_dir, self._hosts)
         try:
-            return str(ipaddress.ip_address(webhook.host))  # e.g. 127.0.0.1: do not listen more widely
-        except ValueError:
-            pass
-    return "0.0.0.0"
+            files = await asyncio.to_thread(certs.ensure)
+        except OSError as exc:  # a configuration error: stop the operator instead of retrying forever
+            raise kopf.PermanentError(
+                f"--webhook-cert-dir {cert_dir}: {exc.strerror or exc}; give a writable directory (managed "
+                f"certificate) or one holding tls.crt and tls.key (provided certificate)"
+            ) from None
+        settings.admission.server = kopf.WebhookServer(
+            addr=self._address, port=self._port, host=self._host,
+            certfile=str(files.cert_file), pkeyfile=str(files.key_file), cafile=str(files.ca_file),
+            file_check_interval=CERT_FILE_CHECK_INTERVAL,
+        )
+        settings.admission.managed = None  # written by the operator itself, see the module docstring
+        self._certs = certs if files.managed else None
+        self.configuration = WebhookConfigurationController(
+            MutatingWebhookConfigurations(self._kube), self._configuration_name, self._client_config,
+            files.ca_file.read_bytes, namespaces=self._namespaces,
+        )
+        log.info("pod-injection webhook: listening on %s:%d, called as %s, certificates in %s (%s), "
+                 "MutatingWebhookConfiguration %r", self._address, self._port, self._target, cert_dir,
+                 "managed" if files.managed else "provided", self._configuration_name)
 
+    async def maintain(self) -> None:
+        """Now and then every resync interval: renew an operator-managed certificate when due (kopf's server
+        re-reads the changed files), and restore the webhook configuration if it drifted."""
+        assert self.configuration is not None, "configure() first"
+        last_renewal_check = time.monotonic()  # configure() has just ensured the certificate
+        while True:
+            try:
+                if self._certs is not None and time.monotonic() - last_renewal_check >= RENEWAL_CHECK_INTERVAL:
+                    await asyncio.to_thread(self._certs.ensure)
+                    last_renewal_check = time.monotonic()
+                await self.configuration.sync()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - retried next interval; what is in place keeps serving
+                log.warning("webhook maintenance failed (%s: %s); retrying in %.0fs", type(exc).__name__, exc, self._interval)
+            await asyncio.sleep(self._interval)
 
-async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, config: OperatorConfig, kube: Kube) -> None:
-    webhook = config.webhook
-    if webhook.cert_dir:
-        cert_dir = Path(webhook.cert_dir)
-    else:
-        cert_dir = Path(tempfile.mkdtemp(prefix="wso-webhook-certs-"))
-        memo.webhook_temp_dir = cert_dir
-    certs = WebhookCertificates(cert_dir, hosts_for(webhook))
-    try:
-        files = await asyncio.to_thread(certs.ensure)
-    except OSError as exc:  # a configuration error: stop the operator instead of retrying forever
-        raise kopf.PermanentError(
-            f"--webhook-cert-dir {cert_dir}: {exc.strerror or exc}; give a writable directory (managed "
-            f"certificate) or one holding tls.crt and tls.key (provided certificate)"
-        ) from None
-    address = listen_address(webhook)
-    settings.admission.server = kopf.WebhookServer(
-        addr=address, port=webhook.port, host=webhook.host,
-        certfile=str(files.cert_file), pkeyfile=str(files.key_file), cafile=str(files.ca_file),
-        file_check_interval=CERT_FILE_CHECK_INTERVAL,
-    )
-    settings.admission.managed = None  # written by the operator itself, see the module docstring
-    if webhook.service:
-        client_config = functools.partial(desired.service_client_config, *webhook.service, webhook.service_port)
-        target = f"Service {'/'.join(webhook.service)}:{webhook.service_port}"
-    else:
-        client_config = functools.partial(desired.url_client_config, webhook.host, webhook.port)
-        target = f"https://{webhook.host}:{webhook.port}"
-    configuration = WebhookConfigurationController(
-        MutatingWebhookConfigurations(kube), webhook.configuration_name, client_config,
-        files.ca_file.read_bytes, namespaces=config.namespaces,
-    )
-    memo.pod_injection = PodInjectionController(kube, EventRecorder(kube), namespaces=config.namespaces)
-    memo.webhook_configuration = configuration
-    memo.tasks.append(asyncio.create_task(
-        _maintain(certs if files.managed else None, configuration, config.resync_interval), name="webhook maintenance"
-    ))
-    log.info("pod-injection webhook: listening on %s:%d, called as %s, certificates in %s (%s), "
-             "MutatingWebhookConfiguration %r", address, webhook.port, target, cert_dir,
-             "managed" if files.managed else "provided", webhook.configuration_name)
-
-
-async def _maintain(certs: WebhookCertificates | None, configuration: WebhookConfigurationController, interval: float) -> None:
-    """Now and then every `interval`: renew an operator-managed certificate when due (kopf's server
-    re-reads the changed files), and restore the webhook configuration if it drifted."""
-    last_renewal_check = time.monotonic()  # configure() has just ensured the certificate
-    while True:
-        try:
-            if certs is not None and time.monotonic() - last_renewal_check >= RENEWAL_CHECK_INTERVAL:
-                await asyncio.to_thread(certs.ensure)
-                last_renewal_check = time.monotonic()
-            await configuration.sync()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - retried next interval; what is in place keeps serving
-            log.warning("webhook maintenance failed (%s: %s); retrying in %.0fs", type(exc).__name__, exc, interval)
-        await asyncio.sleep(interval)
-
-
-def cleanup(memo: kopf.Memo) -> None:
-    temp = getattr(memo, "webhook_temp_dir", None)
-    if temp is not None:
-        shutil.rmtree(temp, ignore_errors=True)
+    def cleanup(self) -> None:
+        if self._temp_dir is not None:
+            shutil.rmtree(self._temp_dir, ignore_errors=True)

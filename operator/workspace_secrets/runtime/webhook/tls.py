@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ..api import constants as c
-from .sensitive import Sensitive
+from workspace_secrets.api import constants as c
+from workspace_secrets.runtime.sensitive import Sensitive
 
 CA_VALIDITY = timedelta(days=3650)
 SERVING_VALIDITY = timedelta(days=365)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from html import escape
 
-from ..controllers.user_token import TokenSummary
+from workspace_secrets.user_token.connect import TokenSummary
 
 PROVIDER_NAMES = {
     "github": "GitHub", "github-enterprise": "GitHub Enterprise", "gitlab": "GitLab", "gitlab-self-managed": "GitLab",

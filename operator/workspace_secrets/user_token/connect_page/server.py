@@ -26,12 +26,14 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from ..controllers.user_token import NotAllowed, ProblemFound, UserTokenController
-from ..domain.conditions import utcnow
-from ..domain.oauth import StateRejected, browser_binding, flow_nonce, same_browser
-from ..domain.signing import Signer
-from ..providers.oauth.base import ProviderError
-from . import pages
+from workspace_secrets.api.conditions import ProblemFound
+from workspace_secrets.user_token.connect import NotAllowed
+from workspace_secrets.user_token.controller import UserTokenController
+from workspace_secrets.api.conditions import utcnow
+from workspace_secrets.oauth.protocol import StateRejected, browser_binding, flow_nonce, same_browser
+from workspace_secrets.runtime.signing import Signer
+from workspace_secrets.oauth.base import ProviderError
+from workspace_secrets.user_token.connect_page import pages
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,350 @@
+"""The composition root: one App per process builds every part, starts it and stops it.
+
+`workspace-secrets-operator run` (cli.py) hands the App to kopf as its memo (`kopf.operator(memo=App(...))`),
+so every handler gets it as `memo`; under kopf's own CLI (`kopf run -m workspace_secrets.handlers`) the
+handlers make one from the defaults (`App.of`). The handlers (handlers/) only translate a kopf event into one
+call on a part built here; nothing else builds clients, controllers, watches or periodic tasks.
+
+What `start()` builds, in order:
+  1. kopf's settings (persistence under our group, watch timeouts, paging, peering lifetime);
+  2. the Kubernetes client (Kube), the dynamic-credential providers, the WorkspaceSecret work queue and
+     controller, the label-selected Secret watches, the resync and orphan-sweep loops;
+  3. with --webhook: the webhook server (certificates, MutatingWebhookConfiguration) and pod injection;
+  4. with --peering: the PeeringGate that pauses the operator's own work with kopf's;
+  5. the UserToken controller, its Secret watch and, with --connect-port, the connect page.
+`stop()` cancels every task, then closes what the parts hold open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import kopf
+from aiohttp import web
+
+from workspace_secrets import settings as config_helpers
+from workspace_secrets.api import constants as c
+from workspace_secrets.api.conditions import utcnow
+from workspace_secrets.credentials.manager import CredentialManager, sweep_orphans
+from workspace_secrets.credentials.providers.base import Scope
+from workspace_secrets.credentials.setup import load_providers
+from workspace_secrets.oauth.protocol import PendingAuthorizations
+from workspace_secrets.oauth.registry import ProviderCache
+from workspace_secrets.pod_injection.controller import PodInjectionController
+from workspace_secrets.runtime.events import EventRecorder
+from workspace_secrets.runtime.http import AiohttpTransport
+from workspace_secrets.runtime.kube import Kube, group_path, load_configuration
+from workspace_secrets.runtime.peering import PeeringGate
+from workspace_secrets.runtime.sensitive import Sensitive
+from workspace_secrets.runtime.signing import Signer
+from workspace_secrets.runtime.watch import Handler, LabelSelectedWatch
+from workspace_secrets.runtime.webhook.server import WebhookServer
+from workspace_secrets.runtime.workqueue import WorkQueue
+from workspace_secrets.settings import ConnectConfig, OperatorConfig
+from workspace_secrets.user_keys.service import UserKeys
+from workspace_secrets.user_token import policy as user_token_policy
+from workspace_secrets.user_token.connect_page.server import ConnectServer, WebSettings, serve
+from workspace_secrets.user_token.controller import ConnectSettings, UserTokenController
+from workspace_secrets.workspace_secret.controller import WorkspaceSecretController
+
+log = logging.getLogger(__name__)
+
+#: The UserToken controller's Secret watch: the users' SSH keys (uploaded) and the token Secrets (rewritten).
+USER_TOKEN_SECRETS_SELECTOR = f"{c.MANAGED_SELECTOR},{c.LABEL_COMPONENT} in ({c.COMPONENT_USER_SSH_KEY},{c.COMPONENT_USER_TOKEN})"
+
+
+class App:
+    """Everything the operator runs, typed. The parts below exist once `start()` has run (kopf's startup)."""
+
+    kube: Kube
+    #: Set while this replica acts: standalone always, with peering while kopf's peering says so.
+    active: asyncio.Event
+    queue: WorkQueue
+    workspace_secrets: WorkspaceSecretController
+    user_tokens: UserTokenController
+    #: The per-user SSH keys, one service for both CRDs (WorkspaceSecrets create and rotate them, UserTokens upload them).
+    user_keys: UserKeys
+    pod_injection: PodInjectionController | None
+    webhook: WebhookServer | None
+    #: The label-selected Secret watches the liveness probe checks.
+    watches: list[LabelSelectedWatch]
+
+    def __init__(self, config: OperatorConfig) -> None:
+        self.config = config
+        self.tasks: list[asyncio.Task[Any]] = []
+        self.pod_injection = None
+        self.webhook = None
+        self.watches = []
+        self._transport: AiohttpTransport | None = None
+        self._connect_runner: web.AppRunner | None = None
+        self._started = False
+
+    def __copy__(self) -> App:
+        # kopf gives every resource object a shallow copy of the memo; there is one App per process.
+        return self
+
+    @classmethod
+    def of(cls, memo: Any) -> App:
+        """The App behind a handler's memo: the memo itself (our CLI), or one made from the defaults and kept in
+        kopf's Memo (kopf's own CLI, where the login handler runs first and makes it)."""
+        if isinstance(memo, App):
+            return memo
+        app = memo.get("app")
+        if app is None:
+            app = memo["app"] = cls(OperatorConfig(providers_config=os.environ.get("WSO_PROVIDERS_CONFIG")))
+        return app
+
+    # --- kopf's login -------------------------------------------------------------------------------------
+    async def connection_info(self) -> kopf.ConnectionInfo:
+        """kopf and our own client authenticate the same way: one place reads in-cluster or kubeconfig
+        credentials (the `kubernetes` package, which also handles exec plugins and token files)."""
+        cfg = await asyncio.to_thread(load_configuration, self.config.kubeconfig)
+        bearer = cfg.get_api_key_with_prefix("BearerToken") or cfg.get_api_key_with_prefix("authorization") or ""
+        scheme, _, token = bearer.partition(" ") if " " in bearer else ("Bearer", "", bearer)
+        return kopf.ConnectionInfo(
+            server=cfg.host,
+            ca_path=cfg.ssl_ca_cert,
+            insecure=not cfg.verify_ssl,
+            certificate_path=cfg.cert_file,
+            private_key_path=cfg.key_file,
+            scheme=scheme or None,
+            token=token or None,
+            username=cfg.username or None,
+            password=cfg.password or None,
+        )
+
+    # --- start ----------------------------------------------------------------------------------------------
+    async def start(self, settings: kopf.OperatorSettings) -> None:
+        config = self.config
+        _configure_kopf(settings, config)
+        self.active = asyncio.Event()
+        if config.peering is None:
+            self.active.set()  # standalone: always active
+        self.kube = Kube.from_environment(kubeconfig=config.kubeconfig, max_concurrency=config.api_concurrency,
+                                          qps=config.api_qps, burst=config.api_burst)
+        self.user_keys = UserKeys(self.kube)
+        self._started = True
+        await self._start_workspace_secrets()
+        if config.webhook.enabled:
+            await self._start_webhook(settings)
+        if config.peering is not None:
+            await self._start_peering()
+        await self._start_user_tokens()
+
+    async def _start_workspace_secrets(self) -> None:
+        config, kube = self.config, self.kube
+        providers, unavailable = await load_providers(config.providers_config, kube, config.operator_namespace)
+        self.queue = WorkQueue(lambda key: self.workspace_secrets.reconcile_by_name(*key), workers=config.workers,
+                               name=c.WORKSPACE_SECRET_PLURAL, active=self.active)
+        self.workspace_secrets = WorkspaceSecretController(
+            kube, EventRecorder(kube, instance=config.identity),
+            credentials=CredentialManager(providers, clock=utcnow, unavailable=unavailable), user_keys=self.user_keys,
+            schedule=lambda namespace, name, delay: self.queue.add_after((namespace, name), delay),
+        )
+        self.queue.start()
+        controller = self.workspace_secrets
+        paths = self._secret_paths()
+        self.watches = [LabelSelectedWatch(kube, path, c.MANAGED_SELECTOR, self._while_active(controller.secret_changed))
+                        for path in paths]
+        self.watches += [LabelSelectedWatch(kube, path, c.USER_SECRETS_SELECTOR, self._while_active(controller.user_secret_changed))
+                         for path in paths]
+        self.tasks += [asyncio.create_task(w.run(), name=f"secret-watch {w}") for w in self.watches]
+        self.tasks.append(asyncio.create_task(self._resync(), name="resync"))
+        if providers:
+            self.tasks.append(asyncio.create_task(self._sweep(), name="orphan-sweep"))
+
+    async def _start_webhook(self, settings: kopf.OperatorSettings) -> None:
+        config, webhook = self.config, self.config.webhook
+        client_config, target = config_helpers.client_config(webhook)
+        self.webhook = WebhookServer(
+            self.kube, cert_dir=webhook.cert_dir, hosts=config_helpers.hosts_for(webhook),
+            listen_address=config_helpers.listen_address(webhook), port=webhook.port, host=webhook.host,
+            client_config=client_config, target=target, configuration_name=webhook.configuration_name,
+            namespaces=config.namespaces, resync_interval=config.resync_interval,
+        )
+        await self.webhook.configure(settings)
+        self.pod_injection = PodInjectionController(self.kube, EventRecorder(self.kube), namespaces=config.namespaces)
+        self.tasks.append(asyncio.create_task(self.webhook.maintain(), name="webhook maintenance"))
+
+    async def _start_peering(self) -> None:
+        config = self.config
+        assert config.peering is not None
+        gate = PeeringGate(
+            self.kube, name=config.peering, namespaces=[None] if config.clusterwide else list(config.namespaces),
+            identity=config.identity, priority=config.priority, active=self.active, clock=utcnow,
+            on_activated=lambda: self.tasks.append(asyncio.create_task(self._enqueue_all(), name="resync-on-activation")),
+        )
+        await gate.ensure_objects()
+        self.tasks.append(asyncio.create_task(gate.run(), name="peering-gate"))
+
+    async def _start_user_tokens(self) -> None:
+        config, connect = self.config, self.config.connect
+        signer = _signer(connect)
+        self._transport = AiohttpTransport()
+        self.user_tokens = UserTokenController(
+            self.kube, EventRecorder(self.kube), ProviderCache(self._transport), signer, PendingAuthorizations(signer),
+            ConnectSettings(base_url=connect.base_url,
+                            schedule=user_token_policy.Schedule(validate_interval=timedelta(seconds=connect.validate_interval))),
+            namespaces=config.namespaces, operator_namespace=config.operator_namespace, user_keys=self.user_keys,
+        )
+        if connect.port is not None:
+            web_settings = WebSettings.parse(connect.base_url, connect.user_header, connect.trusted_proxies, connect.session_ttl)
+            if not web_settings.sign_in_configured:
+                log.warning("the connect page has no sign-in (--connect-user-header and --connect-trusted-proxies): it answers 503 "
+                            "until the platform's authentication proxy is configured")
+            self._connect_runner = await serve(ConnectServer(self.user_tokens, signer, web_settings), host=connect.bind, port=connect.port)
+        for path in self._secret_paths():
+            watch = LabelSelectedWatch(self.kube, path, USER_TOKEN_SECRETS_SELECTOR, self.user_tokens.secret_changed)
+            self.tasks.append(asyncio.create_task(watch.run(), name=f"usertoken-secret-watch {path}"))
+        self.tasks.append(asyncio.create_task(self._count_tokens(), name="token-count"))
+
+    # --- stop -----------------------------------------------------------------------------------------------
+    async def stop(self) -> None:
+        if self.config.shutdown_grace is not None:
+            _exit_if_hung(self.config.shutdown_grace)
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        if not self._started:
+            return
+        if hasattr(self, "queue"):  # start() may have failed half-way
+            await self.queue.stop()
+        if self._connect_runner is not None:
+            await self._connect_runner.cleanup()
+        if self._transport is not None:
+            await self._transport.close()
+        self.kube.close()
+        if self.webhook is not None:
+            self.webhook.cleanup()
+
+    # --- the liveness probe ---------------------------------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        """Fails (kopf.PermanentError: HTTP 500) once a label-selected Secret watch has been disconnected for
+        longer than --watch-unhealthy-threshold: the operator can no longer repair drift, and a restart is the
+        remedy. A shorter disconnection (an API server restart, a watch timeout) is reported, not failed."""
+        threshold = self.config.watch_unhealthy_threshold
+        down = {str(w): round(w.unhealthy_for(), 1) for w in self.watches if not w.healthy}
+        failing = {name: seconds for name, seconds in down.items() if seconds > threshold}
+        if failing:
+            raise kopf.PermanentError(f"Secret watch disconnected for longer than {threshold:.0f}s: {failing}")
+        return {"connected": not down, "disconnectedSeconds": down}
+
+    # --- periodic tasks -------------------------------------------------------------------------------------
+    def _while_active(self, handler: Handler) -> Handler:
+        async def gated(event_type: str, obj: dict[str, Any]) -> None:
+            if self.active.is_set():  # a standby replica: the full resync on activation covers what happened meanwhile
+                await handler(event_type, obj)  # type: ignore[misc]
+        return gated
+
+    async def _enqueue_all(self) -> None:
+        """Queue every WorkspaceSecret once (deduplicated, so a burst never exceeds the worker count)."""
+        for path in self._workspace_secret_paths():
+            try:
+                async for page in self.kube.list_pages(path):
+                    for item in page:
+                        self.queue.add((item["metadata"]["namespace"], item["metadata"]["name"]))
+            except Exception as exc:  # noqa: BLE001 - retried next interval
+                log.warning("resync listing failed: %s", exc)
+
+    async def _resync(self) -> None:
+        """Safety net for missed events: every interval, reconcile every WorkspaceSecret once."""
+        while True:
+            await asyncio.sleep(self.config.resync_interval)
+            if self.active.is_set():
+                await self._enqueue_all()
+
+    async def _sweep(self) -> None:
+        """Periodically revoke credentials at the providers that no WorkspaceSecret accounts for (leaked by
+        someone deleting a Secret's ledger, a force-removed finalizer, or a crash during deletion)."""
+
+        async def expected_tags() -> set[str]:
+            tags = set()
+            for path in self._workspace_secret_paths():
+                async for page in self.kube.list_pages(path):
+                    for item in page:
+                        meta = item["metadata"]
+                        for entry in (item.get("spec") or {}).get("credentials") or ():
+                            tags.add(Scope.of(meta["namespace"], meta["name"], meta["uid"], entry.get("name", "")).tag)
+            return tags
+
+        while True:
+            await asyncio.sleep(self.config.sweep_interval)
+            if not self.active.is_set():
+                continue  # a standby replica revokes nothing
+            try:
+                await sweep_orphans(self.workspace_secrets.credentials, expected_tags)
+            except Exception as exc:  # noqa: BLE001 - retried next interval
+                log.warning("orphan sweep failed: %s", exc)
+
+    async def _count_tokens(self) -> None:
+        """The TOKENS gauge, counted by the active replica every resync interval."""
+        while True:
+            if self.active.is_set():
+                try:
+                    await self.user_tokens.count_tokens()
+                except Exception as exc:  # noqa: BLE001 - counted again next interval
+                    log.warning("token count failed: %s", exc)
+            await asyncio.sleep(self.config.resync_interval)
+
+    def _secret_paths(self) -> list[str]:
+        if self.config.clusterwide:
+            return ["/api/v1/secrets"]
+        return [f"/api/v1/namespaces/{ns}/secrets" for ns in self.config.namespaces]
+
+    def _workspace_secret_paths(self) -> list[str]:
+        if self.config.clusterwide:
+            return [f"/apis/{c.API_VERSION}/{c.WORKSPACE_SECRET_PLURAL}"]
+        return [group_path(c.API_VERSION, ns, c.WORKSPACE_SECRET_PLURAL) for ns in self.config.namespaces]
+
+
+def _configure_kopf(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
+    # kopf's own bookkeeping lives under our group, and only warnings become Events (kopf would otherwise
+    # post an Event for every handler success, doubling API writes for no reader).
+    settings.persistence.finalizer = f"{c.GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=c.GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=c.GROUP, key="last-handled-configuration")
+    settings.posting.level = logging.WARNING
+    # Re-establish watches regularly; a watch that hangs silently (API server restart) is noticed:
+    # kopf >= 1.44.1 also drops a stream that delivers nothing for watching.inactivity_timeout (70 s).
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 10
+    settings.networking.request_timeout = 60
+    # Page kopf's initial listing of WorkspaceSecrets (10,000 objects in one response is a memory
+    # spike), and let its per-object workers exit soon: the observe handler only queues a key, so a
+    # worker lingering for kopf's default 5 s only holds on to the last body it saw.
+    settings.watching.chunk_size = 500
+    settings.queueing.idle_timeout = 1.0
+    # A replica killed without a goodbye is considered gone after this long: the failover time.
+    settings.peering.lifetime = config.peering_lifetime
+
+
+def _signer(connect: ConnectConfig) -> Signer:
+    if connect.signing_key_file:
+        return Signer(Sensitive(Path(connect.signing_key_file).read_bytes().strip()))
+    log.warning("no --connect-signing-key-file: using a random key; pending sign-ins and connect-page forms end with this process")
+    return Signer.generate()
+
+
+def _exit_if_hung(grace: float) -> None:
+    """End the process if kopf has not finished `grace` seconds after our cleanup.
+
+    kopf waits without a limit for its tasks to stop. A watcher that was retrying a dropped request when the
+    orchestrator failed (a watch-stream ERROR) can stay "cancelling" for ever -- seen in the faults test: the
+    request retry waits for credentials from a retriever that is already stopped. The process would then
+    live on half-alive, its liveness endpoint gone and nothing reconciled; ending it lets the Pod restart."""
+
+    def watchdog() -> None:
+        time.sleep(grace)
+        log.error("the operator did not finish stopping within %.0f s after cleanup (a kopf task is hung); exiting", grace)
+        logging.shutdown()
+        os._exit(1)
+
+    threading.Thread(target=watchdog, name="shutdown-watchdog", daemon=True).start()

@@ -1,0 +1,113 @@
+"""The workspace Secret: compose it (SSH key, dynamic credentials, the user's own Secrets) and write it when it
+differs -- create, or compare-and-swap update; never a Secret this WorkspaceSecret does not control.
+
+Also the echo bookkeeping: the resourceVersions of the Secrets the operator wrote, so that the Secret watch skips
+the events of our own writes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from workspace_secrets.api import constants as c
+from workspace_secrets.api.conditions import Problem
+from workspace_secrets.api.workspace_secret import WorkspaceSecret
+from workspace_secrets.credentials.ledger import dump as ledger_dump
+from workspace_secrets.credentials.manager import CredentialManager, CredentialOutcome
+from workspace_secrets.runtime.errors import RetryLater
+from workspace_secrets.runtime.kube import Conflict, Kube, core_path
+from workspace_secrets.runtime.metrics import SECRET_WRITES
+from workspace_secrets.user_keys.sshkeys import SSHKeyPair
+from workspace_secrets.workspace_secret import policy, user_secrets
+
+
+@dataclass(frozen=True)
+class SecretOutcome:
+    """What writing the workspace Secret did, and what went into it."""
+
+    action: policy.SecretAction | None = None
+    data: Mapping[str, str] | None = None  # base64 data as written (for display items)
+    problem: Problem | None = None
+    credentials: CredentialOutcome | None = None
+    user_secrets: user_secrets.UserSecretsPlan | None = None
+
+
+class Secrets:
+    def __init__(self, kube: Kube, credentials: CredentialManager) -> None:
+        self._kube = kube
+        self.credentials = credentials
+        # resourceVersions of Secrets we wrote ourselves, so the Secret watch can skip our own echoes.
+        self.written: dict[tuple[str, str], str] = {}
+        # Secrets we are creating right now: their ADDED event can arrive before create() returns (and
+        # before `written` knows the resourceVersion); a create succeeds only once, so that event is ours.
+        self.creating: set[tuple[str, str]] = set()
+
+    def is_echo(self, event_type: str, meta: Mapping[str, Any]) -> bool:
+        """Whether a watch event of one of our Secrets is the echo of our own write (forgets deleted ones)."""
+        key = (meta.get("namespace", ""), meta.get("name", ""))
+        if event_type == "DELETED":
+            self.written.pop(key, None)
+            return False
+        return self.written.get(key) == meta.get("resourceVersion") or (event_type == "ADDED" and key in self.creating)
+
+    def remember(self, obj: Mapping[str, Any], component: str, operation: str) -> None:
+        meta = obj["metadata"]
+        self.written[(meta["namespace"], meta["name"])] = meta["resourceVersion"]
+        SECRET_WRITES.labels(component=component, operation=operation).inc()
+
+    async def apply(self, ws: WorkspaceSecret, key: SSHKeyPair) -> SecretOutcome:
+        """Compose the workspace Secret (SSH key, credentials, user secrets) and write it if it differs.
+
+        A WorkspaceSecret never reconciled before (no status.secretName) and without credentials almost
+        certainly has no Secret yet: it is created without looking first (one request less per new
+        workspace). A 409 -- our own Secret from an interrupted attempt, or somebody else's -- falls
+        back to looking, as for every other object. Not with credentials: what is minted depends on
+        the ledger in the existing Secret."""
+        fresh = not ws.credentials and "secretName" not in ws.status
+        return await self._write(ws, key, look_first=not fresh)
+
+    async def _write(self, ws: WorkspaceSecret, key: SSHKeyPair, *, look_first: bool) -> SecretOutcome:
+        path = core_path(ws.namespace, "secrets", ws.secret_name)
+        existing = await self._kube.get(path) if look_first else None
+        if existing is not None and not policy.is_owned_by(existing, ws.uid):
+            return SecretOutcome(policy.SecretAction.CONFLICT, problem=Problem("SecretConflict", policy.conflict_message(existing, ws)))
+        creds = None
+        if ws.credentials or c.ANNOTATION_CREDENTIALS in ((existing or {}).get("metadata") or {}).get("annotations", {}):
+            creds = await self.credentials.reconcile(ws, existing)
+        user_plan = await self._user_secrets(ws, creds)
+        desired = policy.desired_secret(
+            ws, key,
+            extra_data={**(creds.data if creds else {}), **(user_plan.data if user_plan else {})},
+            ledger=ledger_dump(creds.ledger) if creds and creds.ledger else None,
+        )
+        action = policy.secret_action(existing, desired, ws.uid)
+        if action is policy.SecretAction.CREATE:
+            secret_key = (ws.namespace, ws.secret_name)
+            self.creating.add(secret_key)
+            try:
+                self.remember(await self._kube.create(path.rsplit("/", 1)[0], desired), c.COMPONENT_WORKSPACE_SECRET, "create")
+            except Conflict:
+                if not look_first:
+                    return await self._write(ws, key, look_first=True)
+                raise RetryLater(f"Secret {ws.secret_name!r} appeared while creating it") from None
+            finally:
+                self.creating.discard(secret_key)
+        elif action is policy.SecretAction.UPDATE:
+            assert existing is not None
+            try:
+                self.remember(await self._kube.replace(path, policy.merged_for_update(existing, desired)), c.COMPONENT_WORKSPACE_SECRET, "update")
+            except Conflict:
+                raise RetryLater(f"Secret {ws.secret_name!r} changed while updating it") from None
+        return SecretOutcome(action, desired["data"], None, creds, user_plan)
+
+    async def _user_secrets(self, ws: WorkspaceSecret, creds: CredentialOutcome | None) -> user_secrets.UserSecretsPlan | None:
+        if not ws.user_secrets_enabled:
+            return None
+        listing = await self._kube.list(
+            core_path(ws.namespace, "secrets"),
+            label_selector=f"{c.LABEL_USER}={ws.user},{c.LABEL_MANAGED_BY}!={c.OPERATOR_NAME}",
+            from_cache=True,
+        )
+        reserved = {c.KEY_GIT_SSH_COMMAND, *(e["name"] for e in (creds.env if creds else ()))}
+        return user_secrets.plan(listing.get("items", ()), user=ws.user, select=ws.user_secret_names, reserved_env=reserved)
