@@ -242,9 +242,10 @@ def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
             plane.stop()
 
 
-def _wait_for_default_service_account(api: k8s.ApiClient, namespace: str, timeout: float = 30) -> None:
+def _wait_for_default_service_account(api: k8s.ApiClient, namespace: str, timeout: float = 90) -> None:
     """Pods are rejected until the namespace's `default` ServiceAccount exists; wait for it so tests
-    that create workloads do not depend on controller back-off timing."""
+    that create workloads do not depend on controller back-off timing (after a test restarts the API server
+    and etcd, the controller manager can take well over 30 s to come back on a busy machine)."""
     core = k8s.CoreV1Api(api)
     deadline = time.monotonic() + timeout
     while True:

@@ -12,16 +12,15 @@ Kubernetes' x509 authenticator maps a client certificate's CN to the user name a
 Serving certificates: the API server (loopback, the node IP, the ``kubernetes`` Service's ClusterIP and its DNS
 names) and the kubelet (the node IP and name; the API server verifies it with ``--kubelet-certificate-authority``).
 
-The operator's own webhook PKI (``workspace_secrets.runtime.webhook.tls``) is not reused: it issues only
-server certificates under a fixed CA name, and the launcher imports nothing of the operator, so a broken
-operator can never break the cluster the tests diagnose it with.
+The certificates are built by the repository's one PKI module, ``workspace_secrets.runtime.pki`` (pure: only
+``cryptography``), which the operator's webhook certificates use too. That is the only operator module the
+launcher imports, so starting a cluster never imports kopf or the code under test.
 """
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
-import ipaddress
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
@@ -29,9 +28,10 @@ from pathlib import Path
 from typing import Final
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from workspace_secrets.runtime import pki as x509_pki
 
 CONTEXT_NAME: Final = "wso-local"
 SERVICE_CLUSTER_IP_RANGE: Final = "10.0.0.0/24"
@@ -92,45 +92,11 @@ def _private_key_pem(key: PrivateKey) -> bytes:
     )
 
 
-def _new_ec_key() -> ec.EllipticCurvePrivateKey:
-    # P-256: fast to generate (RSA-2048 takes ~100 ms per key) and supported by all TLS stacks used.
-    return ec.generate_private_key(ec.SECP256R1())
-
-
 def new_ca(common_name: str = "wso-local-ca", *, validity: dt.timedelta = DEFAULT_VALIDITY) -> KeyPair:
     """A self-signed CA that signs the serving and client certificates of one control plane."""
-    key = _new_ec_key()
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    key = x509_pki.new_key()
     now = dt.datetime.now(dt.timezone.utc)
-    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _BACKDATE)
-        .not_valid_after(now + validity)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(ski, critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return KeyPair(key, cert)
+    return KeyPair(key, x509_pki.self_signed_ca(key, common_name, not_before=now - _BACKDATE, not_after=now + validity))
 
 
 def issue_certificate(
@@ -149,52 +115,15 @@ def issue_certificate(
     Kubernetes' x509 authenticator maps the subject's CN to the user name and each O to a group,
     which is how the admin (O=system:masters) and the controller-manager identities are expressed.
     """
-    if not (server or client):
-        raise ValueError("a certificate must be for server and/or client authentication")
-    key = _new_ec_key()
-    attributes = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, org) for org in organizations]
-    attributes.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
+    if not isinstance(ca.key, ec.EllipticCurvePrivateKey):
+        raise TypeError("the local cluster's CA key is P-256")
+    key = x509_pki.new_key()
     now = dt.datetime.now(dt.timezone.utc)
-    usages = [ExtendedKeyUsageOID.SERVER_AUTH] if server else []
-    if client:
-        usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name(attributes))
-        .issuer_name(ca.cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _BACKDATE)
-        .not_valid_after(now + validity)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
-                ca.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-            ),
-            critical=False,
-        )
+    cert = x509_pki.sign_leaf(
+        ca.cert, ca.key, key, common_name, organizations=organizations, hosts=[*dns_names, *ip_addresses],
+        server=server, client=client, not_before=now - _BACKDATE, not_after=now + validity,
     )
-    sans: list[x509.GeneralName] = [x509.DNSName(name) for name in dns_names]
-    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses]
-    if sans:
-        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-    return KeyPair(key, builder.sign(ca.key, hashes.SHA256()))
+    return KeyPair(key, cert)
 
 
 def new_service_account_key() -> rsa.RSAPrivateKey:

@@ -8,18 +8,17 @@ it expires with the same CA. The clock is passed in.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from workspace_secrets.api import constants as c
+from workspace_secrets.runtime import pki
 from workspace_secrets.runtime.sensitive import Sensitive
 
 CA_VALIDITY = timedelta(days=3650)
@@ -46,21 +45,8 @@ def service_hosts(namespace: str, name: str) -> list[str]:
 
 
 def new_ca(now: datetime) -> CertificateAuthority:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{c.OPERATOR_NAME} webhook CA")])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _BACKDATE)
-        .not_valid_after(now + CA_VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(_key_usage(cert_sign=True), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
+    key = pki.new_key()
+    cert = pki.self_signed_ca(key, f"{c.OPERATOR_NAME} webhook CA", not_before=now - _BACKDATE, not_after=now + CA_VALIDITY)
     return CertificateAuthority(cert.public_bytes(serialization.Encoding.PEM), Sensitive(_key_pem(key)))
 
 
@@ -70,23 +56,9 @@ def issue(ca: CertificateAuthority, hosts: Sequence[str], now: datetime) -> Serv
         raise ValueError("a serving certificate needs at least one host name or IP address")
     ca_cert = x509.load_pem_x509_certificate(ca.cert_pem)
     ca_key = serialization.load_pem_private_key(ca.key_pem.reveal(), password=None)
-    key = ec.generate_private_key(ec.SECP256R1())
-    not_after = min(now + SERVING_VALIDITY, ca_cert.not_valid_after_utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0][:64])]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _BACKDATE)
-        .not_valid_after(not_after)
-        .add_extension(x509.SubjectAlternativeName([_general_name(h) for h in dict.fromkeys(hosts)]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage(cert_sign=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()), critical=False)  # type: ignore[arg-type]
-        .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
-    )
+    key = pki.new_key()
+    cert = pki.sign_leaf(ca_cert, ca_key, key, hosts[0], hosts=hosts, server=True,  # type: ignore[arg-type]
+                         not_before=now - _BACKDATE, not_after=now + SERVING_VALIDITY)
     return ServingCertificate(cert.public_bytes(serialization.Encoding.PEM), Sensitive(_key_pem(key)))
 
 
@@ -119,7 +91,7 @@ def serving_problem(cert_pem: bytes | None, ca_cert_pem: bytes | None, hosts: Se
     if cert.not_valid_after_utc - now < RENEW_BEFORE:
         return f"the serving certificate expires on {cert.not_valid_after_utc:%Y-%m-%d}"
     covered = set(cert_hosts(cert_pem))
-    missing = [h for h in hosts if _normalize(h) not in covered]
+    missing = [h for h in hosts if pki.normalize_host(h) not in covered]
     if missing:
         return f"the serving certificate does not cover {', '.join(missing)}"
     return None
@@ -146,26 +118,5 @@ def key_matches(cert_pem: bytes, key_pem: Sensitive) -> bool:
     )
 
 
-def _key_usage(*, cert_sign: bool) -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=True, content_commitment=False, key_encipherment=False, data_encipherment=False,
-        key_agreement=False, key_cert_sign=cert_sign, crl_sign=cert_sign, encipher_only=False, decipher_only=False,
-    )
-
-
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-
-
-def _normalize(host: str) -> str:
-    try:
-        return str(ipaddress.ip_address(host))
-    except ValueError:
-        return host.lower()
-
-
-def _general_name(host: str) -> x509.GeneralName:
-    try:
-        return x509.IPAddress(ipaddress.ip_address(host))
-    except ValueError:
-        return x509.DNSName(host.lower())
