@@ -21,20 +21,12 @@ for b in "${wanted[@]}"; do [ -x "$bin/$b" ] || missing+=("$b"); done
 if [ ${#missing[@]} -eq 0 ]; then echo "$bin"; exit 0; fi
 
 mkdir -p "$bin"
-export GOFLAGS="-mod=mod -trimpath" CGO_ENABLED=0
-minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
-now=$(date -u +%Y-%m-%dT%H:%M:%SZ)
-ldflags="-s -w"
-for pkg in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
-  ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
-  ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=$now"
-done
-
+# shellcheck source=tools/go-build.sh
+. "$tools/go-build.sh"
+ldflags=$(k8s_ldflags)
 start=$(date +%s)
 for b in "${missing[@]}"; do
-  echo "building $b ..." >&2
-  (cd "$tools/k8s-node" && go build -ldflags "$ldflags" -o "$bin/$b.tmp" "k8s.io/kubernetes/cmd/$b") >&2
-  mv "$bin/$b.tmp" "$bin/$b"
+  go_build "$bin" k8s-node "$b" "k8s.io/kubernetes/cmd/$b" "$ldflags"
 done
 echo "built ${missing[*]} in $(( $(date +%s) - start ))s into $bin ($(du -sh "$cache" | cut -f1))" >&2
 echo "$bin"

@@ -24,26 +24,14 @@ for b in "${wanted[@]}"; do [ -x "$bin/$b" ] || missing+=("$b"); done
 if [ ${#missing[@]} -eq 0 ]; then echo "$bin"; exit 0; fi
 
 mkdir -p "$bin"
-export GOFLAGS="-mod=mod -trimpath" CGO_ENABLED=0
-minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
-now=$(date -u +%Y-%m-%dT%H:%M:%SZ)
-k8s_ldflags="-s -w"
-for pkg in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
-  k8s_ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
-  k8s_ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=$now"
-done
-
+# shellcheck source=tools/go-build.sh
+. "$tools/go-build.sh"
+k8s=$(k8s_ldflags)
 start=$(date +%s)
-build() {  # module-dir output-name package ldflags
-  if [ -x "$bin/$2" ]; then return; fi
-  echo "building $2 ..." >&2
-  (cd "$tools/$1" && go build -ldflags "$4" -o "$bin/$2.tmp" "$3") >&2
-  mv "$bin/$2.tmp" "$bin/$2"
-}
-build k8s  kube-apiserver          k8s.io/kubernetes/cmd/kube-apiserver          "$k8s_ldflags"
-build k8s  kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager "$k8s_ldflags"
-build k8s  kubectl                 k8s.io/kubernetes/cmd/kubectl                 "$k8s_ldflags"
-build etcd etcd                    go.etcd.io/etcd/server/v3                     "-s -w -X go.etcd.io/etcd/api/v3/version.GitSHA=${ETCD_VERSION}"
-build helm helm                    helm.sh/helm/v3/cmd/helm                      "-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION} -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+go_build "$bin" k8s  kube-apiserver          k8s.io/kubernetes/cmd/kube-apiserver          "$k8s"
+go_build "$bin" k8s  kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager "$k8s"
+go_build "$bin" k8s  kubectl                 k8s.io/kubernetes/cmd/kubectl                 "$k8s"
+go_build "$bin" etcd etcd                    go.etcd.io/etcd/server/v3                     "-s -w -X go.etcd.io/etcd/api/v3/version.GitSHA=${ETCD_VERSION}"
+go_build "$bin" helm helm                    helm.sh/helm/v3/cmd/helm                      "-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION} -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
 echo "built ${missing[*]} in $(( $(date +%s) - start ))s into $bin ($(du -sh "$cache" | cut -f1))" >&2
 echo "$bin"
