@@ -27,8 +27,8 @@ import yaml
 
 from workspace_secrets import cli
 from workspace_secrets.api import constants as c
-from workspace_secrets.domain import webhook_configuration as desired
-from workspace_secrets.providers.credentials import registry
+from workspace_secrets.runtime.webhook import configuration as desired
+from workspace_secrets.credentials.providers import registry
 from chart_support import CHART, NAMESPACE, RELEASE, helm, render  # noqa: F401 (helm: fixture)
 
 
@@ -257,3 +257,14 @@ def test_schema_knows_every_provider_type_of_the_operator() -> None:
     schema = json.loads((CHART / "values.schema.json").read_text())
     types = set(schema["properties"]["providers"]["items"]["properties"]["type"]["enum"])
     assert set(registry.PROVIDER_TYPES) <= types
+
+
+def test_the_local_nodes_operator_image_installs_as_is(helm: Path) -> None:
+    """The image the daemonless build imports into the local node (tests/e2e/test_real_node.py installs the chart
+    with it): its reference splits into image.repository and image.tag, renders back to itself, and is never
+    pulled (there is no registry)."""
+    from devcluster.images import OPERATOR_IMAGE
+
+    repository, _, tag = OPERATOR_IMAGE.rpartition(":")
+    container = pod_spec(render(helm, {"image": {"repository": repository, "tag": tag, "pullPolicy": "Never"}}))["containers"][0]
+    assert (container["image"], container["imagePullPolicy"]) == (OPERATOR_IMAGE, "Never")
