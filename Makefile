@@ -36,7 +36,7 @@ lint: venv
 # Known vulnerabilities in the installed dependencies (PyPI's advisory data through pip-audit).
 # --strict: a dependency that cannot be looked up fails the audit instead of being skipped silently.
 # Not part of `make test`: it needs https://pypi.org/pypi/<name>/<version>/json (or api.osv.dev with
-# AUDIT_SERVICE=osv), which the CI machines of this project cannot reach (see README, "Security model").
+# AUDIT_SERVICE=osv), which the CI machines of this project cannot reach (see docs/operators/security.md).
 AUDIT_SERVICE ?= pypi
 audit: venv
 	$(BIN)/pip-audit --strict --skip-editable --progress-spinner off --vulnerability-service $(AUDIT_SERVICE)
@@ -61,7 +61,7 @@ chart-crds:
 helm-e2e: venv tools
 	$(BIN)/pytest tests/e2e/test_helm.py
 
-# Benchmarks (docs/benchmarks.md): `make bench` (1,000 objects), `make bench BENCH_ARGS="--mode long"` (10,000),
+# Benchmarks (docs/developers/benchmarks.md): `make bench` (1,000 objects), `make bench BENCH_ARGS="--mode long"` (10,000),
 # BENCH_ARGS="--kubeconfig PATH" for another cluster. Not part of `make test`: benchmarks never fail CI on timing.
 BENCH_ARGS ?=
 bench: venv tools $(VENV)/.bench-installed

@@ -31,7 +31,7 @@ class Moto:
     port: int
     process: subprocess.Popen
     admin_key_id: str = ""
-    admin_secret: str = ""
+    admin_secret: str = field(default="", repr=False)  # pytest prints fixtures' reprs in failure reports
     proxy: FaultProxy | None = None
 
     @property
@@ -83,8 +83,8 @@ class Backends:
     moto: Moto
     providers: dict = field(default_factory=dict)
     postgres: Postgres | None = None
-    gcp: FakeGcpIam | None = None
-    twilio: FakeTwilio | None = None
+    gcp: FakeGcpIam | None = field(default=None, repr=False)  # hold minted keys
+    twilio: FakeTwilio | None = field(default=None, repr=False)
 
 
 #: The allow rule of every test provider: the test namespaces (conftest's `wso-e2e-<random>`), every user.
@@ -191,7 +191,7 @@ class Postgres:
     base: Path
     port: int
     admin_user: str = "wso_admin"
-    admin_password: str = ""
+    admin_password: str = field(default="", repr=False)  # pytest prints fixtures' reprs in failure reports
 
     @property
     def data_dir(self) -> Path:

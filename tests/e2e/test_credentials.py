@@ -105,12 +105,15 @@ def test_aws_key_authenticates_until_the_workspace_is_deleted(api, namespace, ws
     key_id, secret = data["aws.AWS_ACCESS_KEY_ID"].decode(), data["aws.AWS_SECRET_ACCESS_KEY"].decode()
     status = api.get_ws(namespace, "aws")["status"]
     assert status["credentials"][0]["id"] == key_id and secret not in str(status)
-    assert aws_identity(moto, key_id, secret).startswith("arn:aws:iam::")
+    arn = aws_identity(moto, key_id, secret)
+    assert arn.startswith("arn:aws:iam::") and "/workspace-secrets/" in arn, arn
+    iam_user = arn.rsplit("/", 1)[1]  # the workspace's own IAM user, which deletion must remove
+    admin = moto.client("iam", moto.admin_key_id, moto.admin_secret)
+    assert [u for u in admin.list_users(PathPrefix="/workspace-secrets/")["Users"] if u["UserName"] == iam_user]
     api.delete_ws(namespace, "aws")
     wait_for(lambda: api.get_ws(namespace, "aws") is None, timeout=60, what="WorkspaceSecret gone")
     assert aws_identity(moto, key_id, secret) == "InvalidClientTokenId"
-    admin = moto.client("iam", moto.admin_key_id, moto.admin_secret)
-    assert not [u for u in admin.list_users(PathPrefix="/workspace-secrets/")["Users"] if u["UserName"] == status["credentials"][0].get("iamUser")]
+    assert not [u for u in admin.list_users(PathPrefix="/workspace-secrets/")["Users"] if u["UserName"] == iam_user]
 
 
 def test_aws_rotation_writes_the_new_key_before_revoking_the_old(api, namespace, wso_operator, credential_backends):

@@ -65,7 +65,7 @@ class AwsIamProvider:
         values = {"AWS_ACCESS_KEY_ID": Sensitive(key["AccessKeyId"]), "AWS_SECRET_ACCESS_KEY": Sensitive(key["SecretAccessKey"])}
         if self._region:
             values["AWS_REGION"] = Sensitive(self._region)
-        return Issued(id=key["AccessKeyId"], values=values, details={"iamUser": scope.tag})
+        return Issued(id=key["AccessKeyId"], values=values)
 
     def _ensure_user(self, scope: Scope) -> None:
         from botocore.exceptions import ClientError

@@ -9,7 +9,7 @@ and revoked as an orphan, and deleting a workspace revokes whatever `list` finds
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import ClassVar, Protocol
 
@@ -50,7 +50,6 @@ class Issued:
     id: str  # provider-side identifier: safe to show in status
     values: Mapping[str, Sensitive]  # Secret key suffix -> value (the Secret key is "<entry>.<suffix>")
     expires_at: datetime | None = None
-    details: Mapping[str, str] = field(default_factory=dict)  # non-secret extras for status (e.g. role name)
 
 
 class ProviderError(Exception):

@@ -186,8 +186,7 @@ class GcpServiceAccountKeyProvider:
             raise ProviderError(f"IAM keys.create: service account {account_email(scope.tag, self._project)} not visible yet; retrying",
                                 retryable=True)
         key_id, key_file, expires = parse_created_key(key)
-        email = account_email(scope.tag, self._project)
-        return Issued(id=key_id, values={"key.json": Sensitive(key_file)}, expires_at=expires, details={"serviceAccount": email})
+        return Issued(id=key_id, values={"key.json": Sensitive(key_file)}, expires_at=expires)
 
     async def revoke(self, scope: Scope, credential_id: str) -> None:
         if not KEY_ID.match(credential_id):

@@ -189,7 +189,7 @@ class PostgresRoleProvider:
             raise
         except Exception as exc:
             raise provider_error(f"CREATE ROLE {role}", exc, quote_server=False) from None
-        return Issued(id=role, values=client_values(self._conn, role, password), expires_at=valid_until, details={"role": role})
+        return Issued(id=role, values=client_values(self._conn, role, password), expires_at=valid_until)
 
     async def revoke(self, scope: Scope, credential_id: str) -> None:
         if not (scope.tag and credential_id.startswith(f"{scope.tag}_g") and re.fullmatch(ROLE_PATTERN, credential_id)):

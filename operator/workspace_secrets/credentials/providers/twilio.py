@@ -141,7 +141,7 @@ class TwilioApiKeyProvider:
             raise ProviderError("Twilio CreateNewKey answered without a key SID and secret", retryable=True)
         values = {"TWILIO_ACCOUNT_SID": Sensitive(self._account_sid), "TWILIO_API_KEY": Sensitive(sid),
                   "TWILIO_API_SECRET": Sensitive(secret)}
-        return Issued(id=sid, values=values, details={"friendlyName": key.get("friendly_name") or ""})
+        return Issued(id=sid, values=values)
 
     async def revoke(self, scope: Scope, credential_id: str) -> None:
         if not KEY_SID.match(credential_id):
