@@ -363,7 +363,10 @@ class FakeGitProvider:
             return web.json_response({"pagelen": 100, "values": values, "page": 1, "size": len(values)})
         if self.state.kind == "bitbucket-server":
             return web.json_response({"size": len(values), "limit": 100, "start": 0, "isLastPage": True, "values": values})
-        return web.json_response(values)
+        # GitHub and GitLab page the list: `per_page` (at most 100) and `page` from 1.
+        per_page = min(int(request.query.get("per_page", "30")), 100)
+        page = int(request.query.get("page", "1"))
+        return web.json_response(values[(page - 1) * per_page: page * per_page])
 
     async def add_key(self, request: web.Request) -> web.Response:
         grant = self._bearer(request)

@@ -142,6 +142,23 @@ def test_github_ssh_keys_are_found_by_key_added_with_title_and_deleted():
                      ("DELETE", "https://api.github.com/user/keys/2")]
 
 
+@pytest.mark.parametrize("make", [lambda t: GitHub(t), lambda t: GitLabSelfManaged(t, host="https://gitlab.example.com")],
+                         ids=["github", "gitlab"])
+def test_a_key_on_a_later_page_of_the_users_keys_is_found(make):
+    """Both APIs page /user/keys (at most 100 a page): a user with many keys must not get a duplicate upload."""
+    def handler(r: Request) -> Response:
+        page = int(parse_qs(urlsplit(r.url).query)["page"][0])
+        assert parse_qs(urlsplit(r.url).query)["per_page"] == ["100"]
+        if page == 1:
+            return json_response(200, [{"id": i, "key": f"ssh-ed25519 AAAAother{i}", "title": "x"} for i in range(100)])
+        return json_response(200, [{"id": 500, "key": "ssh-ed25519 AAAAmine", "title": "wso ns/alice"}])
+
+    transport = MockTransport(handler)
+    key = run(make(transport).find_ssh_key(TOKENS, None, "ssh-ed25519 AAAAmine alice@wso"))  # type: ignore[arg-type]
+    assert key is not None and (key.id, key.title) == ("500", "wso ns/alice")
+    assert len(transport.requests) == 2
+
+
 # --- GitLab ----------------------------------------------------------------------------------------
 def test_gitlab_refresh_rotates_and_400_invalid_grant_is_a_rejection():
     transport = MockTransport(lambda r: json_response(200, {"access_token": "a2", "refresh_token": "r2", "expires_in": 7200,

@@ -373,11 +373,25 @@ class OAuth2Base:
 
 
 class UserKeysOAuth2(OAuth2Base):
-    """Adding and deleting the user's SSH key at `{api_base}/user/keys`: the same contract on GitHub (REST v3)
-    and GitLab (API v4) -- title and key in, 201 with the key's id out; DELETE answers 204, or 404 when the
-    key is already gone. Finding a key differs (pagination), so each provider keeps its own find_ssh_key."""
+    """The user's SSH keys at `{api_base}/user/keys`: the same contract on GitHub (REST v3) and GitLab (API v4) --
+    a list paged with `page`/`per_page` (at most 100 a page), title and key in, 201 with the key's id out;
+    DELETE answers 204, or 404 when the key is already gone."""
 
     api_base: str
+    #: Pages read at most when looking for a key (1,000 keys): a user with more is not served better by reading on.
+    max_key_pages = 10
+
+    async def find_ssh_key(self, tokens: TokenSet, identity: Identity, public_key: str) -> UploadedKey | None:
+        wanted = key_body(public_key)
+        for page in range(1, self.max_key_pages + 1):
+            response = await self.api("GET", f"{self.api_base}/user/keys?per_page=100&page={page}", tokens, what="GET /user/keys")
+            keys = response.json() or []
+            for key in keys:
+                if key_body(str(key.get("key", ""))) == wanted:
+                    return UploadedKey(id=str(key["id"]), title=str(key.get("title", "")))
+            if len(keys) < 100:
+                return None
+        return None
 
     async def add_ssh_key(self, tokens: TokenSet, identity: Identity, *, title: str, public_key: str) -> UploadedKey:
         response = await self.api("POST", f"{self.api_base}/user/keys", tokens, json={"title": title, "key": key_body(public_key)},

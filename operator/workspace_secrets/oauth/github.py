@@ -15,7 +15,7 @@ from typing import Any
 
 from workspace_secrets.oauth.protocol import Identity, TokenSet
 from workspace_secrets.oauth.protocol import GitAccess
-from workspace_secrets.oauth.base import ClientCredentials, UploadedKey, UserKeysOAuth2, classify_api_error, key_body
+from workspace_secrets.oauth.base import ClientCredentials, UserKeysOAuth2, classify_api_error
 from workspace_secrets.runtime.http import Request
 
 PUBLIC_WEB = "https://github.com"
@@ -78,20 +78,6 @@ class GitHub(UserKeysOAuth2):
 
     def git_access(self, identity: Identity) -> GitAccess:
         return GitAccess(username=self.git_username, url=self.web)
-
-    async def find_ssh_key(self, tokens: TokenSet, identity: Identity, public_key: str) -> UploadedKey | None:
-        wanted = key_body(public_key)
-        page = 1
-        while page <= 10:
-            response = await self.api("GET", f"{self.api_base}/user/keys?per_page=100&page={page}", tokens, what="GET /user/keys")
-            keys = response.json() or []
-            for key in keys:
-                if key_body(str(key.get("key", ""))) == wanted:
-                    return UploadedKey(id=str(key["id"]), title=str(key.get("title", "")))
-            if len(keys) < 100:
-                return None
-            page += 1
-        return None
 
 
 class GitHubEnterprise(GitHub):
