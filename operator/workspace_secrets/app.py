@@ -11,7 +11,7 @@ What `start()` builds, in order:
      controller, the label-selected Secret watches, the resync and orphan-sweep loops;
   3. with --webhook: the webhook server (certificates, MutatingWebhookConfiguration) and pod injection;
   4. with --peering: the PeeringGate that pauses the operator's own work with kopf's;
-  5. the UserToken controller, its Secret watch and, with --connect-port, the connect page.
+  5. the UserToken work queue and controller, its Secret watch and, with --connect-port, the connect page.
 `stop()` cancels every task, then closes what the parts hold open.
 """
 
@@ -56,6 +56,10 @@ from workspace_secrets.workspace_secret.controller import WorkspaceSecretControl
 
 log = logging.getLogger(__name__)
 
+#: A failed UserToken pass is retried by its work queue with backoff up to this (the per-token daemon it replaced
+#: retried every 10 s): a Kubernetes hiccup never delays a refresh by more.
+USER_TOKEN_MAX_BACKOFF = 10.0
+
 #: The UserToken controller's Secret watch: the users' SSH keys (uploaded) and the token Secrets (rewritten).
 USER_TOKEN_SECRETS_SELECTOR = f"{c.MANAGED_SELECTOR},{c.LABEL_COMPONENT} in ({c.COMPONENT_USER_SSH_KEY},{c.COMPONENT_USER_TOKEN})"
 
@@ -67,6 +71,8 @@ class App:
     #: Set while this replica acts: standalone always, with peering while kopf's peering says so.
     active: asyncio.Event
     queue: WorkQueue
+    #: The UserTokens' work queue: the same model as WorkspaceSecrets' (paused likewise on a standby replica).
+    user_token_queue: WorkQueue
     workspace_secrets: WorkspaceSecretController
     user_tokens: UserTokenController
     #: The per-user SSH keys, one service for both CRDs (WorkspaceSecrets create and rotate them, UserTokens upload them).
@@ -179,7 +185,7 @@ class App:
         gate = PeeringGate(
             self.kube, name=config.peering, namespaces=[None] if config.clusterwide else list(config.namespaces),
             identity=config.identity, priority=config.priority, active=self.active, clock=utcnow,
-            on_activated=lambda: self.tasks.append(asyncio.create_task(self._enqueue_all(), name="resync-on-activation")),
+            on_activated=self._on_activated,
         )
         await gate.ensure_objects()
         self.tasks.append(asyncio.create_task(gate.run(), name="peering-gate"))
@@ -188,12 +194,16 @@ class App:
         config, connect = self.config, self.config.connect
         signer = _signer(connect)
         self._transport = AiohttpTransport()
+        self.user_token_queue = WorkQueue(lambda key: self.user_tokens.reconcile_by_name(*key), workers=config.workers,
+                                          max_backoff=USER_TOKEN_MAX_BACKOFF, name=c.USER_TOKEN_PLURAL, active=self.active)
         self.user_tokens = UserTokenController(
             self.kube, EventRecorder(self.kube), ProviderCache(self._transport), signer, PendingAuthorizations(signer),
             ConnectSettings(base_url=connect.base_url,
                             schedule=user_token_policy.Schedule(validate_interval=timedelta(seconds=connect.validate_interval))),
             namespaces=config.namespaces, operator_namespace=config.operator_namespace, user_keys=self.user_keys,
+            schedule=lambda namespace, name, delay: self.user_token_queue.add_after((namespace, name), delay),
         )
+        self.user_token_queue.start()
         if connect.port is not None:
             web_settings = WebSettings.parse(connect.base_url, connect.user_header, connect.trusted_proxies, connect.session_ttl)
             if not web_settings.sign_in_configured:
@@ -214,8 +224,9 @@ class App:
         await asyncio.gather(*self.tasks, return_exceptions=True)
         if not self._started:
             return
-        if hasattr(self, "queue"):  # start() may have failed half-way
-            await self.queue.stop()
+        for queue in (getattr(self, "queue", None), getattr(self, "user_token_queue", None)):  # start() may have failed half-way
+            if queue is not None:
+                await queue.stop()
         if self._connect_runner is not None:
             await self._connect_runner.cleanup()
         if self._transport is not None:
@@ -242,6 +253,23 @@ class App:
             if self.active.is_set():  # a standby replica: the full resync on activation covers what happened meanwhile
                 await handler(event_type, obj)  # type: ignore[misc]
         return gated
+
+    def _on_activated(self) -> None:
+        """This replica became the active one: every WorkspaceSecret is reconciled and every UserToken gets a pass."""
+        self.tasks.append(asyncio.create_task(self._enqueue_all(), name="resync-on-activation"))
+        self.tasks.append(asyncio.create_task(self._enqueue_user_tokens(), name="user-tokens-on-activation"))
+
+    async def _enqueue_user_tokens(self) -> None:
+        """Queue every UserToken once: after a takeover, what the previous active replica had scheduled is due here."""
+        while not hasattr(self, "user_tokens"):  # activation may come before the UserToken part has started
+            await asyncio.sleep(0.1)
+        for path in self.user_tokens.served_paths():
+            try:
+                async for page in self.kube.list_pages(path):
+                    for item in page:
+                        self.user_token_queue.add((item["metadata"]["namespace"], item["metadata"]["name"]))
+            except Exception as exc:  # noqa: BLE001 - the per-key schedules and kopf's events cover the rest
+                log.warning("UserToken listing on activation failed: %s", exc)
 
     async def _enqueue_all(self) -> None:
         """Queue every WorkspaceSecret once (deduplicated, so a burst never exceeds the worker count)."""

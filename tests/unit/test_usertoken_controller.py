@@ -151,7 +151,7 @@ def test_nothing_is_due_before_the_planned_refresh():
     assert gitlab.refresh_calls == 0 and secret_token(kube) == b"at-1"
     planned = policy.refresh_at(NOW, NOW + timedelta(hours=2), "uid-gl")
     validation = policy.validation_due(clock[0], clock[0], "uid-gl")
-    assert abs(delay - (min(planned, validation) - clock[0]).total_seconds()) < 1  # the daemon sleeps until the next of them
+    assert abs(delay - (min(planned, validation) - clock[0]).total_seconds()) < 1  # the next pass is queued for the next of them
     assert kube.objects[UT_PATH]["status"]["nextRefreshAt"] == policy.format_time(planned)
 
 
@@ -289,7 +289,7 @@ def test_a_provider_answering_expires_in_1_cannot_make_a_refresh_loop():
     controller._providers._transport = MockTransport(short_lived)  # type: ignore[attr-defined]
     delay = asyncio.run(controller.maintain(NS, "gl"))
     assert gitlab.refresh_calls == 1 and delay >= 59
-    for _ in range(5):  # the daemon wakes up early (watch events, annotations): nothing is due yet
+    for _ in range(5):  # passes come early (watch events, annotations): nothing is due yet
         asyncio.run(controller.maintain(NS, "gl"))
     assert gitlab.refresh_calls == 1
     clock[0] += timedelta(seconds=60)
@@ -327,7 +327,7 @@ def test_the_authorization_url_is_a_plain_link_and_the_device_code_stays_in_memo
 
 
 def test_device_polls_are_one_per_interval_whatever_the_triggers():
-    """The create handler, the daemon and an update can pass over one token at the same moment: the token
+    """A scheduled pass, a change of the object and the connect page can pass over one token at the same moment: the token
     endpoint still sees at most one poll per interval (a strict provider answers slow_down otherwise)."""
     clock = [NOW]
     controller, kube, _, _ = setup(clock)
@@ -419,3 +419,107 @@ def test_the_token_gauge_counts_by_type_and_phase_and_forgets_what_is_gone():
     kube.remove(UT_PATH)
     asyncio.run(controller.count_tokens())
     assert tokens("gitlab", "Valid") == 0 and tokens("other", "other") == 1
+
+
+# --- the reconcile model: watch events -> the work queue -> a pass -> the next pass scheduled -------------------
+def scheduled_setup(clock: list[datetime]) -> tuple[UserTokenController, FakeKube, FakeGitLab, list[tuple[str, str, float]]]:
+    controller, kube, gitlab, _ = setup(clock)
+    calls: list[tuple[str, str, float]] = []
+    controller._ctx.schedule = lambda namespace, name, delay: calls.append((namespace, name, delay))  # type: ignore[method-assign]
+    return controller, kube, gitlab, calls
+
+
+def test_watch_events_queue_a_pass_only_when_the_essence_changes():
+    """Like WorkspaceSecrets: the echo of our own status write (and kopf's bookkeeping) queues nothing; a spec
+    change, a refresh/validate/skip-revocation annotation, a new incarnation does. No API call in observe."""
+    controller, kube, _, calls = scheduled_setup([NOW])
+    body = kube.objects[UT_PATH]
+    controller.observe(None, body)  # kopf's initial listing at start-up
+    assert calls == [(NS, "gl", 0.0)]
+    echo = {**body, "status": {"phase": "Refreshing"},
+            "metadata": {**body["metadata"], "resourceVersion": "99",
+                         "annotations": {f"{c.GROUP}/last-handled-configuration": "{}"}}}
+    controller.observe("MODIFIED", echo)
+    assert len(calls) == 1
+    for annotation in (c.ANNOTATION_REFRESH_TOKEN, c.ANNOTATION_VALIDATE_TOKEN, c.ANNOTATION_SKIP_REVOCATION):
+        calls.clear()
+        changed = {**body, "metadata": {**body["metadata"], "annotations": {annotation: "1"}}}
+        controller.observe("MODIFIED", changed)
+        assert calls == [(NS, "gl", 0.0)], annotation
+    calls.clear()
+    controller.observe("MODIFIED", {**body, "metadata": {**body["metadata"], "generation": 2}})
+    assert calls == [(NS, "gl", 0.0)]
+    calls.clear()
+    deleting = {**body, "metadata": {**body["metadata"], "generation": 2, "deletionTimestamp": "2026-11-29T12:00:00Z"}}
+    controller.observe("MODIFIED", deleting)  # the finalizer cleans up; no pass
+    controller.observe("DELETED", deleting)
+    assert calls == []
+    controller.observe("ADDED", {**body, "metadata": {**body["metadata"], "uid": "uid-gl-2"}})  # a new one, same name
+    assert calls == [(NS, "gl", 0.0)]
+
+
+def test_a_pass_schedules_the_next_one_when_something_is_due_at_most_max_sleep_away():
+    from workspace_secrets.user_token.context import MAX_SLEEP
+
+    clock = [NOW + timedelta(minutes=10)]
+    controller, kube, gitlab, calls = scheduled_setup(clock)
+    asyncio.run(controller.reconcile_by_name(NS, "gl"))  # validated now; the refresh is ~75 min away
+    assert calls == [(NS, "gl", MAX_SLEEP)] and gitlab.refresh_calls == 0
+    calls.clear()
+    clock[0] = NOW + timedelta(hours=1, minutes=59)  # overdue; not the first pass: at once
+    asyncio.run(controller.reconcile_by_name(NS, "gl"))
+    assert gitlab.refresh_calls == 1
+    (_, _, delay), = calls
+    assert 0.05 <= delay <= MAX_SLEEP
+    calls.clear()
+    kube.remove(UT_PATH)
+    asyncio.run(controller.reconcile_by_name(NS, "gl"))  # gone: not queued again
+    assert calls == []
+
+
+def test_the_first_pass_of_a_key_after_a_start_spreads_an_overdue_refresh():
+    clock = [NOW + timedelta(hours=1, minutes=59)]  # overdue (refresh due at 65-75 % of two hours)
+    controller, kube, gitlab, calls = scheduled_setup(clock)
+    asyncio.run(controller.reconcile_by_name(NS, "gl"))
+    assert gitlab.refresh_calls == 0  # spread over the start-up spread: not all tokens in the same second
+    (_, _, delay), = calls
+    assert 0.05 <= delay <= 30
+    clock[0] += timedelta(seconds=delay)
+    asyncio.run(controller.reconcile_by_name(NS, "gl"))
+    assert gitlab.refresh_calls == 1
+
+
+def test_secret_events_wake_the_token():
+    controller, kube, _, calls = scheduled_setup([NOW])
+    secret = kube.objects[SECRET_PATH]
+    asyncio.run(controller.secret_changed("DELETED", secret))
+    assert calls == [(NS, "gl", 0.0)]
+
+
+def test_the_work_queue_runs_passes_and_is_paused_on_a_standby_replica():
+    """The App's wiring in small: a WorkQueue over reconcile_by_name, scheduling through add_after."""
+    from workspace_secrets.runtime.workqueue import WorkQueue
+
+    clock = [NOW + timedelta(minutes=10)]
+    controller, kube, gitlab, _ = setup(clock)
+
+    async def run() -> tuple[int, int]:
+        active = asyncio.Event()  # a standby replica: nothing runs
+        queue = WorkQueue(lambda key: controller.reconcile_by_name(*key), workers=2, name="usertokens-test", active=active)
+        controller._ctx.schedule = lambda namespace, name, delay: queue.add_after((namespace, name), delay)  # type: ignore[method-assign]
+        queue.start()
+        try:
+            controller.observe(None, kube.objects[UT_PATH])
+            await asyncio.sleep(0.2)
+            standby = len(kube.objects[UT_PATH].get("status", {}).get("conditions") or [])
+            active.set()
+            for _ in range(100):
+                await asyncio.sleep(0.05)
+                if kube.objects[UT_PATH]["status"].get("conditions"):
+                    break
+            return standby, len(kube.objects[UT_PATH]["status"].get("conditions") or [])
+        finally:
+            await queue.stop()
+
+    standby, active_conditions = asyncio.run(run())
+    assert standby == 0 and active_conditions > 0

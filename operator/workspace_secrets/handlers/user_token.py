@@ -1,11 +1,19 @@
-"""kopf registrations for UserToken: reconcile on create/update/resume, one daemon per token (refresh,
-validation, link renewal), and a finalizer-backed delete handler. The connect page and the UserToken
-Secret watch are started with the rest of the operator (app.py)."""
+"""kopf registrations for UserToken, on the same reconcile model as WorkspaceSecret: watch events feed the
+UserToken work queue (app.py), and a finalizer-backed delete handler revokes the token. The connect page and
+the UserToken Secret watch are started with the rest of the operator (app.py).
+
+Why an on.event handler and no create/update/resume handlers and no per-token daemon: a UserToken's work is
+driven by time (refresh ahead of expiry, validation, a device-flow poll) as much as by changes. Each pass returns
+when something is due next and the work queue holds the key until then, so one queue of keys with bounded
+workers does what one kopf daemon per token did, on the reconcile model WorkspaceSecrets use (see
+handlers/workspace_secret.py), and the echoes of our own status writes cost nothing.
+
+The delete handler matches every UserToken, so kopf keeps its finalizer on each: a token is revoked at the
+provider before it goes (with the skip-revocation escape hatch).
+"""
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from typing import Any
 
 import kopf
@@ -14,35 +22,14 @@ from workspace_secrets.api import constants as c
 from workspace_secrets.app import App
 from workspace_secrets.runtime.errors import retry_policy
 
-log = logging.getLogger(__name__)
-
 RESOURCE = (c.GROUP, c.VERSION, c.USER_TOKEN_PLURAL)
 
 
-@kopf.on.resume(*RESOURCE, id="usertoken-reconcile-on-resume")
-@kopf.on.create(*RESOURCE, id="usertoken-reconcile-on-create")
-@kopf.on.update(*RESOURCE, id="usertoken-reconcile-on-update")
-async def reconcile(body: kopf.Body, memo: Any, **_: Any) -> None:
-    with retry_policy():
-        await App.of(memo).user_tokens.reconcile(body)
-
-
-@kopf.daemon(*RESOURCE, id="usertoken-maintain", cancellation_timeout=10)
-async def maintain(namespace: str, name: str, memo: Any, stopped: kopf.DaemonStopped, **_: Any) -> None:
-    """One loop per token: do what is due (refresh ahead of expiry, validate, renew the connect link,
-    re-upload a rotated SSH key), then sleep until the next thing is due or something wakes it."""
-    controller = App.of(memo).user_tokens
-    first = True
-    while not stopped:
-        try:
-            delay = await controller.maintain(namespace, name, just_started=first)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - logged without secrets (our exceptions never carry tokens)
-            log.warning("maintaining UserToken %s/%s failed (%s: %s); retrying in 10s", namespace, name, type(exc).__name__, exc)
-            delay = 10.0
-        first = False
-        await controller.sleep(namespace, name, delay, stopped)
+@kopf.on.event(*RESOURCE, id="usertoken-observe")
+async def observe(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
+    """Every creation, change and deletion, and each object of the initial listing at start-up (type None).
+    The controller queues a pass when the object changed in a way that matters; the work queue runs it."""
+    App.of(memo).user_tokens.observe(type, body)
 
 
 @kopf.on.delete(*RESOURCE, id="usertoken-cleanup")

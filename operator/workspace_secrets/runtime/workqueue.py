@@ -1,6 +1,8 @@
-"""A small deduplicating work queue (the client-go workqueue idea) that runs every WorkspaceSecret
-reconcile: changes of WorkspaceSecrets (from kopf's watch), changes seen on our own Secrets, periodic
-resyncs, and delayed re-checks (e.g. a workspace that does not exist yet). The number of workers bounds
+"""A small deduplicating work queue (the client-go workqueue idea); the operator runs one per CRD. The
+WorkspaceSecret queue runs every reconcile: changes of WorkspaceSecrets (from kopf's watch), changes seen on
+our own Secrets, periodic resyncs, and delayed re-checks (e.g. a workspace that does not exist yet). The
+UserToken queue runs every maintenance pass: changes of UserTokens, Secret events, the connect page, and the
+next pass each pass schedules for when a refresh, validation or poll is due. The number of workers bounds
 how many reconciles run -- and hold objects in memory -- at a time, and lets a burst finish object by
 object instead of all at once at the end. A key queued twice before a worker takes it is reconciled
 once; a failed key is

@@ -1,6 +1,6 @@
-"""What the parts of the UserToken room share, explicitly: the clients, the per-token coordination (locks,
-wake-ups), what the operator remembers about tokens between passes, and the reads every part needs (the
-OAuthApplication binding, its client Secret) and the status write.
+"""What the parts of the UserToken room share, explicitly: the clients, the per-token coordination (locks, the
+schedule: the work queue), what the operator remembers about tokens between passes, and the reads every part
+needs (the OAuthApplication binding, its client Secret) and the status write.
 
 The controller (controller.py) builds one Context; a maintenance pass (maintenance.py), the connect flow
 (connect.py) and the deletion (cleanup.py) get it instead of reaching into the controller."""
@@ -30,7 +30,7 @@ from workspace_secrets.runtime.sensitive import Sensitive
 from workspace_secrets.user_keys.service import UserKeys
 from workspace_secrets.user_token import policy
 
-MAX_SLEEP = 300.0  # the daemon looks at every token at least this often
+MAX_SLEEP = 300.0  # every token gets a pass at least this often (the work queue's ceiling on a pass's next delay)
 
 
 @dataclass(frozen=True)
@@ -51,8 +51,8 @@ class TokenMemory:
     unsaved: dict[str, tuple[TokenSet, datetime]] = field(default_factory=dict)  # a rotated token not yet written
     devices: dict[str, DeviceAuthorization] = field(default_factory=dict)  # the device authorization being polled
     device_requested: set[str] = field(default_factory=set)  # whose user asked for a new device code
-    # When the device authorization may be polled next. Several triggers (the create handler, the daemon, an
-    # update) can pass over one token at the same moment; the token endpoint sees one poll per interval all
+    # When the device authorization may be polled next. Several triggers (a watch event, a scheduled pass, the
+    # connect page) can pass over one token at the same moment; the token endpoint sees one poll per interval all
     # the same (RFC 8628 3.5: a faster poll earns slow_down).
     device_next_poll: dict[str, datetime] = field(default_factory=dict)
     refreshes: int = 0  # refresh calls made (for tests)
@@ -75,7 +75,8 @@ class Context:
     clock: Callable[[], datetime] = cond.utcnow
     memory: TokenMemory = field(default_factory=TokenMemory)
     locks: weakref.WeakValueDictionary[tuple[str, ...], asyncio.Lock] = field(default_factory=weakref.WeakValueDictionary)
-    wakers: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
+    #: Queue a pass over (namespace, name) in so many seconds: the UserToken work queue (app.py); a no-op alone.
+    schedule: Callable[[str, str, float], None] = lambda namespace, name, delay: None
 
     # --- per-token coordination ---
     def lock(self, key: tuple[str, ...]) -> asyncio.Lock:
@@ -86,10 +87,8 @@ class Context:
         return lock
 
     def wake(self, namespace: str, name: str) -> None:
-        """Cut the token's daemon's sleep short."""
-        event = self.wakers.get((namespace, name))
-        if event is not None:
-            event.set()
+        """Queue a pass over the token now (deduplicated with any pass already waiting)."""
+        self.schedule(namespace, name, 0.0)
 
     # --- reads every part needs ---
     def provider(self, ut: UserToken) -> OAuthProvider:

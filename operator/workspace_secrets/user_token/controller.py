@@ -5,15 +5,22 @@ A UserToken names an OAuthApplication (cluster-scoped, the platform's): every pa
 UserToken's namespace is allowed to use it, and reads its client Secret from the operator's own namespace.
 A tenant never chooses a host, a client or a Secret to read.
 
+UserTokens run on the same reconcile model as WorkspaceSecrets: kopf's watch events land in `observe`, which
+queues the key when the object changed in a way that matters (policy.essence); the work queue (app.py) runs
+`reconcile_by_name`, one maintenance pass on the latest state, which returns when something is due next (a
+refresh ahead of expiry, a validation, a device-flow poll, a retry) and the queue holds the key until then
+(MAX_SLEEP at most). Watch events of the token's Secret or of the user's SSH key, and the connect page, `wake`
+the key (queue it now).
+
 Every operation on a token runs under one lock per (namespace, user, type, host), and re-reads the
-UserToken and its Secret under that lock, so concurrent triggers (the per-token daemon, a kopf update,
+UserToken and its Secret under that lock, so concurrent triggers (a scheduled pass, a change of the object,
 the callback, a watch event) never spend a single-use refresh token twice: the second one finds the
 token already fresh. A rotated token is written to the Secret before anything else happens with it
 (validation included); if that write fails, the token is kept in memory and written on the next attempt.
 
-This module is the room's entry: kopf's handlers, the connect page and the Secret watch call it. The work is
-in the parts next to it, which share one Context (context.py): a maintenance pass (maintenance.py), the
-connect flow and listing (connect.py), the deletion (cleanup.py); policy.py decides (pure).
+This module is the room's entry: kopf's handlers, the work queue, the connect page and the Secret watch call
+it. The work is in the parts next to it, which share one Context (context.py): a maintenance pass
+(maintenance.py), the connect flow and listing (connect.py), the deletion (cleanup.py); policy.py decides (pure).
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from workspace_secrets.user_token.cleanup import finalize_locked
 from workspace_secrets.user_token.connect import Connect, ConnectResult, NotAllowed, TokenSummary
 from workspace_secrets.user_token.context import MAX_SLEEP, ConnectSettings, Context, event_ref, ut_path
 from workspace_secrets.user_token.maintenance import Pass
+from workspace_secrets.user_token import policy
 from workspace_secrets.user_token.policy import Phase
 
 __all__ = ["ConnectResult", "ConnectSettings", "NotAllowed", "ProblemFound", "RetryLater", "TokenSummary", "UserTokenController"]
@@ -51,38 +59,50 @@ class UserTokenController:
     def __init__(self, kube: Kube, events: EventRecorder, providers: ProviderCache, signer: Signer,
                  pending: PendingAuthorizations, settings: ConnectSettings, *,
                  namespaces: tuple[str, ...] = (), operator_namespace: str = "workspace-secrets-system",
-                 user_keys: UserKeys | None = None, clock: Callable[[], datetime] = cond.utcnow) -> None:
+                 user_keys: UserKeys | None = None, schedule: Callable[[str, str, float], None] | None = None,
+                 clock: Callable[[], datetime] = cond.utcnow) -> None:
         self._ctx = Context(kube, events, providers, user_keys or UserKeys(kube), settings,
                             operator_namespace=operator_namespace, namespaces=namespaces, clock=clock)
+        if schedule is not None:
+            self._ctx.schedule = schedule
         self._providers = providers
         self._signer = signer
         self.settings = settings
         self._connect = Connect(self._ctx, pending, lambda namespace, name: self.maintain(namespace, name))
         self._counted: set[tuple[str, str]] = set()  # (provider, state) pairs the TOKENS gauge has shown
+        # hash(policy.essence(body)) of each UserToken as last seen: a watch event with the same essence only
+        # echoes our own status writes (or kopf's bookkeeping) and queues nothing.
+        self._seen: dict[tuple[str, str], int] = {}
+        # The keys this process has made a pass over: the first pass after a start (or a takeover) spreads
+        # overdue refreshes (policy.refresh_delay's just_started).
+        self._passed: set[tuple[str, str]] = set()
 
     @property
     def refreshes(self) -> int:
         """Refresh calls made (for tests)."""
         return self._ctx.memory.refreshes
 
-    # --- the per-token daemon's wake-ups -------------------------------------------------------------------
+    # --- triggers ------------------------------------------------------------------------------------------
     def wake(self, namespace: str, name: str) -> None:
+        """Queue a pass over this token now."""
         self._ctx.wake(namespace, name)
 
-    async def sleep(self, namespace: str, name: str, delay: float | None, stopped: Any) -> None:
-        """The daemon's wait: until `delay` passes, `wake()` is called, or kopf stops the daemon."""
-        event = self._ctx.wakers.setdefault((namespace, name), asyncio.Event())
-        timeout = MAX_SLEEP if delay is None else max(0.05, min(delay, MAX_SLEEP))
-        waiters = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(stopped.wait())]
-        try:
-            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
-            event.clear()
-
-    def forget(self, namespace: str, name: str) -> None:
-        self._ctx.wakers.pop((namespace, name), None)
+    def observe(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        """Every watch event of a UserToken (from kopf, including each object of its initial listing) lands here
+        and costs no API call: a pass is queued only when the object's essence differs from the one last seen.
+        A token being deleted gets no pass; its finalizer (`finalize`) cleans up."""
+        meta = body.get("metadata") or {}
+        key = (meta.get("namespace", ""), meta.get("name", ""))
+        if event_type == "DELETED":
+            self._seen.pop(key, None)
+            self._passed.discard(key)
+            return
+        essence = hash(policy.essence(body))
+        if self._seen.get(key) == essence:
+            return
+        self._seen[key] = essence
+        if not meta.get("deletionTimestamp"):
+            self.wake(*key)
 
     async def secret_changed(self, event_type: str, obj: Mapping[str, Any]) -> None:
         """A user's SSH key appeared or was rotated: their UserTokens upload it. A token Secret was deleted:
@@ -98,19 +118,31 @@ class UserTokenController:
                     self.wake(meta["namespace"], owner["name"])
 
     # --- entry points --------------------------------------------------------------------------------------
-    async def reconcile(self, body: Mapping[str, Any]) -> None:
-        meta = body["metadata"]
-        await self.maintain(meta["namespace"], meta["name"])
-        self.wake(meta["namespace"], meta["name"])
+    async def reconcile_by_name(self, namespace: str, name: str) -> None:
+        """What the work queue runs for every key: one pass on the latest state, then the key is queued again
+        for when something is due next (at most MAX_SLEEP away). A failure propagates: the queue retries it
+        with backoff. A token that is gone or being deleted is not queued again."""
+        key = (namespace, name)
+        just_started = key not in self._passed
+        self._passed.add(key)
+        delay, result = await self._measured(namespace, name, just_started)
+        if result == "gone":
+            self._passed.discard(key)
+            return
+        self._ctx.schedule(namespace, name, MAX_SLEEP if delay is None else max(0.05, min(delay, MAX_SLEEP)))
 
     async def maintain(self, namespace: str, name: str, *, just_started: bool = False) -> float | None:
-        """Do whatever is due for this token; return the seconds until something is due next. Each pass is
-        counted in RECONCILES (success | problem | retry | error | gone) and timed; a cancelled one is not."""
+        """Do whatever is due for this token; return the seconds until something is due next."""
+        delay, _ = await self._measured(namespace, name, just_started)
+        return delay
+
+    async def _measured(self, namespace: str, name: str, just_started: bool) -> tuple[float | None, str]:
+        """One pass, counted in RECONCILES (success | problem | retry | error | gone) and timed; a cancelled one is not."""
         started = time.perf_counter()
         result = "error"
         try:
             delay, result = await self._maintain(namespace, name, just_started)
-            return delay
+            return delay, result
         except RetryLater:
             result = "retry"
             raise
@@ -196,6 +228,10 @@ class UserTokenController:
         self._counted |= counts.keys()
         return counts
 
+    def served_paths(self) -> list[str]:
+        """The UserToken collections this operator serves (its namespaces, or the cluster)."""
+        return self._ctx.served_paths()
+
     async def names_for_user(self, namespace: str, user: str) -> list[str]:
         listing = await self._ctx.kube.list(group_path(c.API_VERSION, namespace, c.USER_TOKEN_PLURAL))
         return [i["metadata"]["name"] for i in listing.get("items", ()) if (i.get("spec") or {}).get("user") == user]
@@ -208,8 +244,6 @@ class UserTokenController:
         the token is never dropped silently. An administrator can set the skip-revocation annotation
         to finish the deletion of a token whose provider is gone for good.
         """
-        meta = body["metadata"]
-        self.forget(meta["namespace"], meta["name"])
         try:
             ut = UserToken.from_body(body)
         except SpecError:

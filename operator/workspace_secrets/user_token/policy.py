@@ -92,6 +92,28 @@ def needs_authorization(phase: Phase | None) -> bool:
     return phase in (None, Phase.AWAITING_AUTHORIZATION, Phase.EXPIRED, Phase.REVOKED)
 
 
+# --- when a watch event asks for a pass -------------------------------------------------------------
+#: kopf's own annotations on a UserToken (its diff base, the delete handler's progress): never a reason for a pass.
+KOPF_BOOKKEEPING_ANNOTATIONS = frozenset({f"{c.GROUP}/last-handled-configuration", f"{c.GROUP}/usertoken-cleanup",
+                                          f"{c.GROUP}/touch-dummy"})
+
+
+def essence(body: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What a pass depends on in the UserToken itself: its incarnation (uid), its spec (by generation), its
+    labels and annotations (the refresh, validate and skip-revocation requests, or any annotation a user sets to
+    ask for a fresh look) and whether it is being deleted. The operator writes only the status of a UserToken, so
+    the watch events that echo those writes (and kopf's own bookkeeping) leave it unchanged and queue nothing."""
+    meta = body.get("metadata") or {}
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k not in KOPF_BOOKKEEPING_ANNOTATIONS}
+    return (
+        meta.get("uid"),
+        meta.get("generation"),
+        bool(meta.get("deletionTimestamp")),
+        tuple(sorted((meta.get("labels") or {}).items())),
+        tuple(sorted(annotations.items())),
+    )
+
+
 # --- the schedule --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Schedule:
