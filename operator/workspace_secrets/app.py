@@ -357,7 +357,8 @@ def _configure_kopf(settings: kopf.OperatorSettings, config: OperatorConfig) -> 
 def _signer(connect: ConnectConfig) -> Signer:
     if connect.signing_key_file:
         return Signer(Sensitive(Path(connect.signing_key_file).read_bytes().strip()))
-    log.warning("no --connect-signing-key-file: using a random key; pending sign-ins and connect-page forms end with this process")
+    if connect.port is not None:  # without the page there are no sign-ins or forms the key would outlive
+        log.warning("no --connect-signing-key-file: using a random key; pending sign-ins and connect-page forms end with this process")
     return Signer.generate()
 
 

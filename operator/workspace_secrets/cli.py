@@ -59,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--resync-interval", type=float, default=D.resync_interval, help="seconds between safety-net resyncs")
         cmd.add_argument("--sweep-interval", type=float, default=D.sweep_interval, help="seconds between orphaned-credential sweeps")
         cmd.add_argument("--providers-config", default=os.environ.get("WSO_PROVIDERS_CONFIG", D.providers_config),
-                         help="YAML file configuring dynamic-credential providers (see README)")
+                         help="YAML file configuring dynamic-credential providers (see docs/users/credentials.md)")
         cmd.add_argument("--operator-namespace", default=os.environ.get("POD_NAMESPACE", D.operator_namespace),
                          help="namespace holding the providers' admin credential Secrets")
         _webhook_arguments(cmd)
@@ -68,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _webhook_arguments(cmd: argparse.ArgumentParser) -> None:
-    """The pod-injection admission webhook (README: "How workspace pods get their secrets")."""
+    """The pod-injection admission webhook (docs/users/pod-injection.md)."""
     group = cmd.add_argument_group("pod-injection webhook")
     group.add_argument("--webhook", action=argparse.BooleanOptionalAction, default=None,
                        help="serve the mutating webhook that mounts WorkspaceSecrets into labelled pods (default: off)")
@@ -108,7 +108,7 @@ def _webhook_config(args: argparse.Namespace) -> WebhookConfig:
 
 
 def _add_connect_arguments(cmd: argparse.ArgumentParser) -> None:
-    """The UserToken connect page (see README "UserToken")."""
+    """The UserToken connect page (see docs/users/usertoken.md)."""
     env = os.environ.get
     port = env("WSO_CONNECT_PORT")
     cmd.add_argument("--connect-port", type=int, default=int(port) if port else C.port,

@@ -18,7 +18,7 @@ from workspace_secrets.runtime.webhook.tls import service_hosts
 
 @dataclass(frozen=True)
 class WebhookConfig:
-    """The pod-injection admission webhook (see the README, "How workspace pods get their secrets")."""
+    """The pod-injection admission webhook (see docs/users/pod-injection.md)."""
 
     enabled: bool = False
     port: int = 9443  # where the operator listens (HTTPS)
@@ -46,7 +46,7 @@ class OperatorConfig:
     workers: int = 16  # WorkspaceSecret reconciles running at a time (each holds one object and waits on the API)
     resync_interval: float = 300.0  # seconds between safety-net resyncs of every WorkspaceSecret
     sweep_interval: float = 600.0  # seconds between orphan sweeps at the credential providers
-    providers_config: str | None = None  # YAML file naming the dynamic-credential providers (see README)
+    providers_config: str | None = None  # YAML file naming the dynamic-credential providers (see docs/users/credentials.md)
     operator_namespace: str = "workspace-secrets-system"  # where the providers' admin credential Secrets live
     webhook: WebhookConfig = field(default_factory=WebhookConfig)
     # Liveness: the probe fails once a Secret watch has been disconnected for longer than this. Not 0:
@@ -75,7 +75,7 @@ class OperatorConfig:
 
 @dataclass(frozen=True)
 class ConnectConfig:
-    """The connect page and OAuth callback server (UserTokens). See README "UserToken"."""
+    """The connect page and OAuth callback server (UserTokens). See docs/users/usertoken.md."""
 
     port: int | None = None  # None: not served (UserTokens still get links under base_url)
     bind: str = "0.0.0.0"

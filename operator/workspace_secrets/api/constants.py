@@ -38,7 +38,7 @@ ANNOTATION_CREDENTIALS: Final = f"{GROUP}/credentials"  # ledger of issued crede
 COMPONENT_TOKEN_ANCHOR: Final = "token-anchor"
 FINALIZER_CREDENTIALS: Final = f"{GROUP}/revoke-credentials"
 
-# Keys of the workspace Secret (documented in the README and in the CRD's descriptions).
+# Keys of the workspace Secret (documented in docs/users/workspacesecret.md and in the CRD's descriptions).
 KEY_SSH_PRIVATE: Final = "ssh-privatekey"  # kubernetes.io/ssh-auth's required key
 KEY_SSH_PUBLIC: Final = "ssh-publickey"
 KEY_KNOWN_HOSTS: Final = "known_hosts"

@@ -16,8 +16,8 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 NAMESPACE = "wso"
 
 # --- reconciles (controllers) ---------------------------------------------------------------------
-#: kind: WorkspaceSecret (one work-queue reconcile) | UserToken (one maintenance pass: a daemon wake-up, an
-#: event, a connect); result: success | problem (Ready=False with a reason a human must act on) | retry (a lost
+#: kind: WorkspaceSecret (one work-queue reconcile) | UserToken (one maintenance pass: a queued key -- a
+#: watch event, a timer, a connect); result: success | problem (Ready=False with a reason a human must act on) | retry (a lost
 #: race, retried at once) | error (an exception: API failure or bug; retried with backoff) | gone (the object was
 #: deleted meanwhile). A UserToken pass cancelled at shutdown is not counted.
 RECONCILES = Counter(

@@ -19,7 +19,7 @@ crds/kopf-peering.yaml).
 The gate reads the same peering object every `interval` seconds and applies the rule. The two can
 disagree for up to `interval` (plus kopf's own watch latency) around a handover; both sides only ever
 do idempotent compare-and-swap writes keyed by deterministic names, so a brief overlap costs at most a
-repeated, harmless reconcile -- never a duplicate or lost Secret (see the README, "Reliability").
+repeated, harmless reconcile -- never a duplicate or lost Secret (see docs/operators/reliability.md).
 """
 
 from __future__ import annotations

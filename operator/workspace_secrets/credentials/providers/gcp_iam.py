@@ -12,7 +12,7 @@ service connect, or the test suite's fake).
 
 Roles: the per-workspace service account gets no IAM role binding from the operator; grant access to the
 accounts by the platform's own means (e.g. resource-level bindings managed alongside the workspace
-template). See the README.
+template). See docs/users/credentials.md.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The webhook's certificate directory: read what is there -> decide (tls.py) -> write.
 
-Two modes, told apart by the files (see the README, "How workspace pods get their secrets"):
+Two modes, told apart by the files (see docs/operators/running.md):
 
 - **provided**: `tls.crt` + `tls.key` (and optionally `ca.crt`) from elsewhere, e.g. a cert-manager
   Certificate's Secret mounted read-only. Used as they are; the caBundle is `ca.crt` (else `tls.crt`).
