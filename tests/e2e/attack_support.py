@@ -39,7 +39,7 @@ from urllib.parse import urljoin, urlsplit
 import requests
 import yaml
 from helpers import Api, digest, wait_for
-from usertoken_support import BrowserSession, get_token  # noqa: F401 (get_token: re-exported for the tests)
+from user_token_support import BrowserSession, get_token  # noqa: F401 (get_token: re-exported for the tests)
 
 from workspace_secrets.api import constants as c
 

@@ -33,48 +33,59 @@ class Moto:
     admin_key_id: str = ""
     admin_secret: str = field(default="", repr=False)  # pytest prints fixtures' reprs in failure reports
     proxy: FaultProxy | None = None
+    host: str = "127.0.0.1"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def client(self, service: str, key_id: str, secret: str):
         return boto3.client(service, endpoint_url=self.url, region_name="us-east-1",
                             aws_access_key_id=key_id, aws_secret_access_key=secret)
 
+    def admin(self):
+        return self.client("iam", self.admin_key_id, self.admin_secret)
+
     @classmethod
-    def start(cls, log_dir: Path) -> Moto:
-        port = free_port()
+    def start(cls, log_dir: Path, *, host: str = "127.0.0.1", fault_proxy: bool = True):
+        """Start moto on `host` (loopback; the node IP for pods) and bootstrap an admin key. With `fault_proxy`,
+        a FaultProxy in front of it lets tests cut the operator's connection."""
+        port = free_port(host)
         # After this many unauthenticated calls (our admin bootstrap below), moto checks every request's
         # access key against its IAM state: a revoked key really fails with InvalidClientTokenId.
         env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3", "MOTO_ALLOW_NONEXISTENT_REGION": "true"}
-        log = open(log_dir / "moto.log", "wb")
         moto_server = Path(sys.executable).with_name("moto_server")
-        process = subprocess.Popen([str(moto_server), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT, env=env)
+        with open(log_dir / "moto.log", "wb") as log:
+            process = subprocess.Popen([str(moto_server), "-H", host, "-p", str(port)], stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 30
         while True:
             try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=1)
+                urllib.request.urlopen(f"http://{host}:{port}/moto-api/", timeout=1)
                 break
             except OSError:
                 if time.monotonic() > deadline or process.poll() is not None:
+                    process.terminate()
                     raise RuntimeError("moto_server did not start") from None
                 time.sleep(0.2)
-        moto = cls(port, process)
+        moto = cls(port, process, host=host)
         bootstrap = moto.client("iam", "bootstrap", "bootstrap")
         bootstrap.create_user(UserName="wso-admin")
         bootstrap.put_user_policy(UserName="wso-admin", PolicyName="all",
                                   PolicyDocument='{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}')
         key = bootstrap.create_access_key(UserName="wso-admin")["AccessKey"]
         moto.admin_key_id, moto.admin_secret = key["AccessKeyId"], key["SecretAccessKey"]
-        moto.proxy = FaultProxy("127.0.0.1", port).start()
+        if fault_proxy:
+            moto.proxy = FaultProxy(host, port).start()
         return moto
 
     def stop(self) -> None:
         if self.proxy:
             self.proxy.stop()
         self.process.terminate()
-        self.process.wait(10)
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
 
 
 @dataclass

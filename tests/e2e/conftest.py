@@ -35,7 +35,7 @@ from kubernetes.client.exceptions import ApiException
 from workspace_secrets.api.constants import WEBHOOK_CONFIGURATION_NAME
 from devcluster.controlplane import REPO_ROOT, ControlPlane, resolve_bin_dir
 from backends import ADMIN_NAMESPACE, Backends, FakeGcpIam, FakeTwilio, Moto, Postgres, admin_secrets, extra_providers_yaml, providers_yaml
-from helpers import webhook_answers
+from helpers import tool_env, webhook_answers
 from hygiene import final_sweep, operator_logs, snapshot_namespace
 from operator_process import OperatorProcess, free_port
 
@@ -92,13 +92,7 @@ class Cluster:
 
     def env(self) -> dict[str, str]:
         """Environment for subprocesses (kubectl, helm, the operator) that talk to this cluster."""
-        env = dict(os.environ)
-        env["KUBECONFIG"] = str(self.kubeconfig)
-        env["KUBECACHEDIR"] = str(self.scratch / "kube-cache")
-        for var in ("HELM_CACHE_HOME", "HELM_CONFIG_HOME", "HELM_DATA_HOME"):
-            env[var] = str(self.scratch / var.lower())
-        env["PATH"] = os.pathsep.join([str(self.bin_dir), env.get("PATH", "")])
-        return env
+        return tool_env(self.kubeconfig, self.scratch, self.bin_dir)
 
     def run(
         self, tool: str, *args: str, input: str | None = None, check: bool = True, timeout: float = 120

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from kubernetes import client
@@ -150,3 +152,15 @@ def webhook_answers(api_client: client.ApiClient, namespace: str = "default") ->
     except ApiException as exc:
         return exc.status == 403 and f"WorkspaceSecret {READINESS_PROBE_WS!r} does not exist" in (exc.body or "")
     return False
+
+
+def tool_env(kubeconfig: Path, scratch: Path, bin_dir: Path) -> dict[str, str]:
+    """Environment for subprocesses (kubectl, helm, the operator) that talk to one cluster: its kubeconfig, and
+    caches of their own under `scratch`, so no test touches the developer's ~/.kube or Helm state."""
+    env = dict(os.environ)
+    env["KUBECONFIG"] = str(kubeconfig)
+    env["KUBECACHEDIR"] = str(scratch / "kube-cache")
+    for var in ("HELM_CACHE_HOME", "HELM_CONFIG_HOME", "HELM_DATA_HOME"):
+        env[var] = str(scratch / var.lower())
+    env["PATH"] = os.pathsep.join([str(bin_dir), env.get("PATH", "")])
+    return env

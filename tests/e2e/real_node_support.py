@@ -11,22 +11,22 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import secrets
 import shutil
 import subprocess
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import boto3
 from botocore.exceptions import ClientError
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
+from backends import Moto
+from helpers import tool_env
+from operator_process import free_port
 from workspace_secrets.api import constants as c
 from secret_hygiene import SecretHygiene, report
 
@@ -46,14 +46,6 @@ class SecretText(str):
 
     def __repr__(self) -> str:
         return f"<secret sha256:{sha256(str(self))[:12]}>"
-
-
-def free_port(host: str) -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 class CommandError(subprocess.CalledProcessError):
@@ -79,13 +71,7 @@ class NodeCluster:
     namespaces: list[str] = field(default_factory=list)
 
     def env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env["KUBECONFIG"] = str(self.kubeconfig)
-        env["KUBECACHEDIR"] = str(self.scratch / "kube-cache")
-        for var in ("HELM_CACHE_HOME", "HELM_CONFIG_HOME", "HELM_DATA_HOME"):
-            env[var] = str(self.scratch / var.lower())
-        env["PATH"] = os.pathsep.join([str(self.bin_dir), env.get("PATH", "")])
-        return env
+        return tool_env(self.kubeconfig, self.scratch, self.bin_dir)
 
     def run(self, tool: str, *args: str, input: str | None = None, check: bool = True,
             timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -208,27 +194,9 @@ class GitSshd:
             self.process.kill()
 
 
-@dataclass
-class NodeMoto:
-    """moto in server mode on the node IP (the operator pod and workspace pods reach it there), checking
-    access keys after the admin bootstrap, as tests/e2e/backends.py's Moto does on loopback."""
-
-    host: str
-    port: int
-    process: subprocess.Popen
-    admin_key_id: str = ""
-    admin_secret: str = field(default="", repr=False)
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def client(self, service: str, key_id: str, secret: str):
-        return boto3.client(service, endpoint_url=self.url, region_name="us-east-1",
-                            aws_access_key_id=key_id, aws_secret_access_key=secret)
-
-    def admin(self):
-        return self.client("iam", self.admin_key_id, self.admin_secret)
+class NodeMoto(Moto):
+    """tests/e2e/backends.py's moto, on the node IP (the operator pod and workspace pods reach it there), with the
+    questions the real-node tests ask of IAM."""
 
     def identity(self, key_id: str, secret: str) -> str:
         """sts:GetCallerIdentity from this machine: the ARN, or moto's error code."""
@@ -255,39 +223,10 @@ class NodeMoto:
                 if {"Key": "workspace-secrets.io/namespace", "Value": namespace} in admin.list_user_tags(UserName=user)["Tags"]}
 
     @classmethod
-    def start(cls, host: str, workdir: Path) -> NodeMoto:
-        import sys
-
-        port = free_port(host)
-        env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3", "MOTO_ALLOW_NONEXISTENT_REGION": "true"}
-        moto_server = Path(sys.executable).with_name("moto_server")
-        with open(workdir / "moto.log", "wb") as log:
-            process = subprocess.Popen([str(moto_server), "-H", host, "-p", str(port)], stdout=log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"http://{host}:{port}/moto-api/", timeout=1)
-                break
-            except OSError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    process.terminate()
-                    raise RuntimeError("moto_server did not start") from None
-                time.sleep(0.2)
-        moto = cls(host, port, process)
-        bootstrap = moto.client("iam", "bootstrap", "bootstrap")
-        bootstrap.create_user(UserName="wso-admin")
-        bootstrap.put_user_policy(UserName="wso-admin", PolicyName="all",
-                                  PolicyDocument='{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}')
-        key = bootstrap.create_access_key(UserName="wso-admin")["AccessKey"]
-        moto.admin_key_id, moto.admin_secret = key["AccessKeyId"], SecretText(key["SecretAccessKey"])
+    def on_node(cls, host: str, workdir: Path) -> NodeMoto:
+        moto = cls.start(workdir, host=host, fault_proxy=False)
+        moto.admin_secret = SecretText(moto.admin_secret)
         return moto
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
 
 
 # --- the operator pods' logs ---------------------------------------------------------------------------------

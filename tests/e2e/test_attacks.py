@@ -193,7 +193,7 @@ def ws_env_names(api: Api, ns: str, name: str) -> set[str]:
 # --- OAuth: a real OpenID provider, and fake git providers ---------------------------------------------------
 @pytest.fixture(scope="module")
 def oidc(env, tmp_path_factory):
-    from usertoken_support import OIDCServer
+    from user_token_support import OIDCServer
 
     redirect = f"{env.op.connect_url}/oauth/callback"
     clients = [{"client_id": "atk-wso", "client_secret": CLIENT_SECRET, "redirect_uris": [redirect],

@@ -8,7 +8,7 @@
   removes everything except the CRDs.
 - RBAC is proven, not assumed: the operator runs out of cluster with a kubeconfig that holds only a
   TokenRequest token of the chart's ServiceAccount, and the whole WorkspaceSecret e2e suite
-  (tests/e2e/test_workspacesecret.py, run as a nested pytest with WSO_E2E_OPERATOR_KUBECONFIG) passes with
+  (tests/e2e/test_workspace_secret.py, run as a nested pytest with WSO_E2E_OPERATOR_KUBECONFIG) passes with
   exactly those permissions; so does tests/e2e/test_credentials.py's kubernetes-token test with a provider
   configured through the chart's `providers` value (the operator reads the release's rendered ConfigMap as
   its --providers-config, via WSO_E2E_OPERATOR_EXTRA_ARGS). Namespaced mode gets a smoke test the same way,
@@ -670,8 +670,8 @@ def run_nested_e2e(cluster, operator_kubeconfig: Path, workdir: Path, *pytest_ar
 
 @pytest.mark.timeout(420)
 def test_workspacesecret_suite_passes_with_only_the_chart_rbac(cluster, cluster_wide_release, shared_operator_paused, tmp_path) -> None:
-    """tests/e2e/test_workspacesecret.py, run by an operator holding only the chart ServiceAccount's token."""
-    run = run_nested_e2e(cluster, cluster_wide_release.kubeconfig, tmp_path, "tests/e2e/test_workspacesecret.py")
+    """tests/e2e/test_workspace_secret.py, run by an operator holding only the chart ServiceAccount's token."""
+    run = run_nested_e2e(cluster, cluster_wide_release.kubeconfig, tmp_path, "tests/e2e/test_workspace_secret.py")
     assert run.counts["tests"] >= 10 and run.counts["failures"] == run.counts["errors"] == run.counts["skipped"] == 0, run.counts
     assert refused_requests(run.operator_log) == [], "the operator was refused requests with the chart's RBAC"
 

@@ -40,7 +40,7 @@ def test_metrics_count_reconciles_secret_writes_and_watch_state(api, namespace, 
     assert metric(after, "wso_peering_active") == 0  # standalone: no peering gate
     assert "wso_workqueue_depth" in families(after)
     # Families that move only with other features (credentials, tokens, the webhook: the tests below and
-    # test_usertoken.py move them) or with trouble are exposed from the start.
+    # test_user_token.py move them) or with trouble are exposed from the start.
     assert {
         "wso_credentials_issued", "wso_credentials_revoked", "wso_credentials_failed", "wso_tokens",
         "wso_token_refresh_failures", "wso_webhook_admissions", "wso_watch_restarts", "wso_workqueue_retries",

@@ -162,7 +162,7 @@ def git_server(node: NodeCluster, tmp_path_factory: pytest.TempPathFactory) -> I
 
 @pytest.fixture(scope="module")
 def moto(node: NodeCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeMoto]:
-    server = NodeMoto.start(node.node_ip, tmp_path_factory.mktemp("moto"))
+    server = NodeMoto.on_node(node.node_ip, tmp_path_factory.mktemp("moto"))
     yield server
     server.stop()
 

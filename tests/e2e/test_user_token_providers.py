@@ -9,8 +9,8 @@ import subprocess
 import pytest
 import requests
 from helpers import Api, wait_for
-from test_usertoken import applications, assert_no_token_leaks, connect, create_token, get_token, wait_phase  # noqa: F401 (fixture)
-from usertoken_support import BrowserSession
+from test_user_token import applications, assert_no_token_leaks, connect, create_token, get_token, wait_phase  # noqa: F401 (fixture)
+from user_token_support import BrowserSession
 
 from fakes.git_providers import FakeGitProvider, fetch_state
 from workspace_secrets.api import constants as c

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from helpers import Api
-from test_usertoken import applications, create_token, oidc, oidc_app, ut_spec, wait_phase  # noqa: F401 (fixtures)
+from test_user_token import applications, create_token, oidc, oidc_app, ut_spec, wait_phase  # noqa: F401 (fixtures)
 
 from workspace_secrets.api import constants as c
 

@@ -17,7 +17,7 @@ import requests
 from backends import ADMIN_NAMESPACE
 from helpers import Api, digest, wait_for
 from metrics_text import metric
-from usertoken_support import (BrowserSession, OIDCServer, approve_device_code, create_application, delete_application,
+from user_token_support import (BrowserSession, OIDCServer, approve_device_code, create_application, delete_application,
                                device_code_on_page, get_token, via_proxy)
 
 from workspace_secrets.api import constants as c

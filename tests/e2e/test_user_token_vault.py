@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import requests
 from helpers import Api, wait_for
-from test_usertoken import CLIENT_SECRET, applications, assert_no_token_leaks, connect, create_token, get_token, wait_phase  # noqa: F401
-from usertoken_support import OIDCServer, free_port
+from test_user_token import CLIENT_SECRET, applications, assert_no_token_leaks, connect, create_token, get_token, wait_phase  # noqa: F401
+from user_token_support import OIDCServer, free_port
 
 from workspace_secrets.api import constants as c
 from devcluster.controlplane import REPO_ROOT

@@ -1,7 +1,7 @@
 """Support for the UserToken e2e tests: the real OAuth server (oidc-provider on Node), the platform's
 OAuthApplications (created by the test as the admin, client Secrets in the operator's namespace), and a
 user's browser session driven over plain HTTP (requests) through the platform's auth proxy to the connect
-page, the provider's login/consent pages and the callback. The real-browser test (test_usertoken_browser.py)
+page, the provider's login/consent pages and the callback. The real-browser test (test_user_token_browser.py)
 drives the same path with Chromium behind a small reverse proxy playing the auth proxy."""
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -22,15 +21,10 @@ from urllib.parse import urljoin, urlsplit
 import requests
 from requests.adapters import HTTPAdapter
 
+from operator_process import free_port
 from workspace_secrets.api import constants as c
 
 SERVER_DIR = Path(__file__).resolve().parent / "oauth_server"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class OIDCServer:
