@@ -197,7 +197,7 @@ class App:
         self.user_token_queue = WorkQueue(lambda key: self.user_tokens.reconcile_by_name(*key), workers=config.workers,
                                           max_backoff=USER_TOKEN_MAX_BACKOFF, name=c.USER_TOKEN_PLURAL, active=self.active)
         self.user_tokens = UserTokenController(
-            self.kube, EventRecorder(self.kube), ProviderCache(self._transport), signer, PendingAuthorizations(signer),
+            self.kube, EventRecorder(self.kube), ProviderCache(self._transport), PendingAuthorizations(signer),
             ConnectSettings(base_url=connect.base_url,
                             schedule=user_token_policy.Schedule(validate_interval=timedelta(seconds=connect.validate_interval))),
             namespaces=config.namespaces, operator_namespace=config.operator_namespace, user_keys=self.user_keys,
@@ -211,7 +211,7 @@ class App:
                             "until the platform's authentication proxy is configured")
             self._connect_runner = await serve(ConnectServer(self.user_tokens, signer, web_settings), host=connect.bind, port=connect.port)
         for path in self._secret_paths():
-            watch = LabelSelectedWatch(self.kube, path, USER_TOKEN_SECRETS_SELECTOR, self.user_tokens.secret_changed)
+            watch = LabelSelectedWatch(self.kube, path, USER_TOKEN_SECRETS_SELECTOR, self._while_active(self.user_tokens.secret_changed))
             self.tasks.append(asyncio.create_task(watch.run(), name=f"usertoken-secret-watch {path}"))
         self.tasks.append(asyncio.create_task(self._count_tokens(), name="token-count"))
 
@@ -255,7 +255,10 @@ class App:
         return gated
 
     def _on_activated(self) -> None:
-        """This replica became the active one: every WorkspaceSecret is reconciled and every UserToken gets a pass."""
+        """This replica became the active one: every WorkspaceSecret is reconciled and every UserToken gets a pass
+        (a first one again: overdue refreshes are spread)."""
+        if getattr(self, "user_tokens", None) is not None:
+            self.user_tokens.forget_passes()
         self.tasks.append(asyncio.create_task(self._enqueue_all(), name="resync-on-activation"))
         self.tasks.append(asyncio.create_task(self._enqueue_user_tokens(), name="user-tokens-on-activation"))
 

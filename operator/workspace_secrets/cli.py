@@ -55,7 +55,8 @@ def _parser() -> argparse.ArgumentParser:
                               "0 (default): none, rely on the API server's Priority and Fairness and --api-concurrency")
         cmd.add_argument("--api-burst", type=int, default=D.api_burst, help="requests allowed in a burst above --api-qps")
         cmd.add_argument("--workers", type=int, default=D.workers,
-                         help="WorkspaceSecret reconciles running at a time (each holds one object and mostly waits on the API)")
+                         help="WorkspaceSecret reconciles running at a time, and likewise UserToken passes (each holds one object "
+                              "and mostly waits on the API or the provider)")
         cmd.add_argument("--resync-interval", type=float, default=D.resync_interval, help="seconds between safety-net resyncs")
         cmd.add_argument("--sweep-interval", type=float, default=D.sweep_interval, help="seconds between orphaned-credential sweeps")
         cmd.add_argument("--providers-config", default=os.environ.get("WSO_PROVIDERS_CONFIG", D.providers_config),

@@ -43,7 +43,7 @@ class OperatorConfig:
     # capped a burst of new workspaces at ~5/s (docs/benchmarks.md).
     api_qps: float = 0.0
     api_burst: int = 100  # bursts above api_qps, when that is set
-    workers: int = 16  # WorkspaceSecret reconciles running at a time (each holds one object and waits on the API)
+    workers: int = 16  # WorkspaceSecret reconciles running at a time, and likewise UserToken passes (each queue its own workers)
     resync_interval: float = 300.0  # seconds between safety-net resyncs of every WorkspaceSecret
     sweep_interval: float = 600.0  # seconds between orphan sweeps at the credential providers
     providers_config: str | None = None  # YAML file naming the dynamic-credential providers (see docs/users/credentials.md)

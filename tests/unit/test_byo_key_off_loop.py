@@ -14,7 +14,8 @@ from fakes.kube import FakeKube
 
 from workspace_secrets.api import constants as c
 from workspace_secrets.api.workspace_secret import WorkspaceSecret
-from workspace_secrets.workspace_secret.controller import WorkspaceSecretController
+from workspace_secrets.user_keys.service import UserKeys
+from workspace_secrets.workspace_secret.keys import Keys
 
 PASSPHRASE = b"correct horse"
 
@@ -39,6 +40,11 @@ def secret(name: str, labels: dict, data: dict[str, bytes]) -> dict:
             "data": {k: base64.b64encode(v).decode() for k, v in data.items()}}
 
 
+def brought_keys(kube: FakeKube) -> Keys:
+    """What the WorkspaceSecret controller uses for a brought key (spec.ssh.existingSecretRef)."""
+    return Keys(kube, UserKeys(kube), None, written=lambda obj, component, operation: None)  # type: ignore[arg-type]
+
+
 def ws(ref: str) -> WorkspaceSecret:
     return WorkspaceSecret.from_body({
         "metadata": {"name": "alice-ws", "namespace": "team", "uid": "u1"},
@@ -49,7 +55,7 @@ def ws(ref: str) -> WorkspaceSecret:
 
 def test_decrypting_a_brought_key_never_stalls_the_event_loop():
     kube = cluster({"k": secret("k", {c.LABEL_USER: "alice"}, {"ssh-privatekey": encrypted_key(64), "passphrase": PASSPHRASE})})
-    controller = WorkspaceSecretController(kube, events=None)  # type: ignore[arg-type]
+    keys = brought_keys(kube)
 
     async def main():
         gaps: list[float] = []
@@ -65,11 +71,11 @@ def test_decrypting_a_brought_key_never_stalls_the_event_loop():
 
         task = asyncio.create_task(ticker())
         started = time.perf_counter()
-        key, problem = await controller._existing_key(ws("k"))
+        key, problem = await keys.brought(ws("k"))
         took = time.perf_counter() - started
         stop.set()
         await task
-        again = await controller._existing_key(ws("k"))  # cached by resourceVersion: no second decryption
+        again = await keys.brought(ws("k"))  # cached by resourceVersion: no second decryption
         return key, problem, took, gaps, again
 
     key, problem, took, gaps, again = asyncio.run(main())
@@ -85,8 +91,8 @@ def test_missing_and_not_yours_are_one_answer_and_never_list_keys():
         "operators": secret("operators", {c.LABEL_USER: "alice", c.LABEL_MANAGED_BY: c.OPERATOR_NAME}, {"ssh-privatekey": b"x"}),
         "mine": secret("mine", {c.LABEL_USER: "alice"}, {"id_rsa": b"x"}),
     })
-    controller = WorkspaceSecretController(kube, events=None)  # type: ignore[arg-type]
-    answers = {name: asyncio.run(controller._existing_key(ws(name)))[1] for name in ("missing", "bobs", "operators", "mine")}
+    keys = brought_keys(kube)
+    answers = {name: asyncio.run(keys.brought(ws(name)))[1] for name in ("missing", "bobs", "operators", "mine")}
     normalized = {name: p.message.replace(f"'{name}'", "'X'") for name, p in answers.items() if p is not None}
     assert normalized["missing"] == normalized["bobs"] == normalized["operators"]
     assert {answers[n].reason for n in ("missing", "bobs", "operators")} == {"ExistingKeyNotFound"}
@@ -110,12 +116,12 @@ def test_a_refused_key_is_not_decrypted_again_until_its_secret_changes(monkeypat
     monkeypatch.setattr(sshkeys, "load", counting_load)
     wrong = secret("k", {c.LABEL_USER: "alice"}, {"ssh-privatekey": encrypted_key(16), "passphrase": b"wrong"})
     kube = cluster({"k": wrong})
-    controller = WorkspaceSecretController(kube, events=None)  # type: ignore[arg-type]
-    first = asyncio.run(controller._existing_key(ws("k")))[1]
-    second = asyncio.run(controller._existing_key(ws("k")))[1]
+    keys = brought_keys(kube)
+    first = asyncio.run(keys.brought(ws("k")))[1]
+    second = asyncio.run(keys.brought(ws("k")))[1]
     assert first is not None and first.reason == "InvalidExistingKey" and second == first
     assert len(calls) == 1
     # The user fixes the passphrase: a new resourceVersion, checked again, and accepted.
     kube.edit(f"{SECRETS}/k", {"data": {"passphrase": base64.b64encode(PASSPHRASE).decode()}})
-    key, problem = asyncio.run(controller._existing_key(ws("k")))
+    key, problem = asyncio.run(keys.brought(ws("k")))
     assert problem is None and key is not None and len(calls) == 2

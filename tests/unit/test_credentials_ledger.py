@@ -264,3 +264,23 @@ def test_kubernetes_token_provider_needs_explicit_service_accounts_and_audiences
     assert "not allowed by provider 'tokens'" in provider.validate({"serviceAccount": "default"})
     refused = provider.validate({"serviceAccount": "ci-runner", "audiences": "vault,https://kubernetes.default.svc"})
     assert "audiences 'https://kubernetes.default.svc' are not allowed" in refused
+
+
+def test_a_provider_name_read_from_the_tenants_namespace_is_never_a_metric_label():
+    """The ledger annotation lives in the tenant's namespace: a removed entry naming a provider that is not
+    configured is counted as "unconfigured", not under the name it carries."""
+    from prometheus_client import REGISTRY
+
+    def failed(provider: str) -> float:
+        return REGISTRY.get_sample_value("wso_credentials_failed_total",
+                                         {"provider": provider, "operation": "revoke", "reason": "permanent"}) or 0.0
+
+    tenant_chosen = "tenant-chosen-provider-4f1c"
+    out = run(CredentialManager({tenant_chosen: MemoryProvider(tenant_chosen)}, clock=lambda: T0)
+              .reconcile(ws_with([{"name": "tok", "provider": tenant_chosen}]), None))
+    before = failed("unconfigured")
+    manager = CredentialManager({"mem": MemoryProvider()}, clock=lambda: T0)  # that name is not configured here
+    out = run(manager.reconcile(ws_with([]), secret_from(out)))
+    assert [p.reason for p in out.problems] == ["RevocationFailed"]
+    assert failed(tenant_chosen) == 0.0
+    assert failed("unconfigured") == before + 1

@@ -40,7 +40,7 @@ def form_of(request: Request) -> dict[str, str]:
 
 
 def test_every_spec_type_has_a_provider():
-    from workspace_secrets.api.user_token import PROVIDER_TYPES
+    from workspace_secrets.api.oauth_application import PROVIDER_TYPES
 
     assert set(PROVIDERS) == set(PROVIDER_TYPES)
 

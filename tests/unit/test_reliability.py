@@ -3,6 +3,7 @@ pause, and the control plane's restart bookkeeping. No cluster, no network."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import random
@@ -125,6 +126,60 @@ def test_a_paused_queue_takes_nothing_until_resumed():
     assert asyncio.run(scenario()) == ([], ["a", "b"])
 
 
+def test_a_demoted_queue_runs_nothing_an_idle_worker_takes_until_resumed():
+    """Workers idle in the queue when the replica is demoted: a key added then is held, not run (nor lost)."""
+    async def scenario() -> tuple[list[str], int, list[str]]:
+        done: list[str] = []
+
+        async def work(key):
+            done.append(key)
+
+        active = asyncio.Event()
+        active.set()
+        queue = WorkQueue(work, workers=2, active=active)
+        queue.start()
+        await asyncio.sleep(0.01)  # both workers wait for a key
+        active.clear()  # demoted: a standby replica
+        queue.add("a")
+        queue.add("a")  # deduplicated while held
+        await asyncio.sleep(0.05)
+        paused, held = list(done), len(queue)
+        active.set()
+        await asyncio.sleep(0.05)
+        await queue.stop()
+        return paused, held, done
+
+    assert asyncio.run(scenario()) == ([], 1, ["a"])
+
+
+def test_a_key_queued_while_it_runs_runs_again_after_not_alongside():
+    async def scenario() -> tuple[int, int]:
+        running = 0
+        most = 0
+        runs = 0
+
+        async def work(key):
+            nonlocal running, most, runs
+            running += 1
+            runs += 1
+            most = max(most, running)
+            await asyncio.sleep(0.05)
+            running -= 1
+
+        queue = WorkQueue(work, workers=4)
+        queue.start()
+        queue.add("a")
+        await asyncio.sleep(0.01)  # "a" runs
+        queue.add("a")  # a watch event meanwhile
+        queue.add("a")  # and another: still one more run
+        queue.add_after("a", 0.01)  # a timer firing while it runs: same rule
+        await asyncio.sleep(0.3)
+        await queue.stop()
+        return most, runs
+
+    assert asyncio.run(scenario()) == (1, 2)
+
+
 def test_failures_back_off_and_honour_retry_after():
     async def scenario() -> list[float]:
         attempts: list[float] = []
@@ -208,3 +263,12 @@ def test_consecutive_failures_hold_everyone_longer_until_a_success():
     limiter.succeeded()
     limiter.failed()
     assert limiter.delay() == pytest.approx(0.25)  # reset by the success
+
+
+def test_the_workers_flag_says_it_also_bounds_user_token_passes():
+    """Both work queues (WorkspaceSecrets, UserTokens) take their worker count from --workers."""
+    from workspace_secrets.cli import _parser
+
+    run = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction)).choices["run"]
+    (workers,) = [a for a in run._actions if "--workers" in a.option_strings]
+    assert "WorkspaceSecret" in workers.help and "UserToken" in workers.help

@@ -83,7 +83,7 @@ def setup(clock_value: list[datetime], handler: Any = None) -> tuple[UserTokenCo
     events = Events()
     signer = Signer(Sensitive(b"k" * 32))
     clock = lambda: clock_value[0]  # noqa: E731
-    controller = UserTokenController(kube, events, ProviderCache(MockTransport(handler or gitlab), clock=clock), signer,  # type: ignore[arg-type]
+    controller = UserTokenController(kube, events, ProviderCache(MockTransport(handler or gitlab), clock=clock),  # type: ignore[arg-type]
                                      PendingAuthorizations(signer), ConnectSettings(base_url="https://ops"),
                                      operator_namespace=OPERATOR_NS, clock=clock)
     kube.put(APP_PATH, application())
@@ -197,7 +197,7 @@ def test_the_provider_follows_the_application_version():
     controller, kube, _, _ = setup([NOW])
     from workspace_secrets.api.oauth_application import OAuthApplication
 
-    cache = controller._providers
+    cache = controller._ctx.providers
     first = cache.for_application(OAuthApplication.from_body(application()))
     assert cache.for_application(OAuthApplication.from_body(application())) is first
     changed = application(type="gitlab-self-managed", host="https://gitlab.example.com")
@@ -286,7 +286,7 @@ def test_a_provider_answering_expires_in_1_cannot_make_a_refresh_loop():
             return json_response(200, {"access_token": f"at-x{gitlab.refresh_calls}", "refresh_token": "rt", "expires_in": 1})
         return await gitlab(request)
 
-    controller._providers._transport = MockTransport(short_lived)  # type: ignore[attr-defined]
+    controller._ctx.providers._transport = MockTransport(short_lived)  # type: ignore[attr-defined]
     delay = asyncio.run(controller.maintain(NS, "gl"))
     assert gitlab.refresh_calls == 1 and delay >= 59
     for _ in range(5):  # passes come early (watch events, annotations): nothing is due yet
@@ -315,7 +315,7 @@ def test_the_authorization_url_is_a_plain_link_and_the_device_code_stays_in_memo
                                        "expires_in": 600, "interval": 0})
         return json_response(400, {"error": "authorization_pending"})
 
-    controller._providers._transport = MockTransport(device)  # type: ignore[attr-defined]
+    controller._ctx.providers._transport = MockTransport(device)  # type: ignore[attr-defined]
     kube.edit(UT_PATH, {"spec": {"flow": "Device"}})
     delay = asyncio.run(controller.maintain(NS, "gl"))
     status = kube.objects[UT_PATH]["status"]
@@ -343,7 +343,7 @@ def test_device_polls_are_one_per_interval_whatever_the_triggers():
             return json_response(400, {"error": "authorization_pending"})
         return json_response(404, {})
 
-    controller._providers._transport = MockTransport(device)  # type: ignore[attr-defined]
+    controller._ctx.providers._transport = MockTransport(device)  # type: ignore[attr-defined]
     kube.edit(UT_PATH, {"spec": {"flow": "Device"}})
 
     async def triggers(n: int) -> None:
@@ -523,3 +523,173 @@ def test_the_work_queue_runs_passes_and_is_paused_on_a_standby_replica():
 
     standby, active_conditions = asyncio.run(run())
     assert standby == 0 and active_conditions > 0
+
+
+def test_a_queued_pass_never_waits_on_a_busy_lock_it_comes_back_shortly():
+    """One tenant's tokens behind one (namespace, user, application) lock must not hold the work queue's
+    workers: a pass that finds the lock busy is scheduled again and returns, uncounted, not marked passed."""
+    from prometheus_client import REGISTRY
+
+    from workspace_secrets.user_token.controller import BUSY_RETRY
+
+    def passes() -> float:
+        return sum(REGISTRY.get_sample_value("wso_reconciles_total", {"kind": c.USER_TOKEN_KIND, "result": r}) or 0.0
+                   for r in ("success", "problem", "retry", "error", "gone"))
+
+    clock = [NOW + timedelta(minutes=10)]
+    controller, kube, gitlab, calls = scheduled_setup(clock)
+
+    async def run() -> None:
+        lock = controller._ctx.lock((NS, "alice", "gitlab-app"))  # the connect page (or finalize) holds it
+        async with lock:
+            await asyncio.wait_for(controller.reconcile_by_name(NS, "gl"), timeout=1.0)
+
+    asyncio.run(controller.reconcile_by_name(NS, "gl"))  # counted: the metric is there
+    assert passes() > 0
+    calls.clear()
+    controller._passed.clear()
+    kube.objects[UT_PATH]["status"].pop("conditions", None)
+    before = passes()
+    asyncio.run(run())
+    assert calls == [(NS, "gl", BUSY_RETRY)]
+    assert passes() == before and (NS, "gl") not in controller._passed
+    assert not kube.objects[UT_PATH]["status"].get("conditions")  # nothing was done
+
+
+def test_the_connect_path_still_waits_for_the_lock():
+    clock = [NOW + timedelta(minutes=10)]
+    controller, kube, _, _ = setup(clock)
+
+    async def run() -> float | None:
+        lock = controller._ctx.lock((NS, "alice", "gitlab-app"))
+        await lock.acquire()
+        asyncio.get_running_loop().call_later(0.05, lock.release)
+        return await controller.maintain(NS, "gl")
+
+    asyncio.run(run())
+    assert kube.objects[UT_PATH]["status"].get("conditions")
+
+
+def test_a_takeover_spreads_overdue_refreshes_again():
+    """The replica was active, passed over the token, became a standby, and is active again: the first pass
+    after the second takeover spreads an overdue refresh like the first one after a start."""
+    from workspace_secrets.app import App
+    from workspace_secrets.settings import OperatorConfig
+
+    clock = [NOW + timedelta(minutes=10)]
+    controller, kube, gitlab, calls = scheduled_setup(clock)
+    asyncio.run(controller.reconcile_by_name(NS, "gl"))  # active: validated, passed
+    assert (NS, "gl") in controller._passed
+    app = App(OperatorConfig())
+    app.user_tokens = controller
+
+    async def nothing() -> None:
+        return None
+
+    app._enqueue_all = nothing  # type: ignore[method-assign]
+    app._enqueue_user_tokens = nothing  # type: ignore[method-assign]
+
+    async def activate() -> None:
+        app._on_activated()
+        await asyncio.gather(*app.tasks)
+
+    asyncio.run(activate())  # a standby meanwhile; now active again
+    clock[0] = NOW + timedelta(hours=1, minutes=59)  # overdue
+    calls.clear()
+    asyncio.run(controller.reconcile_by_name(NS, "gl"))
+    assert gitlab.refresh_calls == 0  # spread, not all at once
+    (_, _, delay), = calls
+    assert 0.05 <= delay <= 30
+
+
+def test_the_token_secret_watch_is_gated_on_the_active_replica(monkeypatch):
+    from workspace_secrets import app as app_module
+    from workspace_secrets.settings import OperatorConfig
+    from workspace_secrets.user_keys.service import UserKeys
+
+    handlers: list[Any] = []
+
+    class Watch:
+        def __init__(self, kube: Any, path: str, selector: str, handler: Any) -> None:
+            handlers.append(handler)
+
+        async def run(self) -> None:
+            await asyncio.Event().wait()
+
+    monkeypatch.setattr(app_module, "LabelSelectedWatch", Watch)
+    kube = FakeKube()
+    token_secret = {"metadata": {"name": "gl-token", "namespace": NS,
+                                 "labels": {c.LABEL_COMPONENT: c.COMPONENT_USER_TOKEN},
+                                 "ownerReferences": [{"kind": c.USER_TOKEN_KIND, "name": "gl"}]}}
+
+    async def run() -> tuple[int, int]:
+        app = app_module.App(OperatorConfig(namespaces=(NS,)))
+        app.kube, app.user_keys, app.active = kube, UserKeys(kube), asyncio.Event()  # type: ignore[assignment]
+        await app._start_user_tokens()
+        try:
+            app.user_token_queue._active = asyncio.Event()  # hold what is queued, to count it
+            (handler,) = handlers
+            await handler("DELETED", token_secret)  # a standby replica: the activation pass covers it
+            standby = len(app.user_token_queue)
+            app.active.set()
+            await handler("DELETED", token_secret)
+            return standby, len(app.user_token_queue)
+        finally:
+            for task in app.tasks:
+                task.cancel()
+            await asyncio.gather(*app.tasks, return_exceptions=True)
+            await app.user_token_queue.stop()
+            if app._transport is not None:
+                await app._transport.close()
+
+    assert asyncio.run(run()) == (0, 1)
+
+
+def test_a_callback_landing_while_the_token_is_being_deleted_saves_nothing():
+    """The callback waited for the lock while the finalizer ran: under the lock the UserToken is being deleted,
+    so no code is exchanged and no token is saved (it would never be revoked)."""
+    from workspace_secrets.oauth.protocol import PendingAuthorization
+
+    clock = [NOW + timedelta(minutes=10)]
+    controller, kube, gitlab, _ = setup(clock)
+    before = dict(kube.objects[SECRET_PATH]["data"])
+    record = PendingAuthorization(namespace=NS, name="gl", uid="uid-gl", user="alice", code_verifier=Sensitive("v" * 43),
+                                  redirect_uri="https://ops/oauth/callback", expires_at=NOW + timedelta(minutes=20))
+
+    async def run() -> Any:
+        lock = controller._ctx.lock((NS, "alice", "gitlab-app"))
+        async with lock:  # the finalizer holds it
+            callback = asyncio.create_task(controller.complete_authorization(record, "the-code"))
+            await asyncio.sleep(0.05)  # the callback read the token (not yet deleted) and waits for the lock
+            body = kube.objects[UT_PATH]
+            body["metadata"] = {**body["metadata"], "deletionTimestamp": "2026-11-29T12:10:00Z"}
+        return await callback
+
+    result = asyncio.run(run())
+    assert not result.ok and "no longer exists" in result.title
+    assert gitlab.refresh_calls == 0  # no code exchanged
+    assert kube.objects[SECRET_PATH]["data"] == before
+
+
+def test_deleting_a_token_forgets_its_device_code():
+    """What the operator keeps in memory about a token (a device code is a Sensitive value) goes with the token."""
+    clock = [NOW]
+    controller, kube, gitlab, _ = setup(clock)
+    kube.remove(SECRET_PATH)
+    kube.edit(UT_PATH, {"status": None})
+
+    async def device(request: Request) -> Response:
+        if request.url.endswith("/oauth/authorize_device"):
+            return json_response(200, {"device_code": "dc-secret", "user_code": "WXYZ-1234", "verification_uri": "https://gitlab.com/oauth/device",
+                                       "expires_in": 600, "interval": 5})
+        return json_response(400, {"error": "authorization_pending"})
+
+    controller._ctx.providers._transport = MockTransport(device)  # type: ignore[attr-defined]
+    kube.edit(UT_PATH, {"spec": {"flow": "Device"}})
+    asyncio.run(controller.maintain(NS, "gl"))
+    memory = controller._ctx.memory
+    assert "uid-gl" in memory.devices and "uid-gl" in memory.device_next_poll
+    memory.failures["uid-gl"] = 2
+    asyncio.run(controller.finalize(kube.objects[UT_PATH]))
+    assert not any("uid-gl" in kept for kept in (memory.devices, memory.device_next_poll, memory.device_requested,
+                                                   memory.failures, memory.unsaved))

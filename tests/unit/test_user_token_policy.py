@@ -19,6 +19,7 @@ from workspace_secrets.oauth.protocol import (PendingAuthorization, PendingAutho
 from workspace_secrets.runtime.sensitive import Sensitive
 from workspace_secrets.runtime.signing import BadSignature, Expired, Signer
 from workspace_secrets.user_token.policy import Event, Phase
+from workspace_secrets.user_keys.policy import is_operator_user_key
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=timezone.utc)
 SIGNER = Signer(Sensitive(b"k" * 32))
@@ -209,14 +210,14 @@ def test_only_the_operators_own_key_secret_is_the_users_key():
     name = "ssh-alice-ed25519-0123abcd"
     mine = {"metadata": {"name": name, "labels": {c.LABEL_MANAGED_BY: c.OPERATOR_NAME, c.LABEL_COMPONENT: c.COMPONENT_USER_SSH_KEY,
                                                   c.LABEL_USER: "alice"}}}
-    assert policy.is_operator_user_key(mine, "alice", name)
-    assert not policy.is_operator_user_key(mine, "bob", name)  # another user's
-    assert not policy.is_operator_user_key(mine, "alice", "ssh-alice-ed25519-ffffffff")  # not at the derived name
+    assert is_operator_user_key(mine, "alice", name)
+    assert not is_operator_user_key(mine, "bob", name)  # another user's
+    assert not is_operator_user_key(mine, "alice", "ssh-alice-ed25519-ffffffff")  # not at the derived name
     owned = {"metadata": {**mine["metadata"], "ownerReferences": [{"kind": "WorkspaceSecret", "name": "squat", "uid": "u"}]}}
-    assert not policy.is_operator_user_key(owned, "alice", name)  # a WorkspaceSecret's Secret made at the name
+    assert not is_operator_user_key(owned, "alice", name)  # a WorkspaceSecret's Secret made at the name
     for label in (c.LABEL_MANAGED_BY, c.LABEL_COMPONENT, c.LABEL_USER):
         labels = {k: v for k, v in mine["metadata"]["labels"].items() if k != label}
-        assert not policy.is_operator_user_key({"metadata": {"name": name, "labels": labels}}, "alice", name)
+        assert not is_operator_user_key({"metadata": {"name": name, "labels": labels}}, "alice", name)
 
 
 def test_token_secret_carries_tokens_and_a_git_credentials_line_that_git_reads(tmp_path):

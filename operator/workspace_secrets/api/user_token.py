@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from workspace_secrets.api import constants as c
-from workspace_secrets.api.oauth_application import (DEVICE_FLOW_TYPES, PROVIDER_TYPES, SSH_KEY_TYPES, ClientSecretRef,
+from workspace_secrets.api.oauth_application import (DEVICE_FLOW_TYPES, SSH_KEY_TYPES, ClientSecretRef,
                                                      OAuthApplication, VaultSpec)
 from workspace_secrets.api.workspace_secret import SpecError
 

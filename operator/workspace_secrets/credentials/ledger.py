@@ -11,7 +11,7 @@ from __future__ import annotations
 import fnmatch
 import json
 from collections.abc import Mapping, Set
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 
 from workspace_secrets.api.workspace_secret import CredentialSpec

@@ -155,7 +155,8 @@ class CredentialManager:
         try:
             if provider is None:
                 error = ProviderError(f"provider {ledger.provider!r} is no longer configured", retryable=False)
-                _count_failure(ledger.provider, "revoke", error)
+                # ledger.provider comes from an annotation in the tenant's namespace: never a metric label.
+                _count_failure(UNCONFIGURED, "revoke", error)
                 raise error
             await self.revoke_scope(provider, scope)
             out.events.append(("Normal", "CredentialRevoked", f"{name}: {why}; its {provider.type_name} credentials are revoked."))
@@ -196,8 +197,13 @@ class CredentialManager:
         return revoked, errors
 
 
+#: The provider label of a failure whose provider is not (or no longer) configured: the name at hand was read
+#: from the tenant's namespace, and a label taken from there would let a tenant grow the metric without bound.
+UNCONFIGURED = "unconfigured"
+
+
 def _count_failure(provider: str, operation: str, exc: ProviderError) -> None:
-    """CREDENTIALS_FAILED by the platform's provider name, the provider call that failed, and whether it is retried."""
+    """CREDENTIALS_FAILED by the platform's provider name (a configured one, or UNCONFIGURED), the provider call that failed, and whether it is retried."""
     CREDENTIALS_FAILED.labels(provider=provider, operation=operation, reason="retryable" if exc.retryable else "permanent").inc()
 
 

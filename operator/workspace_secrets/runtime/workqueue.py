@@ -5,12 +5,15 @@ UserToken queue runs every maintenance pass: changes of UserTokens, Secret event
 next pass each pass schedules for when a refresh, validation or poll is due. The number of workers bounds
 how many reconciles run -- and hold objects in memory -- at a time, and lets a burst finish object by
 object instead of all at once at the end. A key queued twice before a worker takes it is reconciled
-once; a failed key is
+once, and a key never runs twice at the same time (client-go's dirty and processing sets): a key queued
+while it runs -- by a watch event, the connect page, or a timer of `add_after` firing -- is queued again
+only when that run has finished. A failed key is
 retried with per-key exponential backoff (never sooner than the API server's Retry-After); a key
 scheduled for later twice keeps only the earlier time.
 
-The queue can be paused (`active` cleared): workers then take nothing, keys accumulate (deduplicated),
-and work resumes when the flag is set again. Peering uses this so a standby replica does not act.
+The queue can be paused (`active` cleared): workers then run nothing, keys accumulate (deduplicated),
+and work resumes when the flag is set again. A worker that took a key just before the pause holds it,
+still pending, until the queue resumes. Peering uses this so a standby replica does not act.
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ class WorkQueue:
     ):
         self._work = work
         self._queue: asyncio.Queue[Hashable] = asyncio.Queue()
-        self._pending: set[Hashable] = set()
+        self._dirty: set[Hashable] = set()  # queued: waiting for a worker, or for its running self to finish
+        self._processing: set[Hashable] = set()  # being run by a worker now
         self._failures: dict[Hashable, int] = {}
         self._delayed: dict[Hashable, asyncio.TimerHandle] = {}
         self._workers = workers
@@ -48,11 +52,13 @@ class WorkQueue:
             active = asyncio.Event()
             active.set()
         self._active = active
-        WORKQUEUE_DEPTH.labels(queue=name).set_function(lambda: len(self._pending))
+        WORKQUEUE_DEPTH.labels(queue=name).set_function(lambda: len(self._dirty))
 
     def add(self, key: Hashable) -> None:
-        if key not in self._pending:
-            self._pending.add(key)
+        if key in self._dirty:
+            return  # already waiting for a run
+        self._dirty.add(key)
+        if key not in self._processing:  # else queued when the running one finishes (_worker)
             self._queue.put_nowait(key)
 
     def add_after(self, key: Hashable, delay: float) -> None:
@@ -84,23 +90,35 @@ class WorkQueue:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def __len__(self) -> int:
-        return len(self._pending)
+        return len(self._dirty)
 
     async def _worker(self) -> None:
         while True:
             await self._active.wait()  # paused (a standby peer): take nothing
             key = await self._queue.get()
-            self._pending.discard(key)
+            # Paused while this worker waited for a key (the replica was demoted): run nothing until resumed.
+            # The key stays in _dirty meanwhile, so it is neither lost nor queued a second time.
+            await self._active.wait()
+            self._dirty.discard(key)
+            self._processing.add(key)
             try:
-                await self._work(key)
-                self._failures.pop(key, None)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                failures = self._failures[key] = self._failures.get(key, 0) + 1
-                delay = min(0.5 * 2 ** (failures - 1), self._max_backoff)
-                if isinstance(exc, KubeError) and exc.retry_after:
-                    delay = max(delay, exc.retry_after)
-                WORKQUEUE_RETRIES.labels(queue=self._name).inc()
-                log.warning("reconcile of %s failed (%s: %s); retrying in %.1fs", key, type(exc).__name__, exc, delay)
-                self.add_after(key, delay)
+                await self._run(key)
+            finally:
+                self._processing.discard(key)
+                if key in self._dirty:  # queued again while it ran: now its turn
+                    self._queue.put_nowait(key)
+
+    async def _run(self, key: Hashable) -> None:
+        try:
+            await self._work(key)
+            self._failures.pop(key, None)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            failures = self._failures[key] = self._failures.get(key, 0) + 1
+            delay = min(0.5 * 2 ** (failures - 1), self._max_backoff)
+            if isinstance(exc, KubeError) and exc.retry_after:
+                delay = max(delay, exc.retry_after)
+            WORKQUEUE_RETRIES.labels(queue=self._name).inc()
+            log.warning("reconcile of %s failed (%s: %s); retrying in %.1fs", key, type(exc).__name__, exc, delay)
+            self.add_after(key, delay)

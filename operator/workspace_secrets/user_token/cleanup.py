@@ -27,7 +27,7 @@ async def finalize_locked(ctx: Context, body: Mapping[str, Any], ut: UserToken) 
     secret = await ctx.kube.get(path)
     owned = secret is not None and policy.is_owned_by(secret, ut.uid)
     stored = policy.read_token_secret(secret) if owned and secret is not None else None
-    unsaved = ctx.memory.unsaved.pop(ut.uid, None)
+    unsaved = ctx.memory.unsaved.get(ut.uid)  # kept until the cleanup is done: a retry revokes it too
     tokens = unsaved[0] if unsaved else (stored.tokens if stored else None)
     status = body.get("status") or {}
     bound = await _bound(ctx, body, ut) if tokens is not None and not ut.skip_revocation else None

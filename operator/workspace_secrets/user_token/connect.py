@@ -116,8 +116,10 @@ class Connect:
             return await asyncio.shield(self._complete_locked(ut, record, code))
 
     async def _complete_locked(self, ut: UserToken, record: PendingAuthorization, code: str) -> ConnectResult:
-        body = await self._ctx.kube.get(ut_path(ut.namespace, ut.name))
-        if body is None:
+        body = await self._ctx.kube.get(ut_path(ut.namespace, ut.name))  # fresh, under the lock
+        # Deleted, being deleted (its finalizer may already have revoked and cleaned up: a token saved now would
+        # never be revoked), or replaced meanwhile: nothing is exchanged or saved.
+        if body is None or body["metadata"].get("deletionTimestamp") or body["metadata"].get("uid") != record.uid:
             return ConnectResult(False, "This account link no longer exists", f"UserToken {ut.namespace}/{ut.name} was deleted.")
         provider = self._ctx.provider(ut)
         where = context.where(ut)

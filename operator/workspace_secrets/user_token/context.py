@@ -57,6 +57,14 @@ class TokenMemory:
     device_next_poll: dict[str, datetime] = field(default_factory=dict)
     refreshes: int = 0  # refresh calls made (for tests)
 
+    def forget(self, uid: str) -> None:
+        """The token is deleted: drop everything kept about it (a device code among it)."""
+        self.failures.pop(uid, None)
+        self.unsaved.pop(uid, None)
+        self.devices.pop(uid, None)
+        self.device_requested.discard(uid)
+        self.device_next_poll.pop(uid, None)
+
     def backoff(self, uid: str, retry_after: float | None = None) -> float:
         failures = self.failures[uid] = self.failures.get(uid, 0) + 1
         delay = min(2.0 * 2 ** (failures - 1), MAX_SLEEP)
@@ -80,7 +88,7 @@ class Context:
 
     # --- per-token coordination ---
     def lock(self, key: tuple[str, ...]) -> asyncio.Lock:
-        """One lock per (namespace, user, type, host): see controller.py."""
+        """One lock per (namespace, user, application): see controller.py."""
         lock = self.locks.get(key)
         if lock is None:
             lock = self.locks[key] = asyncio.Lock()

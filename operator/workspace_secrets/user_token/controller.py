@@ -12,11 +12,14 @@ refresh ahead of expiry, a validation, a device-flow poll, a retry) and the queu
 (MAX_SLEEP at most). Watch events of the token's Secret or of the user's SSH key, and the connect page, `wake`
 the key (queue it now).
 
-Every operation on a token runs under one lock per (namespace, user, type, host), and re-reads the
+Every operation on a token runs under one lock per (namespace, user, application), and re-reads the
 UserToken and its Secret under that lock, so concurrent triggers (a scheduled pass, a change of the object,
 the callback, a watch event) never spend a single-use refresh token twice: the second one finds the
-token already fresh. A rotated token is written to the Secret before anything else happens with it
-(validation included); if that write fails, the token is kept in memory and written on the next attempt.
+token already fresh. A work-queue pass never waits for that lock: when it is busy, the key is queued again
+shortly (BUSY_RETRY) and the worker is free for other tokens -- many tokens of one tenant behind one lock must
+not hold every worker. The connect page and the deletion wait for it. A rotated token is written to the
+Secret before anything else happens with it (validation included); if that write fails, the token is kept
+in memory and written on the next attempt.
 
 This module is the room's entry: kopf's handlers, the work queue, the connect page and the Secret watch call
 it. The work is in the parts next to it, which share one Context (context.py): a maintenance pass
@@ -43,7 +46,6 @@ from workspace_secrets.runtime.errors import RetryLater
 from workspace_secrets.runtime.events import EventRecorder
 from workspace_secrets.runtime.kube import Kube, group_path
 from workspace_secrets.runtime.metrics import RECONCILE_DURATION, RECONCILES, TOKENS
-from workspace_secrets.runtime.signing import Signer
 from workspace_secrets.user_keys.service import UserKeys
 from workspace_secrets.user_token.cleanup import finalize_locked
 from workspace_secrets.user_token.connect import Connect, ConnectResult, NotAllowed, TokenSummary
@@ -52,11 +54,14 @@ from workspace_secrets.user_token.maintenance import Pass
 from workspace_secrets.user_token import policy
 from workspace_secrets.user_token.policy import Phase
 
+#: Seconds after which a queued pass that found its lock busy is tried again.
+BUSY_RETRY = 1.0
+
 __all__ = ["ConnectResult", "ConnectSettings", "NotAllowed", "ProblemFound", "RetryLater", "TokenSummary", "UserTokenController"]
 
 
 class UserTokenController:
-    def __init__(self, kube: Kube, events: EventRecorder, providers: ProviderCache, signer: Signer,
+    def __init__(self, kube: Kube, events: EventRecorder, providers: ProviderCache,
                  pending: PendingAuthorizations, settings: ConnectSettings, *,
                  namespaces: tuple[str, ...] = (), operator_namespace: str = "workspace-secrets-system",
                  user_keys: UserKeys | None = None, schedule: Callable[[str, str, float], None] | None = None,
@@ -65,9 +70,6 @@ class UserTokenController:
                             operator_namespace=operator_namespace, namespaces=namespaces, clock=clock)
         if schedule is not None:
             self._ctx.schedule = schedule
-        self._providers = providers
-        self._signer = signer
-        self.settings = settings
         self._connect = Connect(self._ctx, pending, lambda namespace, name: self.maintain(namespace, name))
         self._counted: set[tuple[str, str]] = set()  # (provider, state) pairs the TOKENS gauge has shown
         # hash(policy.essence(body)) of each UserToken as last seen: a watch event with the same essence only
@@ -81,6 +83,11 @@ class UserTokenController:
     def refreshes(self) -> int:
         """Refresh calls made (for tests)."""
         return self._ctx.memory.refreshes
+
+    def forget_passes(self) -> None:
+        """This replica became the active one (again): the next pass of every token counts as a first one, so
+        refreshes that fell due while it was a standby are spread, not all made in the same second."""
+        self._passed.clear()
 
     # --- triggers ------------------------------------------------------------------------------------------
     def wake(self, namespace: str, name: str) -> None:
@@ -125,7 +132,15 @@ class UserTokenController:
         key = (namespace, name)
         just_started = key not in self._passed
         self._passed.add(key)
-        delay, result = await self._measured(namespace, name, just_started)
+        delay, result = await self._measured(namespace, name, just_started, wait=False)
+        if result == "busy":
+            # Another operation on this (namespace, user, application) holds the lock. A worker never waits for
+            # it -- many tokens behind one lock would hold every worker of the pool -- but comes back shortly.
+            # No pass was made: the next one is still the first, if this one would have been.
+            if just_started:
+                self._passed.discard(key)
+            self._ctx.schedule(namespace, name, BUSY_RETRY)
+            return
         if result == "gone":
             self._passed.discard(key)
             return
@@ -136,12 +151,13 @@ class UserTokenController:
         delay, _ = await self._measured(namespace, name, just_started)
         return delay
 
-    async def _measured(self, namespace: str, name: str, just_started: bool) -> tuple[float | None, str]:
-        """One pass, counted in RECONCILES (success | problem | retry | error | gone) and timed; a cancelled one is not."""
+    async def _measured(self, namespace: str, name: str, just_started: bool, *, wait: bool = True) -> tuple[float | None, str]:
+        """One pass, counted in RECONCILES (success | problem | retry | error | gone) and timed; a cancelled one is
+        not, nor one that did not start because the lock was busy ("busy": only when `wait` is false)."""
         started = time.perf_counter()
         result = "error"
         try:
-            delay, result = await self._maintain(namespace, name, just_started)
+            delay, result = await self._maintain(namespace, name, just_started, wait=wait)
             return delay, result
         except RetryLater:
             result = "retry"
@@ -150,11 +166,11 @@ class UserTokenController:
             result = ""
             raise
         finally:
-            if result:
+            if result and result != "busy":
                 RECONCILES.labels(kind=c.USER_TOKEN_KIND, result=result).inc()
                 RECONCILE_DURATION.labels(kind=c.USER_TOKEN_KIND).observe(time.perf_counter() - started)
 
-    async def _maintain(self, namespace: str, name: str, just_started: bool) -> tuple[float | None, str]:
+    async def _maintain(self, namespace: str, name: str, just_started: bool, *, wait: bool) -> tuple[float | None, str]:
         body = await self._ctx.kube.get(ut_path(namespace, name))
         if body is None or body["metadata"].get("deletionTimestamp"):
             return None, "gone"
@@ -165,7 +181,10 @@ class UserTokenController:
                 Condition(c.CONDITION_READY, False, "InvalidSpec", str(exc)),
                 Condition(c.CONDITION_AUTHORIZED, False, "InvalidSpec", str(exc))])
             return None, "problem"
-        async with self._ctx.lock(ut.provider_key):
+        lock = self._ctx.lock(ut.provider_key)
+        if not wait and lock.locked():
+            return None, "busy"
+        async with lock:
             # Shielded: a refresh must not be cut between spending the refresh token and saving the new one.
             return await asyncio.shield(self._maintain_locked(namespace, name, just_started))
 
@@ -247,6 +266,8 @@ class UserTokenController:
         try:
             ut = UserToken.from_body(body)
         except SpecError:
+            self._ctx.memory.forget((body.get("metadata") or {}).get("uid", ""))
             return  # nothing was ever connected; the Secret, if any, goes with its ownerReference
         async with self._ctx.lock(ut.provider_key):
             await asyncio.shield(finalize_locked(self._ctx, body, ut))
+        self._ctx.memory.forget(ut.uid)  # cleaned up: nothing kept about the token (a device code among it)

@@ -16,7 +16,6 @@ from workspace_secrets.api import constants as c
 from workspace_secrets.api.user_token import UserToken
 from workspace_secrets.api.conditions import Condition, Problem
 from workspace_secrets.oauth.protocol import GitAccess, TokenSet
-from workspace_secrets.user_keys.policy import is_operator_user_key  # noqa: F401  (the key a UserToken may upload)
 
 SECRET_TYPE = "Opaque"
 

@@ -29,7 +29,6 @@ from workspace_secrets.runtime.kube import Kube, core_path, group_path
 from workspace_secrets.runtime.metrics import RECONCILE_DURATION, RECONCILES
 from workspace_secrets.user_keys.naming import is_reserved_secret_name
 from workspace_secrets.user_keys.service import UserKeys
-from workspace_secrets.user_keys.sshkeys import SSHKeyPair
 from workspace_secrets.workspace_secret import policy
 from workspace_secrets.workspace_secret.binding import ObjectGone, bind
 from workspace_secrets.workspace_secret.keys import Keys
@@ -230,7 +229,3 @@ class WorkspaceSecretController:
             # would put kopf's finalizer on every unbound object and block its deletion while the operator is down).
             self._schedule(ws.namespace, ws.name, policy.bind_recheck_delay(body["metadata"].get("creationTimestamp"), self._clock()))
         return "problem" if problem or credential_problems else "success"
-
-    async def _existing_key(self, ws: WorkspaceSecret) -> tuple[SSHKeyPair | None, Problem | None]:
-        """A brought key (spec.ssh.existingSecretRef): see keys.Keys.brought."""
-        return await self._keys.brought(ws)
