@@ -5,7 +5,7 @@ VENV   ?= .venv
 PYTHON ?= python3
 BIN    := $(VENV)/bin
 
-.PHONY: run test unit e2e lint audit venv tools system-deps node-deps clean chart-crds helm-e2e bench
+.PHONY: run test unit e2e lint audit venv tools system-deps node-deps node-images clean chart-crds helm-e2e bench
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml tools/pyproject.toml
@@ -44,10 +44,16 @@ audit: venv
 unit: venv
 	$(BIN)/pytest tests/unit
 
-e2e: venv system-deps tools
+# The node's images, built before pytest (when root: the node needs it) so a cold build (debootstrap, pip) is
+# not inside a test's timeout.
+node-images: venv tools
+	@if [ "$$(id -u)" -eq 0 ]; then $(BIN)/python -m devcluster.images build all >/dev/null; \
+	else echo "not root: no local node, not building its images" >&2; fi
+
+e2e: venv system-deps tools node-images
 	$(BIN)/pytest tests/e2e
 
-test: venv system-deps tools lint
+test: venv system-deps tools lint node-images
 	$(BIN)/pytest tests
 
 # The Helm chart ships byte-for-byte copies of crds/ (tests/unit/test_chart_crds_in_sync.py checks it).

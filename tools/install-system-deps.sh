@@ -3,7 +3,7 @@
 # PostgreSQL 15's server binaries (initdb, pg_ctl) for the throwaway cluster of the PostgreSQL provider's tests.
 # Chromium and its WebDriver for the connect page driven in a real (headless) browser. The local cluster's
 # node (tools/devcluster/node.py): containerd 1.6, runc (crun refuses these hosts' hybrid cgroups), the CNI
-# plugins, iptables (kube-proxy, the node's guard chains) and conntrack (kube-proxy clears stale UDP entries);
+# plugins, iproute2 (the bridge), iptables (kube-proxy, the node's guard chains) and conntrack (kube-proxy clears stale UDP entries);
 # debootstrap for the node's images (tools/devcluster/images.py). Then the npm packages of the test OAuth server
 # (tests/e2e/oauth_server: panva's oidc-provider), from its lock file.
 # Installs only what is missing; needs root (CI runs as root) or passwordless sudo.
@@ -12,6 +12,11 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # `install-system-deps.sh node`: only what the local node needs (`make run`).
 only_node=false
 [ "${1:-}" = node ] && only_node=true
+if $only_node && [ "$(id -u)" -ne 0 ]; then
+  # The node runs only as root; `make run` without root starts a cluster without a node.
+  echo "install-system-deps.sh node: not root, skipping the local node's packages (the cluster runs without a node)" >&2
+  exit 0
+fi
 need=()
 if ! $only_node; then
   command -v ssh-keygen >/dev/null || need+=(openssh-client)
@@ -25,6 +30,7 @@ fi
 [ -x /usr/bin/containerd ] || need+=(containerd)
 [ -x /usr/sbin/runc ] || need+=(runc)
 [ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
+[ -x /usr/sbin/ip ] || need+=(iproute2)
 [ -x /usr/sbin/iptables ] || need+=(iptables)
 [ -x /usr/sbin/conntrack ] || need+=(conntrack)
 [ -x /usr/sbin/debootstrap ] || need+=(debootstrap)

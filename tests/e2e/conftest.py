@@ -50,6 +50,10 @@ OPERATOR_KUBECONFIG_ENV = "WSO_E2E_OPERATOR_KUBECONFIG"
 #: Helm chart's own --providers-config/--operator-namespace (tests/e2e/test_helm.py).
 OPERATOR_EXTRA_ARGS_ENV = "WSO_E2E_OPERATOR_EXTRA_ARGS"
 
+#: How long a node fixture waits for the machine's node lock (devcluster.node.NODE_WAIT_ENV; its default, 1800 s,
+#: is longer than a test's timeout): a node held elsewhere gives the lock's clear error, not a pytest timeout.
+os.environ.setdefault("WSO_NODE_WAIT", "300")
+
 _BIN_DIR_KEY = pytest.StashKey[Path]()
 _CLUSTER_KEY = pytest.StashKey["Cluster"]()
 _STARTUP_KEY = pytest.StashKey[dict[str, float]]()

@@ -7,8 +7,9 @@ If these fail, the real-node e2e failures (test_real_node.py) are about the envi
   output is read through the API server's `logs` and `exec` paths (API server -> kubelet, verified TLS).
 * A pod reaches the API server through the `kubernetes` Service's ClusterIP (kube-proxy) with its mounted
   ServiceAccount token, verifying the serving certificate with the mounted CA.
-* A pod reaches a server on the node IP, and cannot reach an address off the machine: the guard chain's drop
-  counter shows the packet was stopped on the machine.
+* A pod reaches a server on the node IP, and cannot reach an address off the machine (a documentation address,
+  TEST-NET-2, on none of this machine's networks): the guard chain's drop counter shows the packet was stopped
+  on the machine. Nor does it reach a server listening on 0.0.0.0 through another of the host's addresses.
 * Stopping the node puts the machine back (bridge, iptables chains, sysctls, mounts, cgroups, work directory), and
   a node whose launcher was killed is torn down by the next start.
 
@@ -27,7 +28,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,6 +42,7 @@ from devcluster.controlplane import (
     resolve_bin_dir,
 )
 from devcluster.host import mountpoints_under, read_sysctl
+from helpers import wait_for
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="the local node needs root"),
@@ -67,17 +68,6 @@ class NodeCluster:
         return json.loads(self.kubectl(*args, "-o", "json"))
 
 
-def _wait(probe, *, timeout: float, what: str, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
-
-
 def _pod(name: str, script: str, *, token: bool = False) -> str:
     return json.dumps({
         "apiVersion": "v1",
@@ -101,7 +91,7 @@ def _run_pod(cluster: NodeCluster, namespace: str, name: str, script: str, *, to
              timeout: float = 90) -> tuple[str, str]:
     """Run a pod to completion; its phase and log (read through the API server from the kubelet)."""
     cluster.kubectl("-n", namespace, "apply", "-f", "-", input=_pod(name, script, token=token))
-    phase = _wait(
+    phase = wait_for(
         lambda: cluster.json("-n", namespace, "get", "pod", name)["status"].get("phase") in ("Succeeded", "Failed")
         and cluster.json("-n", namespace, "get", "pod", name)["status"]["phase"],
         timeout=timeout, what=f"pod {name} to finish",
@@ -125,7 +115,7 @@ def node_cluster() -> Iterator[NodeCluster]:
 def node_namespace(node_cluster: NodeCluster) -> str:
     name = "node-smoke"
     node_cluster.kubectl("create", "namespace", name)
-    _wait(lambda: node_cluster.kubectl("-n", name, "get", "serviceaccount", "default", check=False),
+    wait_for(lambda: node_cluster.kubectl("-n", name, "get", "serviceaccount", "default", check=False),
           timeout=30, what="the default ServiceAccount")
     return name
 
@@ -152,12 +142,12 @@ def test_a_pod_runs_and_its_output_is_read_through_logs_and_exec(node_cluster: N
     ns = node_namespace
     node_cluster.kubectl("-n", ns, "apply", "-f", "-", input=_pod(
         "runner", "echo started-$(id -u)-$(cat /etc/debian_version | cut -d. -f1); exec sleep 3600"))
-    _wait(lambda: node_cluster.json("-n", ns, "get", "pod", "runner")["status"].get("phase") == "Running",
+    wait_for(lambda: node_cluster.json("-n", ns, "get", "pod", "runner")["status"].get("phase") == "Running",
           timeout=90, what="pod runner to run")
     pod = node_cluster.json("-n", ns, "get", "pod", "runner")
     assert pod["spec"]["nodeName"] == node.NODE_NAME  # placed by the scheduler
     assert re.fullmatch(r"10\.202\.0\.\d+", pod["status"]["podIP"]), pod["status"]["podIP"]
-    logs = _wait(lambda: node_cluster.kubectl("-n", ns, "logs", "runner"), timeout=30, what="the pod's log")
+    logs = wait_for(lambda: node_cluster.kubectl("-n", ns, "logs", "runner"), timeout=30, what="the pod's log")
     assert logs.strip() == "started-1000-12"  # the image's user (coder, 1000), Debian 12
     out = node_cluster.kubectl("-n", ns, "exec", "runner", "--", "sh", "-c", "echo exec-$((6 * 7)); hostname")
     assert out.split() == ["exec-42", "runner"]
@@ -195,21 +185,33 @@ class _Hello(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def _forward_drops() -> int:
-    """Packets the guard chain dropped on their way from the pods' bridge to anywhere else."""
-    out = subprocess.run(["iptables", "-w", "5", "-t", "mangle", "-L", network.FORWARD_CHAIN, "-v", "-x", "-n"],
+def _drops(chain: str) -> int:
+    """Packets the guard chain dropped that came from the pods' bridge to any other destination."""
+    out = subprocess.run(["iptables", "-w", "5", "-t", "mangle", "-L", chain, "-v", "-x", "-n"],
                          capture_output=True, text=True, check=True).stdout
     for line in out.splitlines():
         cols = line.split()
-        if len(cols) >= 7 and cols[2] == "DROP" and cols[5] == network.BRIDGE and cols[6] == "*":
+        if (len(cols) >= 9 and cols[2] == "DROP" and cols[5] == network.BRIDGE and cols[6] == "*"
+                and cols[8] == "0.0.0.0/0"):
             return int(cols[0])
     raise AssertionError(f"no drop rule for packets from {network.BRIDGE} in:\n{out}")
 
 
-def _default_gateway() -> str:
-    routes = json.loads(subprocess.run(["ip", "-j", "route", "show", "default"], capture_output=True, text=True,
-                                       check=True).stdout or "[]")
-    return routes[0]["gateway"] if routes and "gateway" in routes[0] else "192.0.2.1"
+#: TEST-NET-2 (RFC 5737): a documentation address, on none of this machine's networks (eth0 is in TEST-NET-1).
+OFF_MACHINE: str = "198.51.100.1"
+
+
+def _host_address() -> str:
+    """One of the host's own IPv4 addresses other than loopback and the node's (eth0's)."""
+    links = json.loads(subprocess.run(["ip", "-j", "addr", "show"], capture_output=True, text=True,
+                                      check=True).stdout or "[]")
+    for link in links:
+        if link.get("ifname") in ("lo", network.BRIDGE):
+            continue
+        for addr in link.get("addr_info", []):
+            if addr.get("family") == "inet":
+                return addr["local"]
+    pytest.skip("this machine has no IPv4 address besides loopback and the node's")
 
 
 def test_a_pod_reaches_the_node_ip_but_nothing_off_the_machine(node_cluster: NodeCluster, node_namespace: str) -> None:
@@ -217,8 +219,13 @@ def test_a_pod_reaches_the_node_ip_but_nothing_off_the_machine(node_cluster: Nod
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         port = server.server_address[1]
-        outside = [_default_gateway(), "1.1.1.1"]
-        before = _forward_drops()
+        assert not any(ipaddress.ip_address(OFF_MACHINE) in ipaddress.ip_network(f"{a['local']}/{a['prefixlen']}",
+                                                                                   strict=False)
+                       for link in json.loads(subprocess.run(["ip", "-j", "addr", "show"], capture_output=True,
+                                                             text=True, check=True).stdout)
+                       for a in link.get("addr_info", []) if a.get("family") == "inet"), "TEST-NET-2 is local here"
+        outside = [OFF_MACHINE]
+        before = _drops(network.FORWARD_CHAIN)
         script = textwrap.dedent(f"""\
             curl -sS --max-time 10 http://{node.NODE_IP}:{port}/
             for addr in {' '.join(outside)}; do
@@ -236,7 +243,33 @@ def test_a_pod_reaches_the_node_ip_but_nothing_off_the_machine(node_cluster: Nod
     assert phase == "Succeeded", log
     assert log.splitlines() == ["hello-from-the-node-ip", *(f"unreachable {a}" for a in outside)]
     # Stopped by the guard on this machine (not merely unanswered somewhere else).
-    assert _forward_drops() > before
+    assert _drops(network.FORWARD_CHAIN) > before
+
+
+def test_a_pod_does_not_reach_the_hosts_other_addresses(node_cluster: NodeCluster, node_namespace: str) -> None:
+    """A server on 0.0.0.0 (as many development servers are) is not the pods' to reach through eth0's address."""
+    host = _host_address()
+    server = http.server.ThreadingHTTPServer(("0.0.0.0", 0), _Hello)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        before = _drops(network.INPUT_CHAIN)
+        script = textwrap.dedent(f"""\
+            curl -sS --max-time 10 http://{node.NODE_IP}:{port}/
+            if curl -sS --connect-timeout 3 --max-time 4 -o /dev/null http://{host}:{port}/ 2>/dev/null; then
+              echo "reached {host}"
+            else
+              echo "unreachable {host}"
+            fi
+            """)
+        phase, log = _run_pod(node_cluster, node_namespace, "host-probe", script)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert phase == "Succeeded", log
+    # The same listener answers on the node IP: only the other address is refused.
+    assert log.splitlines() == ["hello-from-the-node-ip", f"unreachable {host}"]
+    assert _drops(network.INPUT_CHAIN) > before
 
 
 def test_a_service_reaches_its_pod_from_a_pod_and_from_the_api_server(
@@ -254,7 +287,7 @@ def test_a_service_reaches_its_pod_from_a_pod_and_from_the_api_server(
         "apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
         "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
     }))
-    _wait(lambda: node_cluster.json("-n", ns, "get", "pod", "web")["status"].get("podIP")
+    wait_for(lambda: node_cluster.json("-n", ns, "get", "pod", "web")["status"].get("podIP")
           and node_cluster.kubectl("-n", ns, "get", "endpointslices", "-l", "kubernetes.io/service-name=web",
                                    "-o", "jsonpath={.items[*].endpoints[*].conditions.ready}") == "true",
           timeout=90, what="the web Service's endpoint to be ready")
@@ -272,6 +305,7 @@ def test_stop_puts_the_machine_back(node_cluster: NodeCluster, node_namespace: s
     assert node_cluster.json("-n", node_namespace, "get", "pod", "runner")["status"]["phase"] == "Running"
     workdir = plane.workdir
     saved = node.NodeState.from_record(plane._require()).sysctls
+    run_id = plane._require().run_id
     plane.stop()
     assert not workdir.exists()
     assert not mountpoints_under(workdir)
@@ -280,7 +314,9 @@ def test_stop_puts_the_machine_back(node_cluster: NodeCluster, node_namespace: s
     assert {name: read_sysctl(name) for name in saved} == saved
     assert not list(Path("/run/netns").glob("cni-*"))  # (an absent directory globs to nothing)
     assert not list(Path("/sys/fs/cgroup").glob(f"*/{node.CGROUP_PARENT}/*/cgroup.procs"))
-    assert not (node.machine_dir() / "node.json").exists()
+    # Our run no longer holds the machine (another launcher waiting for the lock may have claimed it since).
+    left = node._read_record(node.machine_dir() / "node.json")
+    assert left is None or left.run_id != run_id
 
 
 _LAUNCHER = """

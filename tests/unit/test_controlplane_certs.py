@@ -144,7 +144,7 @@ def _subject(cert: x509.Certificate) -> tuple[str, list[str]]:
 
 
 def test_with_a_node_the_apiserver_serves_the_node_ip_too(node_pki: PKI) -> None:
-    # Pods reach the API server through the `kubernetes` Service (10.0.0.1) whose endpoint is the node IP.
+    # Pods reach the API server through the `kubernetes` Service (KUBERNETES_SERVICE_IP) whose endpoint is the node IP.
     _, ips = _sans(node_pki.apiserver.cert)
     assert {"127.0.0.1", KUBERNETES_SERVICE_IP, NODE_IP} <= ips
 

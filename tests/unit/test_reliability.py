@@ -272,3 +272,39 @@ def test_the_workers_flag_says_it_also_bounds_user_token_passes():
     run = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction)).choices["run"]
     (workers,) = [a for a in run._actions if "--workers" in a.option_strings]
     assert "WorkspaceSecret" in workers.help and "UserToken" in workers.help
+
+
+def test_a_node_refuses_to_start_over_another_kube_proxys_chains(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """KUBE-* chains with no bridge of ours are another kube-proxy's (k3s, kubeadm): never removed, start refused."""
+    from devcluster import network, node
+
+    calls: list[str] = []
+    monkeypatch.setattr(network, "bridge_exists", lambda: False)
+    monkeypatch.setattr(network, "kube_chains", lambda: ["KUBE-SERVICES", "WSO-NODE-INPUT"])
+    monkeypatch.setattr(network, "cleanup_kube_proxy_remains", lambda *a: calls.append("cleanup") or [])
+    monkeypatch.setattr(network, "teardown", lambda: calls.append("teardown") or [])
+    with pytest.raises(ControlPlaneError, match="another kube-proxy runs on this machine.*KUBE-SERVICES"):
+        node.clear_leftovers(tmp_path)
+    assert calls == []
+    # Our own bridge left behind by a killed launcher: the chains are ours, cleaned up.
+    monkeypatch.setattr(network, "bridge_exists", lambda: True)
+    node.clear_leftovers(tmp_path)
+    assert calls == ["cleanup", "teardown"]
+    # Nothing at all: only our (idempotent) network teardown.
+    calls.clear()
+    monkeypatch.setattr(network, "bridge_exists", lambda: False)
+    monkeypatch.setattr(network, "kube_chains", lambda: ["WSO-NODE-INPUT"])
+    node.clear_leftovers(tmp_path)
+    assert calls == ["teardown"]
+
+
+def test_the_node_guard_admits_from_the_pods_only_the_node_ip_and_gateway() -> None:
+    from devcluster import network
+
+    rules = network._input_rules()
+    from_bridge = [r for r in rules if r[:2] == ["-i", network.BRIDGE]]
+    assert from_bridge == [
+        ["-i", network.BRIDGE, "-d", network.NODE_IP, "-j", "RETURN"],
+        ["-i", network.BRIDGE, "-d", network.POD_GATEWAY, "-j", "RETURN"],
+        ["-i", network.BRIDGE, "-j", "DROP"],
+    ]

@@ -54,6 +54,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath as PurePosix
 from typing import Any, BinaryIO, Final
 
+from .records import _atomic_write
+
 REPO_ROOT: Final = Path(__file__).resolve().parents[2]
 
 # The image references: stable names the node's containerd, the chart's values and the tests use. A new build
@@ -676,12 +678,6 @@ class CachedLayer:
         _atomic_write(meta, json.dumps({"digest": blob.digest, "size": blob.size, "diff_id": blob.diff_id}))
         _log(f"packed the {self.name} layer: {blob.size / 1e6:.1f} MB in {time.monotonic() - started:.1f}s")
         return blob
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.rename(path)
 
 
 def _require_root() -> None:

@@ -13,7 +13,12 @@ Nothing leaves the machine:
   as it is), so a pod can reach another pod through a Service; two mangle-table chains, ahead of everything
   kube-proxy installs, drop every forwarded packet that enters or leaves through another interface, and every
   packet for the node's addresses (or from the pod range) that arrives from anywhere but loopback or the
-  bridge (the kernel would otherwise accept them on eth0: "weak host" model).
+  bridge (the kernel would otherwise accept them on eth0: "weak host" model). From the bridge, the host accepts
+  only packets for the node IP and the pods' gateway: pods do not reach what the host serves on its other
+  addresses (eth0's, through a 0.0.0.0 listener).
+* The Service range (pki.SERVICE_CLUSTER_IP_RANGE) is checked unused and routed to the bridge while the node
+  runs: a ClusterIP kube-proxy has not (yet) redirected stays on the machine instead of following the default
+  route.
 * IPv6 is disabled on the bridge.
 
 Everything here is created by :func:`setup` and removed by :func:`teardown`, which is idempotent and is also run
@@ -31,6 +36,7 @@ from typing import Final
 from .binaries import SYSTEM_BINARIES
 from .errors import ControlPlaneError
 from .host import write_sysctl
+from .pki import SERVICE_CLUSTER_IP_RANGE
 
 #: The node's address, on the bridge. Private, unlikely to be in use; checked at setup.
 NODE_IP: Final = "10.201.0.1"
@@ -66,8 +72,9 @@ def bridge_exists() -> bool:
 
 
 def check_addresses_free() -> None:
-    """Refuse to start when the node's addresses or the pod range are already used on this machine."""
-    ours = [ipaddress.ip_network(f"{NODE_IP}/32"), ipaddress.ip_network(POD_CIDR)]
+    """Refuse to start when the node's addresses, the pod range or the Service range are already used here."""
+    ours = [ipaddress.ip_network(f"{NODE_IP}/32"), ipaddress.ip_network(POD_CIDR),
+            ipaddress.ip_network(SERVICE_CLUSTER_IP_RANGE)]
     clashes: list[str] = []
     for link in json.loads(_ip("-j", "addr", "show").stdout or "[]"):
         if link.get("ifname") == BRIDGE:
@@ -87,14 +94,17 @@ def check_addresses_free() -> None:
             clashes.append(f"route {dst} via {route.get('dev')}")
     if clashes:
         raise ControlPlaneError(
-            f"the node's addresses ({NODE_IP}, {POD_CIDR}) clash with this machine's: {'; '.join(clashes)}"
+            f"the node's addresses ({NODE_IP}, {POD_CIDR}, {SERVICE_CLUSTER_IP_RANGE}) clash with this machine's: {'; '.join(clashes)}"
         )
 
 
 def _input_rules() -> list[list[str]]:
     return [
         ["-i", "lo", "-j", "RETURN"],
-        ["-i", BRIDGE, "-j", "RETURN"],
+        # From the pods: the node IP (API server, kubelet, test backends) and the gateway only.
+        ["-i", BRIDGE, "-d", NODE_IP, "-j", "RETURN"],
+        ["-i", BRIDGE, "-d", POD_GATEWAY, "-j", "RETURN"],
+        ["-i", BRIDGE, "-j", "DROP"],
         ["-d", NODE_IP, "-j", "DROP"],
         ["-d", POD_GATEWAY, "-j", "DROP"],
         ["-s", POD_CIDR, "-j", "DROP"],
@@ -120,6 +130,8 @@ def setup() -> None:
     if not write_sysctl(f"net/ipv4/conf/{BRIDGE}/forwarding", "1"):
         raise ControlPlaneError(f"could not enable forwarding on {BRIDGE}")
     _ip("link", "set", BRIDGE, "up")
+    # Goes with the bridge at teardown.
+    _ip("route", "add", SERVICE_CLUSTER_IP_RANGE, "dev", BRIDGE, "src", POD_GATEWAY)
     for chain, hook, rules in ((INPUT_CHAIN, "INPUT", _input_rules()), (FORWARD_CHAIN, "FORWARD", _forward_rules())):
         _iptables("-t", _TABLE, "-N", chain)
         for rule in rules:
@@ -159,8 +171,9 @@ def cleanup_kube_proxy_remains(kube_proxy: str | None) -> list[str]:
     """Remove what kube-proxy and the kubelet leave in the host's tables.
 
     ``kube-proxy --cleanup`` removes its service chains; ``KUBE-FIREWALL`` and the kubelet's
-    ``KUBE-KUBELET-CANARY``/``KUBE-IPTABLES-HINT`` survive it. Runs only under the node lock: no other kubelet
-    or kube-proxy runs on this machine then, so every ``KUBE-*`` chain is the node's.
+    ``KUBE-KUBELET-CANARY``/``KUBE-IPTABLES-HINT`` survive it. Called only for a node that was ours (our bridge
+    exists or our record says its network was up); a node never starts while ``KUBE-*`` chains of another
+    kube-proxy exist (:func:`foreign_kube_chains`), so the chains are the node's.
     """
     problems: list[str] = []
     if kube_proxy:
@@ -188,6 +201,14 @@ def _remove_kube_chains(tool: str, table: str) -> list[str]:
         _iptables("-t", table, "-F", chain, check=False, tool=tool)
     return [f"{tool} chain {table}/{chain}" for chain in chains
             if _iptables("-t", table, "-X", chain, check=False, tool=tool).returncode]
+
+
+def foreign_kube_chains() -> list[str]:
+    """Before a start, with no node of ours recorded and no bridge: ``KUBE-*`` chains belong to another
+    kube-proxy/kubelet (k3s, kubeadm) that the node would break. Empty when there are none."""
+    if bridge_exists():
+        return []
+    return [c for c in kube_chains() if c.startswith("KUBE-")]
 
 
 def kube_chains() -> list[str]:

@@ -590,11 +590,12 @@ def teardown_node(record: RunRecord, timeout: float = 10.0) -> list[str]:
     if busy:
         problems.append(f"container processes still running in {', '.join(busy[:3])}")
     _terminate([p for p in node_procs if p.name == "containerd"], record.workdir, timeout)
-    shims = [ProcessRecord("containerd-shim", pid, SHIM_BINARY) for pid in processes_of(SHIM_BINARY, record.workdir)]
+    shims = [ProcessRecord("containerd-shim", pid, SHIM_BINARY) for pid in processes_of(SHIM_BINARY, str(paths.root))]
     _terminate(shims, record.workdir, timeout=3)
     # Containers whose shim outlived containerd may only now be gone from their cgroups.
     _kill_containers(ids, timeout=3)
-    still = unmount_under(record.workdir)
+    # The node's own root only: the work directory may be a user's (--workdir /tmp).
+    still = unmount_under(str(paths.root))
     if still:
         problems.append(f"still mounted: {', '.join(still[:5])}")
     problems += _remove_cgroups(ids, state.cgroups_created)
@@ -625,10 +626,18 @@ def _report(problems: list[str]) -> None:
 
 
 def clear_leftovers(node_bin_dir: Path) -> None:
-    """Before a node starts (lock held, no active node): remove fixed-name remains no record accounts for."""
-    kube_proxy = node_bin_dir / "kube-proxy"
-    if network.bridge_exists() or network.kube_chains():
-        network.cleanup_kube_proxy_remains(str(kube_proxy))
+    """Before a node starts (lock held, no active node; a dead one's record was torn down by claim_machine):
+    remove fixed-name remains of ours no record accounts for (our bridge exists: a launcher killed before it
+    wrote the record). ``KUBE-*`` chains without our bridge are another kube-proxy's: refuse to start."""
+    foreign = network.foreign_kube_chains()
+    if foreign:
+        raise ControlPlaneError(
+            "another kube-proxy runs on this machine (iptables chains "
+            f"{', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''} exist and no node of ours accounts for "
+            "them): the local node would break it. Stop it (k3s, kubeadm, ...) or run without --node."
+        )
+    if network.bridge_exists():
+        network.cleanup_kube_proxy_remains(str(node_bin_dir / "kube-proxy"))
     network.teardown()
 
 

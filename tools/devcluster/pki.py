@@ -34,9 +34,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from workspace_secrets.runtime import pki as x509_pki
 
 CONTEXT_NAME: Final = "wso-local"
-SERVICE_CLUSTER_IP_RANGE: Final = "10.0.0.0/24"
+#: Private and next to the node's other ranges (network.py checks it is unused and routes it to the bridge).
+SERVICE_CLUSTER_IP_RANGE: Final = "10.203.0.0/24"
 #: First address of the service range: the ``kubernetes.default`` Service's ClusterIP.
-KUBERNETES_SERVICE_IP: Final = "10.0.0.1"
+KUBERNETES_SERVICE_IP: Final = "10.203.0.1"
 APISERVER_DNS_NAMES: Final = (
     "localhost",
     "kubernetes",
