@@ -543,7 +543,7 @@ class Bench:
         names = [f"ws-{i:04d}" for i in range(n)]
         self.pods(ns, names, "credentials", [f"cred-{name}" for name in names])
         ready, secrets = self.ws_recorder(ns), self.secret_recorder(ns)
-        creds = [{"name": "kube", "provider": PROVIDER_NAME, "parameters": {"serviceAccount": SERVICE_ACCOUNT, "expirationSeconds": "3600"}}]
+        creds = [{"name": "kube", "provider": PROVIDER_NAME, "lifecycle": "WhileExists", "parameters": {"serviceAccount": SERVICE_ACCOUNT, "expirationSeconds": "3600"}}]
         start = time.monotonic()
         self.create_all([(k.ws_path(ns), k.workspace_secret(name, f"cred-{name}", name, "credentials", credentials=creds)) for name in names])
         self.wait_all(ready, "ready", {f"{ns}/{x}" for x in names}, timeout=120 + n, what="Ready with a token")

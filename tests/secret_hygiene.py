@@ -46,6 +46,9 @@ PUBLIC_SECRET_KEYS: Final = frozenset({
     "ssh-publickey", "known_hosts", "GIT_SSH_COMMAND",
     # UserToken Secrets: metadata shown in status too (expiry time, token type, login name, Vault address).
     "expires-at", "token-type", "git-username", "vault-addr",
+    # Workspace Secrets with user tokens: the env that names files and addresses, and gh's fixed config.yml.
+    "GIT_CONFIG_COUNT", "GIT_CONFIG_KEY_0", "GIT_CONFIG_VALUE_0", "GH_CONFIG_DIR", "GLAB_CONFIG_DIR", "VAULT_ADDR",
+    "tool.gh.config.yml",
 })
 
 
@@ -53,7 +56,7 @@ def is_public_key(key: str) -> bool:
     """Public by design: the entries above, and credential identifiers ("aws.AWS_ACCESS_KEY_ID")."""
     return key in PUBLIC_SECRET_KEYS or (
         "." in key and not key.startswith("user.") and key.rsplit(".", 1)[1] in PUBLIC_CREDENTIAL_FIELDS
-    )
+    ) or (key.startswith("token.") and key.rsplit(".", 1)[1] in ("expires-at", "token-type", "git-username"))
 #: Shorter values are too likely to occur by chance ("true", a user name) to be searched for.
 MIN_VALUE_CHARS: Final = 12
 #: Lines of multi-line values must be longer than this to be searched for on their own.

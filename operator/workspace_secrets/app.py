@@ -53,6 +53,7 @@ from workspace_secrets.user_token import policy as user_token_policy
 from workspace_secrets.user_token.connect_page.server import ConnectServer, WebSettings, serve
 from workspace_secrets.user_token.controller import ConnectSettings, UserTokenController
 from workspace_secrets.workspace_secret.controller import WorkspaceSecretController
+from workspace_secrets.workspace_secret.pods import has_gate
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,10 @@ log = logging.getLogger(__name__)
 #: retried every 10 s): a Kubernetes hiccup never delays a refresh by more.
 USER_TOKEN_MAX_BACKOFF = 10.0
 
-#: The UserToken controller's Secret watch: the users' SSH keys (uploaded) and the token Secrets (rewritten).
-USER_TOKEN_SECRETS_SELECTOR = f"{c.MANAGED_SELECTOR},{c.LABEL_COMPONENT} in ({c.COMPONENT_USER_SSH_KEY},{c.COMPONENT_USER_TOKEN})"
+#: The UserToken controller's Secret watch: the users' SSH keys and the workspace Secrets' keys (uploaded with
+#: addSSHKey), the token Secrets (rewritten).
+USER_TOKEN_SECRETS_SELECTOR = (f"{c.MANAGED_SELECTOR},{c.LABEL_COMPONENT} in "
+                               f"({c.COMPONENT_USER_SSH_KEY},{c.COMPONENT_USER_TOKEN},{c.COMPONENT_WORKSPACE_SECRET})")
 
 
 class App:
@@ -161,8 +164,13 @@ class App:
                         for path in paths]
         self.watches += [LabelSelectedWatch(kube, path, c.USER_SECRETS_SELECTOR, self._while_active(controller.user_secret_changed))
                          for path in paths]
+        # The workspaces' pods (labelled with a WorkspaceSecret): gated pods are released, WhileRunning credentials
+        # follow pods starting and stopping. Only labelled pods are sent; the handler costs no API call.
+        self.watches += [LabelSelectedWatch(kube, path, c.LABEL_WORKSPACE_SECRET, self._while_active(controller.pod_changed))
+                         for path in self._pod_paths()]
         self.tasks += [asyncio.create_task(w.run(), name=f"secret-watch {w}") for w in self.watches]
         self.tasks.append(asyncio.create_task(self._resync(), name="resync"))
+        self.tasks.append(asyncio.create_task(self._enqueue_gated_pods(), name="gated-pods"))
         if providers:
             self.tasks.append(asyncio.create_task(self._sweep(), name="orphan-sweep"))
 
@@ -261,6 +269,21 @@ class App:
             self.user_tokens.forget_passes()
         self.tasks.append(asyncio.create_task(self._enqueue_all(), name="resync-on-activation"))
         self.tasks.append(asyncio.create_task(self._enqueue_user_tokens(), name="user-tokens-on-activation"))
+        self.tasks.append(asyncio.create_task(self._enqueue_gated_pods(), name="gated-pods-on-activation"))
+
+    async def _enqueue_gated_pods(self) -> None:
+        """Once this replica is active: the pods waiting at the gate since before (the pod watch only sees
+        changes from now on), so that a WorkspaceSecret whose requirement was removed meanwhile still releases
+        them."""
+        await self.active.wait()
+        for path in self._pod_paths():
+            try:
+                async for page in self.kube.list_pages(path, label_selector=c.LABEL_WORKSPACE_SECRET):
+                    for pod in page:
+                        if has_gate(pod):
+                            await self.workspace_secrets.pod_changed("ADDED", pod)
+            except Exception as exc:  # noqa: BLE001 - the resync and the pod watch cover the rest
+                log.warning("listing gated pods failed: %s", exc)
 
     async def _enqueue_user_tokens(self) -> None:
         """Queue every UserToken once: after a takeover, what the previous active replica had scheduled is due here."""
@@ -328,6 +351,11 @@ class App:
         if self.config.clusterwide:
             return ["/api/v1/secrets"]
         return [f"/api/v1/namespaces/{ns}/secrets" for ns in self.config.namespaces]
+
+    def _pod_paths(self) -> list[str]:
+        if self.config.clusterwide:
+            return ["/api/v1/pods"]
+        return [f"/api/v1/namespaces/{ns}/pods" for ns in self.config.namespaces]
 
     def _workspace_secret_paths(self) -> list[str]:
         if self.config.clusterwide:

@@ -1004,7 +1004,7 @@ def anchors_of(api: Api, ns: str, ws: str) -> list[str]:
 
 
 def token_entry(provider: str, **params) -> list[dict]:
-    return [{"name": "kube", "provider": provider, "parameters": {"serviceAccount": "atk-ci", "audiences": TOKEN_AUDIENCE, **params}}]
+    return [{"name": "kube", "provider": provider, "lifecycle": "WhileExists", "parameters": {"serviceAccount": "atk-ci", "audiences": TOKEN_AUDIENCE, **params}}]
 
 
 def test_i10_a_provider_mints_only_for_whom_its_allow_rule_names(env):

@@ -7,6 +7,7 @@ import signal
 import time
 
 import pytest
+import yaml
 from botocore.exceptions import ClientError
 from helpers import Api, wait_for
 from kubernetes import client as k8s
@@ -55,7 +56,7 @@ def aws_identity(moto, key_id: str, secret: str) -> str:
 def test_kubernetes_token_works_while_the_workspace_lives_and_dies_with_it(api, cluster, namespace, wso_operator):
     api.core.create_namespaced_service_account(namespace, {"metadata": {"name": "ci-bot"}})
     api.create_ws(namespace, "tok", {"user": "alice", "workspaceRef": ref(), "credentials": [
-        {"name": "kube", "provider": "cluster-tokens", "parameters": {"serviceAccount": "ci-bot", "expirationSeconds": "3600"}}]})
+        {"name": "kube", "provider": "cluster-tokens", "lifecycle": "WhileExists", "parameters": {"serviceAccount": "ci-bot", "expirationSeconds": "3600"}}]})
     api.wait_condition(namespace, "tok")
     status = api.get_ws(namespace, "tok")["status"]
     entry = status["credentials"][0]
@@ -63,6 +64,11 @@ def test_kubernetes_token_works_while_the_workspace_lives_and_dies_with_it(api, 
     token = api.secret_data(namespace, "tok")["kube.token"].decode()
     assert whoami(cluster, token) == f"system:serviceaccount:{namespace}:ci-bot"
     assert token not in str(status)
+    # delivery Files: KUBECONFIG names a kubeconfig whose user reads the token file (it holds no token itself).
+    kubeconfig = yaml.safe_load(api.secret_data(namespace, "tok")["kube.kubeconfig"])
+    assert kubeconfig["users"][0]["user"] == {"tokenFile": f"{c.DEFAULT_MOUNT_PATH}/kube.token"}
+    assert kubeconfig["contexts"][0]["context"]["namespace"] == namespace and token not in str(kubeconfig)
+    assert {e["name"]: e["key"] for e in status["env"]}["KUBECONFIG"] == "kube.KUBECONFIG"
     assert "CredentialIssued" in {e.reason for e in api.events_for(namespace, "tok")}
 
     api.delete_ws(namespace, "tok")
@@ -99,7 +105,7 @@ def test_a_provider_without_an_allow_rule_serves_nobody(api, namespace, wso_oper
 
 def test_aws_key_authenticates_until_the_workspace_is_deleted(api, namespace, wso_operator, credential_backends):
     moto = credential_backends.moto
-    api.create_ws(namespace, "aws", {"user": "bob", "workspaceRef": ref(), "credentials": [{"name": "aws", "provider": "aws-dev"}]})
+    api.create_ws(namespace, "aws", {"user": "bob", "workspaceRef": ref(), "credentials": [{"name": "aws", "provider": "aws-dev", "lifecycle": "WhileExists"}]})
     api.wait_condition(namespace, "aws")
     data = api.secret_data(namespace, "aws")
     key_id, secret = data["aws.AWS_ACCESS_KEY_ID"].decode(), data["aws.AWS_SECRET_ACCESS_KEY"].decode()
@@ -119,7 +125,7 @@ def test_aws_key_authenticates_until_the_workspace_is_deleted(api, namespace, ws
 def test_aws_rotation_writes_the_new_key_before_revoking_the_old(api, namespace, wso_operator, credential_backends):
     moto = credential_backends.moto
     api.create_ws(namespace, "rot", {"user": "carol", "workspaceRef": ref(), "credentials": [
-        {"name": "aws", "provider": "aws-dev", "rotateAfter": "15s", "overlap": "10s"}]})
+        {"name": "aws", "provider": "aws-dev", "lifecycle": "WhileExists", "rotateAfter": "15s", "overlap": "10s"}]})
     api.wait_condition(namespace, "rot")
     first = api.secret_data(namespace, "rot")
     old = (first["aws.AWS_ACCESS_KEY_ID"].decode(), first["aws.AWS_SECRET_ACCESS_KEY"].decode())
@@ -138,7 +144,7 @@ def test_provider_outage_then_recovery(api, namespace, wso_operator, credential_
     proxy = credential_backends.moto.proxy
     proxy.outage = True
     try:
-        api.create_ws(namespace, "outage", {"user": "dave", "workspaceRef": ref(), "credentials": [{"name": "aws", "provider": "aws-dev"}]})
+        api.create_ws(namespace, "outage", {"user": "dave", "workspaceRef": ref(), "credentials": [{"name": "aws", "provider": "aws-dev", "lifecycle": "WhileExists"}]})
         cond = api.wait_condition(namespace, "outage", status="False", reason="ProviderError", timeout=60)
         assert "aws-dev" in cond["message"] and "retrying" in cond["message"]
         before = proxy.requests
@@ -162,7 +168,7 @@ def test_kill_between_minting_and_recording_leaks_nothing(api, namespace, wso_op
 
     moto.proxy.on_request = kill_after_create
     try:
-        api.create_ws(namespace, "crash", {"user": "erin", "workspaceRef": ref(), "credentials": [{"name": "aws", "provider": "aws-dev"}]})
+        api.create_ws(namespace, "crash", {"user": "erin", "workspaceRef": ref(), "credentials": [{"name": "aws", "provider": "aws-dev", "lifecycle": "WhileExists"}]})
         wait_for(lambda: killed and wso_operator.process.process.poll() is not None, timeout=30, what="operator killed after minting")
     finally:
         moto.proxy.on_request = None

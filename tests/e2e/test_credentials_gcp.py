@@ -41,7 +41,7 @@ def identity(fake, key_file: bytes) -> str:
 
 def test_key_gets_a_token_until_the_workspace_secret_is_deleted(api, namespace, wso_operator, credential_backends):
     fake = credential_backends.gcp
-    api.create_ws(namespace, "gcp", {"user": "alice", "workspaceRef": ref(), "credentials": [{"name": "gcp", "provider": "gcp-dev"}]})
+    api.create_ws(namespace, "gcp", {"user": "alice", "workspaceRef": ref(), "credentials": [{"name": "gcp", "provider": "gcp-dev", "lifecycle": "WhileExists"}]})
     api.wait_condition(namespace, "gcp")
     ws = api.get_ws(namespace, "gcp")
     email = f"{Scope.of(namespace, 'gcp', ws['metadata']['uid'], 'gcp').tag}@{fake.project}.iam.gserviceaccount.com"
@@ -78,7 +78,7 @@ def test_kill_between_minting_and_recording_leaves_exactly_the_recorded_key(api,
 
     fake.on_request = kill_after_key_created
     try:
-        api.create_ws(namespace, "gcpcrash", {"user": "erin", "workspaceRef": ref(), "credentials": [{"name": "gcp", "provider": "gcp-dev"}]})
+        api.create_ws(namespace, "gcpcrash", {"user": "erin", "workspaceRef": ref(), "credentials": [{"name": "gcp", "provider": "gcp-dev", "lifecycle": "WhileExists"}]})
         wait_for(lambda: killed and wso_operator.process.process.poll() is not None, timeout=30, what="operator killed after minting")
     finally:
         fake.on_request = None

@@ -36,9 +36,10 @@ def can_log_in(pg, values: dict[str, bytes]) -> bool:
     return True
 
 
-def test_role_logs_in_with_its_grants_and_dies_with_the_workspace_secret(api, namespace, wso_operator, credential_backends):
+def test_role_logs_in_with_its_grants_and_dies_with_the_workspace_secret(api, namespace, wso_operator, credential_backends,
+                                                                        tmp_path_factory, monkeypatch):
     pg = credential_backends.postgres
-    api.create_ws(namespace, "pg", {"user": "alice", "workspaceRef": ref(), "credentials": [{"name": "db", "provider": "postgres-app"}]})
+    api.create_ws(namespace, "pg", {"user": "alice", "workspaceRef": ref(), "credentials": [{"name": "db", "provider": "postgres-app", "lifecycle": "WhileExists"}]})
     api.wait_condition(namespace, "pg")
     ws = api.get_ws(namespace, "pg")
     tag = Scope.of(namespace, "pg", ws["metadata"]["uid"], "db").tag
@@ -55,6 +56,22 @@ def test_role_logs_in_with_its_grants_and_dies_with_the_workspace_secret(api, na
     assert session.execute("SELECT current_user, body FROM notes").fetchone() == (role, "hello from app")  # grants + membership
     with psycopg.connect(values["db.DATABASE_URL"].decode(), connect_timeout=5) as by_url:
         assert by_url.execute("SELECT current_user").fetchone() == (role,)
+    # delivery Files: libpq itself reads the service file (PGSERVICEFILE + PGSERVICE, as in the pod's env) and
+    # the pgpass file (mode 0600, as pod injection mounts it without fsGroup): the rotating role comes from files.
+    files = tmp_path_factory.mktemp("pgfiles")
+    (files / "pg_service.conf").write_bytes(values["db.pg_service.conf"])
+    (files / "pgpass").write_bytes(values["db.pgpass"])
+    (files / "pgpass").chmod(0o600)
+    env = {e["name"]: e["key"] for e in ws["status"]["env"]}
+    assert {"PGSERVICEFILE", "PGSERVICE", "PGPASSFILE"} <= set(env) and "PGPASSWORD" not in env and "PGUSER" not in env
+    assert values[env["PGSERVICE"]] == b"db"
+    monkeypatch.setenv("PGSERVICEFILE", str(files / "pg_service.conf"))
+    with psycopg.connect(service="db", connect_timeout=5) as by_service:
+        assert by_service.execute("SELECT current_user").fetchone() == (role,)
+    monkeypatch.delenv("PGSERVICEFILE")
+    monkeypatch.setenv("PGPASSFILE", str(files / "pgpass"))
+    with psycopg.connect(host=values["db.PGHOST"].decode(), port=int(values["db.PGPORT"]), dbname="app", user=role, connect_timeout=5) as by_pgpass:
+        assert by_pgpass.execute("SELECT current_user").fetchone() == (role,)
     with pg.superuser() as admin:
         stored, valid_until = admin.execute("SELECT rolpassword, rolvaliduntil FROM pg_authid WHERE rolname = %s", (role,)).fetchone()
     assert stored.startswith("SCRAM-SHA-256$") and valid_until is not None
@@ -74,7 +91,7 @@ def test_role_logs_in_with_its_grants_and_dies_with_the_workspace_secret(api, na
 def test_rotation_writes_the_new_role_before_dropping_the_old(api, namespace, wso_operator, credential_backends):
     pg = credential_backends.postgres
     api.create_ws(namespace, "pgrot", {"user": "bob", "workspaceRef": ref(), "credentials": [
-        {"name": "db", "provider": "postgres-app", "rotateAfter": "8s", "overlap": "8s"}]})
+        {"name": "db", "provider": "postgres-app", "lifecycle": "WhileExists", "rotateAfter": "8s", "overlap": "8s"}]})
     api.wait_condition(namespace, "pgrot")
     old = api.secret_data(namespace, "pgrot")
     old_role = old["db.PGUSER"].decode()

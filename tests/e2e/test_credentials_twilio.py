@@ -17,7 +17,7 @@ def api(cluster) -> Api:
 def test_key_authenticates_until_the_workspace_secret_is_deleted(api, namespace, wso_operator, credential_backends):
     fake = credential_backends.twilio
     api.create_ws(namespace, "tw", {"user": "alice", "workspaceRef": {"kind": "Pod", "name": "not-yet"},
-                                    "credentials": [{"name": "twilio", "provider": "twilio-dev"}]})
+                                    "credentials": [{"name": "twilio", "provider": "twilio-dev", "lifecycle": "WhileExists"}]})
     api.wait_condition(namespace, "tw")
     ws = api.get_ws(namespace, "tw")
     data = api.secret_data(namespace, "tw")
@@ -29,6 +29,11 @@ def test_key_authenticates_until_the_workspace_secret_is_deleted(api, namespace,
     assert fake.keys[sid].friendly_name.startswith(f"{tag} {namespace}/tw/")
 
     assert fake.authenticates(sid, secret) == 200
+    # delivery Files (the default): the key as a dotenv file, which an env var names; the secret is in no env var.
+    dotenv = dict(line.split("=", 1) for line in data["twilio.twilio.env"].decode().splitlines())
+    assert fake.authenticates(dotenv["TWILIO_API_KEY"], dotenv["TWILIO_API_SECRET"]) == 200
+    env = {e["name"]: e["key"] for e in ws["status"]["env"]}
+    assert data[env["TWILIO_ENV_FILE"]].decode().endswith("/twilio.twilio.env") and "TWILIO_API_SECRET" not in env
     assert fake.authenticates(sid, secret[:-1] + ("x" if secret[-1] != "x" else "y")) == 401
 
     api.delete_ws(namespace, "tw")
@@ -43,7 +48,7 @@ def test_rate_limited_create_is_retried(api, namespace, wso_operator, credential
     fake = credential_backends.twilio
     fake.fail_next(429, times=2)
     api.create_ws(namespace, "tw429", {"user": "bob", "workspaceRef": {"kind": "Pod", "name": "not-yet"},
-                                       "credentials": [{"name": "twilio", "provider": "twilio-dev"}]})
+                                       "credentials": [{"name": "twilio", "provider": "twilio-dev", "lifecycle": "WhileExists"}]})
     api.wait_condition(namespace, "tw429", timeout=60)
     assert fake.pending_failures == 0, "both 429 answers were received, and the create retried past them"
     sid = api.secret_data(namespace, "tw429")["twilio.TWILIO_API_KEY"].decode()

@@ -162,7 +162,11 @@ def _default(docs: list[dict]) -> None:
     assert ("apiextensions.k8s.io", "customresourcedefinitions", "watch") in rules
     assert {r for r in rules if r[1] == "oauthapplications"} == {("workspace-secrets.io", "oauthapplications", v) for v in ("get", "list", "watch")}
     assert not {r for r in rules if r[1].startswith(("configmaps", "namespaces", "mutatingwebhook", "serviceaccounts"))}
-    assert not {r for r in rules if r[1] in {"pods", "deployments", "statefulsets", "persistentvolumeclaims"} and r[2] != "get"}
+    # Workspace anchors are read; pods also watched and patched (the scheduling gate), Deployments/StatefulSets patched
+    # (restart on rotation): never created or deleted.
+    assert {r for r in rules if r[1] in {"pods", "deployments", "statefulsets", "persistentvolumeclaims"}} == {
+        ("", "persistentvolumeclaims", "get"), *(("", "pods", v) for v in ("get", "list", "watch", "patch")),
+        *(("apps", k, v) for k in ("deployments", "statefulsets") for v in ("get", "patch"))}
     assert not of_kind(docs, "Role") and not of_kind(docs, "Service") and not of_kind(docs, "PodDisruptionBudget")
     assert not of_kind(docs, "MutatingWebhookConfiguration") and not of_kind(docs, "NetworkPolicy")
     assert [c["metadata"]["name"] for c in of_kind(docs, "ConfigMap")] == ["wso-workspace-secrets-operator-tenancy"]
@@ -573,6 +577,7 @@ def test_cluster_wide_service_account_has_only_what_it_needs(cluster, cluster_wi
             "watch workspacesecrets.workspace-secrets.io --all-namespaces",
             f"patch workspacesecrets.workspace-secrets.io --subresource=status -n {ns}",
             f"get deployments.apps -n {ns}", f"get pods -n {ns}", f"create events -n {ns}",
+            "watch pods --all-namespaces", f"patch pods -n {ns}", f"patch deployments.apps -n {ns}",
             "watch customresourcedefinitions.apiextensions.k8s.io",
             "watch oauthapplications.workspace-secrets.io", "get oauthapplications.workspace-secrets.io/github",
         ],
@@ -581,7 +586,8 @@ def test_cluster_wide_service_account_has_only_what_it_needs(cluster, cluster_wi
             "update validatingadmissionpolicies.admissionregistration.k8s.io",
             "delete validatingadmissionpolicybindings.admissionregistration.k8s.io",
             f"update configmaps/wso-{CHART_NAME}-tenancy -n {cluster_wide_release.namespace}",
-            f"get configmaps -n {ns}", f"create pods -n {ns}", f"delete pods -n {ns}", f"patch deployments.apps -n {ns}",
+            f"get configmaps -n {ns}", f"create pods -n {ns}", f"delete pods -n {ns}", f"delete deployments.apps -n {ns}",
+            f"update pods -n {ns}",
             "delete namespaces", "list namespaces", "list nodes", f"create serviceaccounts --subresource=token -n {ns}",
             f"create workspacesecrets.workspace-secrets.io -n {ns}", f"delete workspacesecrets.workspace-secrets.io -n {ns}",
             "create mutatingwebhookconfigurations.admissionregistration.k8s.io", "create clusterrolebindings.rbac.authorization.k8s.io",
@@ -857,7 +863,7 @@ def test_namespaced_mode_smoke(cluster, cluster_wide_release, shared_operator_pa
                 # A token from the chart-configured provider, minted with the watched namespace's Role.
                 api.core.create_namespaced_service_account(watched, {"metadata": {"name": "ci-bot"}})
                 api.create_ws(watched, "tok", {"user": "amy", "workspaceRef": {"kind": "Pod", "name": "not-yet"}, "credentials": [
-                    {"name": "kube", "provider": "cluster-tokens", "parameters": {"serviceAccount": "ci-bot"}}]})
+                    {"name": "kube", "provider": "cluster-tokens", "lifecycle": "WhileExists", "parameters": {"serviceAccount": "ci-bot"}}]})
                 api.wait_condition(watched, "tok")
                 assert "kube.token" in (api.secret_digests(watched, "tok") or {})
         finally:

@@ -51,7 +51,7 @@ def test_credential_metrics_count_issues_failures_and_revocations(api, namespace
     """The provider label is the platform's provider name; a failure's reason says whether it is retried."""
     api.core.create_namespaced_service_account(namespace, {"metadata": {"name": "ci-metrics"}})
     before = wso_operator.process.metrics()
-    kube = {"name": "kube", "provider": "cluster-tokens"}
+    kube = {"name": "kube", "provider": "cluster-tokens", "lifecycle": "WhileExists"}
     api.create_ws(namespace, "cm", {"user": "mia", "workspaceRef": {"kind": "Pod", "name": "nothing"},
                                     "credentials": [{**kube, "parameters": {"serviceAccount": "ci-metrics"}}]})
     api.wait_condition(namespace, "cm")

@@ -503,7 +503,7 @@ def erin(api: Api, workspaces: str, git_server: GitSshd) -> dict:
                                       "mountPath": MOUNT, "ssh": {"knownHosts": [git_server.host_line]},
                                       "credentials": [{"name": "kube", "provider": "cluster-tokens",
                                                        "parameters": {"serviceAccount": "ci-bot", "expirationSeconds": "3600"}},
-                                                      {"name": "aws", "provider": "aws-dev"}]})
+                                                      {"name": "aws", "provider": "aws-dev", "delivery": "Env"}]})
     api.wait_condition(namespace, "erin", timeout=60)
     api.wait_condition(namespace, "erin", type_=c.CONDITION_CREDENTIALS_READY, timeout=60)
     wait_for(lambda: "user.npm.token" in (api.secret_data(namespace, "erin") or {}), timeout=30, what="erin's user secrets delivered")
@@ -729,7 +729,7 @@ def test_deleting_the_operator_pod_mid_work_leaks_nothing(node, api, release, mo
     old = operator_pod(api)
     for name in names:
         api.create_ws(namespace, name, {"user": f"u-{name}", "workspaceRef": {"kind": "Pod", "name": f"p-{name}"},
-                                        "credentials": [{"name": "aws", "provider": "aws-dev"}]})
+                                        "credentials": [{"name": "aws", "provider": "aws-dev", "lifecycle": "WhileExists"}]})
     # Mid-work: some are being reconciled (keys being minted) right now.
     t0 = time.monotonic()
     api.core.delete_namespaced_pod(old.metadata.name, RELEASE_NAMESPACE)

@@ -1,12 +1,13 @@
 """One in-memory Kubernetes API server for unit tests, behind the operator's Kube client interface.
 
 `FakeKube` answers the calls the controllers, providers and watches make on `workspace_secrets.runtime.kube.Kube`
-(get, list, list_pages, resource_version, create, replace, merge_patch, delete, stream) with the API server's
+(get, list, list_pages, resource_version, create, replace, merge_patch, json_patch, delete, stream) with the API server's
 behaviour that the operator relies on -- each line below is something some code path depends on:
 
 - every write bumps one cluster-wide resourceVersion; a no-op write does not (no new version, no watch event);
 - create: 409 AlreadyExists for a taken name, `generateName` names made up by the server, a new uid and
   creationTimestamp, status dropped for kinds with a status subresource, 422 without a name;
+- json_patch (RFC 6902: test, add, remove, replace): a failed test or a missing path refuses the whole patch (422);
 - replace (PUT) and merge_patch (RFC 7386): 404 for a missing object, 409 Conflict when the body's (or the
   patch's) metadata.resourceVersion is stale; uid and creationTimestamp kept; on kinds with a status
   subresource the main resource never changes status, `/status` changes nothing else, and metadata.generation
@@ -171,6 +172,40 @@ def merge_patch(target: Any, patch: Any) -> Any:
 
 
 # --- the fake --------------------------------------------------------------------------------------
+def json_patch(target: JSON, operations: list[JSON]) -> JSON:
+    """RFC 6902 on a copy of `target`. A failed `test`, and a path that is not there, refuse the whole patch with
+    422 Invalid, as the API server does."""
+    doc = copy.deepcopy(target)
+    for op in operations:
+        *parents, last = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].split("/")[1:]]
+        node: Any = doc
+        try:
+            for part in parents:
+                node = node[int(part)] if isinstance(node, list) else node[part]
+            if op["op"] == "test":
+                current = node[int(last)] if isinstance(node, list) else node[last]
+                if current != op["value"]:
+                    raise api_error(JSON_PATCH_TEST_FAILED, f"the server rejected our request: testing value {op['path']} failed")
+            elif op["op"] == "remove":
+                del node[int(last) if isinstance(node, list) else last]
+            elif op["op"] in ("add", "replace"):
+                if isinstance(node, list):
+                    node.insert(len(node) if last == "-" else int(last), copy.deepcopy(op["value"]))
+                    if op["op"] == "replace":
+                        del node[int(last) + 1]
+                else:
+                    node[last] = copy.deepcopy(op["value"])
+            else:
+                raise api_error(400, f"unsupported JSON patch operation {op['op']!r}")
+        except (KeyError, IndexError, ValueError, TypeError):
+            raise api_error(422, f"the server rejected our request due to an error in our request: {op['path']}") from None
+    return doc
+
+
+#: What the API server answers to a JSON patch whose `test` fails.
+JSON_PATCH_TEST_FAILED = 422
+
+
 @dataclass
 class Fault:
     verbs: tuple[str, ...]  # of GET LIST POST PUT PATCH DELETE WATCH, or ("*",)
@@ -312,6 +347,15 @@ class FakeKube:
             current = self._existing(ref)
             _check_version(ref, current, (patch.get("metadata") or {}).get("resourceVersion"))
             return copy.deepcopy(self._update(ref, current, merge_patch(current, patch)))
+
+    async def json_patch(self, path: str, operations: list[JSON]) -> JSON:
+        """RFC 6902 (test, add, remove, replace): a failed test refuses the whole patch."""
+        await asyncio.sleep(0)
+        with self._lock:
+            self._request("PATCH", path)
+            ref = parse(path)
+            current = self._existing(ref)
+            return copy.deepcopy(self._update(ref, current, json_patch(current, operations)))
 
     async def delete(self, path: str, *, uid: str | None = None) -> bool:
         await asyncio.sleep(0)

@@ -209,7 +209,26 @@ async def watch(kube: Any, ns: str) -> list[Observation]:
     return [("events", list(seen))]
 
 
+async def json_patch(kube: Any, ns: str) -> list[Observation]:
+    """RFC 6902 with `test` guards (how the scheduling gate is removed: only if nothing changed meanwhile)."""
+    s = core_path(ns, "secrets")
+    await kube.create(s, secret("jp", {"a": "1"}))
+    out: list[Observation] = []
+    done = await kube.json_patch(f"{s}/jp", [{"op": "test", "path": "/metadata/labels/a", "value": "1"},
+                                             {"op": "add", "path": "/metadata/labels/b", "value": "2"}])
+    out.append(("a passing test", done["metadata"]["labels"]))
+    out.append(("a failing test", await failure(kube.json_patch(f"{s}/jp", [
+        {"op": "test", "path": "/metadata/labels/a", "value": "2"}, {"op": "remove", "path": "/metadata/labels/b"}]))))
+    out.append(("nothing of it applied", (await kube.get(f"{s}/jp"))["metadata"]["labels"]))
+    out.append(("a test of a missing path", await failure(kube.json_patch(f"{s}/jp", [
+        {"op": "test", "path": "/metadata/labels/nope", "value": "1"}]))))
+    out.append(("remove a missing path", await failure(kube.json_patch(f"{s}/jp", [{"op": "remove", "path": "/metadata/labels/nope"}]))))
+    out.append(("a missing object", await failure(kube.json_patch(f"{s}/nope", [{"op": "remove", "path": "/metadata/labels/a"}]))))
+    return out
+
+
 SCENARIOS: dict[str, Callable[[Any, str], Awaitable[list[Observation]]]] = {
+    "json_patch": json_patch,
     "writes": writes,
     "selectors_and_pages": selectors_and_pages,
     "finalizers": finalizers,

@@ -12,7 +12,7 @@ from workspace_secrets.api.workspace_secret import CredentialSpec, SpecError, Wo
 from workspace_secrets.credentials.manager import CredentialManager
 from workspace_secrets.credentials import ledger as ledgers
 from workspace_secrets.runtime.sensitive import Sensitive
-from workspace_secrets.credentials.providers.base import Issued, ProviderError, Scope
+from workspace_secrets.credentials.providers.base import FileRef, Issued, ProviderError, Scope
 
 T0 = datetime(2026, 11, 29, 12, 0, tzinfo=timezone.utc)
 SPEC = CredentialSpec(name="aws", provider="aws-dev", rotate_after=timedelta(hours=12), overlap=timedelta(minutes=5))
@@ -102,6 +102,14 @@ class MemoryProvider:
     def env(self):
         return {"TOKEN": "token"}
 
+    def file_env(self):
+        return {"TOKEN_FILE": FileRef("token.conf")}
+
+    def files(self, values, where):
+        if "token" not in values:
+            return {}
+        return {"token.conf": Sensitive(f"token={values['token'].reveal_text()}\nself={where.path('token.conf')}\n")}
+
     def validate(self, parameters):
         return "bad parameter" if "bad" in parameters else None
 
@@ -127,10 +135,10 @@ class MemoryProvider:
         return list(self.live)
 
 
-def ws_with(credentials, status=None):
+def ws_with(credentials, status=None, kind="Pod"):
     return WorkspaceSecret.from_body({
         "metadata": {"name": "w", "namespace": "ns", "uid": "u1", "generation": 1},
-        "spec": {"user": "alice", "workspaceRef": {"kind": "Pod", "name": "p"}, "credentials": credentials},
+        "spec": {"user": "alice", "workspaceRef": {"kind": kind, "name": "p"}, "credentials": credentials},
         "status": status or {},
     })
 
@@ -149,7 +157,10 @@ def test_manager_issues_records_and_converges_after_a_lost_write():
     ws = ws_with([{"name": "tok", "provider": "mem"}])
     first = run(manager.reconcile(ws, None))
     assert base64.b64decode(first.data["tok.token"]) == b"value-id1"
-    assert first.env == [{"name": "TOKEN", "key": "tok.token"}]
+    # delivery Files (the default): the env var names the file, which kubelet keeps current.
+    assert first.env == [{"name": "TOKEN_FILE", "key": "tok.TOKEN_FILE"}]
+    assert base64.b64decode(first.data["tok.TOKEN_FILE"]) == b"/var/run/workspace-secrets/tok.token.conf"
+    assert base64.b64decode(first.data["tok.token.conf"]) == b"token=value-id1\nself=/var/run/workspace-secrets/tok.token.conf\n"
     assert first.status[0]["id"] == "id1" and "value" not in repr(first.status)
     # The Secret write was lost (crash): the next reconcile finds id1 unrecorded, revokes it, issues id2.
     second = run(manager.reconcile(ws, None))

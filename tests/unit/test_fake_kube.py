@@ -19,6 +19,14 @@ NS = "ns1"
 S = f"/api/v1/namespaces/{NS}/secrets"
 
 EXPECTED = {
+    "json_patch": [
+        ("a passing test", {"a": "1", "b": "2"}),
+        ("a failing test", ("KubeError", 422, "Invalid")),
+        ("nothing of it applied", {"a": "1", "b": "2"}),
+        ("a test of a missing path", ("KubeError", 422, "Invalid")),
+        ("remove a missing path", ("KubeError", 422, "Invalid")),
+        ("a missing object", ("NotFound", 404, "NotFound")),
+    ],
     "writes": [
         ("create", True, True, "a", NS),
         ("create a taken name", ("Conflict", 409, "AlreadyExists")),

@@ -35,7 +35,7 @@ def value(name: str, **labels: str) -> float:
 def credentials_ws(kube: FakeKube, name: str, account: str) -> dict:
     return kube.put(WS, {"apiVersion": c.API_VERSION, "kind": c.WORKSPACE_SECRET_KIND, "metadata": {"name": name},
                          "spec": {"user": "alice", "workspaceRef": {"kind": "Pod", "name": "p"},
-                                  "credentials": [{"name": "kube", "provider": PROVIDER, "parameters": {"serviceAccount": account}}]}})
+                                  "credentials": [{"name": "kube", "provider": PROVIDER, "parameters": {"serviceAccount": account}, "lifecycle": "WhileExists"}]}})
 
 
 def test_credentials_issued_failed_and_revoked_are_counted():

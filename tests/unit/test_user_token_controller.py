@@ -15,6 +15,7 @@ from fakes.kube import FakeKube
 
 from workspace_secrets.api import constants as c
 from workspace_secrets.user_token.controller import ConnectSettings, UserTokenController
+from workspace_secrets.oauth import token_secret
 from workspace_secrets.user_token import policy
 from workspace_secrets.oauth.protocol import PendingAuthorizations, TokenSet
 from workspace_secrets.runtime.sensitive import Sensitive
@@ -146,13 +147,13 @@ def test_a_failed_secret_write_keeps_the_rotated_token_for_the_next_pass():
 def test_nothing_is_due_before_the_planned_refresh():
     clock = [NOW + timedelta(minutes=10)]
     controller, kube, gitlab, _ = setup(clock)
-    kube.edit(UT_PATH, {"status": {"lastValidationTime": policy.format_time(clock[0])}})
+    kube.edit(UT_PATH, {"status": {"lastValidationTime": token_secret.format_time(clock[0])}})
     delay = asyncio.run(controller.maintain(NS, "gl"))
     assert gitlab.refresh_calls == 0 and secret_token(kube) == b"at-1"
     planned = policy.refresh_at(NOW, NOW + timedelta(hours=2), "uid-gl")
     validation = policy.validation_due(clock[0], clock[0], "uid-gl")
     assert abs(delay - (min(planned, validation) - clock[0]).total_seconds()) < 1  # the next pass is queued for the next of them
-    assert kube.objects[UT_PATH]["status"]["nextRefreshAt"] == policy.format_time(planned)
+    assert kube.objects[UT_PATH]["status"]["nextRefreshAt"] == token_secret.format_time(planned)
 
 
 # --- the OAuthApplication is the platform's (issue 14, instance 1) ---------------------------------------------
@@ -270,7 +271,17 @@ def test_add_ssh_key_uploads_only_a_secret_proven_to_be_the_users_operator_key()
     controller, kube, _, _ = setup(clock, lambda request: provider(request))
     provider = GitLabWithKeys(kube)
     kube.edit(UT_PATH, {"spec": {"addSSHKey": True}})
-    kube.put(f"/api/v1/namespaces/{NS}/secrets/{KEY_NAME}", key_secret())
+    kube.put(f"/api/v1/namespaces/{NS}/secrets/{KEY_NAME}", key_secret())  # the per-user key itself is not it either
+    asyncio.run(controller.maintain(NS, "gl"))
+    assert ssh_condition(kube)["reason"] == "UserKeyNotFound" and provider.keys == []
+    # What is uploaded: the key in a WorkspaceSecret's own Secret, the one the operator wrote for it
+    # (tests/unit/test_ssh_key_upload.py has the cases).
+    kube.put(f"/apis/{c.API_VERSION}/namespaces/{NS}/{c.WORKSPACE_SECRET_PLURAL}/alice-ws", {
+        "apiVersion": c.API_VERSION, "kind": c.WORKSPACE_SECRET_KIND, "metadata": {"name": "alice-ws", "namespace": NS, "uid": "ws-uid"},
+        "spec": {"user": "alice", "workspaceRef": {"kind": "Pod", "name": "p"}}})
+    kube.put(f"/api/v1/namespaces/{NS}/secrets/alice-ws", key_secret(
+        name="alice-ws", labels={c.LABEL_MANAGED_BY: c.OPERATOR_NAME, c.LABEL_COMPONENT: c.COMPONENT_WORKSPACE_SECRET, c.LABEL_USER: "alice"},
+        ownerReferences=[{"apiVersion": c.API_VERSION, "kind": c.WORKSPACE_SECRET_KIND, "name": "alice-ws", "uid": "ws-uid", "controller": True}]))
     asyncio.run(controller.maintain(NS, "gl"))
     assert ssh_condition(kube)["status"] == "True" and [k["key"] for k in provider.keys] == [" ".join(PUBLIC_KEY.split()[:2])]
 
@@ -588,6 +599,7 @@ def test_a_takeover_spreads_overdue_refreshes_again():
 
     app._enqueue_all = nothing  # type: ignore[method-assign]
     app._enqueue_user_tokens = nothing  # type: ignore[method-assign]
+    app._enqueue_gated_pods = nothing  # type: ignore[method-assign]
 
     async def activate() -> None:
         app._on_activated()

@@ -13,6 +13,7 @@ from workspace_secrets.api import constants as c
 from workspace_secrets.api.oauth_application import OAuthApplication
 from workspace_secrets.api.user_token import UserToken
 from workspace_secrets.api.workspace_secret import SpecError
+from workspace_secrets.oauth import token_secret
 from workspace_secrets.user_token import policy
 from workspace_secrets.oauth.protocol import (PendingAuthorization, PendingAuthorizations, StateRejected, TokenSet,
                                               pkce_challenge, pkce_verifier)
@@ -237,7 +238,7 @@ def test_token_secret_carries_tokens_and_a_git_credentials_line_that_git_reads(t
     out = subprocess.run(["git", "-c", f"credential.helper=store --file={store}", "credential", "fill"], input="protocol=https\nhost=github.com\n\n",
                          capture_output=True, text=True, env={"HOME": str(tmp_path), "GIT_TERMINAL_PROMPT": "0", "PATH": "/usr/bin:/bin"})
     assert "username=x-access-token" in out.stdout and "password=gh+u/x=y" in out.stdout
-    stored = policy.read_token_secret(secret)
+    stored = token_secret.read_token_secret(secret)
     assert stored.tokens.access_token == tokens.access_token and stored.tokens.expires_at == tokens.expires_at
     assert stored.issued_at == NOW and stored.tokens.scopes == ("repo",) and stored.generation == "g1"
 

@@ -120,3 +120,24 @@ PHASE_REVOKED: Final = "Revoked"
 PHASE_ERROR: Final = "Error"
 CONDITION_AUTHORIZED: Final = "Authorized"
 CONDITION_SSH_KEY_UPLOADED: Final = "SSHKeyUploaded"
+
+# --- workspace restarts (credentials delivered as env vars: spec.credentials[].delivery Env) -----------
+# On the pod template of a workspace Deployment/StatefulSet: a new value rolls its pods (like kubectl rollout restart).
+ANNOTATION_RESTARTED_AT: Final = f"{GROUP}/restartedAt"
+
+# --- the workspace gate (pods wait for what their WorkspaceSecret requires) -------------------------------
+# The scheduling gate the webhook adds to the pods of a WorkspaceSecret with a required userToken or a
+# WhileRunning credential; the controller removes it once the workspace Secret holds everything.
+SCHEDULING_GATE: Final = f"{GROUP}/ready"
+EVENT_WAITING_FOR_TOKEN: Final = "WaitingForToken"
+EVENT_WAITING_FOR_CREDENTIALS: Final = "WaitingForCredentials"
+EVENT_WAITING_FOR_SECRET: Final = "WaitingForSecret"
+EVENT_GATE_REMOVED: Final = "WorkspaceReleased"
+
+# --- user tokens in workspaces (WorkspaceSecret spec.userTokens) ------------------------------------------
+CONDITION_TOKENS_READY: Final = "TokensReady"
+# Keys of the workspace Secret for tokens (documented in docs/users/workspacesecret.md, "User tokens").
+KEY_WORKSPACE_GIT_CREDENTIALS: Final = "git-credentials"  # every git token, git-credential-store format
+KEY_GIT_CONFIG_COUNT: Final = "GIT_CONFIG_COUNT"  # git >= 2.31 reads config from env: credential.helper=store
+KEY_GIT_CONFIG_KEY_0: Final = "GIT_CONFIG_KEY_0"
+KEY_GIT_CONFIG_VALUE_0: Final = "GIT_CONFIG_VALUE_0"

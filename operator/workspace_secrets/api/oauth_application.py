@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from workspace_secrets.api import constants as c
+from workspace_secrets.api.conditions import Problem
 from workspace_secrets.api.workspace_secret import SpecError
 
 KIND = "OAuthApplication"
@@ -125,3 +126,12 @@ class OAuthApplication:
             vault=VaultSpec(mount=(vault.get("mount") or "oidc").strip("/"), role=vault.get("role") or None),
             allowed_namespaces=tuple(str(p) for p in allowed),
         )
+
+
+def unavailable_application(application: str, namespace: str) -> Problem:
+    """One message for "no such OAuthApplication" and "not allowed in this namespace": a tenant learns no more
+    about the platform's applications than that this name cannot be used here."""
+    return Problem("ApplicationNotFound",
+                   f"OAuthApplication {application!r} does not exist or may not be used in namespace {namespace!r}: set "
+                   "spec.application to an application your platform offers for this namespace, or ask the platform team to "
+                   "allow this namespace in its spec.allowedNamespaces.")

@@ -21,6 +21,15 @@ WORKSPACE_KINDS: dict[str, tuple[str, str]] = {
     "PersistentVolumeClaim": ("v1", "persistentvolumeclaims"),
 }
 
+#: spec.credentials[].lifecycle: minted while the workspace runs (the default), or while the WorkspaceSecret exists.
+LIFECYCLE_WHILE_RUNNING = "WhileRunning"
+LIFECYCLE_WHILE_EXISTS = "WhileExists"
+LIFECYCLES = (LIFECYCLE_WHILE_RUNNING, LIFECYCLE_WHILE_EXISTS)
+#: spec.credentials[].delivery: files only (env vars name them; the default), or the values as env vars too.
+DELIVERY_FILES = "Files"
+DELIVERY_ENV = "Env"
+DELIVERIES = (DELIVERY_FILES, DELIVERY_ENV)
+
 HOST_KEY_POLICIES = {"Strict": "yes", "AcceptNew": "accept-new", "Off": "no"}
 
 #: Top-level directories a workspace Secret (spec.mountPath) or the user files (spec.userSecrets.mountPath)
@@ -97,6 +106,26 @@ class CredentialSpec:
     rotate_after: timedelta | None = None
     overlap: timedelta = timedelta(minutes=5)
     env_prefix: str = ""
+    # WhileRunning: minted only while the workspace runs, revoked when it stops. WhileExists: for the
+    # WorkspaceSecret's whole life.
+    lifecycle: str = "WhileRunning"
+    # Files: env vars only name the credential's files (which kubelet keeps current). Env: the values as env
+    # vars too; a rotation restarts the workspace Deployment/StatefulSet.
+    delivery: str = "Files"
+
+
+@dataclass(frozen=True)
+class TokenRef:
+    """One entry of spec.userTokens: a UserToken of the WorkspaceSecret's user, in its namespace, whose current
+    access token the workspace gets. A required one (optional false) holds the workspace back until it is valid."""
+
+    name: str
+    optional: bool = False
+
+
+#: At most this many spec.userTokens entries (the CRD says so too).
+MAX_USER_TOKENS = 8
+_TOKEN_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 
 
 @dataclass(frozen=True)
@@ -112,6 +141,7 @@ class WorkspaceSecret:
     ssh: SSHSpec
     display: tuple[DisplayItem, ...] = ()
     credentials: tuple[CredentialSpec, ...] = ()
+    user_tokens: tuple[TokenRef, ...] = ()
     user_secrets_enabled: bool = True
     user_secret_names: tuple[str, ...] | None = None  # None: every user secret of the user
     user_files_path: str = c.DEFAULT_USER_FILES_PATH
@@ -119,6 +149,21 @@ class WorkspaceSecret:
     rotate_ssh_key: str | None = None  # value of the rotate annotation, if any
     deleting: bool = False
     status: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def required_tokens(self) -> tuple[str, ...]:
+        """Names of the userTokens the workspace cannot start without (optional: false)."""
+        return tuple(t.name for t in self.user_tokens if not t.optional)
+
+    @property
+    def while_running_credentials(self) -> tuple[str, ...]:
+        return tuple(cr.name for cr in self.credentials if cr.lifecycle == LIFECYCLE_WHILE_RUNNING)
+
+    @property
+    def requires_gate(self) -> bool:
+        """Whether its pods wait at the scheduling gate (workspace-secrets.io/ready) until its Secret holds a required
+        token or a WhileRunning credential; also whether the controller looks at its pods."""
+        return bool(self.required_tokens or self.while_running_credentials)
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> WorkspaceSecret:
@@ -155,6 +200,7 @@ class WorkspaceSecret:
             ssh=_ssh(spec.get("ssh") or {}),
             display=tuple(_display(item) for item in spec.get("display") or ()),
             credentials=_credentials(spec.get("credentials") or ()),
+            user_tokens=_user_tokens(spec.get("userTokens") or ()),
             user_secrets_enabled=(spec.get("userSecrets") or {}).get("enabled", True),
             user_files_path=user_files_path,
             user_secret_names=tuple((spec.get("userSecrets") or {})["names"]) if "names" in (spec.get("userSecrets") or {}) else None,
@@ -219,6 +265,30 @@ def _credentials(items: Any) -> tuple[CredentialSpec, ...]:
         except ValueError as exc:
             raise SpecError(f"{where}.rotateAfter", str(exc)) from None
         params = item.get("parameters") or {}
+        lifecycle = item.get("lifecycle") or LIFECYCLE_WHILE_RUNNING
+        if lifecycle not in LIFECYCLES:
+            raise SpecError(f"{where}.lifecycle", f"must be one of {', '.join(LIFECYCLES)}, got {lifecycle!r}")
+        delivery = item.get("delivery") or DELIVERY_FILES
+        if delivery not in DELIVERIES:
+            raise SpecError(f"{where}.delivery", f"must be one of {', '.join(DELIVERIES)}, got {delivery!r}")
         out.append(CredentialSpec(name=name, provider=provider, parameters={str(k): str(v) for k, v in params.items()},
-                                  rotate_after=rotate, overlap=overlap, env_prefix=item.get("envPrefix") or ""))
+                                  rotate_after=rotate, overlap=overlap, env_prefix=item.get("envPrefix") or "",
+                                  lifecycle=lifecycle, delivery=delivery))
+    return tuple(out)
+
+
+def _user_tokens(items: Any) -> tuple[TokenRef, ...]:
+    out: list[TokenRef] = []
+    seen: set[str] = set()
+    if len(items) > MAX_USER_TOKENS:
+        raise SpecError("spec.userTokens", f"at most {MAX_USER_TOKENS} entries, got {len(items)}")
+    for index, item in enumerate(items):
+        where = f"spec.userTokens[{index}]"
+        name = item.get("name") if isinstance(item, Mapping) else None
+        if not isinstance(name, str) or not _TOKEN_NAME.match(name) or len(name) > 253:
+            raise SpecError(f"{where}.name", "is required: the name of a UserToken of this user in this namespace")
+        if name in seen:
+            raise SpecError(f"{where}.name", f"{name!r} is named twice; entry names must be unique")
+        seen.add(name)
+        out.append(TokenRef(name=name, optional=bool(item.get("optional", False))))
     return tuple(out)

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import fnmatch
 import json
-from collections.abc import Mapping, Set
+from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 
 from workspace_secrets.api.workspace_secret import CredentialSpec
 
 RENEW_FRACTION = 2 / 3  # renew an expiring credential at 2/3 of its lifetime (Vault's practice)
+ROLLOUT_POLL = timedelta(seconds=10)  # how often a credential past its overlap looks whether the restart rolled out
 
 
 # --- who may use a provider ------------------------------------------------------------------------
@@ -81,6 +82,9 @@ class Record:
     issued_at: datetime
     expires_at: datetime | None = None
     revoke_after: datetime | None = None  # set once superseded: the overlap during which it stays valid
+    # delivery Env: the workspace restart (ANNOTATION_RESTARTED_AT value) that must have rolled out before this
+    # superseded credential may be revoked -- its old pods still hold it in env until then.
+    rollout: str | None = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,8 @@ def dump(ledger: Ledger) -> str:
             out["expiresAt"] = _ts(r.expires_at)
         if r.revoke_after:
             out["revokeAfter"] = _ts(r.revoke_after)
+        if r.rollout:
+            out["rollout"] = r.rollout
         return out
 
     return json.dumps(
@@ -128,7 +134,8 @@ def load(text: str | None) -> dict[str, EntryLedger]:
     def record(r) -> Record | None:
         if not r:
             return None
-        return Record(r["id"], _parse(r["issuedAt"]), _parse(r.get("expiresAt")), _parse(r.get("revokeAfter")))
+        return Record(r["id"], _parse(r["issuedAt"]), _parse(r.get("expiresAt")), _parse(r.get("revokeAfter")),
+                      r.get("rollout") or None)
 
     return {
         name: EntryLedger(e.get("provider", ""), int(e.get("generation", 0)), record(e.get("current")),
@@ -160,7 +167,10 @@ def plan(
     live: Set[str],
     has_values: bool,
     now: datetime,
+    rolled_out: Callable[[str], bool] = lambda stamp: True,
 ) -> Plan:
+    """`rolled_out(stamp)`: whether the workspace restart `stamp` has finished rolling out (delivery Env); a
+    retiring credential waiting for one is kept past its overlap until then."""
     ledger = ledger or EntryLedger(spec.provider)
     current = ledger.current
     reason = None
@@ -172,15 +182,23 @@ def plan(
         reason, current = "ValuesLost", None  # someone deleted its keys: replace it, revoke the old one
 
     retiring = [r for r in ledger.retiring if r.id in live]
-    expired = {r.id for r in retiring if r.revoke_after and r.revoke_after <= now}
+    expired = {r.id for r in retiring if r.revoke_after and r.revoke_after <= now and (not r.rollout or rolled_out(r.rollout))}
     retiring = [r for r in retiring if r.id not in expired]
     known = {r.id for r in retiring} | ({current.id} if current else set())
     revoke = frozenset((set(live) - known) | expired)
 
     due = _due(spec, current) if current else None
+    waiting = [r for r in retiring if r.rollout and not rolled_out(r.rollout)]
     if current is not None and due is not None and due <= now:
-        reason = "Rotation"
-    wakes = [d for d in (due,) if d and d > now] + [r.revoke_after for r in retiring if r.revoke_after]
+        if waiting and current.expires_at is None:
+            # The last rotation has not reached every pod yet: a further one would pile up live credentials
+            # (IAM allows two keys) for pods that cannot use them. A credential that expires renews anyway.
+            due = None
+        else:
+            reason = "Rotation"
+    # A retiring credential past its overlap that is still here waits for a rollout: look again soon.
+    wakes = [d for d in (due,) if d and d > now] + [r.revoke_after if r.revoke_after > now else now + ROLLOUT_POLL
+                                                    for r in retiring if r.revoke_after]
     keep = replace(ledger, provider=spec.provider, current=current, retiring=tuple(retiring))
     return Plan(reason, revoke, min(wakes) if wakes else None, keep)
 
@@ -194,15 +212,21 @@ def _due(spec: CredentialSpec, current: Record) -> datetime | None:
     return min(candidates) if candidates else None
 
 
-def after_issue(spec: CredentialSpec, ledger: EntryLedger, new: Record, now: datetime) -> EntryLedger:
-    """The ledger once `new` is delivered: the old current credential stays valid for the overlap."""
+def after_issue(spec: CredentialSpec, ledger: EntryLedger, new: Record, now: datetime, *, rollout: str | None = None) -> EntryLedger:
+    """The ledger once `new` is delivered: the old current credential stays valid for the overlap (and, with
+    `rollout`, until that workspace restart has rolled out)."""
     retiring = list(ledger.retiring)
     if ledger.current is not None:
         until = now + spec.overlap
         if ledger.current.expires_at:
             until = min(until, ledger.current.expires_at)
-        retiring.append(replace(ledger.current, revoke_after=until))
+        retiring.append(replace(ledger.current, revoke_after=until, rollout=rollout))
     return replace(ledger, generation=ledger.generation + 1, current=new, retiring=tuple(retiring))
+
+
+def pending_rollouts(ledger: Ledger) -> list[str]:
+    """The workspace restarts retiring credentials wait for."""
+    return sorted({r.rollout for e in ledger.values() for r in e.retiring if r.rollout})
 
 
 def next_wake(spec: CredentialSpec, ledger: EntryLedger, now: datetime) -> datetime | None:

@@ -15,13 +15,15 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from workspace_secrets.api import constants as c
-from workspace_secrets.api.workspace_secret import CredentialSpec, WorkspaceSecret
+from workspace_secrets.api.workspace_secret import (DELIVERY_ENV, LIFECYCLE_WHILE_RUNNING, CredentialSpec,
+                                                    WorkspaceSecret)
 from workspace_secrets.credentials import ledger as ledgers
 from workspace_secrets.api.conditions import Problem
-from workspace_secrets.credentials.providers.base import CredentialProvider, FileRef, ProviderError, Scope
+from workspace_secrets.credentials.providers.base import CredentialProvider, FileContext, FileRef, ProviderError, Scope
+from workspace_secrets.runtime.sensitive import Sensitive
 from workspace_secrets.runtime.metrics import CREDENTIALS_FAILED, CREDENTIALS_ISSUED, CREDENTIALS_REVOKED
 
 log = logging.getLogger(__name__)
@@ -36,10 +38,26 @@ class CredentialOutcome:
     problems: list[Problem] = field(default_factory=list)
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
     wake_at: datetime | None = None
+    restart: str | None = None  # delivery Env: the restart stamp the workspace's pod template must carry
 
     def wake(self, when: datetime | None) -> None:
         if when and (self.wake_at is None or when < self.wake_at):
             self.wake_at = when
+
+
+class Rollout(Protocol):
+    """The workspace workload as revocation sees it (workspace_secret/rollout.py's Workload)."""
+
+    restartable: bool
+
+    def rolled_out(self, stamp: str) -> bool: ...
+
+
+class _NoRollout:
+    restartable = False
+
+    def rolled_out(self, stamp: str) -> bool:
+        return True
 
 
 def entry_keys(data: Mapping[str, str], entry: str) -> dict[str, str]:
@@ -63,20 +81,28 @@ class CredentialManager:
     def configured(self) -> list[str]:
         return sorted(self._providers)
 
-    async def reconcile(self, ws: WorkspaceSecret, existing: Mapping[str, Any] | None) -> CredentialOutcome:
+    async def reconcile(self, ws: WorkspaceSecret, existing: Mapping[str, Any] | None, *, running: bool = True,
+                        rollout: Rollout | None = None) -> CredentialOutcome:
+        """`running`: whether the workspace runs (lifecycle WhileRunning credentials exist only then). `rollout`:
+        the workspace workload, for delivery Env (restart on rotation; revoke only once it rolled out)."""
         out = CredentialOutcome()
         data = (existing or {}).get("data") or {}
         recorded = ledgers.load(((existing or {}).get("metadata") or {}).get("annotations", {}).get(c.ANNOTATION_CREDENTIALS))
+        workload = rollout or _NoRollout()
         for index, spec in enumerate(ws.credentials):
-            await self._entry(ws, index, spec, recorded.get(spec.name), data, out)
+            await self._entry(ws, index, spec, recorded.get(spec.name), data, out, running=running, rollout=workload)
         for name, ledger in recorded.items():
             if name not in {s.name for s in ws.credentials}:
                 await self._retire_entry(ws, name, ledger, out)
+        # The newest restart a retiring credential waits for (the template may still lack it after a crash).
+        out.restart = max(ledgers.pending_rollouts(out.ledger), default=None)
         return out
 
     async def _entry(self, ws: WorkspaceSecret, index: int, spec: CredentialSpec, ledger: ledgers.EntryLedger | None,
-                     data: Mapping[str, str], out: CredentialOutcome) -> None:
+                     data: Mapping[str, str], out: CredentialOutcome, *, running: bool = True,
+                     rollout: Rollout | None = None) -> None:
         where = f"spec.credentials[{index}]"
+        rollout = rollout or _NoRollout()
         old_values = entry_keys(data, spec.name)
 
         def keep_as_is(problem: Problem) -> None:
@@ -102,10 +128,14 @@ class CredentialManager:
             return keep_as_is(Problem("PolicyViolation", f"{where}.parameters: {error}"))
         scope = Scope.of(ws.namespace, ws.name, ws.uid, spec.name)
         now = self._clock()
+        if spec.lifecycle == LIFECYCLE_WHILE_RUNNING and not running:
+            await self._stopped(ws, where, spec, provider, scope, ledger, out)
+            self._deliver(ws, where, spec, provider, out, values={})
+            return None
         operation = "list"
         try:
             live = set(await provider.list(scope))
-            decided = ledgers.plan(spec, ledger, live, bool(old_values), now)
+            decided = ledgers.plan(spec, ledger, live, bool(old_values), now, rolled_out=rollout.rolled_out)
             kept = decided.keep
             for credential_id in sorted(decided.revoke):
                 operation = "revoke"
@@ -122,7 +152,10 @@ class CredentialManager:
                 issued = await provider.issue(scope, spec.parameters, kept.generation + 1)
                 CREDENTIALS_ISSUED.labels(provider=spec.provider).inc()
                 record = ledgers.Record(issued.id, now, issued.expires_at)
-                new_ledger = ledgers.after_issue(spec, kept, record, now)
+                # delivery Env into a Deployment/StatefulSet: the superseded value lives on in the env of the
+                # running pods until they are replaced, so it is revoked only once that restart rolled out.
+                restart = ledgers._ts(now) if spec.delivery == DELIVERY_ENV and rollout.restartable and kept.current else None
+                new_ledger = ledgers.after_issue(spec, kept, record, now, rollout=restart)
                 for suffix, value in issued.values.items():
                     out.data[ledgers.secret_key(spec.name, suffix)] = base64.b64encode(value.reveal()).decode()
                 out.ledger[spec.name] = new_ledger
@@ -133,11 +166,25 @@ class CredentialManager:
         except ProviderError as exc:
             _count_failure(spec.provider, operation, exc)
             return keep_as_is(Problem("ProviderError", f"{where} ({spec.provider}): {exc}; retrying with backoff."))
-        for env_name, ref in provider.env().items():
+        self._deliver(ws, where, spec, provider, out, values=entry_keys(out.data, spec.name))
+
+    def _deliver(self, ws: WorkspaceSecret, where: str, spec: CredentialSpec, provider: CredentialProvider,
+                 out: CredentialOutcome, *, values: Mapping[str, str]) -> None:
+        """The entry's tool files (rendered from its current values, on every reconcile: a changed mountPath or
+        an older operator's Secret converges) and its env vars: with delivery Files only those that never go
+        stale (file paths, values that never rotate); with delivery Env the values too."""
+        prefix = f"{spec.name}."
+        plain = {k[len(prefix):]: Sensitive(base64.b64decode(v)) for k, v in values.items()}
+        context = FileContext(spec.name, ws.mount_path, ws.namespace)
+        for suffix, content in provider.files(plain, context).items():
+            out.data[ledgers.secret_key(spec.name, suffix)] = base64.b64encode(content.reveal()).decode()
+        refs = dict(provider.file_env())
+        if spec.delivery == DELIVERY_ENV:
+            refs.update(provider.env())
+        for env_name, ref in refs.items():
             if isinstance(ref, FileRef):
                 key = ledgers.secret_key(spec.name, env_name)
-                path = f"{ws.mount_path.rstrip('/')}/{ledgers.secret_key(spec.name, ref.suffix)}"
-                out.data[key] = base64.b64encode(path.encode()).decode()
+                out.data[key] = base64.b64encode(context.path(ref.suffix).encode()).decode()
             else:
                 key = ledgers.secret_key(spec.name, ref)
             name = f"{spec.env_prefix}{env_name}"
@@ -145,6 +192,33 @@ class CredentialManager:
                 out.problems.append(Problem("EnvConflict", f"{where}: env {name} is already set by another entry; give this entry an envPrefix."))
                 continue
             out.env.append({"name": name, "key": key})
+
+    async def _stopped(self, ws: WorkspaceSecret, where: str, spec: CredentialSpec, provider: CredentialProvider,
+                       scope: Scope, ledger: ledgers.EntryLedger | None, out: CredentialOutcome) -> None:
+        """lifecycle WhileRunning, and the workspace does not run: revoke whatever lives in the entry's scope
+        (recorded or an orphan of a crash) and deliver no value. The ledger keeps the generation only."""
+        operation = "list"
+        try:
+            ids = await provider.list(scope)
+            for credential_id in ids:
+                operation = "revoke"
+                await provider.revoke(scope, credential_id)
+                CREDENTIALS_REVOKED.labels(provider=spec.provider).inc()
+            if ids or (ledger is not None and ledger.ids):
+                operation = "release"
+                await provider.release(scope)
+        except ProviderError as exc:
+            _count_failure(spec.provider, operation, exc)
+            out.problems.append(Problem("RevocationFailed", f"{where} ({spec.provider}): the workspace stopped, but its credentials could not be revoked yet: {exc}; retrying."))
+            if ledger is not None:
+                out.ledger[spec.name] = ledger
+                out.status.append(_status(spec, ledger, "Error"))
+            return
+        if ids:
+            out.events.append(("Normal", "CredentialRevoked", f"{spec.name}: the workspace stopped (lifecycle WhileRunning); revoked {provider.type_name} credential(s) {', '.join(ids)}."))
+        stopped = ledgers.EntryLedger(spec.provider, ledger.generation if ledger else 0)
+        out.ledger[spec.name] = stopped
+        out.status.append(_status(spec, stopped, "Stopped"))
 
     async def _retire_entry(self, ws: WorkspaceSecret, name: str, ledger: ledgers.EntryLedger, out: CredentialOutcome,
                             *, why: str = "entry removed from the spec") -> None:

@@ -29,7 +29,13 @@ RESOURCE = (c.GROUP, c.VERSION, c.USER_TOKEN_PLURAL)
 async def observe(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
     """Every creation, change and deletion, and each object of the initial listing at start-up (type None).
     The controller queues a pass when the object changed in a way that matters; the work queue runs it."""
-    App.of(memo).user_tokens.observe(type, body)
+    app = App.of(memo)
+    app.user_tokens.observe(type, body)
+    # The workspaces that use this token show its state (TokensReady, status.tokens) and its connect link
+    # (on the active replica; a standby's queue is paused, and a takeover reconciles every WorkspaceSecret).
+    active = getattr(app, "active", None)
+    if active is None or active.is_set():
+        await app.workspace_secrets.user_token_changed(type, body)
 
 
 @kopf.on.delete(*RESOURCE, id="usertoken-cleanup")

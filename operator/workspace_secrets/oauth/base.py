@@ -21,6 +21,7 @@ from urllib.parse import urlencode, urlsplit
 from workspace_secrets.oauth.protocol import Identity, TokenSet
 from workspace_secrets.runtime.sensitive import Sensitive
 from workspace_secrets.oauth.protocol import GitAccess
+from workspace_secrets.oauth.tools import Tool
 from workspace_secrets.api.oauth_application import origin
 from workspace_secrets.runtime.http import Request, Response, ResponseTooLarge, Transport, TransportError
 
@@ -148,6 +149,8 @@ class OAuthProvider(Protocol):
     #: The git username is the user's login at the provider (Bitbucket Server): git-credentials is written again
     #: once the login is known. Otherwise it is fixed (git_access), or the token is no git credential (None).
     git_username_is_login: bool
+    #: The command-line tool a workspace uses with this provider's tokens (oauth/tools.py), or None.
+    workspace_tool: Tool | None
 
     def default_scopes(self, *, add_ssh_key: bool) -> tuple[str, ...]: ...
 
@@ -199,6 +202,7 @@ class OAuth2Base:
     supports_ssh_keys = False
     supports_revocation = False
     git_username_is_login = False
+    workspace_tool: Tool | None = None
     client_auth = "body"  # "body" (client_secret_post) or "basic" (client_secret_basic)
     name = "OAuth provider"
 

@@ -16,6 +16,7 @@ from typing import Any
 from workspace_secrets.oauth.protocol import Identity, TokenSet
 from workspace_secrets.oauth.protocol import GitAccess
 from workspace_secrets.oauth.base import ClientCredentials, UserKeysOAuth2, classify_api_error
+from workspace_secrets.oauth.tools import GH
 from workspace_secrets.runtime.http import Request
 
 PUBLIC_WEB = "https://github.com"
@@ -33,6 +34,7 @@ class GitHub(UserKeysOAuth2):
     # The git username convention: GitHub takes any username with a token as the password;
     # x-access-token is the one GitHub documents for app tokens.
     git_username = "x-access-token"
+    workspace_tool = GH  # gh reads GH_CONFIG_DIR/hosts.yml
 
     def __init__(self, transport, *, host: str | None = None, clock=None, **_: Any) -> None:  # type: ignore[no-untyped-def]
         super().__init__(transport, **({"clock": clock} if clock else {}))

@@ -12,6 +12,7 @@ from typing import Any
 
 from workspace_secrets.oauth.protocol import Identity, TokenSet
 from workspace_secrets.oauth.protocol import GitAccess
+from workspace_secrets.oauth.tools import GLAB
 from workspace_secrets.runtime.http import Request
 from workspace_secrets.oauth.base import ClientCredentials, UserKeysOAuth2, classify_api_error
 
@@ -26,6 +27,7 @@ class GitLab(UserKeysOAuth2):
     supports_ssh_keys = True
     supports_revocation = True
     git_username = "oauth2"
+    workspace_tool = GLAB  # glab reads GLAB_CONFIG_DIR/config.yml
 
     def __init__(self, transport, *, host: str | None = None, clock=None, **_: Any) -> None:  # type: ignore[no-untyped-def]
         super().__init__(transport, **({"clock": clock} if clock else {}))

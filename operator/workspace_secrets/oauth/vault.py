@@ -18,6 +18,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 from workspace_secrets.oauth.protocol import Identity, TokenSet
 from workspace_secrets.runtime.sensitive import Sensitive
+from workspace_secrets.oauth.tools import VAULT
 from workspace_secrets.runtime.http import Request, Response
 from workspace_secrets.oauth.base import (AuthorizationStart, ClientCredentials, GrantRejected, InvalidToken, OAuth2Base,
                                           ProviderMisconfigured, TemporaryFailure, _description)
@@ -28,6 +29,7 @@ class Vault(OAuth2Base):
     name = "Vault"
     supports_pkce = False  # Vault runs PKCE with the identity provider itself; we bind with client_nonce
     supports_revocation = True
+    workspace_tool = VAULT  # VAULT_ADDR; the token is a file of the workspace Secret
 
     def __init__(self, transport, *, host: str, mount: str = "oidc", role: str | None = None, clock=None, **_: Any) -> None:  # type: ignore[no-untyped-def]
         super().__init__(transport, **({"clock": clock} if clock else {}))

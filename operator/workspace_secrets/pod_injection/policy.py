@@ -67,6 +67,7 @@ class MountSource:
     files: tuple[FileBinding, ...] = ()  # user-secret files, mounted in their own directory
     files_mount_path: str = c.DEFAULT_USER_FILES_PATH
     user: str = ""  # the WorkspaceSecret's spec.user: the pod must be labelled with it
+    gate: bool = False  # the pod waits (scheduling gate) until the controller says the Secret holds everything
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,7 @@ def mount_source(body: Mapping[str, Any]) -> MountSource:
         files=files,
         files_mount_path=ws.user_files_path,
         user=ws.user,
+        gate=ws.requires_gate,
     )
 
 
@@ -248,7 +250,28 @@ def inject(pod: Mapping[str, Any], source: MountSource) -> Injection:
         patched_spec = patched.get("spec") or {}
         patch += _user_files(patched_spec, _targets(patched_spec, annotations), source, conflicts)
     hints = _readability_hints(spec, needs_mount)
-    return Injection(patch=patch, warnings=[*source.notes, *conflicts, *hints], conflicts=conflicts)
+    gate_patch, gate_notes = scheduling_gate(spec, source)
+    patch += gate_patch
+    return Injection(patch=patch, warnings=[*source.notes, *conflicts, *hints, *gate_notes], conflicts=conflicts)
+
+
+def scheduling_gate(spec: Mapping[str, Any], source: MountSource) -> tuple[JSONPatch, list[str]]:
+    """The scheduling gate that holds the pod until its WorkspaceSecret holds everything it requires (a
+    required userToken, WhileRunning credentials): the controller removes it. A pod with spec.nodeName set
+    bypasses the scheduler, and the API server refuses it with a gate: it is admitted without one, with a
+    warning that it may start before its tokens and credentials are there."""
+    if not source.gate:
+        return [], []
+    gates: Sequence[Mapping[str, Any]] = spec.get("schedulingGates") or ()
+    if any(g.get("name") == c.SCHEDULING_GATE for g in gates):
+        return [], []
+    if spec.get("nodeName"):
+        return [], [
+            f"the pod sets spec.nodeName, so it cannot wait (scheduling gate {c.SCHEDULING_GATE}) for what WorkspaceSecret "
+            f"{source.workspace_secret!r} requires: it may start before its tokens and credentials are in Secret "
+            f"{source.secret_name!r}; use a nodeSelector or node affinity instead"
+        ]
+    return _append("/spec", spec, "schedulingGates", [{"name": c.SCHEDULING_GATE}]), []
 
 
 def check_pod_user(pod: Mapping[str, Any], source: MountSource) -> None:

@@ -25,6 +25,7 @@ from workspace_secrets.runtime.ratelimit import RateLimiter
 
 JSON = dict[str, Any]
 MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
 
 
 class KubeError(Exception):
@@ -184,6 +185,11 @@ class Kube:
 
     async def merge_patch(self, path: str, patch: JSON) -> JSON:
         return await self._run("PATCH", path, body=patch, content_type=MERGE_PATCH)
+
+    async def json_patch(self, path: str, operations: list[JSON]) -> JSON:
+        """RFC 6902 PATCH. A failed `test` operation is refused as a whole (422): guards a change against a
+        concurrent one without a resourceVersion."""
+        return await self._run("PATCH", path, body=operations, content_type=JSON_PATCH)
 
     async def delete(self, path: str, *, uid: str | None = None) -> bool:
         """Delete; with `uid`, only that incarnation of the object. False if it was already gone."""

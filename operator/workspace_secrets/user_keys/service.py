@@ -1,6 +1,8 @@
 """The per-user SSH key pair: one per (namespace, user, key type), created once and shared by the user's
 workspaces, rotated on request, uploaded by the user's UserTokens. One service both CRDs use:
-WorkspaceSecrets `ensure()` it (create, rotate, load), UserTokens read its `public_key()`.
+WorkspaceSecrets `ensure()` it (create, rotate, load). UserTokens upload the keys the user's workspaces use
+(`workspace_keys()`: generated keys of any type and brought keys, read from the workspace Secrets the operator
+wrote), and their Secret watch asks `workspace_key_changed()` whether an event changed one.
 
 Every step is idempotent and keyed by the deterministic name (naming.user_key_secret_name); a lost race is a
 RetryLater, a Secret at the name that is not the operator's is a ProblemFound (left untouched).
@@ -17,7 +19,7 @@ from typing import Any
 from workspace_secrets.api import constants as c
 from workspace_secrets.api.conditions import Problem, ProblemFound
 from workspace_secrets.runtime.errors import RetryLater
-from workspace_secrets.runtime.kube import Conflict, Kube, core_path
+from workspace_secrets.runtime.kube import Conflict, Kube, core_path, group_path
 from workspace_secrets.user_keys import policy, sshkeys
 from workspace_secrets.user_keys.naming import user_key_secret_name
 from workspace_secrets.user_keys.sshkeys import KeySpec, KeyType, SSHKeyPair
@@ -38,6 +40,8 @@ class UserKeys:
     def __init__(self, kube: Kube) -> None:
         self._kube = kube
         self._cache: dict[tuple[str, ...], SSHKeyPair] = {}
+        # The key fingerprint of each workspace Secret as last seen by the Secret watch (workspace_key_changed).
+        self._workspace_fingerprints: dict[tuple[str, str], str] = {}
 
     async def ensure(self, namespace: str, user: str, spec: KeySpec, *, rotation_request: str | None = None) -> UserKey:
         """The user's key pair of this type: created if missing, regenerated for a new `rotation_request` (an id
@@ -69,18 +73,42 @@ class UserKeys:
             return UserKey(name, key, replaced, "update")
         return UserKey(name, self._load(existing, user))
 
-    async def public_key(self, namespace: str, user: str) -> tuple[str, str]:
-        """(public key, Secret name) of the user's operator-managed key; the key is '' unless the Secret is
-        proven to be the operator's per-user key for the user (policy.is_operator_user_key): a Secret that
-        only has the name -- squatted, or made by someone else -- is never uploaded to anyone's account."""
-        name = user_key_secret_name(user, KeySpec())
-        secret = await self._kube.get(core_path(namespace, "secrets", name))
-        if secret is None or not policy.is_operator_user_key(secret, user, name):
-            return "", name
-        try:
-            return base64.b64decode((secret.get("data") or {}).get(c.KEY_SSH_PUBLIC, "")).decode().strip(), name
-        except ValueError:
-            return "", name
+    async def workspace_keys(self, namespace: str, user: str) -> list[policy.KeyInUse]:
+        """The distinct public keys the user's WorkspaceSecrets in `namespace` use, oldest workspace first: each
+        read from the WorkspaceSecret's own Secret, and only from a Secret proven to be the one the operator wrote
+        for it (policy.workspace_public_key) -- never from a Secret a tenant named, labelled or filled. One list of
+        the user's workspace Secrets (label-selected, from the watch cache), one read of each one's WorkspaceSecret
+        (at most policy.MAX_WORKSPACES_READ): the cost follows the user's workspaces, not the namespace's."""
+        if not policy.is_label_value(user):
+            return []
+        selector = f"{c.MANAGED_SELECTOR},{c.LABEL_COMPONENT}={c.COMPONENT_WORKSPACE_SECRET},{c.LABEL_USER}={user}"
+        listing = await self._kube.list(core_path(namespace, "secrets"), label_selector=selector, from_cache=True)
+        secrets = sorted(listing.get("items", ()), key=lambda s: s["metadata"]["name"])[:policy.MAX_WORKSPACES_READ]
+        found = []
+        for secret in secrets:
+            owner = policy.workspace_owner(secret)
+            if owner is None:
+                continue
+            ws = await self._kube.get(group_path(c.API_VERSION, namespace, c.WORKSPACE_SECRET_PLURAL, owner))
+            if ws is None or (ws.get("spec") or {}).get("user") != user or ws["metadata"].get("deletionTimestamp"):
+                continue
+            meta = ws["metadata"]
+            secret_name = (ws.get("spec") or {}).get("secretName") or meta["name"]
+            line = policy.workspace_public_key(secret, secret_name=secret_name, ws_uid=meta.get("uid", ""), user=user)
+            if line:
+                found.append((meta.get("creationTimestamp") or "", meta["name"], line))
+        return policy.keys_in_use(found)
+
+    def workspace_key_changed(self, event_type: str, secret: Mapping[str, Any]) -> bool:
+        """Whether a watch event of a workspace Secret changed the key it holds (remembered per Secret)."""
+        meta = secret.get("metadata") or {}
+        where = (meta.get("namespace", ""), meta.get("name", ""))
+        changed, fingerprint = policy.workspace_key_change(self._workspace_fingerprints.get(where), event_type, secret)
+        if fingerprint is None:
+            self._workspace_fingerprints.pop(where, None)
+        else:
+            self._workspace_fingerprints[where] = fingerprint
+        return changed
 
     def _load(self, secret: Mapping[str, Any], user: str) -> SSHKeyPair:
         meta = secret["metadata"]

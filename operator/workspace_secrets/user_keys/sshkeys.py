@@ -388,6 +388,42 @@ def canonical_openssh(pem: bytes) -> bytes:
     return b"\n".join([_BEGIN, *lines, _END]) + b"\n"
 
 
+#: A public key line longer than this is no key the operator wrote (an RSA-8192 line is about 1.4 KiB).
+MAX_PUBLIC_KEY_LINE = 4096
+
+
+@dataclass(frozen=True)
+class PublicKey:
+    """An OpenSSH public key, as providers compare it: `type base64`, without the comment."""
+
+    body: str  # "ssh-ed25519 AAAA..."
+    fingerprint: str  # "SHA256:..."
+    type: str  # "ed25519", "ecdsa-p256", "rsa-3072", ... (as SSHKeyPair.type)
+
+
+def public_key(line: str) -> PublicKey:
+    """Parse one OpenSSH public key line (ed25519, ECDSA on the OpenSSH curves, RSA). Raises InvalidKey."""
+    if len(line) > MAX_PUBLIC_KEY_LINE:
+        raise InvalidKey("the public key line is too long")
+    parts = line.strip().split()
+    if len(parts) < 2:
+        raise InvalidKey("not an OpenSSH public key line")
+    body = f"{parts[0]} {parts[1]}"
+    try:
+        key = serialization.load_ssh_public_key(body.encode())
+    except Exception:  # never chain: the parser's text could quote the line
+        raise InvalidKey("not an OpenSSH public key line") from None
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        type_ = "ed25519"
+    elif isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, (ec.SECP256R1, ec.SECP384R1, ec.SECP521R1)):
+        type_ = f"ecdsa-p{key.curve.key_size}"
+    elif isinstance(key, rsa.RSAPublicKey):
+        type_ = f"rsa-{key.key_size}"
+    else:
+        raise InvalidKey("unsupported public key type")
+    return PublicKey(body=body, fingerprint=fingerprint(body), type=type_)
+
+
 def fingerprint(public_line: str) -> str:
     """SHA256 fingerprint of an OpenSSH public key line, exactly as `ssh-keygen -l` prints it."""
     blob = base64.b64decode(public_line.split()[1])

@@ -15,6 +15,8 @@ from workspace_secrets.oauth.base import GrantRejected, InvalidToken, ProviderMi
 from workspace_secrets.oauth.protocol import Identity
 from workspace_secrets.runtime.errors import RetryLater
 from workspace_secrets.runtime.kube import core_path
+from workspace_secrets.user_keys import policy as keys
+from workspace_secrets.oauth import token_secret
 from workspace_secrets.user_token import context, policy
 from workspace_secrets.user_token.context import Context, event_ref
 
@@ -25,8 +27,8 @@ async def finalize_locked(ctx: Context, body: Mapping[str, Any], ut: UserToken) 
     """Remove the uploaded SSH key(s), revoke the token at the provider, delete the Secret (under the token's lock)."""
     path = core_path(ut.namespace, "secrets", ut.secret_name)
     secret = await ctx.kube.get(path)
-    owned = secret is not None and policy.is_owned_by(secret, ut.uid)
-    stored = policy.read_token_secret(secret) if owned and secret is not None else None
+    owned = secret is not None and token_secret.is_owned_by(secret, ut.uid)
+    stored = token_secret.read_token_secret(secret) if owned and secret is not None else None
     unsaved = ctx.memory.unsaved.get(ut.uid)  # kept until the cleanup is done: a retry revokes it too
     tokens = unsaved[0] if unsaved else (stored.tokens if stored else None)
     status = body.get("status") or {}
@@ -36,17 +38,18 @@ async def finalize_locked(ctx: Context, body: Mapping[str, Any], ut: UserToken) 
         where = context.where(ut)
         provider = ctx.provider(ut)
         identity = Identity(login=status.get("login", ""), user_id=status.get("providerUserID", ""))
-        key_id = (status.get("sshKey") or {}).get("id")
+        key_ids = [k.id for k in keys.recorded_keys(status) if k.added_by == keys.ADDED_BY_OPERATOR]  # never the user's own
         try:
             if provider.supports_ssh_keys:
-                # The recorded key, and the user's current key if an upload was not recorded yet (a rotation
-                # re-upload racing this deletion): nothing the operator uploaded is left behind.
-                key_ids = [key_id] if key_id else []
+                # The recorded keys, and the keys the user's workspaces use if an upload was not recorded yet (a
+                # rotation re-upload racing this deletion) and it carries the operator's title: nothing the operator
+                # uploaded is left behind, nothing the user added by hand is removed.
                 if ut.add_ssh_key:
-                    public, _ = await ctx.user_keys.public_key(ut.namespace, ut.user)
-                    found = await provider.find_ssh_key(tokens, identity, public) if public else None
-                    if found is not None and found.id not in key_ids:
-                        key_ids.append(found.id)
+                    title = policy.ssh_key_title(ut)
+                    for used in (await ctx.user_keys.workspace_keys(ut.namespace, ut.user))[:keys.MAX_UPLOADED_KEYS]:
+                        found = await provider.find_ssh_key(tokens, identity, used.key.body)
+                        if found is not None and found.title == title and found.id not in key_ids:
+                            key_ids.append(found.id)
                 for kid in key_ids:
                     await provider.delete_ssh_key(tokens, identity, kid)
                     await ctx.events.normal(event_ref(body), "SSHKeyRemoved", f"Removed SSH key {kid} from {where}.")

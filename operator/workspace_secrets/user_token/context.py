@@ -18,7 +18,7 @@ from typing import Any
 from workspace_secrets.api import conditions as cond
 from workspace_secrets.api import constants as c
 from workspace_secrets.api.conditions import Condition, Problem, ProblemFound
-from workspace_secrets.api.oauth_application import OAuthApplication, app_path
+from workspace_secrets.api.oauth_application import OAuthApplication, app_path, unavailable_application
 from workspace_secrets.api.user_token import UserToken
 from workspace_secrets.api.workspace_secret import SpecError
 from workspace_secrets.oauth.base import ClientCredentials, DeviceAuthorization, OAuthProvider
@@ -176,9 +176,4 @@ def where(ut: UserToken) -> str:
 
 
 def application_problem(ut: UserToken) -> Problem:
-    """One message for "no such OAuthApplication" and "not allowed in this namespace": a tenant learns no more
-    about the platform's applications than that this name cannot be used here."""
-    return Problem("ApplicationNotFound",
-                   f"OAuthApplication {ut.application!r} does not exist or may not be used in namespace {ut.namespace!r}: set "
-                   "spec.application to an application your platform offers for this namespace, or ask the platform team to "
-                   "allow this namespace in its spec.allowedNamespaces.")
+    return unavailable_application(ut.application, ut.namespace)

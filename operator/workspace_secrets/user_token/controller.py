@@ -78,6 +78,9 @@ class UserTokenController:
         # The keys this process has made a pass over: the first pass after a start (or a takeover) spreads
         # overdue refreshes (policy.refresh_delay's just_started).
         self._passed: set[tuple[str, str]] = set()
+        # UserTokens with addSSHKey, by (namespace, user), as observed: a change of a workspace's key wakes them
+        # without an API call.
+        self._uploaders: dict[tuple[str, str], set[str]] = {}
 
     @property
     def refreshes(self) -> int:
@@ -100,6 +103,7 @@ class UserTokenController:
         A token being deleted gets no pass; its finalizer (`finalize`) cleans up."""
         meta = body.get("metadata") or {}
         key = (meta.get("namespace", ""), meta.get("name", ""))
+        self._track_uploader(key, body, deleted=event_type == "DELETED")
         if event_type == "DELETED":
             self._seen.pop(key, None)
             self._passed.discard(key)
@@ -112,17 +116,33 @@ class UserTokenController:
             self.wake(*key)
 
     async def secret_changed(self, event_type: str, obj: Mapping[str, Any]) -> None:
-        """A user's SSH key appeared or was rotated: their UserTokens upload it. A token Secret was deleted:
-        its UserToken writes it again."""
+        """A user's SSH key appeared or was rotated, or a workspace's key changed: their UserTokens upload it. A
+        token Secret was deleted: its UserToken writes it again."""
         meta = obj.get("metadata") or {}
         labels = meta.get("labels") or {}
         if labels.get(c.LABEL_COMPONENT) == c.COMPONENT_USER_SSH_KEY:
             for name in await self.names_for_user(meta["namespace"], labels.get(c.LABEL_USER, "")):
                 self.wake(meta["namespace"], name)
+        elif labels.get(c.LABEL_COMPONENT) == c.COMPONENT_WORKSPACE_SECRET:
+            # A workspace's key appeared, changed or went: the user's addSSHKey tokens keep the provider in step.
+            if self._ctx.user_keys.workspace_key_changed(event_type, obj):
+                for name in sorted(self._uploaders.get((meta.get("namespace", ""), labels.get(c.LABEL_USER, "")), ())):
+                    self.wake(meta["namespace"], name)
         elif labels.get(c.LABEL_COMPONENT) == c.COMPONENT_USER_TOKEN and event_type == "DELETED":
             for owner in meta.get("ownerReferences") or ():
                 if owner.get("kind") == c.USER_TOKEN_KIND:
                     self.wake(meta["namespace"], owner["name"])
+
+    def _track_uploader(self, key: tuple[str, str], body: Mapping[str, Any], *, deleted: bool) -> None:
+        spec = body.get("spec") or {}
+        user = (key[0], str(spec.get("user", "")))
+        names = self._uploaders.get(user, set())
+        if spec.get("addSSHKey") and not deleted:
+            self._uploaders[user] = names | {key[1]}
+        elif key[1] in names:
+            names.discard(key[1])
+            if not names:
+                self._uploaders.pop(user, None)
 
     # --- entry points --------------------------------------------------------------------------------------
     async def reconcile_by_name(self, namespace: str, name: str) -> None:
@@ -224,6 +244,10 @@ class UserTokenController:
 
     async def list_for_user(self, user: str, namespace: str | None) -> list[TokenSummary]:
         return await self._connect.list_for_user(user, namespace)
+
+    async def disconnect(self, namespace: str, name: str, user: str) -> ConnectResult:
+        """The user's Disconnect on the connect page: revoke and remove the stored token, keep the UserToken (connect.py)."""
+        return await self._connect.disconnect(namespace, name, user)
 
     # --- listings ------------------------------------------------------------------------------------------
     async def count_tokens(self) -> dict[tuple[str, str], int]:

@@ -24,7 +24,8 @@ from workspace_secrets.oauth.protocol import Identity, TokenSet
 from workspace_secrets.runtime.kube import Conflict, core_path
 from workspace_secrets.runtime.metrics import TOKEN_REFRESH_FAILURES
 from workspace_secrets.runtime.sensitive import Sensitive
-from workspace_secrets.user_keys import sshkeys
+from workspace_secrets.oauth import token_secret
+from workspace_secrets.user_keys import policy as keys
 from workspace_secrets.user_token import policy
 from workspace_secrets.user_token import context
 from workspace_secrets.user_token.context import Context, event_ref
@@ -76,7 +77,7 @@ class Pass:
             try:
                 if existing is None:
                     self.secret = await ctx.kube.create(path.rsplit("/", 1)[0], desired)
-                elif not policy.is_owned_by(existing, ut.uid):
+                elif not token_secret.is_owned_by(existing, ut.uid):
                     raise ProblemFound(Problem("SecretConflict", f"Secret {ut.secret_name!r} exists and is not this UserToken's; it was left untouched. Delete or rename it, or ask the platform to set spec.secretName."))
                 else:
                     meta = dict(existing["metadata"])
@@ -136,7 +137,7 @@ class Pass:
         await self._announce(previous)
         return min(self.next_due) if self.next_due else None
 
-    async def _device(self) -> policy.StoredToken | None:
+    async def _device(self) -> token_secret.StoredToken | None:
         """The device flow (RFC 8628): request a code, show it in status, poll until the user approved.
 
         A new code is requested on creation, when the user asks (Connect on the page, or the refresh
@@ -201,21 +202,21 @@ class Pass:
                 ctx.memory.devices.pop(ut.uid, None)
                 await self.save(tokens, ctx.clock())
                 self.connected = True
-                return policy.read_token_secret(self.secret) if self.secret is not None else None
+                return token_secret.read_token_secret(self.secret) if self.secret is not None else None
         self._due_in(device.interval)
         return None
 
-    async def _read_token(self) -> policy.StoredToken | None:
+    async def _read_token(self) -> token_secret.StoredToken | None:
         ut, ctx = self.ut, self.ctx
         self.secret = await ctx.kube.get(core_path(ut.namespace, "secrets", ut.secret_name))
-        if self.secret is not None and not policy.is_owned_by(self.secret, ut.uid):
+        if self.secret is not None and not token_secret.is_owned_by(self.secret, ut.uid):
             raise ProblemFound(Problem("SecretConflict", f"Secret {ut.secret_name!r} exists and is not this UserToken's; it was left untouched. Delete or rename it, or ask the platform to set spec.secretName."))
         unsaved = ctx.memory.unsaved.get(ut.uid)
         if unsaved is not None:  # a rotated token a failed write left in memory: store it first
             await self.save(*unsaved)
-        return policy.read_token_secret(self.secret) if self.secret is not None else None
+        return token_secret.read_token_secret(self.secret) if self.secret is not None else None
 
-    async def _with_token(self, stored: policy.StoredToken, after_connect: bool) -> None:
+    async def _with_token(self, stored: token_secret.StoredToken, after_connect: bool) -> None:
         ut, ctx, now = self.ut, self.ctx, self.now
         schedule = ctx.settings.schedule
         tokens = stored.tokens
@@ -223,7 +224,7 @@ class Pass:
         if self.phase in (None, Phase.AWAITING_AUTHORIZATION, Phase.ERROR, Phase.EXPIRED, Phase.REVOKED) or after_connect:
             self._event(Event.CONNECTED)
         if self.connected:
-            self.fields["connectedTime"] = policy.format_time(now)
+            self.fields["connectedTime"] = token_secret.format_time(now)
 
         # 1. Refresh, when asked to or when due.
         forced = ut.refresh_request is not None and ut.refresh_request != self.status.get("refreshRequest")
@@ -255,10 +256,10 @@ class Pass:
                 self._due_in((due - now).total_seconds())
             expires = tokens.expires_at
             if expires is not None and not refreshed:
-                self.fields["nextRefreshAt"] = policy.format_time(due)
+                self.fields["nextRefreshAt"] = token_secret.format_time(due)
             elif expires is not None:
-                self.fields["nextRefreshAt"] = policy.format_time(policy.refresh_at(now, expires, ut.uid, schedule))
-        self.fields["expiresAt"] = policy.format_time(expires)
+                self.fields["nextRefreshAt"] = token_secret.format_time(policy.refresh_at(now, expires, ut.uid, schedule))
+        self.fields["expiresAt"] = token_secret.format_time(expires)
         if expires is None or not self.provider.can_refresh(tokens):
             self.fields["nextRefreshAt"] = None
         if expires is not None and expires <= now and not refreshed:
@@ -268,7 +269,7 @@ class Pass:
 
         # 2. Validate: after a connect or refresh, when asked to, and on a schedule.
         forced_validation = ut.validate_request is not None and ut.validate_request != self.status.get("validateRequest")
-        last = policy.parse_time(self.status.get("lastValidationTime"))
+        last = token_secret.parse_time(self.status.get("lastValidationTime"))
         validate_at = policy.validation_due(last, now, ut.uid, schedule)
         identity: Identity | None = None
         if refreshed or after_connect or forced_validation or validate_at <= now or self.phase is not Phase.VALID:
@@ -312,8 +313,8 @@ class Pass:
         now = ctx.clock()
         await self.save(new, now)  # before anything else: the old refresh token is spent
         self._event(Event.REFRESHED)
-        self.fields["lastRefreshTime"] = policy.format_time(now)
-        await ctx.events.normal(event_ref(self.body), "TokenRefreshed", f"Refreshed the {where} token; it now expires at {policy.format_time(new.expires_at) or 'never'}.")
+        self.fields["lastRefreshTime"] = token_secret.format_time(now)
+        await ctx.events.normal(event_ref(self.body), "TokenRefreshed", f"Refreshed the {where} token; it now expires at {token_secret.format_time(new.expires_at) or 'never'}.")
         return new, True
 
     def _temporary(self, exc: TemporaryFailure, tokens: TokenSet) -> TokenSet | None:
@@ -348,7 +349,7 @@ class Pass:
             raise ProblemFound(Problem("ProviderError", str(exc))) from None
         self._event(Event.VALIDATED)
         self.fields.update(login=identity.login or None, providerUserID=identity.user_id or None,
-                           lastValidationTime=policy.format_time(ctx.clock()))
+                           lastValidationTime=token_secret.format_time(ctx.clock()))
         scopes = identity.scopes if identity.scopes is not None else tokens.scopes
         if scopes is not None:
             self.fields["scopes"] = list(scopes)
@@ -359,41 +360,55 @@ class Pass:
         return identity
 
     async def _ssh_key(self, tokens: TokenSet, identity: Identity) -> None:
+        """addSSHKey: the provider holds exactly the public keys the user's workspaces in this namespace use
+        (generated of any type, or brought; at most keys.MAX_UPLOADED_KEYS): a new one is uploaded before an old
+        one the operator uploaded is removed; a key the user added by hand is never removed."""
         ut, ctx = self.ut, self.ctx
         provider = self.provider
-        current = dict(self.status.get("sshKey") or {})
         where = context.where(ut)
+        recorded = keys.recorded_keys(self.status)
+        current = list(recorded)  # what the provider holds of ours, kept true as each call succeeds
         try:
             if not ut.add_ssh_key:
-                if current.get("id") and provider.supports_ssh_keys:  # addSSHKey was turned off
-                    await provider.delete_ssh_key(tokens, identity, current["id"])
-                    self.fields["sshKey"] = None
-                    await ctx.events.normal(event_ref(self.body), "SSHKeyRemoved", f"Removed SSH key {current['id']} from {where}.")
+                if recorded and provider.supports_ssh_keys:  # addSSHKey was turned off
+                    for key in recorded:
+                        if key.added_by == keys.ADDED_BY_OPERATOR:
+                            await provider.delete_ssh_key(tokens, identity, key.id)
+                            await ctx.events.normal(event_ref(self.body), "SSHKeyRemoved", f"Removed SSH key {key.fingerprint} (id {key.id}) from {where}.")
+                        current.remove(key)
                 return
-            public, name = await ctx.user_keys.public_key(ut.namespace, ut.user)
-            if not public:  # one message whether absent or not proven to be the operator's key for this user
-                self.ssh = Condition(c.CONDITION_SSH_KEY_UPLOADED, False, "UserKeyNotFound",
-                                     f"{ut.user!r} has no operator-managed SSH key yet (Secret {name!r}); it is uploaded once a WorkspaceSecret of the user creates it.")
-                return
-            fingerprint = sshkeys.fingerprint(public)
-            if current.get("id") and current.get("fingerprint") == fingerprint:
-                self.ssh = Condition(c.CONDITION_SSH_KEY_UPLOADED, True, "Uploaded", f"SSH key {fingerprint} is registered at {where} as {current.get('title')!r} (id {current['id']}).")
-                return
+            in_use = await ctx.user_keys.workspace_keys(ut.namespace, ut.user)
+            plan = keys.upload_plan(in_use, recorded)
             title = policy.ssh_key_title(ut)
-            uploaded = await provider.find_ssh_key(tokens, identity, public)  # adopt one an interrupted attempt made
-            if uploaded is None:
-                uploaded = await provider.add_ssh_key(tokens, identity, title=title, public_key=public)
-            if current.get("id") and current["id"] != uploaded.id:  # the user's key was rotated: remove the old one
-                await provider.delete_ssh_key(tokens, identity, current["id"])
-            self.fields["sshKey"] = {"id": uploaded.id, "title": uploaded.title, "fingerprint": fingerprint}
-            self.ssh = Condition(c.CONDITION_SSH_KEY_UPLOADED, True, "Uploaded", f"SSH key {fingerprint} is registered at {where} as {uploaded.title!r} (id {uploaded.id}).")
-            await ctx.events.normal(event_ref(self.body), "SSHKeyUploaded", f"Uploaded {ut.user!r}'s SSH key {fingerprint} to {where} as {uploaded.title!r}.")
+            for key in plan.upload:
+                found = await provider.find_ssh_key(tokens, identity, key.key.body)  # adopt one an interrupted attempt made
+                if found is not None and found.title != title:  # the user added this key by hand: theirs, never removed
+                    current.append(keys.RecordedKey(found.id, found.title, key.key.fingerprint, key.key.type, keys.ADDED_BY_USER))
+                    continue
+                if found is None:
+                    found = await provider.add_ssh_key(tokens, identity, title=title, public_key=key.key.body)
+                    await ctx.events.normal(event_ref(self.body), "SSHKeyUploaded",
+                                            f"Uploaded {ut.user!r}'s SSH key {keys.key_summary(key)} to {where} as {found.title!r}.")
+                current.append(keys.RecordedKey(found.id, found.title, key.key.fingerprint, key.key.type))
+            for old in plan.remove:  # after the uploads: a workspace never finds its key missing at the provider
+                await provider.delete_ssh_key(tokens, identity, old.id)
+                current.remove(old)
+                await ctx.events.normal(event_ref(self.body), "SSHKeyRemoved",
+                                        f"Removed SSH key {old.fingerprint} (id {old.id}) from {where}: no workspace of {ut.user!r} uses it any more.")
+            for old in plan.forget:
+                current.remove(old)
+            self.ssh = _ssh_condition(ut, where, in_use, plan, current)
         except TemporaryFailure as exc:
             self._due_in(ctx.memory.backoff(ut.uid, exc.retry_after))
             self.ssh = Condition(c.CONDITION_SSH_KEY_UPLOADED, False, "UploadPending", f"{exc}; retrying.")
         except (ProviderMisconfigured, InvalidToken, Unsupported) as exc:
             self._due_in(300)
             self.ssh = Condition(c.CONDITION_SSH_KEY_UPLOADED, False, "UploadFailed", f"{exc}. Check the token's scopes and the key at the provider.")
+        finally:
+            if current != recorded or "sshKeys" not in self.status:
+                self.fields["sshKeys"] = [k.status() for k in current] or None
+                self.fields["sshKey"] = ({"id": current[0].id, "title": current[0].title, "fingerprint": current[0].fingerprint}
+                                         if current else None)
 
     def _link(self) -> None:
         """status.authorizationURL: the connect page focused on this UserToken, while the user has to act. A
@@ -416,3 +431,23 @@ class Pass:
             await self.ctx.events.warning(ref, "TokenExpired", f"The {where} token expired; the user must reconnect.")
         if self.problem and phase == Phase.ERROR.value and previous != phase:
             await self.ctx.events.warning(ref, self.problem.reason, self.problem.message)
+
+
+def _ssh_condition(ut: UserToken, where: str, in_use: list[keys.KeyInUse], plan: keys.UploadPlan,
+                   current: list[keys.RecordedKey]) -> Condition:
+    """SSHKeyUploaded: which keys of the user's workspaces are registered at the provider (fingerprints, types,
+    the WorkspaceSecrets using them: public information only), and what is not."""
+    if not in_use:
+        return Condition(c.CONDITION_SSH_KEY_UPLOADED, False, "UserKeyNotFound",
+                         f"No WorkspaceSecret of {ut.user!r} in namespace {ut.namespace!r} has an SSH key yet; the keys its "
+                         f"workspaces use are uploaded once one has written its Secret.")
+    by_fp = {k.fingerprint: k for k in current}
+    registered = [f"{keys.key_summary(k)} as id {by_fp[k.key.fingerprint].id}"
+                  + (" (added by the user)" if by_fp[k.key.fingerprint].added_by == keys.ADDED_BY_USER else "")
+                  for k in in_use if k.key.fingerprint in by_fp]
+    message = f"Registered at {where}: " + "; ".join(registered) + "."
+    if plan.left_out:
+        return Condition(c.CONDITION_SSH_KEY_UPLOADED, False, "TooManyKeys",
+                         f"{message} Not uploaded: {len(plan.left_out)} more key(s) ({'; '.join(keys.key_summary(k) for k in plan.left_out[:3])}); "
+                         f"at most {keys.MAX_UPLOADED_KEYS} keys are uploaded for one user. Let the workspaces share a key type.")
+    return Condition(c.CONDITION_SSH_KEY_UPLOADED, True, "Uploaded", message)

@@ -7,15 +7,16 @@ import base64
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 from workspace_secrets.api import constants as c
 from workspace_secrets.api.user_token import UserToken
 from workspace_secrets.api.conditions import Condition, Problem
 from workspace_secrets.oauth.protocol import GitAccess, TokenSet
+from workspace_secrets.oauth.token_secret import ANNOTATION_ISSUED_AT, ANNOTATION_SCOPES, format_time, git_credentials_line
 
 SECRET_TYPE = "Opaque"
 
@@ -179,28 +180,6 @@ def owner_reference(ut: UserToken) -> dict[str, Any]:
             "controller": True, "blockOwnerDeletion": True}
 
 
-def git_credentials_line(git_url: str, username: str, token: bytes) -> bytes:
-    """One line of git's credential store (`git config credential.helper 'store --file=...'`):
-    scheme://user:password@host[:port], both parts percent-encoded as git expects."""
-    parts = urlsplit(git_url)
-    user = quote(username, safe="").encode()
-    password = quote(token.decode(), safe="").encode()
-    return parts.scheme.encode() + b"://" + user + b":" + password + b"@" + parts.netloc.encode() + b"\n"
-
-
-def format_time(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(text: Any) -> datetime | None:
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
 def desired_token_secret(ut: UserToken, tokens: TokenSet, *, issued_at: datetime, generation: str,
                          git: GitAccess | None) -> dict[str, Any]:
     """The full token Secret. Its data is the only place a token ever goes."""
@@ -232,49 +211,6 @@ def desired_token_secret(ut: UserToken, tokens: TokenSet, *, issued_at: datetime
         },
         "data": {k: base64.b64encode(v).decode() for k, v in data.items()},
     }
-
-
-ANNOTATION_ISSUED_AT = f"{c.GROUP}/token-issued-at"
-ANNOTATION_SCOPES = f"{c.GROUP}/token-scopes"  # granted scopes (not secret), kept for validation and status
-
-
-@dataclass(frozen=True)
-class StoredToken:
-    """The token as read back from its Secret."""
-
-    tokens: TokenSet
-    issued_at: datetime | None
-    generation: str | None
-
-
-def read_token_secret(secret: Mapping[str, Any]) -> StoredToken | None:
-    from workspace_secrets.runtime.sensitive import Sensitive
-
-    data = secret.get("data") or {}
-    if c.KEY_TOKEN not in data:
-        return None
-    meta = secret.get("metadata") or {}
-    annotations = meta.get("annotations") or {}
-    refresh = base64.b64decode(data[c.KEY_REFRESH_TOKEN]) if c.KEY_REFRESH_TOKEN in data else None
-    expires = parse_time(base64.b64decode(data[c.KEY_EXPIRES_AT]).decode()) if c.KEY_EXPIRES_AT in data else None
-    token_type = base64.b64decode(data[c.KEY_TOKEN_TYPE]).decode() if c.KEY_TOKEN_TYPE in data else "bearer"
-    scopes = annotations.get(ANNOTATION_SCOPES)
-    return StoredToken(
-        tokens=TokenSet(
-            access_token=Sensitive(base64.b64decode(data[c.KEY_TOKEN])),
-            refresh_token=Sensitive(refresh) if refresh else None,
-            token_type=token_type,
-            expires_at=expires,
-            scopes=tuple(scopes.split()) if scopes is not None else None,
-        ),
-        issued_at=parse_time(annotations.get(ANNOTATION_ISSUED_AT)),
-        generation=annotations.get(c.ANNOTATION_TOKEN_GENERATION),
-    )
-
-
-def is_owned_by(obj: Mapping[str, Any], owner_uid: str) -> bool:
-    refs = (obj.get("metadata") or {}).get("ownerReferences") or ()
-    return any(r.get("uid") == owner_uid and r.get("controller") for r in refs)
 
 
 # --- the connect link -----------------------------------------------------------------------------------

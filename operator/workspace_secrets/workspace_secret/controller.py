@@ -32,9 +32,13 @@ from workspace_secrets.user_keys.service import UserKeys
 from workspace_secrets.workspace_secret import policy
 from workspace_secrets.workspace_secret.binding import ObjectGone, bind
 from workspace_secrets.workspace_secret.keys import Keys
+from workspace_secrets.workspace_secret.gate import Gate
+from workspace_secrets.workspace_secret.pods import blockers
 from workspace_secrets.workspace_secret.refs import event_ref, ws_path
 from workspace_secrets.workspace_secret.secret import SecretOutcome, Secrets
 from workspace_secrets.workspace_secret.status import Status
+from workspace_secrets.workspace_secret import tokens as ws_tokens
+from workspace_secrets.workspace_secret.token_reader import WorkspaceTokens
 
 __all__ = ["ObjectGone", "RetryLater", "WorkspaceSecretController"]
 
@@ -59,8 +63,13 @@ class WorkspaceSecretController:
         # same essence only echoes our own status/ownerReference writes and needs no work.
         self._handled: dict[tuple[str, str], int] = {}
         self._secrets = Secrets(kube, credentials or CredentialManager({}, clock=clock))
-        self._keys = Keys(kube, user_keys or UserKeys(kube), events, written=self._secrets.remember)
+        self._keys = Keys(kube, user_keys or UserKeys(kube), events, written=self._secrets.remember,
+                          rotated=self.schedule_user)
         self._status = Status(kube, events, clock=clock)
+        self._tokens = WorkspaceTokens(kube, clock=clock)
+        # (uid, phase, authorizationURL, login) of each UserToken as last seen: see user_token_changed.
+        self._token_states: dict[tuple[str, str], tuple[Any, ...]] = {}
+        self._gate = Gate(kube, events, self._schedule)
 
     @property
     def credentials(self) -> CredentialManager:
@@ -76,6 +85,7 @@ class WorkspaceSecretController:
         key = (meta.get("namespace", ""), meta.get("name", ""))
         if event_type == "DELETED":
             self._handled.pop(key, None)
+            self._gate.forget(*key)
             return
         if meta.get("deletionTimestamp") or self._handled.get(key) == hash(policy.essence(body)):
             return
@@ -97,6 +107,42 @@ class WorkspaceSecretController:
             # The user's key was rotated or deleted: every workspace of that user follows.
             for name in await self.names_for_user(meta["namespace"], labels.get(c.LABEL_USER, "")):
                 self._schedule(meta["namespace"], name, 0.0)
+        elif component == c.COMPONENT_USER_TOKEN:
+            # A token was connected, refreshed or removed: every WorkspaceSecret naming its UserToken follows.
+            for owner in meta.get("ownerReferences") or ():
+                if owner.get("kind") == c.USER_TOKEN_KIND and owner.get("controller"):
+                    await self.schedule_token_users(meta["namespace"], owner["name"])
+
+    async def user_token_changed(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        """A UserToken's watch event (kopf): when what a workspace shows of it changed (phase, connect link, login)
+        or it was deleted, the WorkspaceSecrets naming it follow. The initial listing (type None) queues nothing:
+        every WorkspaceSecret is reconciled at start anyway."""
+        meta = body.get("metadata") or {}
+        key = (meta.get("namespace", ""), meta.get("name", ""))
+        status = body.get("status") or {}
+        seen = (meta.get("uid"), status.get("phase"), status.get("authorizationURL"), status.get("login"))
+        if event_type == "DELETED":
+            self._token_states.pop(key, None)
+        elif self._token_states.get(key) == seen:
+            return
+        else:
+            self._token_states[key] = seen
+        if event_type is not None:
+            await self.schedule_token_users(*key)
+
+    async def schedule_token_users(self, namespace: str, token: str) -> None:
+        """Queue every WorkspaceSecret in `namespace` whose spec.userTokens names UserToken `token`."""
+        listing = await self._kube.list(group_path(c.API_VERSION, namespace, c.WORKSPACE_SECRET_PLURAL), from_cache=True)
+        for item in listing.get("items", ()):
+            if ws_tokens.references(item, token):
+                self._schedule(namespace, item["metadata"]["name"], 0.0)
+
+    async def pod_changed(self, event_type: str, obj: Mapping[str, Any]) -> None:
+        """A labelled pod changed (the label-selected pod watch): reconcile the WorkspaceSecret its label names,
+        when the change matters (pods.Gate.pod_changed decides without an API call)."""
+        key = self._gate.pod_changed(event_type, obj)
+        if key is not None:
+            self._schedule(key[0], key[1], 0.0)
 
     async def user_secret_changed(self, event_type: str, obj: Mapping[str, Any]) -> None:
         """A user's own Secret changed: every workspace of that user in the namespace follows."""
@@ -150,6 +196,11 @@ class WorkspaceSecretController:
             await self._events.warning(ref, "RevocationFailed", message)
         return message
 
+    async def schedule_user(self, namespace: str, user: str) -> None:
+        """Queue every WorkspaceSecret of `user` in `namespace` now (their shared key was rotated)."""
+        for name in await self.names_for_user(namespace, user):
+            self._schedule(namespace, name, 0.0)
+
     async def names_for_user(self, namespace: str, user: str) -> list[str]:
         names = []
         async for page in self._kube.list_pages(group_path(c.API_VERSION, namespace, c.WORKSPACE_SECRET_PLURAL)):
@@ -195,10 +246,12 @@ class WorkspaceSecretController:
 
         key, source, rotation, problem = await self._keys.key(ws)
         workspace_uid, workspace_problem = await bind(self._kube, body, ws)
+        pods = await self._gate.pods(ws)  # before the Secret: WhileRunning credentials follow pods.running
+        tokens = await self._tokens.collect(ws)  # spec.userTokens: the user's own, checked (tokens.py)
 
         written = SecretOutcome()
         if key is not None:
-            written = await self._secrets.apply(ws, key)
+            written = await self._secrets.apply(ws, key, running=pods.running, tokens=tokens)
             problem = written.problem
         creds = written.credentials
 
@@ -214,9 +267,14 @@ class WorkspaceSecretController:
             credential_problems=credential_problems,
             credential_env=tuple(creds.env) if creds is not None else (),
             user_secrets=written.user_secrets, workspace_problem=workspace_problem,
+            pods=pods, tokens=tokens,
         )
         # Events first: whoever sees the new status can already read the Event that explains it.
         await self._status.announce(body, ws, obs)
+        if ws.user_tokens and key is not None:
+            await self._status.post(ws, ws_tokens.announcements(body.get("status") or {}, ws_tokens.condition(ws, tokens)))
+            if (wake := ws_tokens.next_check(tokens, self._clock())) is not None:
+                self._schedule(ws.namespace, ws.name, wake)
         await self._status.write(body, policy.conditions(ws, obs), policy.desired_status(ws, obs))
         if creds is not None:
             await self._status.post(ws, creds.events)
@@ -228,4 +286,6 @@ class WorkspaceSecretController:
             # An unbound WorkspaceSecret keeps looking for its workspace through the work queue (a kopf timer
             # would put kopf's finalizer on every unbound object and block its deletion while the operator is down).
             self._schedule(ws.namespace, ws.name, policy.bind_recheck_delay(body["metadata"].get("creationTimestamp"), self._clock()))
+        # After the status write: a released pod's user finds the status that explains it.
+        await self._gate.release(ws, pods, blockers(ws, obs), event_ref(ws))
         return "problem" if problem or credential_problems else "success"

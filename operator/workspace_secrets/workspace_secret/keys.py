@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -35,14 +35,18 @@ CACHE_SIZE = 4096
 
 #: Called with each Secret written (the object, its component label, create | update).
 Written = Callable[[Mapping[str, Any], str, str], None]
+#: Called after the user's key was rotated (namespace, user): every WorkspaceSecret of that user is queued.
+Rotated = Callable[[str, str], Awaitable[None]]
 
 
 class Keys:
-    def __init__(self, kube: Kube, user_keys: UserKeys, events: EventRecorder, *, written: Written) -> None:
+    def __init__(self, kube: Kube, user_keys: UserKeys, events: EventRecorder, *, written: Written,
+                 rotated: Rotated | None = None) -> None:
         self._kube = kube
         self._user_keys = user_keys
         self._events = events
         self._written = written
+        self._rotated = rotated
         self._cache: dict[tuple[str, ...], SSHKeyPair] = {}
         # Brought keys that failed to load, by the same key as _cache (the Secret's resourceVersion among it):
         # a wrong passphrase on an expensive key is paid once per change of the Secret, not once per reconcile.
@@ -65,7 +69,18 @@ class Keys:
         spec = KeySpec(KeyType(ws.ssh.key_type), ws.ssh.rsa_bits)
         result = await self._user_keys.ensure(ws.namespace, ws.user, spec, rotation_request=policy.rotation_request(ws))
         key = result.key
-        if result.written is not None and result.operation is not None:
+        fanned_out = True
+        if result.operation == "update" and self._rotated is not None:
+            # A rotation: every WorkspaceSecret of the user follows now. The watch event of our own write is
+            # skipped as an echo, so the watch would not -- the user's bound workspaces would keep the old key
+            # until the periodic resync. Should queueing them fail, the write is not remembered as ours: its
+            # watch event then fans out instead (a change made by anyone else always does).
+            try:
+                await self._rotated(ws.namespace, ws.user)
+            except Exception as exc:  # noqa: BLE001 - the watch event covers it
+                fanned_out = False
+                log.warning("Could not queue %r's workspaces after the rotation (%s); the Secret watch does.", ws.user, exc, extra=log_ref(ws))
+        if result.written is not None and result.operation is not None and fanned_out:
             self._written(result.written, c.COMPONENT_USER_SSH_KEY, result.operation)
         if result.operation == "create":
             log.info("Created Secret %r with %r's %s key %s.", result.name, ws.user, key.type, key.fingerprint, extra=log_ref(ws))

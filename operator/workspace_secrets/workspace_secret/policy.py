@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import shlex
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from datetime import datetime
@@ -22,6 +22,9 @@ from workspace_secrets.api.conditions import find as find_condition
 from workspace_secrets.runtime.sensitive import MASK
 from workspace_secrets.user_keys.policy import SSH_AUTH_SECRET_TYPE
 from workspace_secrets.user_keys.sshkeys import SSHKeyPair
+from workspace_secrets.workspace_secret.pods import NOT_LISTED, Pods
+from workspace_secrets.workspace_secret.tokens import TokensOutcome
+from workspace_secrets.workspace_secret.tokens import condition as tokens_condition
 from workspace_secrets.workspace_secret.user_secrets import UserSecretsPlan
 
 SECRET_TYPE = SSH_AUTH_SECRET_TYPE
@@ -236,10 +239,17 @@ class Observation:
     credential_env: tuple[dict[str, str], ...] = ()
     user_secrets: UserSecretsPlan | None = None  # None: disabled for this WorkspaceSecret
     workspace_problem: Problem | None = None  # why the workspace is not bound although it may exist
+    pods: Pods = NOT_LISTED  # the workspace's pods (pods.py): running, gated
+    tokens: TokensOutcome | None = None  # spec.userTokens as delivered (tokens.py); None: none, or not written
 
 
 def conditions(ws: WorkspaceSecret, obs: Observation) -> list[Condition]:
-    return [*_credential_conditions(ws, obs), user_secrets_condition(obs)]
+    result = [*_credential_conditions(ws, obs), user_secrets_condition(obs)]
+    token_condition = tokens_condition(ws, obs.tokens if obs.key is not None else None)
+    if not token_condition.status and result[0].type == c.CONDITION_READY and result[0].status:
+        # The SSH part and the credentials are fine: Ready says which token the workspace waits for.
+        result[0] = Condition(c.CONDITION_READY, False, token_condition.reason, token_condition.message)
+    return [*result, token_condition]
 
 
 def _credential_conditions(ws: WorkspaceSecret, obs: Observation) -> list[Condition]:
@@ -253,8 +263,26 @@ def _credential_conditions(ws: WorkspaceSecret, obs: Observation) -> list[Condit
         if result[0].status:  # the SSH part is fine: Ready says what is wrong with the credentials
             result[0] = Condition(c.CONDITION_READY, False, first.reason, message)
         return [*result, creds]
-    names = ", ".join(e["name"] for e in obs.credentials or ())
-    return [*result, Condition(c.CONDITION_CREDENTIALS_READY, True, "Issued", f"Credentials issued and current: {names}.")]
+    return [*result, credentials_ready(ws, obs.credentials or ())]
+
+
+def credentials_ready(ws: WorkspaceSecret, entries: Sequence[Mapping[str, Any]]) -> Condition:
+    """CredentialsReady when nothing is wrong: what is issued, what is stopped with the workspace (lifecycle
+    WhileRunning), and which env values cannot follow a rotation (delivery Env into a Pod or PVC workspace)."""
+    active = [e["name"] for e in entries if e.get("phase") != "Stopped"]
+    stopped = [e["name"] for e in entries if e.get("phase") == "Stopped"]
+    parts = []
+    if active:
+        parts.append(f"Credentials issued and current: {', '.join(active)}.")
+    if stopped:
+        parts.append(f"The workspace is not running: {', '.join(stopped)} (lifecycle WhileRunning) revoked; minted again when a pod "
+                     f"of the workspace starts.")
+    frozen = [s.name for s in ws.credentials if s.delivery == "Env"] if ws.workspace_ref.kind in ("Pod", "PersistentVolumeClaim") else []
+    if frozen:
+        parts.append(f"delivery Env into a {ws.workspace_ref.kind} workspace: the env values of {', '.join(frozen)} cannot follow a "
+                     f"rotation (no Deployment or StatefulSet to restart; running containers keep the old values until the "
+                     f"replaced credential is revoked). Their files do follow it: use delivery Files, or a Deployment/StatefulSet workspace.")
+    return Condition(c.CONDITION_CREDENTIALS_READY, True, "Issued" if active or not stopped else "WorkspaceStopped", " ".join(parts))
 
 
 def user_secrets_condition(obs: Observation) -> Condition:
@@ -367,8 +395,9 @@ def desired_status(ws: WorkspaceSecret, obs: Observation) -> dict[str, Any]:
     if obs.key is not None:  # the Secret was (re)written: publish what pod injection wires up
         env = [*published_env(ws), *obs.credential_env]
         plan = obs.user_secrets
-        status["env"] = env + (plan.env if plan else [])
-        status["files"] = (plan.files if plan else None) or None
+        status["env"] = env + (plan.env if plan else []) + (obs.tokens.env if obs.tokens else [])
+        status["files"] = ((plan.files if plan else []) + (obs.tokens.files if obs.tokens else [])) or None
+        status["tokens"] = (obs.tokens.status if obs.tokens else None) or None
         status["userSecrets"] = (plan.delivered if plan else None) or None
     handled = obs.rotation_handled if obs.rotation_handled is not None else ws.status.get("sshKeyRotation")
     if handled is not None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from workspace_secrets.api import constants as c
 from workspace_secrets.api.conditions import Problem
-from workspace_secrets.api.workspace_secret import WorkspaceSecret
+from workspace_secrets.api.workspace_secret import DELIVERY_ENV, WorkspaceSecret
 from workspace_secrets.credentials.ledger import dump as ledger_dump
 from workspace_secrets.credentials.manager import CredentialManager, CredentialOutcome
 from workspace_secrets.runtime.errors import RetryLater
@@ -20,6 +20,8 @@ from workspace_secrets.runtime.kube import Conflict, Kube, core_path
 from workspace_secrets.runtime.metrics import SECRET_WRITES
 from workspace_secrets.user_keys.sshkeys import SSHKeyPair
 from workspace_secrets.workspace_secret import policy, user_secrets
+from workspace_secrets.workspace_secret.rollout import Rollouts
+from workspace_secrets.workspace_secret.tokens import TokensOutcome
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,7 @@ class Secrets:
     def __init__(self, kube: Kube, credentials: CredentialManager) -> None:
         self._kube = kube
         self.credentials = credentials
+        self.rollouts = Rollouts(kube)
         # resourceVersions of Secrets we wrote ourselves, so the Secret watch can skip our own echoes.
         self.written: dict[tuple[str, str], str] = {}
         # Secrets we are creating right now: their ADDED event can arrive before create() returns (and
@@ -56,7 +59,8 @@ class Secrets:
         self.written[(meta["namespace"], meta["name"])] = meta["resourceVersion"]
         SECRET_WRITES.labels(component=component, operation=operation).inc()
 
-    async def apply(self, ws: WorkspaceSecret, key: SSHKeyPair) -> SecretOutcome:
+    async def apply(self, ws: WorkspaceSecret, key: SSHKeyPair, *, running: bool = True,
+                    tokens: TokensOutcome | None = None) -> SecretOutcome:
         """Compose the workspace Secret (SSH key, credentials, user secrets) and write it if it differs.
 
         A WorkspaceSecret never reconciled before (no status.secretName) and without credentials almost
@@ -65,20 +69,22 @@ class Secrets:
         back to looking, as for every other object. Not with credentials: what is minted depends on
         the ledger in the existing Secret."""
         fresh = not ws.credentials and "secretName" not in ws.status
-        return await self._write(ws, key, look_first=not fresh)
+        return await self._write(ws, key, look_first=not fresh, tokens=tokens, running=running)
 
-    async def _write(self, ws: WorkspaceSecret, key: SSHKeyPair, *, look_first: bool) -> SecretOutcome:
+    async def _write(self, ws: WorkspaceSecret, key: SSHKeyPair, *, look_first: bool,
+                     tokens: TokensOutcome | None = None, running: bool = True) -> SecretOutcome:
         path = core_path(ws.namespace, "secrets", ws.secret_name)
         existing = await self._kube.get(path) if look_first else None
         if existing is not None and not policy.is_owned_by(existing, ws.uid):
             return SecretOutcome(policy.SecretAction.CONFLICT, problem=Problem("SecretConflict", policy.conflict_message(existing, ws)))
-        creds = None
+        creds = workload = None
         if ws.credentials or c.ANNOTATION_CREDENTIALS in ((existing or {}).get("metadata") or {}).get("annotations", {}):
-            creds = await self.credentials.reconcile(ws, existing)
-        user_plan = await self._user_secrets(ws, creds)
+            workload = await self.rollouts.observe(ws) if any(s.delivery == DELIVERY_ENV for s in ws.credentials) else None
+            creds = await self.credentials.reconcile(ws, existing, running=running, rollout=workload)
+        user_plan = await self._user_secrets(ws, creds, tokens)
         desired = policy.desired_secret(
             ws, key,
-            extra_data={**(creds.data if creds else {}), **(user_plan.data if user_plan else {})},
+            extra_data={**(creds.data if creds else {}), **(user_plan.data if user_plan else {}), **(tokens.data if tokens else {})},
             ledger=ledger_dump(creds.ledger) if creds and creds.ledger else None,
         )
         action = policy.secret_action(existing, desired, ws.uid)
@@ -89,7 +95,7 @@ class Secrets:
                 self.remember(await self._kube.create(path.rsplit("/", 1)[0], desired), c.COMPONENT_WORKSPACE_SECRET, "create")
             except Conflict:
                 if not look_first:
-                    return await self._write(ws, key, look_first=True)
+                    return await self._write(ws, key, look_first=True, tokens=tokens, running=running)
                 raise RetryLater(f"Secret {ws.secret_name!r} appeared while creating it") from None
             finally:
                 self.creating.discard(secret_key)
@@ -99,9 +105,18 @@ class Secrets:
                 self.remember(await self._kube.replace(path, policy.merged_for_update(existing, desired)), c.COMPONENT_WORKSPACE_SECRET, "update")
             except Conflict:
                 raise RetryLater(f"Secret {ws.secret_name!r} changed while updating it") from None
+        if creds is not None and creds.restart and workload is not None and workload.restartable and (
+                not workload.stamp or workload.stamp < creds.restart):
+            # After the Secret write: the new pods must find the new values. (A crash before this line: the
+            # ledger still names the restart, and the next reconcile stamps the template.)
+            if await self.rollouts.restart(ws, workload, creds.restart):
+                creds.events.append(("Normal", "WorkspaceRestarted", f"{ws.workspace_ref.kind} {ws.workspace_ref.name!r} restarted "
+                                     f"({c.ANNOTATION_RESTARTED_AT}={creds.restart}): credentials delivered as env vars were rotated; "
+                                     f"the replaced ones are revoked once the rollout finished and their overlap passed."))
         return SecretOutcome(action, desired["data"], None, creds, user_plan)
 
-    async def _user_secrets(self, ws: WorkspaceSecret, creds: CredentialOutcome | None) -> user_secrets.UserSecretsPlan | None:
+    async def _user_secrets(self, ws: WorkspaceSecret, creds: CredentialOutcome | None,
+                            tokens: TokensOutcome | None = None) -> user_secrets.UserSecretsPlan | None:
         if not ws.user_secrets_enabled:
             return None
         listing = await self._kube.list(
@@ -109,5 +124,5 @@ class Secrets:
             label_selector=f"{c.LABEL_USER}={ws.user},{c.LABEL_MANAGED_BY}!={c.OPERATOR_NAME}",
             from_cache=True,
         )
-        reserved = {c.KEY_GIT_SSH_COMMAND, *(e["name"] for e in (creds.env if creds else ()))}
+        reserved = {c.KEY_GIT_SSH_COMMAND, *(e["name"] for e in (creds.env if creds else ())), *(tokens.env_names if tokens else ())}
         return user_secrets.plan(listing.get("items", ()), user=ws.user, select=ws.user_secret_names, reserved_env=reserved)

@@ -33,6 +33,9 @@ from workspace_secrets.api import constants as c
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 SAFE_PATH = re.compile(r"^[A-Za-z0-9_.][-A-Za-z0-9_./]*$")
 KEY_PREFIX = "user."
+#: The directory (relative to the user files directory) where the operator puts the tools' files of the user tokens
+#: (workspace_secret/tokens.py): a user secret may not declare a file under it.
+TOKEN_TOOLS_DIR = ".workspace-tokens"
 
 #: Secret types a user secret may have. Others (service-account tokens, bootstrap tokens, Helm releases...)
 #: are filled in or owned by someone else: reported, never delivered.
@@ -199,6 +202,9 @@ def plan(
         out.env.append({"name": env_name, "key": key})
         delivered.add(d.secret)
     for path, claims in sorted(all_files.items()):
+        if path.split("/", 1)[0] == TOKEN_TOOLS_DIR:
+            out.problems.append(f"file {path} (Secret {claims[0].secret!r}) is under {TOKEN_TOOLS_DIR}/, where the operator puts the user tokens' tool files; choose another path")
+            continue
         if len(claims) > 1:
             out.problems.append(f"file {path} is claimed by several Secrets ({', '.join(d.secret for d in claims)}); none is delivered")
             continue

@@ -214,13 +214,22 @@ matchResources:
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create"]
-# Workspace anchors: read to bind the WorkspaceSecret to its workspace by ownerReference. Never written.
+# Workspace anchors: read to bind the WorkspaceSecret to its workspace by ownerReference.
 - apiGroups: [""]
-  resources: ["pods", "persistentvolumeclaims"]
+  resources: ["persistentvolumeclaims"]
   verbs: ["get"]
+# The workspaces' pods: watched and listed by label (is the workspace running; which pods wait at the
+# scheduling gate workspace-secrets.io/ready) and patched to remove that gate -- a JSON patch that removes
+# only that gate, refused by the API server unless the pod still carries the WorkspaceSecret's and its user's
+# labels and the gates the operator saw.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch", "patch"]
+# Workspace Deployments/StatefulSets: read to bind; patched to restart them (a pod-template annotation) when a
+# credential delivered as env vars rotates (spec.credentials[].delivery Env).
 - apiGroups: ["apps"]
   resources: ["deployments", "statefulsets"]
-  verbs: ["get"]
+  verbs: ["get", "patch"]
 {{- if include "wso.tokenProvider" . }}
 # A kubernetes-token provider is configured: it mints tokens with the TokenRequest API (bound to an anchor
 # Secret it creates, which the Secret rules above already allow).

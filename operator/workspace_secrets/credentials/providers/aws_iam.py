@@ -13,9 +13,24 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from workspace_secrets.runtime.sensitive import Sensitive
-from workspace_secrets.credentials.providers.base import Issued, ProviderError, Scope
+from workspace_secrets.credentials.providers.base import FileContext, FileRef, Issued, ProviderError, Scope
 
 USER_PATH = "/workspace-secrets/"
+
+
+def shared_files(values: Mapping[str, Sensitive]) -> dict[str, Sensitive]:
+    """The AWS shared credentials file (profile default) and, with a region, the config file."""
+    if "AWS_ACCESS_KEY_ID" not in values or "AWS_SECRET_ACCESS_KEY" not in values:
+        return {}
+    files = {"credentials": Sensitive(f"[default]\naws_access_key_id = {_line(values['AWS_ACCESS_KEY_ID'])}\n"
+                                      f"aws_secret_access_key = {_line(values['AWS_SECRET_ACCESS_KEY'])}\n")}
+    if "AWS_REGION" in values:
+        files["config"] = Sensitive(f"[default]\nregion = {_line(values['AWS_REGION'])}\n")
+    return files
+
+
+def _line(value: Sensitive) -> str:
+    return value.reveal_text().replace("\r", "").replace("\n", "")
 
 
 class AwsIamProvider:
@@ -52,6 +67,18 @@ class AwsIamProvider:
         if self._region:
             env["AWS_REGION"] = "AWS_REGION"
         return env
+
+    def file_env(self) -> Mapping[str, str | FileRef]:
+        """The AWS SDKs and CLI read the shared credentials file named by AWS_SHARED_CREDENTIALS_FILE (the region
+        from AWS_CONFIG_FILE, and AWS_REGION: the platform's region, which never rotates)."""
+        env: dict[str, str | FileRef] = {"AWS_SHARED_CREDENTIALS_FILE": FileRef("credentials")}
+        if self._region:
+            env["AWS_CONFIG_FILE"] = FileRef("config")
+            env["AWS_REGION"] = "AWS_REGION"
+        return env
+
+    def files(self, values: Mapping[str, Sensitive], where: FileContext) -> Mapping[str, Sensitive]:
+        return shared_files(values)
 
     def validate(self, parameters: Mapping[str, str]) -> str | None:
         if parameters:

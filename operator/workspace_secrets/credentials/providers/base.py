@@ -46,6 +46,19 @@ class FileRef:
 
 
 @dataclass(frozen=True)
+class FileContext:
+    """Where one entry's files appear in the workspace: the workspace Secret mounted at `directory`, every key
+    "<entry>.<suffix>" a file of that name."""
+
+    entry: str
+    directory: str
+    namespace: str = ""
+
+    def path(self, suffix: str) -> str:
+        return f"{self.directory.rstrip('/')}/{self.entry}.{suffix}"
+
+
+@dataclass(frozen=True)
 class Issued:
     id: str  # provider-side identifier: safe to show in status
     values: Mapping[str, Sensitive]  # Secret key suffix -> value (the Secret key is "<entry>.<suffix>")
@@ -69,7 +82,19 @@ class CredentialProvider(Protocol):
     access: AccessRule | None
 
     def env(self) -> Mapping[str, str | FileRef]:
-        """Env var name -> value suffix (secretKeyRef) or FileRef (the file's path)."""
+        """delivery Env: env var name -> value suffix (secretKeyRef) or FileRef (the file's path). These are
+        fixed when a container starts: a rotation reaches them only by restarting the workspace."""
+        ...
+
+    def file_env(self) -> Mapping[str, str | FileRef]:
+        """delivery Files (and Env): env vars that never go stale -- a FileRef (the path of one of the
+        credential's files, which kubelet updates in place) or the suffix of a value that never changes for
+        this provider instance (a region, an account id)."""
+        ...
+
+    def files(self, values: Mapping[str, Sensitive], where: FileContext) -> Mapping[str, Sensitive]:
+        """The files the provider's tools read, rendered from one credential's values (suffix -> content):
+        e.g. an AWS shared credentials file, a kubeconfig. Pure; called on every reconcile."""
         ...
 
     def validate(self, parameters: Mapping[str, str]) -> str | None:

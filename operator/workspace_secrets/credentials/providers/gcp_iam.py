@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 from typing import Any, ClassVar
 
 from workspace_secrets.runtime.sensitive import Sensitive
-from workspace_secrets.credentials.providers.base import FileRef, Issued, ProviderError, Scope
+from workspace_secrets.credentials.providers.base import FileContext, FileRef, Issued, ProviderError, Scope
 
 DEFAULT_ENDPOINT = "https://iam.googleapis.com"
 SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
@@ -139,6 +139,12 @@ class GcpServiceAccountKeyProvider:
 
     def env(self) -> Mapping[str, str | FileRef]:
         return {"GOOGLE_APPLICATION_CREDENTIALS": FileRef("key.json")}
+
+    def file_env(self) -> Mapping[str, str | FileRef]:
+        return {"GOOGLE_APPLICATION_CREDENTIALS": FileRef("key.json")}
+
+    def files(self, values: Mapping[str, Sensitive], where: FileContext) -> Mapping[str, Sensitive]:
+        return {}  # the key file GCP returns is itself the file its tools read
 
     def validate(self, parameters: Mapping[str, str]) -> str | None:
         if parameters:

@@ -8,17 +8,39 @@ carries the scope tag as a label, which is how `list` finds tokens minted before
 
 from __future__ import annotations
 
+import base64
 import fnmatch
+import os
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any, ClassVar
 
+import yaml
+
 from workspace_secrets.api import constants as c
 from workspace_secrets.runtime.sensitive import Sensitive
 from workspace_secrets.runtime.kube import Kube, KubeError, core_path
-from workspace_secrets.credentials.providers.base import Issued, ProviderError, Scope
+from workspace_secrets.credentials.providers.base import FileContext, FileRef, Issued, ProviderError, Scope
 
 LABEL_SCOPE = f"{c.GROUP}/credential-scope"
+DEFAULT_SERVER = "https://kubernetes.default.svc"
+#: The cluster CA of an operator running in the cluster (the default when config.certificateAuthorityData is unset).
+IN_CLUSTER_CA = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+
+
+def kubeconfig(server: str, ca_data: str | None, namespace: str, token_file: str) -> str:
+    """A kubeconfig whose user reads the token from `token_file` (client-go and kubectl re-read it, so a
+    rotated token -- kubelet updates the mounted file in place -- is used without touching the kubeconfig)."""
+    cluster: dict[str, Any] = {"server": server}
+    if ca_data:
+        cluster["certificate-authority-data"] = ca_data
+    document = {
+        "apiVersion": "v1", "kind": "Config", "current-context": "workspace", "preferences": {},
+        "clusters": [{"name": "workspace", "cluster": cluster}],
+        "users": [{"name": "workspace", "user": {"tokenFile": token_file}}],
+        "contexts": [{"name": "workspace", "context": {"cluster": "workspace", "user": "workspace", "namespace": namespace}}],
+    }
+    return yaml.safe_dump(document, sort_keys=True)
 
 
 class KubernetesTokenProvider:
@@ -26,8 +48,11 @@ class KubernetesTokenProvider:
     access = None  # the platform's allow rule (credentials.ledger.AccessRule), set by credentials/setup.py
 
     def __init__(self, name: str, kube: Kube, *, allowed_service_accounts: list[str], default_audiences: list[str],
-                 max_expiration: int, default_expiration: int) -> None:
+                 max_expiration: int, default_expiration: int, server: str = DEFAULT_SERVER,
+                 ca_data: str | None = None) -> None:
         self.name = name
+        self._server = server
+        self._ca_data = ca_data
         self._kube = kube
         self._allowed = allowed_service_accounts
         self._audiences = default_audiences
@@ -51,10 +76,20 @@ class KubernetesTokenProvider:
             default_audiences=list(audiences),
             max_expiration=int(config.get("maxExpirationSeconds", 86400)),
             default_expiration=int(config.get("expirationSeconds", 3600)),
+            server=str(config.get("server") or DEFAULT_SERVER),
+            ca_data=_ca_data(config.get("certificateAuthorityData")),
         )
 
     def env(self) -> Mapping[str, str]:
-        return {}  # a token is used as a file (token) by kubectl/clients; no env var by default
+        return {}  # a token is used as a file (token, kubeconfig) by kubectl/clients; no value env var
+
+    def file_env(self) -> Mapping[str, FileRef]:
+        return {"KUBECONFIG": FileRef("kubeconfig")}
+
+    def files(self, values: Mapping[str, Sensitive], where: FileContext) -> Mapping[str, Sensitive]:
+        if "token" not in values:
+            return {}
+        return {"kubeconfig": Sensitive(kubeconfig(self._server, self._ca_data, where.namespace, where.path("token")))}
 
     def validate(self, parameters: Mapping[str, str]) -> str | None:
         account = parameters.get("serviceAccount")
@@ -143,6 +178,23 @@ class KubernetesTokenProvider:
 
     async def sweep(self) -> list[str]:
         return []  # anchors are owned by their WorkspaceSecret: Kubernetes' garbage collector sweeps them
+
+
+def _ca_data(configured: Any) -> str | None:
+    """config.certificateAuthorityData (base64 PEM, as in a kubeconfig), else the in-cluster CA of the operator's
+    own pod (the same cluster), else None (the workspace's trust store)."""
+    if configured:
+        text = str(configured).strip()
+        try:
+            if b"BEGIN CERTIFICATE" not in base64.b64decode(text, validate=True):
+                raise ValueError
+        except ValueError:
+            raise ValueError("config.certificateAuthorityData must be base64 of the cluster's PEM CA certificate(s), as in a kubeconfig") from None
+        return text
+    if os.path.exists(IN_CLUSTER_CA):
+        with open(IN_CLUSTER_CA, "rb") as f:
+            return base64.b64encode(f.read()).decode()
+    return None
 
 
 def _is_anchor_of(secret: Mapping[str, Any], scope: Scope) -> bool:

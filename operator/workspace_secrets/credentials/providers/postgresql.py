@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 from workspace_secrets.api.durations import parse_duration
 from workspace_secrets.runtime.sensitive import Sensitive
-from workspace_secrets.credentials.providers.base import Issued, ProviderError, Scope
+from workspace_secrets.credentials.providers.base import FileContext, FileRef, Issued, ProviderError, Scope
 
 ROLE_PATTERN = r"^(wso-[0-9a-f]{12})_g[0-9]+$"  # roles this operator creates (Scope tags + generation)
 VALUE_KEYS = ("PGHOST", "PGPORT", "PGDATABASE", "PGUSER", "PGPASSWORD", "DATABASE_URL")
@@ -93,6 +93,25 @@ def client_values(conn: Connection, role: str, password: str) -> dict[str, Sensi
             "PGUSER": Sensitive(role), "PGPASSWORD": Sensitive(password), "DATABASE_URL": Sensitive(url)}
 
 
+def _pgpass_field(text: str) -> str:
+    return text.replace("\\", "\\\\").replace(":", "\\:")
+
+
+def client_files(values: Mapping[str, Sensitive], sslmode: str, service: str) -> dict[str, Sensitive]:
+    """The libpq files: `pgpass` (PGPASSFILE; libpq ignores it unless its mode is 0600 or stricter) and
+    `pg_service.conf` (PGSERVICEFILE) with one service named after the entry (PGSERVICE) that carries the whole
+    connection, the rotating role name and its password included, so `psql` with no arguments follows rotations.
+    Also `PGSERVICE` itself: the service name, which never changes."""
+    if any(k not in values for k in ("PGHOST", "PGPORT", "PGDATABASE", "PGUSER", "PGPASSWORD")):
+        return {}
+    host, port, db, user, password = (values[k].reveal_text().replace("\n", "").replace("\r", "")
+                                      for k in ("PGHOST", "PGPORT", "PGDATABASE", "PGUSER", "PGPASSWORD"))
+    pgpass = ":".join(_pgpass_field(f) for f in (host, port, db, user, password)) + "\n"
+    conf = (f"[{service}]\nhost={host}\nport={port}\ndbname={db}\nuser={user}\npassword={password}\n"
+            f"sslmode={sslmode}\n")
+    return {"pgpass": Sensitive(pgpass), "pg_service.conf": Sensitive(conf), "PGSERVICE": Sensitive(service)}
+
+
 def provider_error(action: str, exc: Exception, *, quote_server: bool = True) -> ProviderError:
     """Map a psycopg error without any secret: the SQLSTATE, the error class and (unless the statement
     carried a secret) the server's primary message, which names roles and objects but no values."""
@@ -152,6 +171,12 @@ class PostgresRoleProvider:
 
     def env(self) -> Mapping[str, str]:
         return {key: key for key in VALUE_KEYS}
+
+    def file_env(self) -> Mapping[str, str | FileRef]:
+        return {"PGSERVICEFILE": FileRef("pg_service.conf"), "PGSERVICE": "PGSERVICE", "PGPASSFILE": FileRef("pgpass")}
+
+    def files(self, values: Mapping[str, Sensitive], where: FileContext) -> Mapping[str, Sensitive]:
+        return client_files(values, self._conn.sslmode, where.entry)
 
     def validate(self, parameters: Mapping[str, str]) -> str | None:
         if parameters:

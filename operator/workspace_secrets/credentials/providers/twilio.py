@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from workspace_secrets.runtime.sensitive import Sensitive
-from workspace_secrets.credentials.providers.base import Issued, ProviderError, Scope
+from workspace_secrets.credentials.providers.base import FileContext, FileRef, Issued, ProviderError, Scope
 
 DEFAULT_BASE_URL = "https://iam.twilio.com"
 KEY_SID = re.compile(r"^SK[0-9a-fA-F]{32}$")
@@ -26,6 +26,17 @@ TAGGED_NAME = re.compile(r"^(wso-[0-9a-f]{12})(?: |$)")  # FriendlyNames this op
 FRIENDLY_NAME_MAX = 64  # Twilio: "It can be up to 64 characters long."
 PAGE_SIZE = 1000  # the maximum the contract allows: one request for most accounts
 MAX_PAGES = 100
+
+
+ENV_FILE_KEYS = ("TWILIO_ACCOUNT_SID", "TWILIO_API_KEY", "TWILIO_API_SECRET")
+
+
+def dotenv(values: Mapping[str, Sensitive]) -> dict[str, Sensitive]:
+    """`twilio.env`: the key as a dotenv file (python-dotenv, `set -a; . "$TWILIO_ENV_FILE"`)."""
+    if any(k not in values for k in ENV_FILE_KEYS):
+        return {}
+    lines = "".join(f"{k}={values[k].reveal_text().strip()}\n" for k in ENV_FILE_KEYS)
+    return {"twilio.env": Sensitive(lines)}
 
 
 def friendly_name(scope: Scope) -> str:
@@ -99,6 +110,13 @@ class TwilioApiKeyProvider:
 
     def env(self) -> Mapping[str, str]:
         return {"TWILIO_ACCOUNT_SID": "TWILIO_ACCOUNT_SID", "TWILIO_API_KEY": "TWILIO_API_KEY", "TWILIO_API_SECRET": "TWILIO_API_SECRET"}
+
+    def file_env(self) -> Mapping[str, str | FileRef]:
+        # The account SID is the platform's and never rotates; the key and its secret are in the dotenv file.
+        return {"TWILIO_ACCOUNT_SID": "TWILIO_ACCOUNT_SID", "TWILIO_ENV_FILE": FileRef("twilio.env")}
+
+    def files(self, values: Mapping[str, Sensitive], where: FileContext) -> Mapping[str, Sensitive]:
+        return dotenv(values)
 
     def validate(self, parameters: Mapping[str, str]) -> str | None:
         if parameters:

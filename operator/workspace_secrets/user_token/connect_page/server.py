@@ -7,8 +7,9 @@ a client that reaches the port directly cannot claim to be someone else. Without
 503 "sign-in not configured" (only /healthz works). A link is never an identity: status.authorizationURL is a
 plain link to this page, and /connect/<ns>/<name> (the signed links of earlier versions) only redirects here.
 
-A user only ever sees and connects their own UserTokens (spec.user == the user). Every form carries a CSRF
-token bound to the user. /connect/start binds the flow to the browser that started it: a short-lived
+A user only ever sees, connects and disconnects their own UserTokens (spec.user == the user). Every form (Connect,
+Disconnect) is a POST carrying a CSRF token bound to the user. Disconnect revokes the token at the provider where
+it can and deletes the token Secret (the UserToken stays, not connected). /connect/start binds the flow to the browser that started it: a short-lived
 HttpOnly, SameSite=Lax cookie with a random nonce, whose SHA-256 the pending record keeps. The callback
 consumes the state (single-use) and accepts it only with that cookie, from the same signed-in user. No access
 log: callback URLs carry authorization codes.
@@ -78,7 +79,8 @@ class Refused(Exception):
 def _html(text: str, status: int = 200) -> web.Response:
     return web.Response(text=text, status=status, content_type="text/html",
                         headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer",
-                                 "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action *"})
+                                 "Content-Security-Policy": f"default-src 'none'; style-src 'unsafe-inline'; script-src {pages.SCRIPT_CSP}; "
+                                                            "form-action *; frame-ancestors 'none'; base-uri 'none'"})
 
 
 class ConnectServer:
@@ -96,6 +98,7 @@ class ConnectServer:
         app.router.add_get("/accounts", self.accounts)
         app.router.add_get("/", self.accounts)
         app.router.add_post("/connect/start", self.start)
+        app.router.add_post("/connect/disconnect", self.disconnect)
         app.router.add_get("/oauth/callback", self.callback)
         app.router.add_get("/healthz", self.healthz)
         return app
@@ -151,18 +154,42 @@ class ConnectServer:
     async def accounts(self, request: web.Request) -> web.Response:
         principal = self._require(request)
         tokens = await self.ctl.list_for_user(principal.user, None)
-        return _html(pages.accounts(principal.user, tokens, self._csrf(principal), focus=request.query.get("focus")))
+        focus = request.query.get("focus")
+        notice = None
+        if request.query.get("done") == "disconnected":  # a fixed sentence: nothing of the request is echoed
+            gone = next((t for t in tokens if f"{t.namespace}/{t.name}" == focus), None)
+            if gone is not None and not gone.connected:
+                notice = pages.Notice(f"Disconnected {pages.provider_name(gone)}. Workspaces that need it wait until you connect again.")
+        return _html(pages.accounts(principal.user, tokens, self._csrf(principal), focus=focus, now=self.clock(), notice=notice))
 
-    async def start(self, request: web.Request) -> web.Response:
-        principal = self._require(request)
+    async def _form(self, request: web.Request, principal: Principal) -> tuple[str, str]:
+        """(namespace, name) of a POSTed account form, after its CSRF token proved it came from this user's page."""
         form = await request.post()
         try:
             csrf = self.signer.verify(CSRF_PURPOSE, str(form.get("csrf", "")), now=self.clock())
         except ValueError:
             raise Refused(403, "Please try again", "The form was too old or did not come from this page. Reload the page and try again.") from None
-        namespace, name = str(form.get("namespace", "")), str(form.get("name", ""))
         if csrf.get("user") != principal.user:
-            raise Refused(403, "Not your account", "You can only connect your own accounts.")
+            raise Refused(403, "Not your account", "You can only change your own accounts.")
+        return str(form.get("namespace", "")), str(form.get("name", ""))
+
+    async def disconnect(self, request: web.Request) -> web.Response:
+        """Disconnect: revoke at the provider (where it can) and delete the stored token; the UserToken stays."""
+        principal = self._require(request)
+        namespace, name = await self._form(request, principal)
+        try:
+            outcome = await self.ctl.disconnect(namespace, name, principal.user)
+        except NotAllowed as exc:
+            raise Refused(403, "Not your account", f"{exc} You can only disconnect your own accounts.") from None
+        except ProblemFound as exc:
+            raise Refused(503, "Not set up yet", exc.problem.message) from None
+        if not outcome.ok:
+            return _html(pages.result(False, outcome.title, outcome.message), 502)
+        raise web.HTTPSeeOther(f"/accounts?focus={quote(namespace, safe='')}/{quote(name, safe='')}&done=disconnected")
+
+    async def start(self, request: web.Request) -> web.Response:
+        principal = self._require(request)
+        namespace, name = await self._form(request, principal)
         nonce = flow_nonce()
         try:
             url = await self.ctl.begin_authorization(namespace, name, principal.user, browser=browser_binding(nonce))
