@@ -8,10 +8,12 @@ call on a part built here; nothing else builds clients, controllers, watches or 
 What `start()` builds, in order:
   1. kopf's settings (persistence under our group, watch timeouts, paging, peering lifetime);
   2. the Kubernetes client (Kube), the dynamic-credential providers, the WorkspaceSecret work queue and
-     controller, the label-selected Secret watches, the resync and orphan-sweep loops;
+     controller, the label-selected Secret watches (one per served path for every operator-managed Secret, each
+     event handed to both controllers), the resync and orphan-sweep loops;
   3. with --webhook: the webhook server (certificates, MutatingWebhookConfiguration) and pod injection;
   4. with --peering: the PeeringGate that pauses the operator's own work with kopf's;
-  5. the UserToken work queue and controller, its Secret watch and, with --connect-port, the connect page.
+  5. the UserToken work queue and controller (its Secret events come from the shared watch of step 2) and, with
+     --connect-port, the connect page.
 `stop()` cancels every task, then closes what the parts hold open.
 """
 
@@ -61,10 +63,11 @@ log = logging.getLogger(__name__)
 #: retried every 10 s): a Kubernetes hiccup never delays a refresh by more.
 USER_TOKEN_MAX_BACKOFF = 10.0
 
-#: The UserToken controller's Secret watch: the users' SSH keys and the workspace Secrets' keys (uploaded with
-#: addSSHKey), the token Secrets (rewritten).
-USER_TOKEN_SECRETS_SELECTOR = (f"{c.MANAGED_SELECTOR},{c.LABEL_COMPONENT} in "
-                               f"({c.COMPONENT_USER_SSH_KEY},{c.COMPONENT_USER_TOKEN},{c.COMPONENT_WORKSPACE_SECRET})")
+#: The operator-managed Secrets the UserToken controller is told about: the users' SSH keys and the workspace
+#: Secrets' keys (uploaded with addSSHKey), the token Secrets (rewritten). They arrive on the one managed-Secret
+#: watch per served path that the WorkspaceSecret controller gets every event of (a second full-data watch would
+#: stream and parse each of these Secrets twice).
+USER_TOKEN_SECRET_COMPONENTS = frozenset({c.COMPONENT_USER_SSH_KEY, c.COMPONENT_USER_TOKEN, c.COMPONENT_WORKSPACE_SECRET})
 
 
 class App:
@@ -91,6 +94,8 @@ class App:
         self.pod_injection = None
         self.webhook = None
         self.watches = []
+        # Who gets the managed-Secret watch's events (see _managed_secret_changed); UserTokens join when they start.
+        self._secret_handlers: list[Handler] = []
         self._transport: AiohttpTransport | None = None
         self._connect_runner: web.AppRunner | None = None
         self._started = False
@@ -160,8 +165,8 @@ class App:
         self.queue.start()
         controller = self.workspace_secrets
         paths = self._secret_paths()
-        self.watches = [LabelSelectedWatch(kube, path, c.MANAGED_SELECTOR, self._while_active(controller.secret_changed))
-                        for path in paths]
+        self._secret_handlers.append(self._while_active(controller.secret_changed))
+        self.watches = [LabelSelectedWatch(kube, path, c.MANAGED_SELECTOR, self._managed_secret_changed) for path in paths]
         self.watches += [LabelSelectedWatch(kube, path, c.USER_SECRETS_SELECTOR, self._while_active(controller.user_secret_changed))
                          for path in paths]
         # The workspaces' pods (labelled with a WorkspaceSecret): gated pods are released, WhileRunning credentials
@@ -218,9 +223,8 @@ class App:
                 log.warning("the connect page has no sign-in (--connect-user-header and --connect-trusted-proxies): it answers 503 "
                             "until the platform's authentication proxy is configured")
             self._connect_runner = await serve(ConnectServer(self.user_tokens, signer, web_settings), host=connect.bind, port=connect.port)
-        for path in self._secret_paths():
-            watch = LabelSelectedWatch(self.kube, path, USER_TOKEN_SECRETS_SELECTOR, self._while_active(self.user_tokens.secret_changed))
-            self.tasks.append(asyncio.create_task(watch.run(), name=f"usertoken-secret-watch {path}"))
+        # Its Secrets' events: from the managed-Secret watches started with the WorkspaceSecrets (_managed_secret_changed).
+        self._secret_handlers.append(self._while_active(self._user_token_secret_changed))
         self.tasks.append(asyncio.create_task(self._count_tokens(), name="token-count"))
 
     # --- stop -----------------------------------------------------------------------------------------------
@@ -254,6 +258,23 @@ class App:
         if failing:
             raise kopf.PermanentError(f"Secret watch disconnected for longer than {threshold:.0f}s: {failing}")
         return {"connected": not down, "disconnectedSeconds": down}
+
+    # --- the managed-Secret watch's dispatch -----------------------------------------------------------------
+    async def _managed_secret_changed(self, event_type: str, obj: dict[str, Any]) -> None:
+        """Each event of the one managed-Secret watch per served path, received and parsed once, handed to every
+        controller that takes Secret events (each gated on the active replica; one failing never starves the other)."""
+        for handler in tuple(self._secret_handlers):
+            try:
+                result = handler(event_type, obj)
+                if asyncio.iscoroutine(result):
+                    await result
+            except Exception:
+                log.exception("a Secret watch handler failed for a %s event", event_type)
+
+    async def _user_token_secret_changed(self, event_type: str, obj: dict[str, Any]) -> None:
+        labels = (obj.get("metadata") or {}).get("labels") or {}
+        if labels.get(c.LABEL_COMPONENT) in USER_TOKEN_SECRET_COMPONENTS:
+            await self.user_tokens.secret_changed(event_type, obj)
 
     # --- periodic tasks -------------------------------------------------------------------------------------
     def _while_active(self, handler: Handler) -> Handler:

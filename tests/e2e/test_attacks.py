@@ -504,7 +504,7 @@ def test_i4_opening_bobs_authorization_url_gives_alice_nothing(env, oidc):
     response = alice.http.post(f"{env.op.connect_url}/connect/start", data={"namespace": ns, "name": "bob-pending", "csrf": csrf_of(html)},
                                allow_redirects=False, timeout=10)
     assert response.status_code == 403, response.status_code
-    assert "another user" in response.text.lower() or "your own" in response.text.lower(), response.text[-300:]
+    assert "not one of your accounts" in response.text, response.text[-300:]
     assert get_token(api, ns, "bob-pending")["status"]["phase"] == c.PHASE_AWAITING_AUTHORIZATION
     env.victim_ok(before)
 

@@ -20,7 +20,7 @@ import time
 import boto3
 import pytest
 from botocore.exceptions import ClientError
-from helpers import Api, wait_for
+from helpers import Api, digest, wait_for
 from test_credentials import aws_identity
 
 from workspace_secrets.api import constants as c
@@ -49,12 +49,39 @@ def entries(api: Api, namespace: str, name: str) -> dict[str, dict]:
     return {e["name"]: e for e in (api.get_ws(namespace, name) or {}).get("status", {}).get("credentials") or ()}
 
 
-def aws_keys(data: dict[str, bytes]) -> tuple[str, str] | None:
+class AwsKey:
+    """A delivered AWS key pair. Its repr is a digest, and it is used only through methods, so a failing
+    assertion (pytest shows operands and call arguments) never prints the secret."""
+
+    def __init__(self, key_id: str, secret: str) -> None:
+        self.id, self._secret = key_id, secret
+
+    def __repr__(self) -> str:
+        return f"AwsKey({digest(self.id.encode())})"
+
+    @property
+    def id_digest(self) -> str:
+        return digest(self.id.encode())
+
+    def identity(self, moto) -> str:
+        """What moto makes of the key: the caller's ARN, or the error code."""
+        return aws_identity(moto, self.id, self._secret)
+
+    def found_in(self, text: str) -> bool:
+        return self._secret in text
+
+
+def aws_keys(data: dict[str, bytes]) -> AwsKey | None:
     if "aws.credentials" not in data:
         return None
     parser = configparser.ConfigParser()
     parser.read_string(data["aws.credentials"].decode())
-    return parser["default"]["aws_access_key_id"], parser["default"]["aws_secret_access_key"]
+    return AwsKey(parser["default"]["aws_access_key_id"], parser["default"]["aws_secret_access_key"])
+
+
+def env_key(data: dict[str, bytes]) -> AwsKey:
+    """The key delivered as env values (delivery Env)."""
+    return AwsKey(data["aws.AWS_ACCESS_KEY_ID"].decode(), data["aws.AWS_SECRET_ACCESS_KEY"].decode())
 
 
 def identity_from_files(moto, data: dict[str, bytes], scratch, monkeypatch) -> str:
@@ -99,7 +126,9 @@ def test_while_running_credentials_follow_the_workspace_pods(api, namespace, wso
     minted_after = time.monotonic() - started
     data = api.secret_data(namespace, "lena")
     key = aws_keys(data)
-    assert identity_from_files(moto, data, tmp_path, monkeypatch).startswith("arn:"), "the SDK authenticates with the delivered files"
+    assert key is not None
+    sdk_identity = identity_from_files(moto, data, tmp_path, monkeypatch)  # outside the assert: `data` holds the secret
+    assert sdk_identity.startswith("arn:"), "the SDK authenticates with the delivered files"
     assert data["aws.AWS_SHARED_CREDENTIALS_FILE"].decode() == f"{c.DEFAULT_MOUNT_PATH}/aws.credentials"
     assert "region = us-east-1" in data["aws.config"].decode()
     status = api.get_ws(namespace, "lena")["status"]
@@ -107,12 +136,14 @@ def test_while_running_credentials_follow_the_workspace_pods(api, namespace, wso
     # delivery Files: env vars name files (or carry the region, which never rotates) -- never the rotating key.
     assert {"AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "AWS_REGION", "KUBECONFIG"} <= set(env)
     assert "AWS_SECRET_ACCESS_KEY" not in env and "AWS_ACCESS_KEY_ID" not in env
-    assert entries(api, namespace, "lena")["aws"]["phase"] == "Active" and key[1] not in str(status)
+    in_status = key.found_in(str(status))  # outside the assert: a failure must not print the status holding it
+    assert entries(api, namespace, "lena")["aws"]["phase"] == "Active"
+    assert not in_status, "the secret access key is in the WorkspaceSecret's status"
 
     # The workspace stops: the pod goes. The key is revoked at the provider and leaves the Secret.
     stopped = time.monotonic()
     api.core.delete_namespaced_pod("lena-1", namespace, grace_period_seconds=0)
-    wait_for(lambda: aws_identity(moto, *key) == "InvalidClientTokenId", timeout=FOLLOWS_WITHIN, what="AWS key revoked on stop")
+    wait_for(lambda: key.identity(moto) == "InvalidClientTokenId", timeout=FOLLOWS_WITHIN, what="AWS key revoked on stop")
     revoked_after = time.monotonic() - stopped
     wait_for(lambda: aws_keys(api.secret_data(namespace, "lena") or {}) is None, timeout=10, what="AWS key gone from the Secret")
     wait_for(lambda: entries(api, namespace, "lena")["aws"]["phase"] == "Stopped", timeout=10, what="aws Stopped again")
@@ -127,7 +158,7 @@ def test_while_running_credentials_follow_the_workspace_pods(api, namespace, wso
     workspace_pod(api, namespace, "lena-2", "lena", "lena")
     wait_for(lambda: aws_keys(api.secret_data(namespace, "lena") or {}) is not None, timeout=FOLLOWS_WITHIN, what="minted on restart")
     again = aws_keys(api.secret_data(namespace, "lena"))
-    assert again[0] != key[0] and aws_identity(moto, *again).startswith("arn:")
+    assert again is not None and again.id_digest != key.id_digest and again.identity(moto).startswith("arn:")
     assert entries(api, namespace, "lena")["aws"]["generation"] == 2
     print(f"minted {minted_after:.1f}s after the pod appeared, revoked {revoked_after:.1f}s after it went")
 
@@ -139,8 +170,7 @@ def test_env_delivery_restarts_the_deployment_and_revokes_only_after_the_rollout
                                      "credentials": [{"name": "aws", "provider": "aws-dev", "lifecycle": "WhileExists",
                                                       "delivery": "Env", "rotateAfter": "15s", "overlap": "5s"}]})
     wait_for(lambda: "aws.AWS_ACCESS_KEY_ID" in (api.secret_data(namespace, "vic") or {}), timeout=30, what="first key")
-    first = api.secret_data(namespace, "vic")
-    old = (first["aws.AWS_ACCESS_KEY_ID"].decode(), first["aws.AWS_SECRET_ACCESS_KEY"].decode())
+    old = env_key(api.secret_data(namespace, "vic"))
     env = {e["name"] for e in api.get_ws(namespace, "vic")["status"]["env"]}
     assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SHARED_CREDENTIALS_FILE"} <= env  # delivery Env: values too
 
@@ -149,7 +179,7 @@ def test_env_delivery_restarts_the_deployment_and_revokes_only_after_the_rollout
         return (template.metadata.annotations or {}).get(c.ANNOTATION_RESTARTED_AT)
 
     assert template_stamp() is None  # the first key needs no restart
-    wait_for(lambda: api.secret_data(namespace, "vic")["aws.AWS_ACCESS_KEY_ID"].decode() != old[0], timeout=40, what="rotated")
+    wait_for(lambda: env_key(api.secret_data(namespace, "vic")).id_digest != old.id_digest, timeout=40, what="rotated")
     rotated_at = time.monotonic()
     # One rotation is enough here: stop rotating (the retiring key keeps waiting for its rollout).
     api.patch_ws(namespace, "vic", {"spec": {"credentials": [{"name": "aws", "provider": "aws-dev", "lifecycle": "WhileExists",
@@ -165,14 +195,14 @@ def test_env_delivery_restarts_the_deployment_and_revokes_only_after_the_rollout
     time.sleep(max(0.0, 20 - (time.monotonic() - rotated_at)))
     deployment = api.apps.read_namespaced_deployment("vic-workspace", namespace)
     assert not deployment.status.available_replicas
-    assert aws_identity(moto, *old).startswith("arn:"), "revoked before the rollout finished"
-    assert entries(api, namespace, "vic")["aws"]["retiring"] == [old[0]]
+    assert old.identity(moto).startswith("arn:"), "revoked before the rollout finished"
+    assert entries(api, namespace, "vic")["aws"]["retiring"] == [old.id]  # the access key id: public, in the status
 
     # The rollout finishes (scaled to zero: no pod holds the old value; the controller-manager reports it).
     api.apps.patch_namespaced_deployment_scale("vic-workspace", namespace, {"spec": {"replicas": 0}})
-    wait_for(lambda: aws_identity(moto, *old) == "InvalidClientTokenId", timeout=30, what="old key revoked after the rollout")
-    new = api.secret_data(namespace, "vic")
-    assert aws_identity(moto, new["aws.AWS_ACCESS_KEY_ID"].decode(), new["aws.AWS_SECRET_ACCESS_KEY"].decode()).startswith("arn:")
+    # No watch on Deployments: the operator looks again with backoff (10 s, then as long as it already waited).
+    wait_for(lambda: old.identity(moto) == "InvalidClientTokenId", timeout=90, what="old key revoked after the rollout")
+    assert env_key(api.secret_data(namespace, "vic")).identity(moto).startswith("arn:")
 
 
 def test_env_delivery_into_a_pod_workspace_says_env_cannot_follow(api, namespace, wso_operator, credential_backends):

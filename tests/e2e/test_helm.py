@@ -66,6 +66,8 @@ CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfigura
                   "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding", "OAuthApplication"}
 OAUTH_APPLICATIONS_CRD = "oauthapplications.workspace-secrets.io"
 POLICY_SUFFIXES = ("user-isolation", "user-secret-labels", "reserved-secrets")
+#: The operator guard (policies.operatorGuard, on with the policies): binds everywhere, no parameters.
+GUARD_SUFFIX = "operator-guard"
 #: Where the chart mounts the webhook's certificate directory and the providers file.
 WEBHOOK_CERT_DIR = "/var/run/workspace-secrets-operator/webhook-certs"
 PROVIDERS_DIR = "/etc/workspace-secrets-operator/providers"
@@ -162,10 +164,11 @@ def _default(docs: list[dict]) -> None:
     assert ("apiextensions.k8s.io", "customresourcedefinitions", "watch") in rules
     assert {r for r in rules if r[1] == "oauthapplications"} == {("workspace-secrets.io", "oauthapplications", v) for v in ("get", "list", "watch")}
     assert not {r for r in rules if r[1].startswith(("configmaps", "namespaces", "mutatingwebhook", "serviceaccounts"))}
-    # Workspace anchors are read; pods also watched and patched (the scheduling gate), Deployments/StatefulSets patched
-    # (restart on rotation): never created or deleted.
+    # Workspace anchors are read; pods also watched, patched (the scheduling gate) and deleted (a gated pod admitted before
+    # its WorkspaceSecret published everything, for its controller to re-create), Deployments/StatefulSets patched
+    # (restart on rotation); none of them ever created, and none but such a pod deleted.
     assert {r for r in rules if r[1] in {"pods", "deployments", "statefulsets", "persistentvolumeclaims"}} == {
-        ("", "persistentvolumeclaims", "get"), *(("", "pods", v) for v in ("get", "list", "watch", "patch")),
+        ("", "persistentvolumeclaims", "get"), *(("", "pods", v) for v in ("get", "list", "watch", "patch", "delete")),
         *(("apps", k, v) for k in ("deployments", "statefulsets") for v in ("get", "patch"))}
     assert not of_kind(docs, "Role") and not of_kind(docs, "Service") and not of_kind(docs, "PodDisruptionBudget")
     assert not of_kind(docs, "MutatingWebhookConfiguration") and not of_kind(docs, "NetworkPolicy")
@@ -173,8 +176,8 @@ def _default(docs: list[dict]) -> None:
     assert not any(a.startswith(("--webhook", "--providers-config", "--operator-namespace")) for a in container(docs)["args"])
     # Tenant isolation and the users' role are on by default.
     assert sorted(p["metadata"]["name"] for p in of_kind(docs, "ValidatingAdmissionPolicy")) == sorted(
-        f"wso-{CHART_NAME}-{s}" for s in POLICY_SUFFIXES)
-    assert len(of_kind(docs, "ValidatingAdmissionPolicyBinding")) == 3
+        f"wso-{CHART_NAME}-{s}" for s in (*POLICY_SUFFIXES, GUARD_SUFFIX))
+    assert len(of_kind(docs, "ValidatingAdmissionPolicyBinding")) == 4
     user_role = named(docs, "ClusterRole", f"wso-{CHART_NAME}-user")
     assert not {r for r in rules_of(user_role) if r[1] in {"secrets", "oauthapplications"}}
     assert not of_kind(docs, "OAuthApplication")
@@ -192,6 +195,9 @@ def _namespaced(docs: list[dict]) -> None:
         *(("workspace-secrets.io", "oauthapplications", v) for v in ("get", "list", "watch")),
     }, "in namespaced mode nothing namespaced may be granted cluster-wide"
     for binding in of_kind(docs, "ValidatingAdmissionPolicyBinding"):
+        if binding["metadata"]["name"].endswith(GUARD_SUFFIX):
+            assert "matchResources" not in binding["spec"], "the operator guard binds everywhere"
+            continue
         assert binding["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"] == [
             {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-a", "team-b"]},
             {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["wso-system", "kube-system", "kube-public", "kube-node-lease"]}]
@@ -577,7 +583,7 @@ def test_cluster_wide_service_account_has_only_what_it_needs(cluster, cluster_wi
             "watch workspacesecrets.workspace-secrets.io --all-namespaces",
             f"patch workspacesecrets.workspace-secrets.io --subresource=status -n {ns}",
             f"get deployments.apps -n {ns}", f"get pods -n {ns}", f"create events -n {ns}",
-            "watch pods --all-namespaces", f"patch pods -n {ns}", f"patch deployments.apps -n {ns}",
+            "watch pods --all-namespaces", f"patch pods -n {ns}", f"delete pods -n {ns}", f"patch deployments.apps -n {ns}",
             "watch customresourcedefinitions.apiextensions.k8s.io",
             "watch oauthapplications.workspace-secrets.io", "get oauthapplications.workspace-secrets.io/github",
         ],
@@ -586,7 +592,7 @@ def test_cluster_wide_service_account_has_only_what_it_needs(cluster, cluster_wi
             "update validatingadmissionpolicies.admissionregistration.k8s.io",
             "delete validatingadmissionpolicybindings.admissionregistration.k8s.io",
             f"update configmaps/wso-{CHART_NAME}-tenancy -n {cluster_wide_release.namespace}",
-            f"get configmaps -n {ns}", f"create pods -n {ns}", f"delete pods -n {ns}", f"delete deployments.apps -n {ns}",
+            f"get configmaps -n {ns}", f"create pods -n {ns}", f"delete deployments.apps -n {ns}",
             f"update pods -n {ns}",
             "delete namespaces", "list namespaces", "list nodes", f"create serviceaccounts --subresource=token -n {ns}",
             f"create workspacesecrets.workspace-secrets.io -n {ns}", f"delete workspacesecrets.workspace-secrets.io -n {ns}",
@@ -609,8 +615,9 @@ def test_default_install_enforces_the_tenant_isolation_policies(cluster, cluster
     selector = f"app.kubernetes.io/instance={release.name}"
     policies = cluster.kubectl("get", "validatingadmissionpolicies.admissionregistration.k8s.io", "-l", selector, "-o", "name").stdout.split()
     bindings = cluster.kubectl("get", "validatingadmissionpolicybindings.admissionregistration.k8s.io", "-l", selector, "-o", "name").stdout.split()
-    assert sorted(p.split("/")[1] for p in policies) == sorted(f"{release.name}-{CHART_NAME}-{s}" for s in POLICY_SUFFIXES)
-    assert len(bindings) == 3
+    assert sorted(p.split("/")[1] for p in policies) == sorted(
+        f"{release.name}-{CHART_NAME}-{s}" for s in (*POLICY_SUFFIXES, GUARD_SUFFIX))
+    assert len(bindings) == 4
     params = json.loads(cluster.kubectl("get", "configmap", f"{release.name}-{CHART_NAME}-tenancy", "-n", release.namespace,
                                         "-o", "json").stdout)["data"]
     operator_identity = whoami(cluster, release.kubeconfig)
@@ -840,6 +847,7 @@ def test_namespaced_mode_smoke(cluster, cluster_wide_release, shared_operator_pa
                     "list secrets --all-namespaces", f"list workspacesecrets.workspace-secrets.io -n {unwatched}",
                     "list workspacesecrets.workspace-secrets.io --all-namespaces", f"get deployments.apps -n {unwatched}",
                     f"create events -n {unwatched}", f"get configmaps -n {watched}", f"create pods -n {watched}",
+                    f"delete pods -n {unwatched}",
                     f"create serviceaccounts --subresource=token -n {unwatched}", "delete namespaces"],
         )
         args = chart_operator_args(cluster, release, tmp_path)

@@ -42,6 +42,26 @@ def lone_operator(cluster, namespace, tmp_path):
             operator.stop()
 
 
+def queue_state(operator) -> tuple[float, float]:
+    """(WorkspaceSecret keys waiting in the work queue, WorkspaceSecret reconciles finished so far), from /metrics."""
+    depth = done = 0.0
+    for line in operator.metrics().splitlines():
+        if line.startswith(f'wso_workqueue_depth{{queue="{c.WORKSPACE_SECRET_PLURAL}"}}'):
+            depth = float(line.rsplit(" ", 1)[1])
+        elif line.startswith("wso_reconciles_total{") and f'kind="{c.WORKSPACE_SECRET_KIND}"' in line:
+            done += float(line.rsplit(" ", 1)[1])
+    return depth, done
+
+
+def settled(operator, window: float = 0.5) -> bool:
+    """Nothing queued, and no reconcile finished during `window` (none was running: each is seconds at most here)."""
+    depth, before = queue_state(operator)
+    if depth:
+        return False
+    time.sleep(window)
+    return queue_state(operator) == (0.0, before)
+
+
 def pod_ref(name: str) -> dict:
     return {"kind": "Pod", "name": name}
 
@@ -61,7 +81,8 @@ def test_a_rotation_reaches_the_users_other_bound_workspaces_within_seconds(api,
     before = api.secret_digests(namespace, "w2")[c.KEY_SSH_PRIVATE]
     assert api.secret_digests(namespace, "w1")[c.KEY_SSH_PRIVATE] == before
     other_user = api.secret_digests(namespace, "v1")
-    time.sleep(2)  # every bound WorkspaceSecret settled: nothing of theirs is queued any more
+    # Every bound WorkspaceSecret settled (nothing of theirs queued or running): what changes w2 below is the fan-out.
+    wait_for(lambda: settled(lone_operator), timeout=30, interval=0.1, what="the operator's work queue settled")
 
     api.patch_ws(namespace, "w1", {"metadata": {"annotations": {c.ANNOTATION_ROTATE_SSH_KEY: "now"}}})
     started = time.monotonic()

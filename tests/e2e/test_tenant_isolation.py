@@ -106,7 +106,7 @@ def kubectl(cluster, module_namespace) -> Iterator[Kubectl]:
     finally:
         # Uninstall in the documented order: policies and bindings first, and only once the API server no
         # longer enforces them the parameters -- a binding without parameters refuses everything it matches.
-        for name in ("user-isolation.yaml", "user-secret-labels.yaml", "reserved-secrets.yaml"):
+        for name in ("user-isolation.yaml", "user-secret-labels.yaml", "reserved-secrets.yaml", "operator-guard.yaml"):
             cluster.kubectl("delete", "--ignore-not-found", "-f", str(POLICY_DIR / name), check=False)
         wait_for(lambda: not refused(k.dry_run(ws_manifest("probe", "bob"), user="alice"), ISOLATION_POLICY)
                  and not refused(k.dry_run(secret_manifest("probe", "bob"), user="dave"), LABEL_POLICY)

@@ -303,7 +303,10 @@ def test_the_connect_page_shows_users_only_their_own_tokens(api, namespace, wso_
     assert page.status_code == 200 and f"{namespace}/mine" in page.text and f"{namespace}/theirs" not in page.text
     csrf = dict(re.findall(r"name=(\w+) value='([^']*)'", page.text))["csrf"]
     response = alice.post(f"{url}/connect/start", data={"namespace": namespace, "name": "theirs", "csrf": csrf}, allow_redirects=False)
-    assert response.status_code == 403 and "another user" in response.text
+    assert response.status_code == 403 and "not one of your accounts" in response.text
+    # ... in the same words as a name that does not exist: the page is no oracle of other users' UserTokens.
+    missing = alice.post(f"{url}/connect/start", data={"namespace": namespace, "name": "no-such-token", "csrf": csrf}, allow_redirects=False)
+    assert missing.status_code == 403 and missing.text.replace("no-such-token", "theirs") == response.text
     # bob cannot use alice's form (her CSRF token) either.
     bob = BrowserSession.of(wso_operator.process, "bob")
     response = bob.post(f"{url}/connect/start", data={"namespace": namespace, "name": "theirs", "csrf": csrf}, allow_redirects=False)

@@ -274,7 +274,8 @@ class FakeKube:
         self._closed = False
 
     # --- the Kube interface ---------------------------------------------------------------------------
-    async def get(self, path: str) -> JSON | None:
+    async def get(self, path: str, *, resource_version: str | None = None) -> JSON | None:
+        # resource_version (a watch-cache read) changes nothing here: this store is never stale.
         await asyncio.sleep(0)  # a real call yields to other tasks
         with self._lock:
             self._request("GET", path)
@@ -283,7 +284,8 @@ class FakeKube:
                 raise api_error(405, "get needs a name")
             return copy.deepcopy(self.objects.get(ref.key))
 
-    async def list(self, path: str, *, label_selector: str | None = None, from_cache: bool = False) -> JSON:
+    async def list(self, path: str, *, label_selector: str | None = None, from_cache: bool = False,
+                   not_older_than: str | None = None) -> JSON:
         await asyncio.sleep(0)
         with self._lock:
             self._request("LIST", path)
@@ -357,7 +359,7 @@ class FakeKube:
             current = self._existing(ref)
             return copy.deepcopy(self._update(ref, current, json_patch(current, operations)))
 
-    async def delete(self, path: str, *, uid: str | None = None) -> bool:
+    async def delete(self, path: str, *, uid: str | None = None, resource_version: str | None = None) -> bool:
         await asyncio.sleep(0)
         with self._lock:
             try:
@@ -372,6 +374,9 @@ class FakeKube:
                 raise api_error(409, f"Operation cannot be fulfilled on {ref.plural} \"{ref.name}\": the UID in the precondition "
                                      f"({uid}) does not match the UID in record ({current['metadata'].get('uid')}). "
                                      "The object might have been deleted and then recreated")
+            if resource_version is not None and current["metadata"].get("resourceVersion") != resource_version:
+                raise api_error(409, f"Operation cannot be fulfilled on {ref.plural} \"{ref.name}\": the ResourceVersion in the "
+                                     f"precondition ({resource_version}) does not match the ResourceVersion in record")
             self._delete(ref, current)
             return True
 

@@ -83,6 +83,29 @@ async def writes(kube: Any, ns: str) -> list[Observation]:
     return out
 
 
+async def cache_reads(kube: Any, ns: str) -> list[Observation]:
+    """GET from the watch cache (workspace_secret/token_reader.py): "0" answers what the cache holds; a version answers
+    a state not older than it -- what a change's watch event carries -- so the change is seen at once."""
+    s = core_path(ns, "secrets")
+    out: list[Observation] = []
+    created = await kube.create(s, secret("c", **{"k": "1"}))
+
+    async def cached() -> bool:
+        return ((await kube.get(f"{s}/c", resource_version="0")) or {}).get("data") == {"k": b64("1")}
+    out.append(("any version, eventually", await eventually(cached)))
+    changed = await kube.merge_patch(f"{s}/c", {"data": {"k": b64("2")}})
+    got = await kube.get(f"{s}/c", resource_version=changed["metadata"]["resourceVersion"])
+    out.append(("not older than the change", got["data"], got["metadata"]["uid"] == created["metadata"]["uid"]))
+    await kube.delete(f"{s}/c")
+    out.append(("a deleted object at its last version, eventually", await eventually(
+        lambda: _gone(kube, f"{s}/c", changed["metadata"]["resourceVersion"]))))
+    return out
+
+
+async def _gone(kube: Any, path: str, version: str) -> bool:
+    return await kube.get(path, resource_version=version) is None
+
+
 async def selectors_and_pages(kube: Any, ns: str) -> list[Observation]:
     s = core_path(ns, "secrets")
     labels = {"s1": {"a": "1", "b": "x"}, "s2": {"a": "2"}, "s3": {"a": "3", "b": "y"}, "s4": {}, "s5": {"b": "x"}}
@@ -229,6 +252,7 @@ async def json_patch(kube: Any, ns: str) -> list[Observation]:
 
 SCENARIOS: dict[str, Callable[[Any, str], Awaitable[list[Observation]]]] = {
     "json_patch": json_patch,
+    "cache_reads": cache_reads,
     "writes": writes,
     "selectors_and_pages": selectors_and_pages,
     "finalizers": finalizers,

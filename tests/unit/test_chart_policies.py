@@ -8,6 +8,10 @@
   must act for every user; values add identities; namespaced mode binds the watched namespaces only.
 - The workspace users' ClusterRole is deploy/policies/workspace-user-role.yaml's; OAuth applications are
   rendered as OAuthApplication objects whose client Secrets the operator may read by name only.
+- The operator guard (deploy/policies/operator-guard.yaml) matches only the operator's ServiceAccount, binds in
+  every namespace, covers every pod/workload write the operator's RBAC grants, names the operator's gate,
+  labels and restart annotation; the chart's copy is the same spec for the release's ServiceAccount, on with
+  the policies by default (tests/e2e/test_operator_guard.py shows what it allows and refuses on an API server).
 
 Renders with the pinned helm (see test_chart_operator_interface.py); no cluster is involved.
 """
@@ -21,6 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
+from workspace_secrets.api import constants as c
 from workspace_secrets.user_keys import naming
 from chart_support import CHART, NAMESPACE, RELEASE, helm, render  # noqa: F401 (helm: fixture)
 
@@ -30,6 +35,9 @@ POLICY_DIR = REPO_ROOT / "deploy" / "policies"
 FULLNAME = f"{RELEASE}-workspace-secrets-operator"
 POLICIES = {"user-isolation": "user-isolation.yaml", "user-secret-labels": "user-secret-labels.yaml",
             "reserved-secrets": "reserved-secrets.yaml"}
+#: The operator guard: no parameters, no identity rules; it matches the operator's own ServiceAccount only.
+GUARD = "operator-guard"
+SHIPPED_OPERATOR = "system:serviceaccount:workspace-secrets-system:workspace-secrets-operator"
 IDENTITY_VARIABLES = ("username", "prefix", "suffix", "actsAs", "who", "platform")
 NOT_THE_RELEASE_NAMESPACE = {"key": "kubernetes.io/metadata.name", "operator": "NotIn",
                              "values": [NAMESPACE, "kube-system", "kube-public", "kube-node-lease"]}
@@ -53,9 +61,11 @@ def of_kind(docs: list[dict], kind: str) -> dict[str, dict]:
     return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
 
 
-def shipped(kind: str) -> dict[str, dict]:
+def shipped(kind: str, *, guard: bool = False) -> dict[str, dict]:
+    """deploy/policies' objects of this kind; without the operator guard unless `guard`."""
     docs = [d for p in sorted(POLICY_DIR.glob("*.yaml")) for d in yaml.safe_load_all(p.read_text()) if d]
-    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+    return {d["metadata"]["name"]: d for d in docs
+            if d["kind"] == kind and (guard or d["metadata"]["name"] != f"workspace-secrets-{GUARD}")}
 
 
 def params(docs: list[dict]) -> dict[str, str]:
@@ -68,9 +78,10 @@ def split(value: str) -> list[str]:
 
 # --- deploy/policies itself ---------------------------------------------------------------------------
 def test_every_policy_file_has_one_policy_and_its_binding() -> None:
+    every = shipped("ValidatingAdmissionPolicy", guard=True)
+    assert sorted(every) == sorted(f"workspace-secrets-{short}" for short in [*POLICIES, GUARD])
+    assert sorted(shipped("ValidatingAdmissionPolicyBinding", guard=True)) == sorted(every)
     policies, bindings = shipped("ValidatingAdmissionPolicy"), shipped("ValidatingAdmissionPolicyBinding")
-    assert sorted(policies) == sorted(f"workspace-secrets-{short}" for short in POLICIES)
-    assert sorted(bindings) == sorted(policies)
     params_map = shipped("ConfigMap")["workspace-secrets-tenancy"]
     for name, binding in bindings.items():
         assert binding["spec"]["policyName"] == name
@@ -127,7 +138,7 @@ def test_chart_policies_are_deploy_policies(helm: Path) -> None:
     docs = render(helm, {})
     policies, bindings = of_kind(docs, "ValidatingAdmissionPolicy"), of_kind(docs, "ValidatingAdmissionPolicyBinding")
     source = shipped("ValidatingAdmissionPolicy")
-    assert sorted(policies) == sorted(bindings) == sorted(f"{FULLNAME}-{short}" for short in POLICIES)
+    assert sorted(policies) == sorted(bindings) == sorted(f"{FULLNAME}-{short}" for short in [*POLICIES, GUARD])
     for short in POLICIES:
         name = f"{FULLNAME}-{short}"
         assert policies[name]["spec"] == source[f"workspace-secrets-{short}"]["spec"], f"{name} differs from deploy/policies"
@@ -156,7 +167,10 @@ def test_namespaced_mode_binds_the_watched_namespaces_only(helm: Path) -> None:
     """Never the release namespace: it is the platform's, and Helm's own release Secret must stay writable
     while `helm uninstall` deletes the parameters a moment before the policies."""
     docs = render(helm, {"watchNamespaces": ["team-b", "team-a"]})
-    for binding in of_kind(docs, "ValidatingAdmissionPolicyBinding").values():
+    bindings = of_kind(docs, "ValidatingAdmissionPolicyBinding")
+    # The operator guard binds everywhere (the operator has no business changing workloads anywhere).
+    assert "matchResources" not in bindings.pop(f"{FULLNAME}-{GUARD}")["spec"]
+    for binding in bindings.values():
         assert binding["spec"]["matchResources"] == {"namespaceSelector": {"matchExpressions": [
             {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-a", "team-b"]},
             NOT_THE_RELEASE_NAMESPACE]}}
@@ -172,6 +186,7 @@ def test_policies_can_be_turned_off(helm: Path) -> None:
     {"policies": {"platformUsers": ["a,b"]}},
     {"policies": {"platformGroups": ["has space"]}},
     {"policies": {"enabeld": True}},
+    {"policies": {"operatorGuard": "yes"}},
 ])
 def test_schema_refuses_parameters_that_would_split_differently(helm: Path, values: dict) -> None:
     assert "values don't meet the specifications of the schema" in render_error(helm, values)
@@ -251,3 +266,96 @@ def test_provider_allow_rules_pass_through(helm: Path) -> None:
     config = yaml.safe_load(of_kind(docs, "ConfigMap")[f"{FULLNAME}-providers"]["data"]["providers.yaml"])
     assert config == {"providers": [provider]}
     assert "allow" in render_error(helm, {"providers": [{**provider, "allow": {"groups": ["x"]}}]})
+
+
+# --- the operator guard -------------------------------------------------------------------------------------
+def guard_spec(policy: dict, operator: str) -> dict:
+    """The policy's spec with the operator's username put back to deploy/policies' default."""
+    text = json.dumps(policy["spec"])
+    assert text.count(operator) == 1, "the username appears once: in the matchCondition"
+    return json.loads(text.replace(operator, SHIPPED_OPERATOR))
+
+
+def covered(policy: dict, group: str, resource: str, operation: str) -> bool:
+    rules = policy["spec"]["matchConstraints"]["resourceRules"]
+    return any(group in r["apiGroups"] and resource in r["resources"] and operation in r["operations"] for r in rules)
+
+
+def test_operator_guard_matches_only_the_operator() -> None:
+    policy = shipped("ValidatingAdmissionPolicy", guard=True)[f"workspace-secrets-{GUARD}"]
+    binding = shipped("ValidatingAdmissionPolicyBinding", guard=True)[f"workspace-secrets-{GUARD}"]
+    spec = policy["spec"]
+    assert spec["matchConditions"] == [{"name": "the-operator",
+                                        "expression": f"request.userInfo.username == '{SHIPPED_OPERATOR}'"}]
+    # The same ServiceAccount the tenancy parameters exempt as the operator.
+    assert split(shipped("ConfigMap")["workspace-secrets-tenancy"]["data"]["platformUsers"])[0] == SHIPPED_OPERATOR
+    # No parameters (nothing missing can make it refuse other identities' requests), fail closed, bound everywhere.
+    assert "paramKind" not in spec and spec["failurePolicy"] == "Fail"
+    assert binding["spec"] == {"policyName": f"workspace-secrets-{GUARD}", "validationActions": ["Deny"]}
+    assert all(v.get("reason") == "Forbidden" and v.get("messageExpression") for v in spec["validations"])
+    for group, resource in [("", "pods"), ("apps", "deployments"), ("apps", "statefulsets")]:
+        for operation in ("CREATE", "UPDATE", "DELETE", "CONNECT"):
+            assert covered(policy, group, resource, operation), (resource, operation)
+            assert covered(policy, group, f"{resource}/*", operation), (resource, operation)
+
+
+def test_operator_guard_names_the_operators_gate_labels_and_annotation() -> None:
+    spec = shipped("ValidatingAdmissionPolicy", guard=True)[f"workspace-secrets-{GUARD}"]["spec"]
+    variables = {v["name"]: v["expression"] for v in spec["variables"]}
+    assert variables["gate"] == f"'{c.SCHEDULING_GATE}'"
+    assert variables["restartedAt"] == f"'{c.ANNOTATION_RESTARTED_AT}'"
+    assert f"[?'{c.LABEL_WORKSPACE_SECRET}']" in variables["workspacePod"] and f"[?'{c.LABEL_USER}']" in variables["workspacePod"]
+    assert any(f"[?'{c.LABEL_USER}']" in v["expression"] and "isPod" in v["expression"] for v in spec["validations"])
+
+
+@pytest.mark.parametrize("values,operator", [
+    ({}, f"system:serviceaccount:{NAMESPACE}:{FULLNAME}"),
+    ({"serviceAccount": {"create": False, "name": "platform-operator"}}, f"system:serviceaccount:{NAMESPACE}:platform-operator"),
+    ({"watchNamespaces": ["team-a"]}, f"system:serviceaccount:{NAMESPACE}:{FULLNAME}"),
+])
+def test_chart_operator_guard_is_deploy_policies_for_the_release(helm: Path, values: dict, operator: str) -> None:
+    docs = render(helm, values)
+    name = f"{FULLNAME}-{GUARD}"
+    policy = of_kind(docs, "ValidatingAdmissionPolicy")[name]
+    source = shipped("ValidatingAdmissionPolicy", guard=True)[f"workspace-secrets-{GUARD}"]
+    assert guard_spec(policy, operator) == source["spec"], f"{name} differs from deploy/policies"
+    assert policy["spec"]["matchConditions"][0]["expression"] == f"request.userInfo.username == '{operator}'"
+    assert policy["metadata"]["labels"]["app.kubernetes.io/instance"] == RELEASE
+    assert of_kind(docs, "ValidatingAdmissionPolicyBinding")[name]["spec"] == {"policyName": name, "validationActions": ["Deny"]}
+
+
+def test_operator_guard_is_on_with_the_policies(helm: Path) -> None:
+    name = f"{FULLNAME}-{GUARD}"
+    assert name in of_kind(render(helm, {}), "ValidatingAdmissionPolicy")
+    docs = render(helm, {"policies": {"operatorGuard": False}})
+    assert name not in of_kind(docs, "ValidatingAdmissionPolicy") and name not in of_kind(docs, "ValidatingAdmissionPolicyBinding")
+    assert f"{FULLNAME}-user-isolation" in of_kind(docs, "ValidatingAdmissionPolicy")
+    assert name not in of_kind(render(helm, {"policies": {"enabled": False}}), "ValidatingAdmissionPolicy")
+
+
+@pytest.mark.parametrize("values", [{}, {"watchNamespaces": ["team-a"]},
+                                    {"providers": [{"name": "k", "type": "kubernetes-token", "allow": {"namespaces": ["ci-*"]},
+                                                    "config": {"allowedServiceAccounts": ["ci-*"], "audiences": ["a"]}}]}])
+def test_operator_guard_covers_every_workload_write_the_operator_may_make(helm: Path, values: dict) -> None:
+    """Every verb but reads the operator's RBAC grants on pods, Deployments, StatefulSets (and their
+    subresources) is one the guard looks at."""
+    docs = render(helm, values)
+    guard = of_kind(docs, "ValidatingAdmissionPolicy")[f"{FULLNAME}-{GUARD}"]
+    roles = [r for kind in ("ClusterRole", "Role") for n, r in of_kind(docs, kind).items()
+             if n in (FULLNAME, f"{FULLNAME}-cluster")]
+    operation = {"create": "CREATE", "update": "UPDATE", "patch": "UPDATE", "delete": "DELETE", "deletecollection": "DELETE"}
+    seen = set()
+    for role in roles:
+        for rule in role["rules"]:
+            for group in rule["apiGroups"]:
+                for resource in rule["resources"]:
+                    base = resource.split("/")[0]
+                    if (group, base) not in {("", "pods"), ("apps", "deployments"), ("apps", "statefulsets")}:
+                        continue
+                    for verb in rule["verbs"]:
+                        assert verb != "*" and (verb in ("get", "list", "watch") or verb in operation), (resource, verb)
+                        if verb in operation:
+                            seen.add((resource, verb))
+                            pattern = resource if "/" not in resource else f"{base}/*"
+                            assert covered(guard, group, pattern, operation[verb]), (resource, verb)
+    assert ("pods", "patch") in seen and ("deployments", "patch") in seen

@@ -19,6 +19,11 @@ NS = "ns1"
 S = f"/api/v1/namespaces/{NS}/secrets"
 
 EXPECTED = {
+    "cache_reads": [
+        ("any version, eventually", True),
+        ("not older than the change", {"k": "Mg=="}, True),
+        ("a deleted object at its last version, eventually", True),
+    ],
     "json_patch": [
         ("a passing test", {"a": "1", "b": "2"}),
         ("a failing test", ("KubeError", 422, "Invalid")),

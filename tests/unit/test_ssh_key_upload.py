@@ -114,13 +114,54 @@ def test_at_most_max_uploaded_keys_the_oldest_workspaces_first() -> None:
     assert [k.key.fingerprint for k in plan.left_out] == [fp("ed4"), fp("ed5")]
 
 
+OURS = "workspace-secrets-operator team/alice"
+
+
 def test_status_of_earlier_versions_is_read_and_bounded() -> None:
-    legacy = {"sshKey": {"id": "7", "title": "t", "fingerprint": fp("ed")}}
-    assert policy.recorded_keys(legacy) == [policy.RecordedKey("7", "t", fp("ed"))]
+    legacy = {"sshKey": {"id": "7", "title": OURS, "fingerprint": fp("ed")}}
+    assert policy.recorded_keys(legacy, operator_title=OURS) == [policy.RecordedKey("7", OURS, fp("ed"))]
     many = {"sshKeys": [{"id": str(i), "fingerprint": "x"} for i in range(100)] + [{"id": "1"}, "junk"]}
-    assert len(policy.recorded_keys(many)) == policy.MAX_RECORDED_KEYS
-    assert policy.recorded_keys({"sshKeys": [{"id": "1", "addedBy": "User"}, {"id": "1"}]}) == [
+    assert len(policy.recorded_keys(many, operator_title=OURS)) == policy.MAX_RECORDED_KEYS
+    assert policy.recorded_keys({"sshKeys": [{"id": "1", "addedBy": "User"}, {"id": "1"}]}, operator_title=OURS) == [
         policy.RecordedKey("1", "", "", "", policy.ADDED_BY_USER)]
+
+
+def test_an_earlier_versions_key_under_another_title_is_the_users_and_never_removed() -> None:
+    """Earlier versions adopted a key the user had added by hand (same public key, the user's title) into status.sshKey.
+    Only an entry under the operator's own title is the operator's upload; anything else is the user's: kept while a
+    workspace uses it, forgotten (never deleted at the provider) when none does."""
+    for title in ("my laptop", "", OURS + " ", "workspace-secrets-operator team/bob"):
+        legacy = {"sshKey": {"id": "7", "title": title, "fingerprint": fp("ed"), "addedBy": "Operator"}}
+        [key] = policy.recorded_keys(legacy, operator_title=OURS)
+        assert key.added_by == policy.ADDED_BY_USER, title
+        gone = policy.upload_plan(in_use("rsa"), [key])  # the workspaces moved to another key (rotation)
+        assert gone.remove == () and [k.id for k in gone.forget] == ["7"]
+        assert policy.upload_plan([], [key]).remove == ()  # none uses it (e.g. addSSHKey's cleanup on disconnect)
+    [ours] = policy.recorded_keys({"sshKey": {"id": "7", "title": OURS, "fingerprint": fp("ed")}}, operator_title=OURS)
+    assert ours.added_by == policy.ADDED_BY_OPERATOR
+    assert [k.id for k in policy.upload_plan(in_use("rsa"), [ours]).remove] == ["7"]
+    # status.sshKeys (this version's) wins over the legacy field; its addedBy is taken as written by the operator.
+    both = {"sshKeys": [{"id": "8", "title": "my laptop", "fingerprint": fp("ed")}], "sshKey": {"id": "7", "title": "my laptop"}}
+    assert policy.recorded_keys(both, operator_title=OURS) == [policy.RecordedKey("8", "my laptop", fp("ed"))]
+
+
+def test_status_ssh_keys_never_outgrows_the_crds_max_items() -> None:
+    """Uploads come before removals, and a failed removal keeps its entry: status.sshKeys could grow with every
+    rotation while the provider refuses deletes. Beyond MAX_RECORDED_KEYS (the CRD's maxItems, which the API server
+    enforces on the whole status write) uploads are deferred instead, so no uploaded key is ever left unrecorded."""
+    import pathlib
+
+    import yaml
+
+    crd = yaml.safe_load((pathlib.Path(__file__).parents[2] / "crds" / "usertokens.yaml").read_text())
+    status = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
+    assert status["sshKeys"]["maxItems"] == policy.MAX_RECORDED_KEYS
+    pending = [policy.RecordedKey(str(i), "t", f"SHA256:old{i}") for i in range(policy.MAX_RECORDED_KEYS - 2)]
+    plan = policy.upload_plan(in_use("ed", "ec", "rsa"), pending)
+    assert [k.key.fingerprint for k in plan.upload] == [fp("ed"), fp("ec")] and [k.key.fingerprint for k in plan.deferred] == [fp("rsa")]
+    assert len(pending) + len(plan.upload) == policy.MAX_RECORDED_KEYS and len(plan.remove) == len(pending)
+    full = [policy.RecordedKey(str(i), "t", f"SHA256:old{i}") for i in range(policy.MAX_RECORDED_KEYS)]
+    assert policy.upload_plan(in_use("ed"), full).upload == ()
 
 
 def test_only_a_changed_fingerprint_is_a_change_of_the_workspace_key() -> None:
@@ -229,6 +270,50 @@ def test_an_upload_already_made_by_an_interrupted_pass_is_adopted_not_repeated()
     scene.provider.keys.append({"id": 9, "title": f"{c.OPERATOR_NAME} {NS}/alice", "key": body("ed")})
     status = scene.run()
     assert scene.at_provider() == [body("ed")] and status["sshKeys"][0]["id"] == "9" and status["sshKeys"][0]["addedBy"] == "Operator"
+
+
+def test_a_hand_added_key_an_earlier_version_adopted_survives_rotation_and_disconnect() -> None:
+    """status.sshKey of an earlier version names the user's own key (adopted: the user's title): the migration to
+    status.sshKeys records it as the user's, so neither a rotation nor the connect page's Disconnect removes it."""
+    scene = Scene()
+    scene.workspace("ws-1", "ed")
+    assert scene.provider is not None
+    scene.provider.keys.append({"id": 7, "title": "my laptop", "key": body("ed")})
+    scene.kube.edit(UT_PATH, {"status": {"sshKey": {"id": "7", "title": "my laptop", "fingerprint": fp("ed")}}})
+    status = scene.run()
+    assert [(k["id"], k["addedBy"]) for k in status["sshKeys"]] == [("7", "User")]
+    scene.kube.put(SECRETS, workspace_secret("ws-1", "rsa"))  # the workspace's key is rotated
+    status = scene.run()
+    assert scene.at_provider() == sorted([body("ed"), body("rsa")])  # the new one uploaded, the user's kept
+    assert [k["addedBy"] for k in status["sshKeys"]] == ["Operator"]
+    assert asyncio.run(scene.controller.disconnect(NS, "gl", "alice")).ok
+    assert scene.at_provider() == [body("ed")]  # the operator's upload removed, the user's key never
+
+
+def test_an_earlier_versions_own_upload_is_still_removed_on_rotation() -> None:
+    scene = Scene()
+    scene.workspace("ws-1", "ed")
+    assert scene.provider is not None
+    title = f"{c.OPERATOR_NAME} {NS}/alice"
+    scene.provider.keys.append({"id": 7, "title": title, "key": body("ed")})
+    scene.kube.edit(UT_PATH, {"status": {"sshKey": {"id": "7", "title": title, "fingerprint": fp("ed")}}})
+    scene.kube.put(SECRETS, workspace_secret("ws-1", "rsa"))
+    status = scene.run()
+    assert scene.at_provider() == [body("rsa")] and [k["addedBy"] for k in status["sshKeys"]] == ["Operator"]
+
+
+def test_with_status_ssh_keys_full_the_removals_come_first_and_the_upload_follows() -> None:
+    scene = Scene()
+    scene.workspace("ws-1", "ed")
+    old = [{"id": str(i), "title": f"{c.OPERATOR_NAME} {NS}/alice", "fingerprint": f"SHA256:old{i}", "addedBy": "Operator"}
+           for i in range(policy.MAX_RECORDED_KEYS)]
+    scene.kube.edit(UT_PATH, {"status": {"sshKeys": old}})
+    status = scene.run()  # the removals (404: already gone) make room; the upload waits for the next pass
+    assert scene.at_provider() == [] and "sshKeys" not in status
+    cond = scene.condition()
+    assert (cond["status"], cond["reason"]) == ("False", "UploadPending") and fp("ed") in cond["message"]
+    status = scene.run()
+    assert scene.at_provider() == [body("ed")] and scene.condition()["reason"] == "Uploaded"
 
 
 def test_more_keys_than_the_cap_are_reported_not_uploaded() -> None:

@@ -614,21 +614,13 @@ def test_a_takeover_spreads_overdue_refreshes_again():
     assert 0.05 <= delay <= 30
 
 
-def test_the_token_secret_watch_is_gated_on_the_active_replica(monkeypatch):
+def test_the_token_secret_watch_is_gated_on_the_active_replica():
+    """The UserToken side gets the token Secrets' events from the shared managed-Secret watch (app.py dispatches each
+    event to both controllers), only on the active replica."""
     from workspace_secrets import app as app_module
     from workspace_secrets.settings import OperatorConfig
     from workspace_secrets.user_keys.service import UserKeys
 
-    handlers: list[Any] = []
-
-    class Watch:
-        def __init__(self, kube: Any, path: str, selector: str, handler: Any) -> None:
-            handlers.append(handler)
-
-        async def run(self) -> None:
-            await asyncio.Event().wait()
-
-    monkeypatch.setattr(app_module, "LabelSelectedWatch", Watch)
     kube = FakeKube()
     token_secret = {"metadata": {"name": "gl-token", "namespace": NS,
                                  "labels": {c.LABEL_COMPONENT: c.COMPONENT_USER_TOKEN},
@@ -640,7 +632,7 @@ def test_the_token_secret_watch_is_gated_on_the_active_replica(monkeypatch):
         await app._start_user_tokens()
         try:
             app.user_token_queue._active = asyncio.Event()  # hold what is queued, to count it
-            (handler,) = handlers
+            handler = app._managed_secret_changed
             await handler("DELETED", token_secret)  # a standby replica: the activation pass covers it
             standby = len(app.user_token_queue)
             app.active.set()
@@ -705,3 +697,91 @@ def test_deleting_a_token_forgets_its_device_code():
     asyncio.run(controller.finalize(kube.objects[UT_PATH]))
     assert not any("uid-gl" in kept for kept in (memory.devices, memory.device_next_poll, memory.device_requested,
                                                    memory.failures, memory.unsaved))
+
+
+def device_provider(requests: list[str], *, code: str = "WXYZ-1234"):
+    """GitLab's device authorization (a code; the user never enters it), its revocation and user API."""
+
+    async def handler(request: Request) -> Response:
+        requests.append(request.url.rsplit("/", 2)[-2] + "/" + request.url.rsplit("/", 1)[-1])
+        if request.url.endswith("/oauth/authorize_device"):
+            return json_response(200, {"device_code": "dc-secret", "user_code": code, "verification_uri": "https://gitlab.com/oauth/device",
+                                       "expires_in": 600, "interval": 5})
+        if request.url.endswith("/oauth/revoke"):
+            return json_response(200, {})
+        if request.url.endswith("/oauth/token"):
+            return json_response(400, {"error": "authorization_pending"})
+        if request.url.endswith("/oauth/token/info"):
+            return json_response(200, {"scope": ["api"]})
+        return json_response(200, {"id": 1, "username": "alice"})
+
+    return handler
+
+
+def test_after_a_disconnect_a_device_token_gets_no_new_code_until_the_user_clicks_connect():
+    """Disconnect on the connect page means "not connected until I connect again": the passes after it (a watch event,
+    the schedule, an operator restart) request no device code and poll nothing; Ready says Disconnected. Connect asks
+    for a code at once."""
+    clock = [NOW]
+    controller, kube, _, events = setup(clock)
+    requests: list[str] = []
+    controller._ctx.providers._transport = MockTransport(device_provider(requests))  # type: ignore[attr-defined]
+    kube.edit(UT_PATH, {"spec": {"flow": "Device"}})
+    asyncio.run(controller.maintain(NS, "gl"))
+    assert kube.objects[UT_PATH]["status"]["phase"] == "Valid"
+
+    result = asyncio.run(controller.disconnect(NS, "gl", "alice"))
+    assert result.ok and SECRET_PATH not in kube.objects
+    assert "oauth/revoke" in requests
+    ready = next(x for x in kube.objects[UT_PATH]["status"]["conditions"] if x["type"] == c.CONDITION_READY)
+    assert (ready["status"], ready["reason"]) == ("False", "Disconnected") and "click Connect" in ready["message"]
+
+    requests.clear()
+    for minutes in (0, 1, 30):  # passes right after, later, and after an operator restart (memory gone)
+        clock[0] = NOW + timedelta(minutes=minutes)
+        if minutes == 30:
+            controller._ctx.memory.forget("uid-gl")
+        asyncio.run(controller.maintain(NS, "gl", just_started=minutes == 30))
+    assert requests == [] and "uid-gl" not in controller._ctx.memory.devices
+    status = kube.objects[UT_PATH]["status"]
+    ready = next(x for x in status["conditions"] if x["type"] == c.CONDITION_READY)
+    assert status["phase"] == "AwaitingAuthorization" and ready["reason"] == "Disconnected"
+    assert status["authorizationURL"] == "https://ops/accounts?focus=team/gl"
+    [summary] = asyncio.run(controller.list_for_user("alice", NS))
+    assert summary.user_code is None and summary.reason == "Disconnected"
+
+    # The user clicks Connect: a code at once, and Ready no longer says Disconnected.
+    asyncio.run(controller.begin_authorization(NS, "gl", "alice"))
+    assert requests == ["oauth/authorize_device"]
+    [summary] = asyncio.run(controller.list_for_user("alice", NS))
+    assert summary.user_code == "WXYZ-1234"
+    ready = next(x for x in kube.objects[UT_PATH]["status"]["conditions"] if x["type"] == c.CONDITION_READY)
+    assert ready["reason"] == "AwaitingAuthorization"
+
+
+def test_a_hand_deleted_device_token_secret_gets_a_new_code_as_before():
+    """Deleting the token Secret is not the user's Disconnect: the next pass asks for a new code (as on creation)."""
+    clock = [NOW]
+    controller, kube, _, _ = setup(clock)
+    requests: list[str] = []
+    controller._ctx.providers._transport = MockTransport(device_provider(requests))  # type: ignore[attr-defined]
+    kube.edit(UT_PATH, {"spec": {"flow": "Device"}})
+    asyncio.run(controller.maintain(NS, "gl"))
+    kube.remove(SECRET_PATH)
+    requests.clear()
+    asyncio.run(controller.maintain(NS, "gl"))
+    assert requests == ["oauth/authorize_device"] and "uid-gl" in controller._ctx.memory.devices
+
+
+def test_after_a_disconnect_an_authorization_code_token_says_disconnected_until_it_connects():
+    clock = [NOW]
+    controller, kube, _, _ = setup(clock)
+    requests: list[str] = []
+    controller._ctx.providers._transport = MockTransport(device_provider(requests))  # type: ignore[attr-defined]
+    asyncio.run(controller.maintain(NS, "gl"))
+    assert asyncio.run(controller.disconnect(NS, "gl", "alice")).ok
+    asyncio.run(controller.maintain(NS, "gl"))
+    status = kube.objects[UT_PATH]["status"]
+    ready = next(x for x in status["conditions"] if x["type"] == c.CONDITION_READY)
+    assert status["phase"] == "AwaitingAuthorization" and ready["reason"] == "Disconnected"
+    assert "connect again" in ready["message"] and "authorize_device" not in str(requests)

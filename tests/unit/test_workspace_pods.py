@@ -110,7 +110,9 @@ def test_pods_of_the_workspace_are_those_with_both_labels():
     ({"phase": "Pending", "gates": [GATE]}, True),  # gated: starting
     ({"phase": "Pending"}, True),
     ({"phase": "Running"}, True),
-    ({"phase": "Running", "deleting": True}, False),
+    ({"phase": "Running", "deleting": True}, True),  # stopping: runs (preStop, graceful shutdown) until gone
+    ({"phase": "Pending", "deleting": True}, True),
+    ({"phase": "Succeeded", "deleting": True}, False),
     ({"phase": "Succeeded"}, False),
     ({"phase": "Failed"}, False),
 ])
@@ -187,6 +189,58 @@ def test_the_pod_watch_schedules_only_changes_that_matter():
     assert key in gate.maybe_gated
 
 
+def uid_pod(uid: str, rv: str, **kw) -> dict:
+    p = pod(**kw)
+    p["metadata"].update(uid=uid, resourceVersion=rv)
+    return p
+
+
+def test_the_pod_watch_acts_on_transitions_only():
+    """A gated pod's status updates (conditions, scheduling attempts) do not each cause a reconcile: only a change of
+    (at our gate, being deleted, finished) does; what was remembered of a pod is forgotten when it is deleted."""
+    gate = wg.Gate(None, None, lambda *a: None)  # type: ignore[arg-type]
+    key = (NS, "alice-ws")
+    assert gate.pod_changed("ADDED", uid_pod("u1", "1", gates=[GATE])) == key
+    assert gate.pod_changed("MODIFIED", uid_pod("u1", "2", gates=[GATE])) is None  # a status update while waiting
+    assert gate.pod_changed("MODIFIED", uid_pod("u1", "3", gates=[GATE])) is None
+    assert gate.pod_changed("MODIFIED", uid_pod("u1", "4", phase="Pending")) == key  # released
+    assert gate.pod_changed("MODIFIED", uid_pod("u1", "5", phase="Running")) is None
+    assert gate.pod_changed("MODIFIED", uid_pod("u1", "6", phase="Running", deleting=True)) == key  # stopping
+    assert gate.pod_changed("MODIFIED", uid_pod("u1", "7", phase="Running", deleting=True)) is None
+    assert gate.pod_changed("MODIFIED", uid_pod("u1", "8", phase="Succeeded", deleting=True)) == key  # finished
+    assert gate.pod_changed("DELETED", uid_pod("u1", "9", phase="Succeeded", deleting=True)) == key
+    assert "u1" not in gate._pod_states
+    # A pod first seen by a MODIFIED event (the operator started meanwhile): it matters when it waits or stops.
+    assert gate.pod_changed("MODIFIED", uid_pod("u2", "10", gates=[GATE])) == key
+    assert gate.pod_changed("MODIFIED", uid_pod("u3", "11", phase="Running")) is None
+
+
+class Recording(FakeKube):
+    """The in-memory API server, recording how pods are listed (a real API server serves resourceVersion=0 and
+    NotOlderThan from its watch cache)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lists: list[dict] = []
+
+    async def list(self, path, *, label_selector=None, from_cache=False, not_older_than=None):  # type: ignore[override]
+        self.lists.append({"from_cache": from_cache, "not_older_than": not_older_than})
+        return await super().list(path, label_selector=label_selector, from_cache=from_cache, not_older_than=not_older_than)
+
+
+def test_the_reconcile_a_pod_event_causes_lists_pods_at_least_as_new_as_that_event():
+    """After a pod's DELETED event a watch-cache listing at resourceVersion=0 may still show it (running: its
+    credentials stay); the reconcile that event queued lists NotOlderThan the event's resourceVersion."""
+    kube = Recording()
+    gate = wg.Gate(kube, EventRecorder(kube, instance="test"), lambda *a: None)  # type: ignore[arg-type]
+    w = ws(credentials=[AWS])
+    gate.pod_changed("DELETED", uid_pod("u1", "42", phase="Running", deleting=True))
+    assert asyncio.run(gate.pods(w)).running is False
+    assert kube.lists[-1] == {"from_cache": False, "not_older_than": "42"}
+    asyncio.run(gate.pods(w))  # no pod event since: the cheap cache read
+    assert kube.lists[-1] == {"from_cache": True, "not_older_than": None}
+
+
 # --- releasing, telling why not -----------------------------------------------------------------------------------
 class Harness:
     def __init__(self) -> None:
@@ -231,8 +285,8 @@ def test_blocked_pods_are_told_once_per_reason_and_the_workspace_secret_too():
     h.kube.put(PODS, pod("b", gates=[GATE]))
     h.run(BLOCKED)
     h.run(BLOCKED)
-    assert sorted(h.events()) == [("Pod", "a", c.EVENT_WAITING_FOR_TOKEN), ("Pod", "b", c.EVENT_WAITING_FOR_TOKEN),
-                                  (c.WORKSPACE_SECRET_KIND, "alice-ws", c.EVENT_WAITING_FOR_TOKEN)]
+    # The pods are told; the WorkspaceSecret is not told a second time (TokensReady's own Warning says it).
+    assert sorted(h.events()) == [("Pod", "a", c.EVENT_WAITING_FOR_TOKEN), ("Pod", "b", c.EVENT_WAITING_FOR_TOKEN)]
     messages = [e["message"] for e in h.kube.list_objects(EVENTS)]
     assert all("https://connect.example/x" in m for m in messages)
     assert h.gates("a") == [GATE] and h.gates("b") == [GATE]
@@ -276,3 +330,192 @@ def test_the_controller_queues_the_workspace_secret_a_pod_names():
     asyncio.run(controller.pod_changed("ADDED", pod(gates=[GATE])))
     asyncio.run(controller.pod_changed("MODIFIED", pod(phase="Running")))
     assert scheduled == [(NS, "alice-ws", 0.0)]
+
+
+# --- a pod admitted before the WorkspaceSecret published everything -----------------------------------------------
+PUBLISHED = {"env": [{"name": c.KEY_GIT_SSH_COMMAND, "key": c.KEY_GIT_SSH_COMMAND}, {"name": "KUBECONFIG", "key": "kube.config-path"},
+                     {"name": "bad name", "key": "x"}],
+             "files": [{"key": "tool.gh.hosts.yml", "path": "gh/hosts.yml"}]}
+
+
+def admitted(body_status: dict, *, name: str = "p1", owner: str | None = "ReplicaSet", **kw) -> dict:
+    """A pod as the webhook admits it against a WorkspaceSecret whose status is `body_status`."""
+    body = ws_body(credentials=[AWS])
+    body["status"] = {**body["status"], **body_status}
+    p, _ = admit(pod(name, **kw), body)
+    p["metadata"].update(uid=f"uid-{name}", resourceVersion="7")
+    if owner:
+        group = "batch/v1" if owner == "Job" else "apps/v1"
+        p["metadata"]["ownerReferences"] = [{"apiVersion": group, "kind": owner, "name": "ws-abc", "uid": "o1", "controller": True}]
+    return p
+
+
+def test_missing_delivery_compares_the_pod_with_what_the_workspace_secret_publishes_now():
+    w = ws(credentials=[AWS])
+    early = wp.parse_pods([admitted({})], w).items[0]  # admitted before the first reconcile: GIT_SSH_COMMAND only
+    assert wp.missing_delivery(early, PUBLISHED) == ("env KUBECONFIG", "file gh/hosts.yml")  # invalid names skipped
+    complete = wp.parse_pods([admitted(PUBLISHED)], w).items[0]
+    assert wp.missing_delivery(complete, PUBLISHED) == ()
+    assert wp.missing_delivery(early, {}) == ()  # status.env never written: the webhook's default is all there is
+    # What the pod defines itself is kept by the webhook (a conflict): a new pod would not get it either.
+    own = admitted({})
+    own["spec"]["containers"][0]["env"].append({"name": "KUBECONFIG", "value": "/mine"})
+    assert wp.missing_delivery(wp.parse_pods([own], w).items[0], PUBLISHED) == ("file gh/hosts.yml",)
+    # Only the containers the webhook targets: a sidecar left out by the containers annotation lacks nothing.
+    two = pod()
+    two["spec"]["containers"].append({"name": "sidecar", "image": "x"})
+    two["metadata"]["annotations"] = {c.ANNOTATION_CONTAINERS: "main"}
+    body = ws_body(credentials=[AWS])
+    body["status"] = {**body["status"], **PUBLISHED}
+    targeted, _ = admit(two, body)
+    assert wp.missing_delivery(wp.parse_pods([targeted], w).items[0], PUBLISHED) == ()
+    # Who re-creates it: a ReplicaSet/StatefulSet/Job controller; not a bare pod, not another owner.
+    assert early.recreated_by == "ReplicaSet/ws-abc"
+    assert wp.parse_pods([admitted({}, owner="Job")], w).items[0].recreated_by == "Job/ws-abc"
+    assert wp.parse_pods([admitted({}, owner=None)], w).items[0].recreated_by is None
+    other = admitted({}, owner=None)
+    other["metadata"]["ownerReferences"] = [{"apiVersion": "example.com/v1", "kind": "Workspace", "name": "w", "uid": "x", "controller": True}]
+    assert wp.parse_pods([other], w).items[0].recreated_by is None
+
+
+def release_with(h: Harness, published: dict) -> None:
+    async def go() -> None:
+        await h.gate.release(h.ws, await h.gate.pods(h.ws), (), h.ws_obj, published=published)
+    asyncio.run(go())
+
+
+def test_an_incomplete_pod_of_a_controller_is_deleted_not_released():
+    h = Harness()
+    early = h.kube.put(PODS, admitted({}, gates=None))
+    release_with(h, PUBLISHED)
+    assert h.kube.get_object(f"{PODS}/p1") is None  # gone: its ReplicaSet re-creates it, admitted with everything
+    assert ("DELETE", f"{PODS}/p1") in [call[:2] for call in h.kube.calls]
+    assert h.events() == [(c.WORKSPACE_SECRET_KIND, "alice-ws", wg.EVENT_POD_RECREATED)]
+    message = h.kube.list_objects(EVENTS)[0]["message"]
+    assert "KUBECONFIG" in message and "ReplicaSet/ws-abc" in message
+    # The re-created pod (admitted now, with everything) is released.
+    h.kube.put(PODS, admitted(PUBLISHED, name="p2", gates=None))
+    release_with(h, PUBLISHED)
+    assert h.gates("p2") == []
+    assert early["metadata"]["uid"] != h.kube.get_object(f"{PODS}/p2")["metadata"]["uid"]
+
+
+def test_only_the_incarnation_that_was_looked_at_is_deleted():
+    """Deleted with preconditions (uid, resourceVersion): a pod that changed since the LIST stays, and is looked at again."""
+    h = Harness()
+    h.kube.put(PODS, admitted({}, gates=None))
+
+    async def go() -> None:
+        pods = await h.gate.pods(h.ws)
+        h.kube.edit(f"{PODS}/p1", {"metadata": {"annotations": {"x": "changed"}}})
+        await h.gate.release(h.ws, pods, (), h.ws_obj, published=PUBLISHED)
+    asyncio.run(go())
+    assert h.gates("p1") == [GATE] and h.scheduled == [(NS, "alice-ws", wg.RETRY_DELAY)]
+
+
+def test_a_bare_incomplete_pod_is_released_with_a_warning_saying_what_it_lacks():
+    """Nothing re-creates a bare pod, and a WhileRunning credential's env vars are published only once it is issued
+    (after its pod exists): holding it would hold it for ever. It starts, told what it lacks and to re-create it."""
+    h = Harness()
+    h.kube.put(PODS, admitted({}, owner=None, gates=None))
+    release_with(h, PUBLISHED)
+    assert h.gates("p1") == []
+    assert sorted(h.events()) == [("Pod", "p1", wg.EVENT_POD_INCOMPLETE), ("Pod", "p1", c.EVENT_GATE_REMOVED)]
+    [warning] = [e for e in h.kube.list_objects(EVENTS) if e["reason"] == wg.EVENT_POD_INCOMPLETE]
+    assert "KUBECONFIG" in warning["message"] and "delete and create it again" in warning["message"]
+
+
+def test_the_workspace_runs_while_its_deleted_incomplete_pod_is_re_created():
+    """Between the deletion of an incomplete pod and its controller's new pod the workspace is starting, not
+    stopped: its WhileRunning credentials are not revoked (and minted again) in between."""
+    h = Harness()
+    h.kube.put(PODS, admitted({}, gates=None))
+    release_with(h, PUBLISHED)
+    assert h.kube.get_object(f"{PODS}/p1") is None
+    assert asyncio.run(h.gate.pods(h.ws)).running is True  # no pod yet: being re-created
+    h.kube.put(PODS, admitted(PUBLISHED, name="p2", gates=None))
+    assert asyncio.run(h.gate.pods(h.ws)).recreating is False  # the new pod is there: running by itself
+    h.kube.remove(f"{PODS}/p2")
+    h.gate._recreating[(NS, "alice-ws")] = h.gate._clock() - 1  # the grace ended: a new pod that never came
+    assert asyncio.run(h.gate.pods(h.ws)).running is False
+
+
+def test_a_controller_whose_pods_stay_incomplete_is_not_recreated_for_ever():
+    h = Harness()
+    for n in range(wg.MAX_RECREATIONS):
+        h.kube.put(PODS, admitted({}, name=f"p{n}", gates=None))
+        release_with(h, PUBLISHED)
+        assert h.kube.get_object(f"{PODS}/p{n}") is None
+    h.kube.put(PODS, admitted({}, name="last", gates=None))
+    release_with(h, PUBLISHED)
+    assert h.gates("last") == []  # released as it is, with a Warning that says what it lacks
+    [warning] = [e for e in h.kube.list_objects(EVENTS) if e["involvedObject"]["name"] == "last" and e["reason"] == wg.EVENT_POD_INCOMPLETE]
+    assert "KUBECONFIG" in warning["message"]
+
+
+def test_a_credential_wait_is_told_on_the_workspace_secret_once():
+    h = Harness()
+    h.kube.put(PODS, pod("a", gates=[GATE]))
+    blocked = (wp.Blocker(c.EVENT_WAITING_FOR_CREDENTIALS, "aws", "credential 'aws' is not issued yet"),)
+    h.run(blocked)
+    h.run(blocked)
+    assert sorted(h.events()) == [("Pod", "a", c.EVENT_WAITING_FOR_CREDENTIALS),
+                                  (c.WORKSPACE_SECRET_KIND, "alice-ws", c.EVENT_WAITING_FOR_CREDENTIALS)]
+
+
+def test_waiting_pods_of_an_invalid_workspace_secret_are_told_once():
+    h = Harness()
+    h.kube.put(PODS, admitted({}, name="a", gates=None))
+    h.kube.put(PODS, pod("started"))
+    h.kube.put(PODS, pod("bobs", labels={c.LABEL_WORKSPACE_SECRET: "alice-ws", c.LABEL_USER: "bob"}, gates=[GATE]))
+    asyncio.run(h.gate.tell_invalid(NS, "alice-ws", "alice", "InvalidSpec: x"))
+    assert h.events() == []  # no gated pod seen by the watch: not even a LIST
+    h.gate.pod_changed("ADDED", h.kube.get_object(f"{PODS}/a"))
+    asyncio.run(h.gate.tell_invalid(NS, "alice-ws", "alice", "InvalidSpec: x"))
+    asyncio.run(h.gate.tell_invalid(NS, "alice-ws", "alice", "InvalidSpec: x"))
+    assert h.events() == [("Pod", "a", wg.EVENT_INVALID)]  # not another user's pod labelled with it
+    assert "is invalid (InvalidSpec: x)" in h.kube.list_objects(EVENTS)[0]["message"]
+
+
+def test_the_app_queues_the_workspace_secrets_of_pods_waiting_since_before():
+    """On activation the app lists the labelled pods once and hands the gated ones to the controller (the pod watch
+    only sees changes from now on)."""
+    from workspace_secrets.app import App
+
+    kube = FakeKube()
+    kube.put(PODS, pod("waiting", gates=[GATE]))
+    kube.put(PODS, pod("started", phase="Running"))
+    kube.put(PODS, pod("other", labels={c.LABEL_WORKSPACE_SECRET: "bob-ws", c.LABEL_USER: "bob"}, gates=[GATE]))
+    seen: list[tuple[str, str]] = []
+
+    class Controller:
+        async def pod_changed(self, event_type, obj):
+            seen.append((event_type, obj["metadata"]["name"]))
+
+    app = App.__new__(App)
+    app.kube = kube  # type: ignore[assignment]
+    app.active = asyncio.Event()
+    app.workspace_secrets = Controller()  # type: ignore[assignment]
+    app._pod_paths = lambda: [PODS]  # type: ignore[method-assign]
+
+    async def go() -> None:
+        app.active.set()
+        await app._enqueue_gated_pods()
+    asyncio.run(go())
+    assert sorted(seen) == [("ADDED", "other"), ("ADDED", "waiting")]
+
+
+def test_an_incomplete_pod_of_a_controller_is_replaced_while_it_still_waits():
+    """The pod that waits is the one that starts: replaced as soon as the WorkspaceSecret publishes what it lacks,
+    even while a token is still missing; the new one waits, told why."""
+    h = Harness()
+    h.kube.put(PODS, admitted({}, gates=None))
+
+    async def go(published: dict) -> None:
+        await h.gate.release(h.ws, await h.gate.pods(h.ws), BLOCKED, h.ws_obj, published=published)
+    asyncio.run(go(PUBLISHED))
+    assert h.kube.get_object(f"{PODS}/p1") is None
+    h.kube.put(PODS, admitted(PUBLISHED, name="p2", gates=None))
+    asyncio.run(go(PUBLISHED))
+    assert h.gates("p2") == [GATE]
+    assert sorted(h.events()) == [("Pod", "p2", c.EVENT_WAITING_FOR_TOKEN), (c.WORKSPACE_SECRET_KIND, "alice-ws", wg.EVENT_POD_RECREATED)]

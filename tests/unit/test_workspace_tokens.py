@@ -9,10 +9,11 @@ import asyncio
 import base64
 import subprocess
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 import yaml
-from fakes.kube import FakeKube
+from fakes.kube import FakeKube, api_error
 
 from workspace_secrets.api import constants as c
 from workspace_secrets.api.oauth_application import app_path
@@ -156,7 +157,7 @@ def test_compose_access_token_git_credentials_env_and_gh_files_never_the_refresh
     assert all(REFRESH not in base64.b64decode(v) for v in out.data.values())
     assert {e["name"]: decoded(out.data, e["key"]).decode() for e in out.env} == {
         "GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "credential.helper",
-        "GIT_CONFIG_VALUE_0": f"store --file={c.DEFAULT_MOUNT_PATH}/git-credentials",
+        "GIT_CONFIG_VALUE_0": f'!f() {{ test "$1" = get && exec git credential-store --file={c.DEFAULT_MOUNT_PATH}/git-credentials get; }}; f',
         "GH_CONFIG_DIR": f"{c.DEFAULT_USER_FILES_PATH}/.workspace-tokens/gh"}
     assert out.files == [{"key": "tool.gh.config.yml", "path": ".workspace-tokens/gh/config.yml"},
                          {"key": "tool.gh.hosts.yml", "path": ".workspace-tokens/gh/hosts.yml"}]
@@ -164,16 +165,31 @@ def test_compose_access_token_git_credentials_env_and_gh_files_never_the_refresh
     assert hosts == {"github.com": {"git_protocol": "https", "oauth_token": ACCESS.decode(), "user": "octo-alice",
                                     "users": {"octo-alice": {"oauth_token": ACCESS.decode()}}}}
     assert yaml.safe_load(decoded(out.data, "tool.gh.config.yml")) == {"version": "1"}
-    # Real git, configured only by the env the workspace gets, finds the token for github.com.
-    store = tmp_path / "git-credentials"
+    # Real git, configured only by the env the workspace gets, finds the token for github.com -- in a read-only
+    # directory, as the Secret volume is, and with nothing on stderr: after an authenticated request git also
+    # calls the helper with `store` (or `erase`), which must not try to write there.
+    mount = tmp_path / "mount with space"
+    mount.mkdir()
+    store = mount / "git-credentials"
     store.write_bytes(decoded(out.data, "git-credentials"))
-    env = {e["name"]: decoded(out.data, e["key"]).decode().replace(f"{c.DEFAULT_MOUNT_PATH}/git-credentials", str(store))
+    (mount / "git-credentials.lock").mkdir()  # no lock can be taken here, even by root (who ignores the mode below)
+    mount.chmod(0o555)
+    env = {e["name"]: decoded(out.data, e["key"]).decode().replace(f"{c.DEFAULT_MOUNT_PATH}/git-credentials", f"'{store}'")
            for e in out.env if e["name"].startswith("GIT_")}
-    filled = subprocess.run(["git", "credential", "fill"], input="protocol=https\nhost=github.com\n\n", capture_output=True,
-                            text=True, timeout=10, env={**env, "HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "GIT_TERMINAL_PROMPT": "0"})
-    assert filled.returncode == 0
-    fields = dict(line.split("=", 1) for line in filled.stdout.splitlines())
-    assert (fields["username"], fields["password"].encode()) == ("x-access-token", ACCESS)
+    env.update(HOME=str(tmp_path), PATH="/usr/bin:/bin", GIT_TERMINAL_PROMPT="0")
+    try:
+        filled = subprocess.run(["git", "credential", "fill"], input="protocol=https\nhost=github.com\n\n", capture_output=True,
+                                text=True, timeout=10, env=env)
+        assert (filled.returncode, filled.stderr) == (0, "")
+        fields = dict(line.split("=", 1) for line in filled.stdout.splitlines())
+        assert (fields["username"], fields["password"].encode()) == ("x-access-token", ACCESS)
+        for action in ("approve", "reject"):  # what git runs after a request succeeded / was refused
+            done = subprocess.run(["git", "credential", action], input=filled.stdout + "\n", capture_output=True, text=True,
+                                  timeout=10, env=env)
+            assert (action, done.returncode, done.stderr) == (action, 0, "")
+        assert store.read_bytes() == decoded(out.data, "git-credentials")
+    finally:
+        mount.chmod(0o755)
     assert [s["name"] for s in out.status] == ["gh"] and out.status[0]["delivered"] is True
     assert "token" not in str(out.status).replace("userTokens", "")  # ids only: no value in status
 
@@ -254,9 +270,10 @@ def test_reconcile_delivers_the_token_and_a_refresh_fans_out():
     ut = op.kube.put(UT_PATH, user_token())
     op.kube.put(SECRETS, token_secret(ut))
     for name in ("one", "two", "other"):
-        op.kube.put(WS_PATH, {"apiVersion": c.API_VERSION, "kind": c.WORKSPACE_SECRET_KIND, "metadata": {"name": name},
-                              "spec": {"user": "alice", "workspaceRef": {"kind": "Pod", "name": f"{name}-pod"},
-                                       **({"userTokens": [{"name": "gh"}]} if name != "other" else {})}})
+        op.controller.observe(None, op.kube.put(WS_PATH, {  # kopf's listing shows the controller every WorkspaceSecret
+            "apiVersion": c.API_VERSION, "kind": c.WORKSPACE_SECRET_KIND, "metadata": {"name": name},
+            "spec": {"user": "alice", "workspaceRef": {"kind": "Pod", "name": f"{name}-pod"},
+                     **({"userTokens": [{"name": "gh"}]} if name != "other" else {})}}))
     op.run(op.controller.reconcile_by_name(NS, "one"))
     obj = op.kube.get_object(f"{WS_PATH}/one")
     secret = op.kube.get_object(f"{SECRETS}/one")
@@ -318,3 +335,240 @@ def test_next_check_is_the_earliest_expiry():
     out = t.compose(w, [view()])
     assert t.next_check(out, NOW) == pytest.approx(3601.0)
     assert t.next_check(None, NOW) is None
+
+
+# --- what a refresh costs (review R2) ------------------------------------------------------------------------------
+# No LIST per refresh (an in-memory index of which WorkspaceSecrets name which UserToken, kept from the bodies kopf
+# hands to observe()), no reconcile for the phase's Valid -> Refreshing -> Valid or for a token Secret change nobody
+# reads, token reads from the API server's watch cache no older than the last event seen (never a revoked token
+# beyond one event), and one managed-Secret watch per served path whose events reach both controllers -- against
+# the in-memory API server, counting its requests.
+
+
+class CountingKube(FakeKube):
+    """The fake API server, also recording each GET's resourceVersion (None: a quorum read from etcd)."""
+
+    def __init__(self) -> None:
+        super().__init__(clock=lambda: NOW)
+        self.gets: list[tuple[str, str | None]] = []
+
+    async def get(self, path: str, *, resource_version: str | None = None) -> Any:
+        self.gets.append((path, resource_version))
+        return await super().get(path, resource_version=resource_version)
+
+
+class CostOperator:
+    def __init__(self) -> None:
+        self.kube = CountingKube()
+        self.scheduled: list[tuple[str, str]] = []
+        self.controller = WorkspaceSecretController(self.kube, EventRecorder(self.kube, instance="test"),  # type: ignore[arg-type]
+                                                    schedule=lambda ns, name, delay: self.scheduled.append((ns, name)),
+                                                    clock=lambda: NOW)
+
+    def workspace(self, name: str, tokens: tuple[str, ...] = ("gh",), namespace: str = NS) -> dict:
+        return self.kube.put(f"/apis/{c.API_VERSION}/namespaces/{namespace}/{c.WORKSPACE_SECRET_PLURAL}", {
+            "apiVersion": c.API_VERSION, "kind": c.WORKSPACE_SECRET_KIND, "metadata": {"name": name},
+            "spec": {"user": "alice", "workspaceRef": {"kind": "Pod", "name": f"{name}-pod"},
+                     **({"userTokens": [{"name": t} for t in tokens]} if tokens else {})}})
+
+    def queued(self) -> list[str]:
+        names = sorted(n for _, n in self.scheduled)
+        self.scheduled.clear()
+        return names
+
+
+def arun(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(coro)
+
+
+def test_a_refresh_queues_the_token_s_workspaces_from_memory_with_no_api_call():
+    op = CostOperator()
+    ut = op.kube.put(UT_PATH, user_token())
+    secret = op.kube.put(SECRETS, token_secret(ut))
+    bodies = [op.workspace(f"ws-{i}") for i in range(50)]
+    bodies += [op.workspace("other-token", ("gl",)), op.workspace("no-tokens", ()), op.workspace("ws-0", ("gh",), "elsewhere")]
+    for body in bodies:
+        op.controller.observe(None, body)  # kopf's initial listing
+    op.queued()
+    op.kube.calls.clear()
+
+    # A refresh: the UserToken goes Refreshing, its token Secret is rewritten, it goes Valid again.
+    arun(op.controller.user_token_changed(None, ut))
+    arun(op.controller.user_token_changed("MODIFIED", user_token(phase=c.PHASE_REFRESHING)))
+    assert op.queued() == []  # Valid -> Refreshing shows nothing new to a workspace
+    refreshed = op.kube.edit(f"{SECRETS}/gh-token", {"data": {c.KEY_TOKEN: base64.b64encode(b"gho_new").decode()}})
+    arun(op.controller.secret_changed("MODIFIED", refreshed))
+    arun(op.controller.user_token_changed("MODIFIED", user_token(phase=c.PHASE_VALID)))
+    assert op.queued() == sorted(f"ws-{i}" for i in range(50))  # once each, this namespace, this token only
+    assert op.kube.calls == []  # no LIST, no GET: the index is memory
+
+    # An annotation-only rewrite of the token Secret changes nothing a workspace reads.
+    annotated = op.kube.edit(f"{SECRETS}/gh-token", {"metadata": {"annotations": {"example.com/x": "1"}}})
+    arun(op.controller.secret_changed("MODIFIED", annotated))
+    assert op.queued() == []
+    # Going unusable (and its connect link) does matter, once.
+    expired = user_token(phase=c.PHASE_EXPIRED, authorizationURL="https://connect.example.com/a")
+    arun(op.controller.user_token_changed("MODIFIED", expired))
+    arun(op.controller.user_token_changed("MODIFIED", expired))
+    assert len(op.queued()) == 50
+    arun(op.controller.secret_changed("DELETED", secret))
+    assert len(op.queued()) == 50
+    assert op.kube.calls == []
+
+
+def test_the_index_follows_spec_changes_deletions_and_reconciles():
+    op = CostOperator()
+    ut = op.kube.put(UT_PATH, user_token())
+    one, two = op.workspace("one"), op.workspace("two")
+    op.controller.observe(None, one)
+    op.controller.observe("ADDED", two)
+    # "one" stops naming the token; "two" is deleted.
+    one = op.kube.edit(f"{WS_PATH}/one", {"spec": {"userTokens": [{"name": "gl"}]}})
+    op.controller.observe("MODIFIED", one)
+    op.controller.observe("DELETED", two)
+    op.queued()
+    arun(op.controller.user_token_changed("MODIFIED", user_token(phase=c.PHASE_REVOKED)))
+    assert op.queued() == []
+    # A WorkspaceSecret kopf has not shown yet is indexed by its reconcile (it reads the newest body anyway).
+    op.workspace("three")
+    op.kube.put(app_path("github-app"), app())
+    arun(op.controller.reconcile_by_name(NS, "three"))
+    op.queued()
+    arun(op.controller.user_token_changed("MODIFIED", user_token(phase=c.PHASE_EXPIRED)))
+    assert op.queued() == ["three"]
+    assert ut  # the UserToken itself is untouched by all of this
+
+
+def test_token_reads_come_from_the_watch_cache_no_older_than_the_last_event():
+    op = CostOperator()
+    op.kube.put(app_path("github-app"), app())
+    ut = op.kube.put(UT_PATH, user_token())
+    op.kube.put(SECRETS, token_secret(ut))
+    op.controller.observe(None, op.workspace("one"))
+    arun(op.controller.user_token_changed(None, ut))  # kopf's listing: the UserToken's version is known
+
+    def reads() -> dict[str, str | None]:
+        kinds = {f"{SECRETS}/gh-token": "secrets", f"{UT_PATH}/gh": "usertokens", app_path("github-app"): "oauthapplications"}
+        out = {kinds[path]: rv for path, rv in op.kube.gets if path in kinds}
+        op.kube.gets.clear()
+        return out
+
+    arun(op.controller.reconcile_by_name(NS, "one"))
+    first = reads()
+    assert first["usertokens"] == ut["metadata"]["resourceVersion"]  # cache, no older than kopf's event
+    assert first["oauthapplications"] == "0"  # cache as it is: its changes queue no workspace anyway
+    assert first["secrets"] is None  # no event of it seen yet: etcd, and its version is the floor from now on
+    arun(op.controller.reconcile_by_name(NS, "one"))
+    assert reads()["secrets"] == op.kube.get_object(f"{SECRETS}/gh-token")["metadata"]["resourceVersion"]
+
+    # A refresh: the read after the Secret's event asks for that event's version (or newer).
+    refreshed = op.kube.edit(f"{SECRETS}/gh-token", {"data": {c.KEY_TOKEN: base64.b64encode(b"gho_new").decode()}})
+    arun(op.controller.secret_changed("MODIFIED", refreshed))
+    arun(op.controller.reconcile_by_name(NS, "one"))
+    assert reads()["secrets"] == refreshed["metadata"]["resourceVersion"]
+    assert decoded(op.kube.get_object(f"{SECRETS}/one")["data"], "token.gh.token") == b"gho_new"
+
+    # A Disconnect deletes the token Secret: the next read is from etcd, and nothing of the token stays.
+    op.kube.remove(f"{SECRETS}/gh-token")
+    arun(op.controller.secret_changed("DELETED", refreshed))
+    arun(op.controller.reconcile_by_name(NS, "one"))
+    assert reads()["secrets"] is None
+    data = op.kube.get_object(f"{SECRETS}/one")["data"]
+    assert "token.gh.token" not in data and all(b"gho_new" not in base64.b64decode(v) for v in data.values())
+    assert ACCESS  # (the original token went with the refresh)
+
+
+def test_a_cache_that_cannot_catch_up_is_answered_by_etcd_and_a_racing_event_wins():
+    op = CostOperator()
+    op.kube.put(app_path("github-app"), app())
+    ut = op.kube.put(UT_PATH, user_token())
+    secret = op.kube.put(SECRETS, token_secret(ut))
+    op.controller.observe(None, op.workspace("one"))
+    arun(op.controller.user_token_changed(None, ut))
+    arun(op.controller.secret_changed("ADDED", secret))
+    versions = op.controller._tokens.versions
+    real_get = op.kube.get
+
+    async def too_large(path: str, *, resource_version: str | None = None) -> Any:
+        if resource_version not in (None, "0"):
+            raise api_error(504, "Too large resource version", reason="Timeout")
+        return await real_get(path, resource_version=resource_version)
+
+    op.kube.get = too_large  # type: ignore[method-assign]
+    arun(op.controller.reconcile_by_name(NS, "one"))
+    assert decoded(op.kube.get_object(f"{SECRETS}/one")["data"], "token.gh.token") == ACCESS
+    op.kube.get = real_get  # type: ignore[method-assign]
+
+    # A quorum read overlapping an event does not become the floor (the event's version decides).
+    path = f"{SECRETS}/gh-token"
+    versions.saw(path, "DELETED", secret)
+    mark = versions.mark()
+    versions.saw(path, "MODIFIED", {"metadata": {"resourceVersion": "999"}})
+    versions.read(path, {"metadata": {"resourceVersion": "5"}}, mark)
+    assert versions.floor(path) == "999"
+    versions.saw(path, "DELETED", secret)
+    mark = versions.mark()
+    versions.saw(f"{SECRETS}/other", "MODIFIED", {"metadata": {"resourceVersion": "1000"}})
+    versions.read(path, {"metadata": {"resourceVersion": "5"}}, mark)
+    assert versions.floor(path) is None
+
+
+def test_one_managed_secret_watch_per_path_feeds_both_controllers(monkeypatch):
+    from workspace_secrets import app as app_module
+    from workspace_secrets.settings import OperatorConfig
+    from workspace_secrets.user_keys.service import UserKeys
+
+    watches: list[tuple[str, str]] = []
+
+    class Watch:
+        def __init__(self, kube: Any, path: str, selector: str, handler: Any) -> None:
+            watches.append((path, selector))
+            self.healthy = True
+
+        async def run(self) -> None:
+            await asyncio.Event().wait()
+
+    monkeypatch.setattr(app_module, "LabelSelectedWatch", Watch)
+    kube = FakeKube(clock=lambda: NOW)
+    namespaces = (NS, "other")
+
+    async def scenario() -> tuple[int, int, int]:
+        app = app_module.App(OperatorConfig(namespaces=namespaces))
+        app.kube, app.user_keys, app.active = kube, UserKeys(kube), asyncio.Event()  # type: ignore[assignment]
+        await app._start_workspace_secrets()
+        await app._start_user_tokens()
+        try:
+            app.queue._active = asyncio.Event()  # hold what is queued, to count it
+            app.user_token_queue._active = asyncio.Event()
+            ut = kube.put(UT_PATH, user_token())
+            app.workspace_secrets.observe(None, kube.put(WS_PATH, {
+                "apiVersion": c.API_VERSION, "kind": c.WORKSPACE_SECRET_KIND, "metadata": {"name": "one"},
+                "spec": {"user": "alice", "workspaceRef": {"kind": "Pod", "name": "p"}, "userTokens": [{"name": "gh"}]}}))
+            scheduled: list[str] = []
+            app.workspace_secrets._schedule = lambda ns, name, delay: scheduled.append(name)  # type: ignore[method-assign]
+            secret = token_secret(ut)
+            await app._managed_secret_changed("DELETED", secret)  # a standby: neither side acts
+            standby = (len(scheduled), len(app.user_token_queue))
+            app.active.set()
+            await app._managed_secret_changed("DELETED", secret)
+            await asyncio.sleep(0.01)
+            assert standby == (0, 0)
+            return len(app.watches), len(scheduled), len(app.user_token_queue)
+        finally:
+            for task in app.tasks:
+                task.cancel()
+            await asyncio.gather(*app.tasks, return_exceptions=True)
+            await app.queue.stop()
+            await app.user_token_queue.stop()
+            if app._transport is not None:
+                await app._transport.close()
+
+    probed, ws_queued, ut_queued = asyncio.run(scenario())
+    assert probed == len(watches)  # the liveness probe checks every watch, the shared one included
+    secret_watches = [(p, s) for p, s in watches if p.endswith("/secrets")]
+    managed = [(p, s) for p, s in secret_watches if s == c.MANAGED_SELECTOR]
+    assert sorted(p for p, _ in managed) == sorted(f"/api/v1/namespaces/{ns}/secrets" for ns in namespaces)
+    # The only other Secret watch is the users' own Secrets (not managed by the operator: disjoint).
+    assert {s for _, s in secret_watches} == {c.MANAGED_SELECTOR, c.USER_SECRETS_SELECTOR}
+    assert len(secret_watches) == 2 * len(namespaces)
+    assert (ws_queued, ut_queued) == (1, 1)  # the WorkspaceSecret naming the token, and the UserToken itself

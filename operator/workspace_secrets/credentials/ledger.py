@@ -17,7 +17,13 @@ from datetime import datetime, timedelta, timezone
 from workspace_secrets.api.workspace_secret import CredentialSpec
 
 RENEW_FRACTION = 2 / 3  # renew an expiring credential at 2/3 of its lifetime (Vault's practice)
-ROLLOUT_POLL = timedelta(seconds=10)  # how often a credential past its overlap looks whether the restart rolled out
+# A credential past its overlap that waits for a workspace restart (delivery Env) looks whether it rolled out:
+# first after ROLLOUT_POLL, then backing off (the time already waited) up to ROLLOUT_POLL_MAX.
+ROLLOUT_POLL = timedelta(seconds=10)
+ROLLOUT_POLL_MAX = timedelta(minutes=5)
+# ...and waits at most ROLLOUT_TIMEOUT past its overlap: then it is revoked anyway (a tenant can stall a rollout
+# -- pause it, OnDelete, a pod that never becomes ready -- and must not keep an old credential alive for ever).
+ROLLOUT_TIMEOUT = timedelta(minutes=30)
 
 
 # --- who may use a provider ------------------------------------------------------------------------
@@ -93,6 +99,11 @@ class EntryLedger:
     generation: int = 0
     current: Record | None = None
     retiring: tuple[Record, ...] = ()
+    # lifecycle WhileRunning: revoked and its scope released because the workspace stopped (no release again)
+    stopped: bool = False
+    # delivery Env: a credential was revoked before this workspace restart rolled out (stuck or failed): the old
+    # pods' env still holds a revoked value until it does. Cleared once it has rolled out.
+    stale: str | None = None
 
     @property
     def ids(self) -> set[str]:
@@ -116,11 +127,16 @@ def dump(ledger: Ledger) -> str:
             out["rollout"] = r.rollout
         return out
 
-    return json.dumps(
-        {name: {"provider": e.provider, "generation": e.generation, "current": record(e.current),
-                "retiring": [record(r) for r in e.retiring]} for name, e in sorted(ledger.items())},
-        sort_keys=True, separators=(",", ":"),
-    )
+    def entry(e: EntryLedger):
+        out = {"provider": e.provider, "generation": e.generation, "current": record(e.current),
+               "retiring": [record(r) for r in e.retiring]}
+        if e.stopped:
+            out["stopped"] = True
+        if e.stale:
+            out["stale"] = e.stale
+        return out
+
+    return json.dumps({name: entry(e) for name, e in sorted(ledger.items())}, sort_keys=True, separators=(",", ":"))
 
 
 def load(text: str | None) -> dict[str, EntryLedger]:
@@ -139,7 +155,8 @@ def load(text: str | None) -> dict[str, EntryLedger]:
 
     return {
         name: EntryLedger(e.get("provider", ""), int(e.get("generation", 0)), record(e.get("current")),
-                          tuple(x for x in (record(r) for r in e.get("retiring", ())) if x))
+                          tuple(x for x in (record(r) for r in e.get("retiring", ())) if x),
+                          bool(e.get("stopped")), e.get("stale") or None)
         for name, e in raw.items()
     }
 
@@ -159,6 +176,8 @@ class Plan:
     revoke: frozenset[str]  # ids to revoke now (orphans, lost values, retired past their overlap)
     wake_at: datetime | None  # when this entry next needs attention
     keep: EntryLedger  # the ledger after revocations (and before any new issue)
+    # of `revoke`: ids revoked although the restart they waited for has not rolled out (failed, or ROLLOUT_TIMEOUT)
+    forced: frozenset[str] = frozenset()
 
 
 def plan(
@@ -168,9 +187,12 @@ def plan(
     has_values: bool,
     now: datetime,
     rolled_out: Callable[[str], bool] = lambda stamp: True,
+    rollout_failed: bool = False,
 ) -> Plan:
     """`rolled_out(stamp)`: whether the workspace restart `stamp` has finished rolling out (delivery Env); a
-    retiring credential waiting for one is kept past its overlap until then."""
+    retiring credential waiting for one is kept past its overlap until then -- unless the rollout failed
+    (`rollout_failed`: progress deadline exceeded, paused, OnDelete, cannot be restarted) or ROLLOUT_TIMEOUT has
+    passed since the overlap ended: then it is revoked anyway (`forced`)."""
     ledger = ledger or EntryLedger(spec.provider)
     current = ledger.current
     reason = None
@@ -182,7 +204,11 @@ def plan(
         reason, current = "ValuesLost", None  # someone deleted its keys: replace it, revoke the old one
 
     retiring = [r for r in ledger.retiring if r.id in live]
-    expired = {r.id for r in retiring if r.revoke_after and r.revoke_after <= now and (not r.rollout or rolled_out(r.rollout))}
+    past = [r for r in retiring if r.revoke_after and r.revoke_after <= now]
+    forced = {r.id for r in past if r.rollout and not rolled_out(r.rollout)
+              and (rollout_failed or r.revoke_after + ROLLOUT_TIMEOUT <= now)}  # type: ignore[operator]
+    expired = {r.id for r in past if not r.rollout or rolled_out(r.rollout)} | forced
+    stale = max((r.rollout for r in past if r.id in forced and r.rollout), default=None)
     retiring = [r for r in retiring if r.id not in expired]
     known = {r.id for r in retiring} | ({current.id} if current else set())
     revoke = frozenset((set(live) - known) | expired)
@@ -196,11 +222,24 @@ def plan(
             due = None
         else:
             reason = "Rotation"
-    # A retiring credential past its overlap that is still here waits for a rollout: look again soon.
-    wakes = [d for d in (due,) if d and d > now] + [r.revoke_after if r.revoke_after > now else now + ROLLOUT_POLL
-                                                    for r in retiring if r.revoke_after]
-    keep = replace(ledger, provider=spec.provider, current=current, retiring=tuple(retiring))
-    return Plan(reason, revoke, min(wakes) if wakes else None, keep)
+    # A retiring credential past its overlap that is still here waits for a rollout: look again, backing off.
+    wakes = [d for d in (due,) if d and d > now] + [_rollout_wake(r.revoke_after, now) for r in retiring if r.revoke_after]
+    if ledger.stale and not rolled_out(ledger.stale):
+        stale = max(stale or "", ledger.stale)
+    if stale:  # the old pods hold a revoked value: look (slowly) whether the restart has rolled out meanwhile
+        wakes.append(now + ROLLOUT_POLL_MAX)
+    keep = replace(ledger, provider=spec.provider, current=current, retiring=tuple(retiring), stopped=False, stale=stale)
+    return Plan(reason, revoke, min(wakes) if wakes else None, keep, frozenset(forced))
+
+
+def _rollout_wake(revoke_after: datetime, now: datetime) -> datetime:
+    """When a credential retiring at `revoke_after` next needs attention: at its overlap's end; past it (waiting
+    for a rollout), after as long as it already waited (10 s, 20 s, 40 s ... at most ROLLOUT_POLL_MAX), never
+    later than the deadline ROLLOUT_TIMEOUT."""
+    if revoke_after > now:
+        return revoke_after
+    delay = min(max(now - revoke_after, ROLLOUT_POLL), ROLLOUT_POLL_MAX)
+    return min(now + delay, max(revoke_after + ROLLOUT_TIMEOUT, now + timedelta(seconds=1)))
 
 
 def _due(spec: CredentialSpec, current: Record) -> datetime | None:

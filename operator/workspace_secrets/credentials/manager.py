@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -39,6 +39,7 @@ class CredentialOutcome:
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
     wake_at: datetime | None = None
     restart: str | None = None  # delivery Env: the restart stamp the workspace's pod template must carry
+    restarts: list[str] = field(default_factory=list)  # restarts no retiring credential records (replaced ones gone)
 
     def wake(self, when: datetime | None) -> None:
         if when and (self.wake_at is None or when < self.wake_at):
@@ -49,12 +50,14 @@ class Rollout(Protocol):
     """The workspace workload as revocation sees it (workspace_secret/rollout.py's Workload)."""
 
     restartable: bool
+    failure: str | None  # why its rollout cannot finish (None: it can)
 
     def rolled_out(self, stamp: str) -> bool: ...
 
 
 class _NoRollout:
     restartable = False
+    failure = None
 
     def rolled_out(self, stamp: str) -> bool:
         return True
@@ -77,6 +80,9 @@ class CredentialManager:
         self._unavailable = unavailable or {}
         self._clock = clock
 
+    def now(self) -> datetime:
+        return self._clock()
+
     @property
     def configured(self) -> list[str]:
         return sorted(self._providers)
@@ -95,7 +101,38 @@ class CredentialManager:
             if name not in {s.name for s in ws.credentials}:
                 await self._retire_entry(ws, name, ledger, out)
         # The newest restart a retiring credential waits for (the template may still lack it after a crash).
-        out.restart = max(ledgers.pending_rollouts(out.ledger), default=None)
+        out.restart = max([*ledgers.pending_rollouts(out.ledger), *out.restarts], default=None)
+        return out
+
+    async def stop(self, ws: WorkspaceSecret, existing: Mapping[str, Any] | None) -> CredentialOutcome:
+        """The revoke-only pass of a workspace that does not run while its Secret cannot be composed (no SSH key):
+        every lifecycle WhileRunning entry is revoked and its values dropped; every other entry keeps its values
+        and ledger as they are (nothing is minted or rotated). `existing`: the workspace Secret if this
+        WorkspaceSecret controls it, else None (then only the provider side is touched)."""
+        out = CredentialOutcome()
+        data = (existing or {}).get("data") or {}
+        recorded = ledgers.load(((existing or {}).get("metadata") or {}).get("annotations", {}).get(c.ANNOTATION_CREDENTIALS))
+        previous = {e.get("name"): e for e in ws.status.get("credentials") or () if isinstance(e, Mapping)}
+        stopping = set(ws.while_running_credentials)
+        for index, spec in enumerate(ws.credentials):
+            provider = self._providers.get(spec.provider)
+            allowed = provider is not None and ledgers.access_refusal(
+                spec.provider, getattr(provider, "access", None), ws.namespace, ws.user) is None
+            if spec.name in stopping and provider is not None and allowed:
+                scope = Scope.of(ws.namespace, ws.name, ws.uid, spec.name)
+                await self._stopped(ws, f"spec.credentials[{index}]", spec, provider, scope, recorded.get(spec.name), out)
+                self._deliver(ws, f"spec.credentials[{index}]", spec, provider, out, values={})
+                continue
+            # Untouched (the full reconcile handles it once the Secret can be written again).
+            out.data.update(entry_keys(data, spec.name))
+            if spec.name in recorded:
+                out.ledger[spec.name] = recorded[spec.name]
+            if spec.name in previous:
+                out.status.append(dict(previous[spec.name]))
+        for name, ledger in recorded.items():
+            if name not in {s.name for s in ws.credentials}:
+                out.ledger[name] = ledger
+                out.data.update(entry_keys(data, name))
         return out
 
     async def _entry(self, ws: WorkspaceSecret, index: int, spec: CredentialSpec, ledger: ledgers.EntryLedger | None,
@@ -124,24 +161,37 @@ class CredentialManager:
             if ledger is not None:
                 await self._retire_entry(ws, spec.name, ledger, out, why="its provider no longer allows this WorkspaceSecret")
             return None
-        if (error := provider.validate(spec.parameters)) is not None:
-            return keep_as_is(Problem("PolicyViolation", f"{where}.parameters: {error}"))
         scope = Scope.of(ws.namespace, ws.name, ws.uid, spec.name)
-        now = self._clock()
         if spec.lifecycle == LIFECYCLE_WHILE_RUNNING and not running:
+            # Before validating the parameters: revoking needs none, and parameters that became invalid must
+            # not keep a stopped workspace's credential alive.
             await self._stopped(ws, where, spec, provider, scope, ledger, out)
             self._deliver(ws, where, spec, provider, out, values={})
+            if (error := provider.validate(spec.parameters)) is not None:  # said now, not only once a pod starts
+                out.problems.append(Problem("PolicyViolation", f"{where}.parameters: {error}"))
             return None
+        if ledger is not None and ledger.stopped:
+            ledger = replace(ledger, stopped=False)  # running again: whatever is minted now is released on the next stop
+        if (error := provider.validate(spec.parameters)) is not None:
+            return keep_as_is(Problem("PolicyViolation", f"{where}.parameters: {error}"))
+        now = self._clock()
         operation = "list"
         try:
             live = set(await provider.list(scope))
-            decided = ledgers.plan(spec, ledger, live, bool(old_values), now, rolled_out=rollout.rolled_out)
+            decided = ledgers.plan(spec, ledger, live, bool(old_values), now, rolled_out=rollout.rolled_out,
+                                   rollout_failed=rollout.failure is not None)
             kept = decided.keep
             for credential_id in sorted(decided.revoke):
                 operation = "revoke"
                 await provider.revoke(scope, credential_id)
                 CREDENTIALS_REVOKED.labels(provider=spec.provider).inc()
-                out.events.append(("Normal", "CredentialRevoked", f"{spec.name}: revoked {provider.type_name} credential {credential_id} ({'superseded' if credential_id in (ledger.ids if ledger else ()) else 'not recorded: orphan'})."))
+                if credential_id in decided.forced:
+                    why = rollout.failure or f"it has not finished within {_minutes(ledgers.ROLLOUT_TIMEOUT)} after the overlap"
+                    out.events.append(("Warning", "CredentialRevokedBeforeRollout", f"{spec.name}: revoked the replaced {provider.type_name} credential {credential_id} although the workspace restart has not rolled out ({why}): {_stale_advice(ws)}"))
+                else:
+                    out.events.append(("Normal", "CredentialRevoked", f"{spec.name}: revoked {provider.type_name} credential {credential_id} ({'superseded' if credential_id in (ledger.ids if ledger else ()) else 'not recorded: orphan'})."))
+            if kept.stale:
+                out.problems.append(Problem("RolloutStuck", f"{where}: the replaced credential was revoked before the workspace restart rolled out ({rollout.failure or 'it did not finish in time'}): {_stale_advice(ws)}"))
             if decided.issue_reason is None:
                 out.data.update(old_values)
                 out.ledger[spec.name] = kept
@@ -154,8 +204,13 @@ class CredentialManager:
                 record = ledgers.Record(issued.id, now, issued.expires_at)
                 # delivery Env into a Deployment/StatefulSet: the superseded value lives on in the env of the
                 # running pods until they are replaced, so it is revoked only once that restart rolled out.
-                restart = ledgers._ts(now) if spec.delivery == DELIVERY_ENV and rollout.restartable and kept.current else None
+                # The ledger's current BEFORE planning: a credential replaced because it was revoked at the provider
+                # or its values were lost (plan() drops it from `kept`) also lives on in the pods' env.
+                replaced = kept.current is not None or (ledger is not None and ledger.current is not None)
+                restart = ledgers._ts(now) if spec.delivery == DELIVERY_ENV and rollout.restartable and replaced else None
                 new_ledger = ledgers.after_issue(spec, kept, record, now, rollout=restart)
+                if restart and kept.current is None:
+                    out.restarts.append(restart)  # nothing retiring carries it: the old value is already gone
                 for suffix, value in issued.values.items():
                     out.data[ledgers.secret_key(spec.name, suffix)] = base64.b64encode(value.reveal()).decode()
                 out.ledger[spec.name] = new_ledger
@@ -204,7 +259,9 @@ class CredentialManager:
                 operation = "revoke"
                 await provider.revoke(scope, credential_id)
                 CREDENTIALS_REVOKED.labels(provider=spec.provider).inc()
-            if ids or (ledger is not None and ledger.ids):
+            if ids or ledger is None or not ledger.stopped:
+                # Also when nothing is live: a scope whose credential was never created (an IAM user without a
+                # key, after a failed issue) is released too. Once per stop: the ledger says `stopped`.
                 operation = "release"
                 await provider.release(scope)
         except ProviderError as exc:
@@ -216,7 +273,7 @@ class CredentialManager:
             return
         if ids:
             out.events.append(("Normal", "CredentialRevoked", f"{spec.name}: the workspace stopped (lifecycle WhileRunning); revoked {provider.type_name} credential(s) {', '.join(ids)}."))
-        stopped = ledgers.EntryLedger(spec.provider, ledger.generation if ledger else 0)
+        stopped = ledgers.EntryLedger(spec.provider, ledger.generation if ledger else 0, stopped=True)
         out.ledger[spec.name] = stopped
         out.status.append(_status(spec, stopped, "Stopped"))
 
@@ -269,6 +326,17 @@ class CredentialManager:
             except ProviderError as exc:
                 errors.append(f"{name} ({provider_name}): {exc}")
         return revoked, errors
+
+
+def _minutes(delta: Any) -> str:
+    return f"{int(delta.total_seconds() // 60)} minutes"
+
+
+def _stale_advice(ws: WorkspaceSecret) -> str:
+    ref = ws.workspace_ref
+    return (f"the env of the workspace's running pods still holds the old, now revoked value (delivery Env). Restart the "
+            f"workspace (kubectl -n {ws.namespace} rollout restart {ref.kind.lower()}/{ref.name}, or delete its pods) "
+            f"so they read the current one; its files (delivery Files) are always current.")
 
 
 #: The provider label of a failure whose provider is not (or no longer) configured: the name at hand was read

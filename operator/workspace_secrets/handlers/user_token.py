@@ -31,11 +31,11 @@ async def observe(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> Non
     The controller queues a pass when the object changed in a way that matters; the work queue runs it."""
     app = App.of(memo)
     app.user_tokens.observe(type, body)
-    # The workspaces that use this token show its state (TokensReady, status.tokens) and its connect link
-    # (on the active replica; a standby's queue is paused, and a takeover reconciles every WorkspaceSecret).
+    # The workspaces that use this token show its state (TokensReady, status.tokens) and its connect link: queued on
+    # the active replica (a standby's queue is paused, and a takeover reconciles every WorkspaceSecret); every
+    # replica remembers the token's state and resourceVersion (token_reader.py reads no older than it).
     active = getattr(app, "active", None)
-    if active is None or active.is_set():
-        await app.workspace_secrets.user_token_changed(type, body)
+    await app.workspace_secrets.user_token_changed(type, body, schedule=active is None or active.is_set())
 
 
 @kopf.on.delete(*RESOURCE, id="usertoken-cleanup")

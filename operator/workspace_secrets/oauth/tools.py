@@ -41,7 +41,7 @@ class ToolAccount:
 
 @dataclass(frozen=True)
 class ToolConfig:
-    files: Mapping[str, bytes]  # file name in the tool's directory -> content
+    files: Mapping[str, bytes] = field(repr=False)  # file name in the tool's directory -> content (holds tokens: never in a repr)
     env: Mapping[str, str]  # env var -> value (never a token)
 
 

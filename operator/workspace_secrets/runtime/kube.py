@@ -143,18 +143,27 @@ class Kube:
         return result
 
     # --- verbs ----------------------------------------------------------------------------------
-    async def get(self, path: str) -> JSON | None:
+    async def get(self, path: str, *, resource_version: str | None = None) -> JSON | None:
+        """GET; None for 404. Without `resource_version` a quorum read (etcd). With one, the API server answers from
+        its watch cache: "0" whatever the cache holds (possibly a moment stale), any other version a state not
+        older than that one (the cache waits up to ~3 s to catch up, else 504)."""
         try:
+            if resource_version is not None:
+                return await self._run("GET", path, query={"resourceVersion": resource_version})
             return await self._run("GET", path)
         except NotFound:
             return None
 
-    async def list(self, path: str, *, label_selector: str | None = None, from_cache: bool = False) -> JSON:
+    async def list(self, path: str, *, label_selector: str | None = None, from_cache: bool = False,
+                   not_older_than: str | None = None) -> JSON:
         """LIST; `from_cache` lets the API server answer from its watch cache (resourceVersion=0): cheaper,
-        possibly a moment stale -- fine where a watch will bring us back for any later change."""
+        possibly a moment stale -- fine where a watch will bring us back for any later change. `not_older_than`
+        (a resourceVersion, e.g. of a watch event): from the watch cache too, but at least that new."""
         query = {"labelSelector": label_selector} if label_selector else {}
         if from_cache:
             query["resourceVersion"] = "0"
+        if not_older_than:
+            query.update(resourceVersion=not_older_than, resourceVersionMatch="NotOlderThan")
         return await self._run("GET", path, query=query or None)
 
     async def list_pages(self, path: str, *, label_selector: str | None = None, page_size: int = 500) -> AsyncIterator[list[JSON]]:
@@ -191,9 +200,11 @@ class Kube:
         concurrent one without a resourceVersion."""
         return await self._run("PATCH", path, body=operations, content_type=JSON_PATCH)
 
-    async def delete(self, path: str, *, uid: str | None = None) -> bool:
-        """Delete; with `uid`, only that incarnation of the object. False if it was already gone."""
-        body = {"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": {"uid": uid}} if uid else None
+    async def delete(self, path: str, *, uid: str | None = None, resource_version: str | None = None) -> bool:
+        """Delete; with `uid`, only that incarnation of the object (with `resource_version`, only as it was then:
+        409 if it changed). False if it was already gone."""
+        preconditions = {k: v for k, v in (("uid", uid), ("resourceVersion", resource_version)) if v}
+        body = {"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": preconditions} if preconditions else None
         try:
             await self._run("DELETE", path, body=body)
             return True

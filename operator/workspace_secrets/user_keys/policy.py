@@ -80,8 +80,9 @@ def user_key_body(namespace: str, user: str, name: str, key: SSHKeyPair, request
 #: At most this many distinct keys of one user are uploaded by one UserToken (the user's workspaces could use
 #: every generated type and any number of brought keys; a provider account is no place for an unbounded list).
 MAX_UPLOADED_KEYS = 5
-#: Entries of status.sshKeys read back at most (the operator writes at most MAX_UPLOADED_KEYS plus the ones whose
-#: removal is still pending).
+#: Entries of status.sshKeys at most (crds/usertokens.yaml maxItems): the MAX_UPLOADED_KEYS in use plus the ones
+#: whose removal at the provider is still pending (a removal failed). upload_plan defers uploads beyond it, so
+#: every key the operator uploaded stays recorded (and is removed once the provider lets it).
 MAX_RECORDED_KEYS = 4 * MAX_UPLOADED_KEYS
 ADDED_BY_OPERATOR = "Operator"  # uploaded by the operator: removed when no workspace uses it any more
 ADDED_BY_USER = "User"  # already at the provider under another title (the user added it): never removed
@@ -116,6 +117,7 @@ class UploadPlan:
     remove: tuple[RecordedKey, ...]  # recorded by the operator's upload, no longer used: delete at the provider
     forget: tuple[RecordedKey, ...]  # recorded as the user's own, no longer used: dropped from status, never deleted
     left_out: tuple[KeyInUse, ...]  # used beyond MAX_UPLOADED_KEYS: not uploaded
+    deferred: tuple[KeyInUse, ...] = ()  # to upload once pending removals made room in status.sshKeys (MAX_RECORDED_KEYS)
 
 
 _LABEL_VALUE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?")
@@ -181,12 +183,19 @@ def keys_in_use(found: Iterable[tuple[Any, str, str]]) -> list[KeyInUse]:
     return [KeyInUse(keys[fp], tuple(users[fp])) for fp in keys]  # dicts keep insertion (= sorted) order
 
 
-def recorded_keys(status: Mapping[str, Any]) -> list[RecordedKey]:
-    """What status says is at the provider: status.sshKeys, or the single status.sshKey of earlier versions."""
+def recorded_keys(status: Mapping[str, Any], *, operator_title: str) -> list[RecordedKey]:
+    """What status says is at the provider: status.sshKeys, or the single status.sshKey of earlier versions.
+
+    Earlier versions recorded in status.sshKey also a key the user had added by hand (found at the provider and
+    adopted, under the user's title): that entry is the operator's upload only when its title is `operator_title`
+    (the title the operator uploads under), otherwise the user's own (addedBy User: never removed)."""
     entries = status.get("sshKeys")
     if not isinstance(entries, list):
         legacy = status.get("sshKey")
-        entries = [legacy] if isinstance(legacy, Mapping) else []
+        entries = []
+        if isinstance(legacy, Mapping):
+            ours = isinstance(legacy.get("title"), str) and legacy["title"] == operator_title
+            entries = [{k: v for k, v in legacy.items() if k != "addedBy"} | {"addedBy": ADDED_BY_OPERATOR if ours else ADDED_BY_USER}]
     recorded: list[RecordedKey] = []
     seen: set[str] = set()
     for entry in entries[:MAX_RECORDED_KEYS]:
@@ -199,9 +208,12 @@ def recorded_keys(status: Mapping[str, Any]) -> list[RecordedKey]:
     return recorded
 
 
-def upload_plan(in_use: Sequence[KeyInUse], recorded: Sequence[RecordedKey], *, limit: int = MAX_UPLOADED_KEYS) -> UploadPlan:
+def upload_plan(in_use: Sequence[KeyInUse], recorded: Sequence[RecordedKey], *, limit: int = MAX_UPLOADED_KEYS,
+                room: int = MAX_RECORDED_KEYS) -> UploadPlan:
     """Which keys to upload and which to remove so that the provider holds exactly the keys the user's workspaces
-    use (the first `limit` of them). Only keys the operator uploaded are ever removed."""
+    use (the first `limit` of them). Only keys the operator uploaded are ever removed. Uploads happen before
+    removals, and status must record both until the removals succeed: never more than `room` entries, the other
+    uploads are deferred."""
     wanted, left_out = list(in_use[:limit]), tuple(in_use[limit:])
     wanted_fps = {k.key.fingerprint for k in wanted}
     keep: list[RecordedKey] = []
@@ -210,10 +222,11 @@ def upload_plan(in_use: Sequence[KeyInUse], recorded: Sequence[RecordedKey], *, 
             keep.append(r)
     kept_fps = {r.fingerprint for r in keep}
     upload = tuple(k for k in wanted if k.key.fingerprint not in kept_fps)
+    free = max(room - len(recorded), 0)
     stale = [r for r in recorded if r not in keep]
-    return UploadPlan(keep=tuple(keep), upload=upload,
+    return UploadPlan(keep=tuple(keep), upload=upload[:free],
                       remove=tuple(r for r in stale if r.added_by == ADDED_BY_OPERATOR),
-                      forget=tuple(r for r in stale if r.added_by == ADDED_BY_USER), left_out=left_out)
+                      forget=tuple(r for r in stale if r.added_by == ADDED_BY_USER), left_out=left_out, deferred=upload[free:])
 
 
 def key_summary(key: KeyInUse, limit: int = 3) -> str:

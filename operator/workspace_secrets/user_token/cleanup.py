@@ -38,7 +38,7 @@ async def finalize_locked(ctx: Context, body: Mapping[str, Any], ut: UserToken) 
         where = context.where(ut)
         provider = ctx.provider(ut)
         identity = Identity(login=status.get("login", ""), user_id=status.get("providerUserID", ""))
-        key_ids = [k.id for k in keys.recorded_keys(status) if k.added_by == keys.ADDED_BY_OPERATOR]  # never the user's own
+        key_ids = [k.id for k in keys.recorded_keys(status, operator_title=policy.ssh_key_title(ut)) if k.added_by == keys.ADDED_BY_OPERATOR]  # never the user's own
         try:
             if provider.supports_ssh_keys:
                 # The recorded keys, and the keys the user's workspaces use if an upload was not recorded yet (a

@@ -118,14 +118,14 @@ class Connect:
         """Mint a single-use state and a PKCE verifier for this UserToken, and return the provider URL.
         `browser` (oauth.protocol.browser_binding of the flow cookie) binds the flow to the starting browser."""
         body = await self._ctx.kube.get(ut_path(namespace, name))
-        if body is None or body["metadata"].get("deletionTimestamp"):
-            raise NotAllowed(f"UserToken {namespace}/{name} does not exist.")
+        # One answer for "does not exist" and "another user's" (checked before the spec is parsed, so that not even an
+        # invalid spec tells a user that someone else's UserToken of that name exists).
+        if body is None or body["metadata"].get("deletionTimestamp") or (body.get("spec") or {}).get("user") != user:
+            raise NotAllowed(f"UserToken {namespace}/{name} is not one of your accounts.")
         try:
             ut = UserToken.from_body(body)
         except SpecError as exc:
             raise ProblemFound(Problem("InvalidSpec", str(exc))) from None
-        if ut.user != user:
-            raise NotAllowed(f"UserToken {namespace}/{name} belongs to another user.")
         ut = await self._ctx.bind(ut)
         if ut.flow == "Device":  # a new device code, shown on the connect page to this user
             self._ctx.memory.device_requested.add(ut.uid)
@@ -241,7 +241,9 @@ class Connect:
         if bound is not None:
             ssh = Condition(c.CONDITION_SSH_KEY_UPLOADED, False, "NotConnected",
                             "The key is uploaded once the user has connected.") if ut.add_ssh_key else None
-            conditions = policy.conditions(bound, Phase.AWAITING_AUTHORIZATION, login=None, problem=None, ssh=ssh)
+            # Ready reason Disconnected, kept by the passes until the user connects again: a Device token gets no
+            # new code unasked (maintenance.py), so the page does not show one moments after "Disconnect".
+            conditions = policy.conditions(bound, Phase.AWAITING_AUTHORIZATION, login=None, problem=policy.disconnected(bound), ssh=ssh)
         await self._ctx.write_status(body, fields, conditions)
         await self._ctx.events.normal(event_ref(body), "Disconnected",
                                       f"{user!r} disconnected {context.where(bound) if bound else shown} on the connect page: "

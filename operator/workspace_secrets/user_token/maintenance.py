@@ -111,6 +111,8 @@ class Pass:
                 if ut.flow == "Device" and policy.needs_authorization(self.phase):
                     stored = await self._device()
                     after_connect = stored is not None
+                elif self.phase is Phase.AWAITING_AUTHORIZATION and self._ready_reason() == policy.REASON_DISCONNECTED:
+                    self.problem = policy.disconnected(ut)  # the user's Disconnect: says so until they connect again
             if stored is None:
                 if ut.add_ssh_key:
                     self.ssh = Condition(c.CONDITION_SSH_KEY_UPLOADED, False, "NotConnected", "The key is uploaded once the user has connected.")
@@ -141,8 +143,9 @@ class Pass:
         """The device flow (RFC 8628): request a code, show it in status, poll until the user approved.
 
         A new code is requested on creation, when the user asks (Connect on the page, or the refresh
-        annotation), and after an operator restart (the device code lived in memory); an expired or
-        declined code is not replaced unasked, so an abandoned UserToken does not poll forever.
+        annotation), after an operator restart (the device code lived in memory) and when the token Secret of a
+        connected token was deleted by hand; an expired or declined code is not replaced unasked, so an abandoned
+        UserToken does not poll forever, and neither is one after the user's Disconnect on the connect page.
         """
         ut, ctx, now = self.ut, self.ctx, self.now
         client = await ctx.client(ut)
@@ -155,13 +158,15 @@ class Pass:
             ctx.memory.devices.pop(ut.uid, None)
             device = None
             self.problem = Problem("DeviceCodeExpired", "The code expired before it was entered; click Connect on the connect page (or set the refresh annotation) for a new one")
-        ready = cond.find(self.status.get("conditions"), c.CONDITION_READY) or {}
-        ended = ready.get("reason") in ("DeviceCodeExpired", "DeviceAuthorizationEnded")
+        reason = self._ready_reason()
+        ended = reason in policy.DEVICE_CODE_ENDED
         if device is None:
             asked = ut.uid in ctx.memory.device_requested or forced
             if not asked and (self.problem is not None or ended):
-                self.problem = self.problem or Problem(ready.get("reason", "DeviceCodeExpired"),
-                                                       "the last code expired or was declined; click Connect on the connect page (or set the refresh annotation) for a new one")
+                if self.problem is None:
+                    self.problem = (policy.disconnected(ut) if reason == policy.REASON_DISCONNECTED else Problem(
+                        reason or "DeviceCodeExpired",
+                        "the last code expired or was declined; click Connect on the connect page (or set the refresh annotation) for a new one"))
                 return None
             ctx.memory.device_requested.discard(ut.uid)
             self.problem = None
@@ -205,6 +210,9 @@ class Pass:
                 return token_secret.read_token_secret(self.secret) if self.secret is not None else None
         self._due_in(device.interval)
         return None
+
+    def _ready_reason(self) -> str:
+        return (cond.find(self.status.get("conditions"), c.CONDITION_READY) or {}).get("reason") or ""
 
     async def _read_token(self) -> token_secret.StoredToken | None:
         ut, ctx = self.ut, self.ctx
@@ -366,7 +374,7 @@ class Pass:
         ut, ctx = self.ut, self.ctx
         provider = self.provider
         where = context.where(ut)
-        recorded = keys.recorded_keys(self.status)
+        recorded = keys.recorded_keys(self.status, operator_title=policy.ssh_key_title(ut))
         current = list(recorded)  # what the provider holds of ours, kept true as each call succeeds
         try:
             if not ut.add_ssh_key:
@@ -398,6 +406,8 @@ class Pass:
             for old in plan.forget:
                 current.remove(old)
             self.ssh = _ssh_condition(ut, where, in_use, plan, current)
+            if plan.deferred:
+                self._due_in(60)
         except TemporaryFailure as exc:
             self._due_in(ctx.memory.backoff(ut.uid, exc.retry_after))
             self.ssh = Condition(c.CONDITION_SSH_KEY_UPLOADED, False, "UploadPending", f"{exc}; retrying.")
@@ -446,6 +456,10 @@ def _ssh_condition(ut: UserToken, where: str, in_use: list[keys.KeyInUse], plan:
                   + (" (added by the user)" if by_fp[k.key.fingerprint].added_by == keys.ADDED_BY_USER else "")
                   for k in in_use if k.key.fingerprint in by_fp]
     message = f"Registered at {where}: " + "; ".join(registered) + "."
+    if plan.deferred:
+        return Condition(c.CONDITION_SSH_KEY_UPLOADED, False, "UploadPending",
+                         f"{message} Not uploaded yet: {'; '.join(keys.key_summary(k) for k in plan.deferred[:3])}; keys no "
+                         f"workspace uses any more are removed first (status.sshKeys records at most {keys.MAX_RECORDED_KEYS}); retrying.")
     if plan.left_out:
         return Condition(c.CONDITION_SSH_KEY_UPLOADED, False, "TooManyKeys",
                          f"{message} Not uploaded: {len(plan.left_out)} more key(s) ({'; '.join(keys.key_summary(k) for k in plan.left_out[:3])}); "

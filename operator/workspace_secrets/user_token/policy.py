@@ -221,6 +221,20 @@ def connect_page_link(base_url: str, ut: UserToken) -> str:
 
 
 # --- conditions -------------------------------------------------------------------------------------------
+REASON_DISCONNECTED = "Disconnected"
+#: Ready reasons after which no device code is requested unasked: only the user's Connect (or the refresh
+#: annotation) asks for a new one. An expired or declined code, and the user's Disconnect on the connect page.
+DEVICE_CODE_ENDED = ("DeviceCodeExpired", "DeviceAuthorizationEnded", REASON_DISCONNECTED)
+
+
+def disconnected(ut: UserToken) -> Problem:
+    """Why a disconnected UserToken is not connected: the user disconnected it on the connect page. Kept (as the
+    Ready reason) until the user connects again; a Device token gets no new code until then."""
+    return Problem(REASON_DISCONNECTED, "disconnected on the connect page; " + (
+        "click Connect there (or set the refresh annotation) for a new code" if ut.flow == "Device"
+        else "connect again there (status.authorizationURL)"))
+
+
 def conditions(ut: UserToken, phase: Phase, *, login: str | None, problem: Problem | None,
                ssh: Condition | None) -> list[Condition]:
     where = f"{ut.type}" + (f" at {ut.host}" if ut.host else "")
@@ -238,7 +252,7 @@ def conditions(ut: UserToken, phase: Phase, *, login: str | None, problem: Probl
         }.get(phase, ("AwaitingAuthorization", f"{ut.user!r} has not connected {where} yet: " + (
             "open status.authorizationURL (the connect page) for the code to enter at the provider." if ut.flow == "Device"
             else "open status.authorizationURL to connect.")))
-        if problem is not None and problem.reason in ("DeviceCodeExpired", "DeviceAuthorizationEnded"):
+        if problem is not None and problem.reason in DEVICE_CODE_ENDED:
             reason, message = problem.reason, f"{ut.user!r} has not connected {where}: {problem.message}."
         elif problem is not None:
             message = f"{message} ({problem.message})"

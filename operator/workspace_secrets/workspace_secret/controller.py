@@ -38,6 +38,7 @@ from workspace_secrets.workspace_secret.refs import event_ref, ws_path
 from workspace_secrets.workspace_secret.secret import SecretOutcome, Secrets
 from workspace_secrets.workspace_secret.status import Status
 from workspace_secrets.workspace_secret import tokens as ws_tokens
+from workspace_secrets.workspace_secret import token_reader
 from workspace_secrets.workspace_secret.token_reader import WorkspaceTokens
 
 __all__ = ["ObjectGone", "RetryLater", "WorkspaceSecretController"]
@@ -67,8 +68,15 @@ class WorkspaceSecretController:
                           rotated=self.schedule_user)
         self._status = Status(kube, events, clock=clock)
         self._tokens = WorkspaceTokens(kube, clock=clock)
-        # (uid, phase, authorizationURL, login) of each UserToken as last seen: see user_token_changed.
+        # tokens.token_state of each UserToken as last seen: see user_token_changed.
         self._token_states: dict[tuple[str, str], tuple[Any, ...]] = {}
+        # tokens.token_secret_state of each token Secret as last seen: see secret_changed.
+        self._token_secret_states: dict[tuple[str, str], int] = {}
+        # (namespace, UserToken name) -> the WorkspaceSecrets there whose spec.userTokens names it, and the reverse;
+        # kept by observe() (every WorkspaceSecret body kopf sees) and reconcile_by_name(): a refreshed token queues
+        # its workspaces with no API call (a LIST of 10,000 WorkspaceSecrets is ~40 MB).
+        self._token_users: dict[tuple[str, str], set[str]] = {}
+        self._uses_tokens: dict[tuple[str, str], frozenset[str]] = {}
         self._gate = Gate(kube, events, self._schedule)
 
     @property
@@ -86,7 +94,9 @@ class WorkspaceSecretController:
         if event_type == "DELETED":
             self._handled.pop(key, None)
             self._gate.forget(*key)
+            self._index_tokens(key, frozenset())
             return
+        self._index_tokens(key, ws_tokens.token_names(body))
         if meta.get("deletionTimestamp") or self._handled.get(key) == hash(policy.essence(body)):
             return
         self._schedule(key[0], key[1], 0.0)
@@ -108,34 +118,62 @@ class WorkspaceSecretController:
             for name in await self.names_for_user(meta["namespace"], labels.get(c.LABEL_USER, "")):
                 self._schedule(meta["namespace"], name, 0.0)
         elif component == c.COMPONENT_USER_TOKEN:
-            # A token was connected, refreshed or removed: every WorkspaceSecret naming its UserToken follows.
+            # A token was connected, refreshed or removed: every WorkspaceSecret naming its UserToken follows (from the
+            # index: no API call), when what a workspace reads of the Secret changed (not for an annotation).
+            key = (meta.get("namespace", ""), meta.get("name", ""))
+            self._tokens.versions.saw(token_reader.secret_path(*key), event_type, obj)
+            state = ws_tokens.token_secret_state(obj)
+            if event_type == "DELETED":
+                self._token_secret_states.pop(key, None)
+            elif self._token_secret_states.get(key) == state:
+                return
+            else:
+                self._token_secret_states[key] = state
             for owner in meta.get("ownerReferences") or ():
                 if owner.get("kind") == c.USER_TOKEN_KIND and owner.get("controller"):
-                    await self.schedule_token_users(meta["namespace"], owner["name"])
+                    self.schedule_token_users(key[0], owner["name"])
 
-    async def user_token_changed(self, event_type: str | None, body: Mapping[str, Any]) -> None:
-        """A UserToken's watch event (kopf): when what a workspace shows of it changed (phase, connect link, login)
-        or it was deleted, the WorkspaceSecrets naming it follow. The initial listing (type None) queues nothing:
-        every WorkspaceSecret is reconciled at start anyway."""
+    async def user_token_changed(self, event_type: str | None, body: Mapping[str, Any], *, schedule: bool = True) -> None:
+        """A UserToken's watch event (kopf, on every replica): when what a workspace shows of it changed
+        (tokens.token_state: usable or not, connect link, login, spec) or it was deleted, the WorkspaceSecrets naming
+        it follow -- not for a refresh's Valid -> Refreshing -> Valid (the token Secret's change carries the new
+        token). The initial listing (type None) queues nothing: every WorkspaceSecret is reconciled at start anyway.
+        `schedule=False` (a standby replica) only remembers: its queue is paused and a takeover reconciles all."""
         meta = body.get("metadata") or {}
         key = (meta.get("namespace", ""), meta.get("name", ""))
-        status = body.get("status") or {}
-        seen = (meta.get("uid"), status.get("phase"), status.get("authorizationURL"), status.get("login"))
+        self._tokens.versions.saw(token_reader.user_token_path(*key), event_type, body)
+        seen = ws_tokens.token_state(body)
         if event_type == "DELETED":
             self._token_states.pop(key, None)
         elif self._token_states.get(key) == seen:
             return
         else:
             self._token_states[key] = seen
-        if event_type is not None:
-            await self.schedule_token_users(*key)
+        if event_type is not None and schedule:
+            self.schedule_token_users(*key)
 
-    async def schedule_token_users(self, namespace: str, token: str) -> None:
-        """Queue every WorkspaceSecret in `namespace` whose spec.userTokens names UserToken `token`."""
-        listing = await self._kube.list(group_path(c.API_VERSION, namespace, c.WORKSPACE_SECRET_PLURAL), from_cache=True)
-        for item in listing.get("items", ()):
-            if ws_tokens.references(item, token):
-                self._schedule(namespace, item["metadata"]["name"], 0.0)
+    def schedule_token_users(self, namespace: str, token: str) -> None:
+        """Queue every WorkspaceSecret in `namespace` whose spec.userTokens names UserToken `token` (from the index)."""
+        for name in sorted(self._token_users.get((namespace, token), ())):
+            self._schedule(namespace, name, 0.0)
+
+    def _index_tokens(self, key: tuple[str, str], names: frozenset[str]) -> None:
+        """Record that WorkspaceSecret `key` names the UserTokens `names` (empty: none, or deleted)."""
+        before = self._uses_tokens.get(key, frozenset())
+        if names == before:
+            return
+        for token in before - names:
+            users = self._token_users.get((key[0], token))
+            if users is not None:
+                users.discard(key[1])
+                if not users:
+                    del self._token_users[(key[0], token)]
+        for token in names - before:
+            self._token_users.setdefault((key[0], token), set()).add(key[1])
+        if names:
+            self._uses_tokens[key] = names
+        else:
+            self._uses_tokens.pop(key, None)
 
     async def pod_changed(self, event_type: str, obj: Mapping[str, Any]) -> None:
         """A labelled pod changed (the label-selected pod watch): reconcile the WorkspaceSecret its label names,
@@ -160,7 +198,9 @@ class WorkspaceSecretController:
             body = await self._kube.get(ws_path(namespace, name))
             if body is None:
                 self._handled.pop(key, None)
+                self._index_tokens(key, frozenset())
                 return
+            self._index_tokens(key, ws_tokens.token_names(body))  # the newest state: a kopf event may still be on its way
             # Recorded before our writes, so that their echoes (arriving while we work) are recognized.
             self._handled[key] = hash(policy.essence(body))
             try:
@@ -238,10 +278,13 @@ class WorkspaceSecretController:
             ws = WorkspaceSecret.from_body(body)
         except SpecError as exc:
             await self._status.write(body, [cond.Condition(c.CONDITION_READY, False, "InvalidSpec", str(exc))])
+            await self._gate.tell_invalid(body["metadata"]["namespace"], body["metadata"]["name"], (body.get("spec") or {}).get("user"),
+                                          f"InvalidSpec: {exc}")
             return "problem"
         reserved = policy.reserved_name_problem(ws, is_reserved_secret_name(ws.secret_name))
         if reserved is not None:  # the CRD refuses it; an object stored before that rule must not write there either
             await self._status.write(body, [cond.Condition(c.CONDITION_READY, False, reserved.reason, reserved.message)])
+            await self._gate.tell_invalid(ws.namespace, ws.name, ws.user, f"{reserved.reason}: {reserved.message}")
             return "problem"
 
         key, source, rotation, problem = await self._keys.key(ws)
@@ -253,13 +296,17 @@ class WorkspaceSecretController:
         if key is not None:
             written = await self._secrets.apply(ws, key, running=pods.running, tokens=tokens)
             problem = written.problem
+        elif not pods.running and ws.while_running_credentials:
+            # No key (the Secret cannot be composed), and the workspace stopped: its WhileRunning credentials are
+            # revoked all the same (a key problem must not keep them alive).
+            written = SecretOutcome(credentials=await self._secrets.stop(ws))
         creds = written.credentials
 
         credential_problems: tuple[Problem, ...] = ()
         if creds is not None:
             credential_problems = tuple(creds.problems)
-        elif ws.credentials:
-            credential_problems = (Problem("Blocked", "Dynamic credentials are issued once the Secret can be written (see Ready)."),)
+        if ws.credentials and key is None and (creds is None or len(ws.while_running_credentials) < len(ws.credentials)):
+            credential_problems += (Problem("Blocked", "Dynamic credentials are issued once the Secret can be written (see Ready)."),)
         obs = policy.Observation(
             key=key, key_source=source, problem=problem, secret_action=written.action,
             secret_data=written.data, workspace_uid=workspace_uid, rotation_handled=rotation,
@@ -287,5 +334,5 @@ class WorkspaceSecretController:
             # would put kopf's finalizer on every unbound object and block its deletion while the operator is down).
             self._schedule(ws.namespace, ws.name, policy.bind_recheck_delay(body["metadata"].get("creationTimestamp"), self._clock()))
         # After the status write: a released pod's user finds the status that explains it.
-        await self._gate.release(ws, pods, blockers(ws, obs), event_ref(ws))
+        await self._gate.release(ws, pods, blockers(ws, obs), event_ref(ws), published=policy.desired_status(ws, obs))
         return "problem" if problem or credential_problems else "success"

@@ -31,6 +31,12 @@ if TYPE_CHECKING:  # policy.py imports this module
     from workspace_secrets.workspace_secret.tokens import TokensOutcome
 
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
+#: Controllers that re-create a deleted pod (from their template, admitted again by the webhook).
+RECREATING_CONTROLLERS = frozenset({("apps", "ReplicaSet"), ("apps", "StatefulSet"), ("batch", "Job")})
+# Kubernetes' rules for env var names and Secret keys, as the webhook applies them to status.env / status.files
+# (pod_injection.policy: what it skips, a pod never gets, so it is never "missing").
+_ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+_SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
 #: A label value (what a selector can name); anything else cannot be on a pod, so no pod is looked for.
 _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)$")
 
@@ -51,11 +57,22 @@ class WorkspacePod:
     phase: str
     deleting: bool
     gates: tuple[str, ...]  # spec.schedulingGates, by name, in order
+    resource_version: str = ""
+    #: The controller that re-creates it when it is deleted (ReplicaSet, StatefulSet, Job), as "Kind/name"; None for
+    #: a bare pod (or one of another controller).
+    recreated_by: str | None = None
+    #: What the webhook gave it: per targeted container, the env var names it defines ...
+    env_names: tuple[frozenset[str], ...] = ()
+    #: ... and the user-files volume's (key, path) items (None: no such volume; a foreign one is "()": see delivered).
+    file_items: frozenset[tuple[str, str]] | None = None
+    files_foreign: bool = False  # a volume of the user-files name that is not the workspace Secret (a conflict)
 
     @property
     def live(self) -> bool:
-        """Running or starting (pending, gated): not being deleted, not finished."""
-        return not self.deleting and self.phase not in TERMINAL_PHASES
+        """Running or starting (pending, gated), or stopping: a pod being deleted still runs until it is gone or
+        finished (preStop hooks, graceful shutdown use its credentials; a one-replica Recreate restart must not
+        revoke and re-mint them). Only Succeeded/Failed pods are not live."""
+        return self.phase not in TERMINAL_PHASES
 
     @property
     def gated(self) -> bool:
@@ -69,16 +86,20 @@ class WorkspacePod:
 class Pods:
     items: tuple[WorkspacePod, ...] = ()
     listed: bool = False  # False: not looked at (nothing of this WorkspaceSecret depends on its pods)
+    #: The gate just deleted an incomplete pod for its controller to re-create: the workspace is starting, not stopped
+    #: (no revocation between the old pod's deletion and the new pod's creation).
+    recreating: bool = False
 
     @property
     def running(self) -> bool:
-        """The plan's "running": at least one live pod (pending and gated pods count)."""
-        return any(p.live for p in self.items)
+        """The plan's "running": at least one live pod (pending, gated and stopping pods count), or one being
+        re-created."""
+        return self.recreating or any(p.live for p in self.items)
 
     @property
     def gated(self) -> tuple[WorkspacePod, ...]:
-        """The live pods waiting at our gate."""
-        return tuple(p for p in self.items if p.live and p.gated)
+        """The live pods waiting at our gate (not those being deleted: they never start)."""
+        return tuple(p for p in self.items if p.live and not p.deleting and p.gated)
 
 
 NOT_LISTED = Pods()
@@ -93,13 +114,70 @@ def parse_pods(items: Iterable[Mapping[str, Any]], ws: WorkspaceSecret) -> Pods:
         labels = meta.get("labels") or {}
         if meta.get("namespace") != ws.namespace or labels.get(c.LABEL_WORKSPACE_SECRET) != ws.name or labels.get(c.LABEL_USER) != ws.user:
             continue
-        gates = tuple(str((g or {}).get("name", "")) for g in (item.get("spec") or {}).get("schedulingGates") or ())
+        spec = item.get("spec") or {}
+        gates = tuple(str((g or {}).get("name", "")) for g in spec.get("schedulingGates") or ())
+        files = next((v for v in spec.get("volumes") or () if (v or {}).get("name") == c.POD_USER_FILES_VOLUME_NAME), None)
+        secret = (files or {}).get("secret") or {}
+        foreign = files is not None and secret.get("secretName") != ws.secret_name
         pods.append(WorkspacePod(
             namespace=ws.namespace, name=meta.get("name", ""), uid=meta.get("uid", ""),
             phase=(item.get("status") or {}).get("phase") or "Pending", deleting=bool(meta.get("deletionTimestamp")),
-            gates=gates,
+            gates=gates, resource_version=str(meta.get("resourceVersion") or ""), recreated_by=_recreated_by(meta),
+            env_names=tuple(frozenset(str((e or {}).get("name")) for e in t.get("env") or ()) for t in _targets(item)),
+            file_items=None if files is None or foreign else frozenset(
+                (str((i or {}).get("key")), str((i or {}).get("path"))) for i in secret.get("items") or ()),
+            files_foreign=foreign,
         ))
     return Pods(tuple(sorted(pods, key=lambda p: p.name)), listed=True)
+
+
+def _recreated_by(meta: Mapping[str, Any]) -> str | None:
+    for owner in meta.get("ownerReferences") or ():
+        if not isinstance(owner, Mapping) or owner.get("controller") is not True:
+            continue
+        group = str(owner.get("apiVersion", "")).rpartition("/")[0]
+        if (group, owner.get("kind")) in RECREATING_CONTROLLERS:
+            return f"{owner['kind']}/{owner.get('name', '')}"
+    return None
+
+
+def _targets(pod: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The containers the webhook injects into (pod_injection.policy._targets: every container, or the (init)
+    containers the containers annotation lists)."""
+    spec = pod.get("spec") or {}
+    regular = [ct for ct in spec.get("containers") or () if isinstance(ct, Mapping)]
+    listed = [n.strip() for n in (((pod.get("metadata") or {}).get("annotations") or {}).get(c.ANNOTATION_CONTAINERS) or "").split(",") if n.strip()]
+    if not listed:
+        return regular
+    by_name = {ct.get("name"): ct for ct in (*regular, *(ct for ct in spec.get("initContainers") or () if isinstance(ct, Mapping)))}
+    return [by_name[n] for n in dict.fromkeys(listed) if n in by_name]
+
+
+def missing_delivery(pod: WorkspacePod, status: Mapping[str, Any]) -> tuple[str, ...]:
+    """What the WorkspaceSecret publishes now (its status.env and status.files, as the webhook reads them) that
+    this pod was not given at admission: env var names a targeted container does not define, user files the
+    user-files volume does not hold. A pod admitted before the first reconcile (a template applied together with
+    its WorkspaceSecret) has only GIT_SSH_COMMAND: released as it is, its tools would not work.
+
+    Not missing: what the pod defines itself (a conflict: the webhook keeps the pod's own, a new pod would keep it
+    too), entries the webhook skips (invalid names), and anything when status.env was never written (the
+    webhook's default is all there is)."""
+    lacking: list[str] = []
+    env = status.get("env")
+    if isinstance(env, list):
+        for entry in env:
+            name, key = (entry or {}).get("name") if isinstance(entry, Mapping) else None, (entry or {}).get("key") if isinstance(entry, Mapping) else None
+            if not (isinstance(name, str) and _ENV_NAME.match(name) and isinstance(key, str) and _SECRET_KEY.match(key)):
+                continue
+            if any(name not in defined for defined in pod.env_names) and f"env {name}" not in lacking:
+                lacking.append(f"env {name}")
+    if not pod.files_foreign:
+        for entry in status.get("files") or ():
+            if not isinstance(entry, Mapping) or not _SECRET_KEY.match(str(entry.get("key", ""))) or not entry.get("path"):
+                continue
+            if pod.file_items is None or (str(entry["key"]), str(entry["path"])) not in pod.file_items:
+                lacking.append(f"file {entry['path']}")
+    return tuple(lacking)
 
 
 def ungate_patch(pod: WorkspacePod, ws: WorkspaceSecret) -> list[dict[str, Any]]:
@@ -193,15 +271,33 @@ def has_gate(pod: Mapping[str, Any]) -> bool:
     return any((g or {}).get("name") == c.SCHEDULING_GATE for g in (pod.get("spec") or {}).get("schedulingGates") or ())
 
 
-def matters(event_type: str, pod: Mapping[str, Any]) -> tuple[str, str] | None:
-    """A watch event of a labelled pod: the WorkspaceSecret (namespace, name) to reconcile, or None when the change
-    does not matter. Matters: a new or deleted pod, one at our gate, one being deleted, one finished."""
+PodState = tuple[bool, bool, bool]  # (at our gate, being deleted, finished)
+
+
+def pod_state(pod: Mapping[str, Any]) -> PodState:
+    meta = pod.get("metadata") or {}
+    return (has_gate(pod), bool(meta.get("deletionTimestamp")), (pod.get("status") or {}).get("phase") in TERMINAL_PHASES)
+
+
+def workspace_key(pod: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The WorkspaceSecret (namespace, name) a labelled pod names, or None."""
     meta = pod.get("metadata") or {}
     name = (meta.get("labels") or {}).get(c.LABEL_WORKSPACE_SECRET)
     namespace = meta.get("namespace")
-    if not name or not namespace:
+    return (namespace, name) if name and namespace else None
+
+
+def matters(event_type: str, pod: Mapping[str, Any], previous: PodState | None = None) -> tuple[str, str] | None:
+    """A watch event of a labelled pod: the WorkspaceSecret (namespace, name) to reconcile, or None when the change
+    does not matter. Matters: a new or deleted pod, and a transition of (at our gate, being deleted, finished) from
+    `previous` (the pod's state as last seen; None: not seen, then any of the three matters). A gated pod's status
+    updates, a running pod's restarts: no reconcile."""
+    key = workspace_key(pod)
+    if key is None:
         return None
-    phase = (pod.get("status") or {}).get("phase")
-    if event_type in ("ADDED", "DELETED") or has_gate(pod) or meta.get("deletionTimestamp") or phase in TERMINAL_PHASES:
-        return (namespace, name)
-    return None
+    if event_type in ("ADDED", "DELETED"):
+        return key
+    state = pod_state(pod)
+    if previous is None:
+        return key if any(state) else None
+    return key if state != previous else None

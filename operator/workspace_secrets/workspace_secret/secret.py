@@ -13,6 +13,7 @@ from typing import Any
 from workspace_secrets.api import constants as c
 from workspace_secrets.api.conditions import Problem
 from workspace_secrets.api.workspace_secret import DELIVERY_ENV, WorkspaceSecret
+from workspace_secrets.credentials.ledger import ROLLOUT_POLL_MAX, ROLLOUT_TIMEOUT
 from workspace_secrets.credentials.ledger import dump as ledger_dump
 from workspace_secrets.credentials.manager import CredentialManager, CredentialOutcome
 from workspace_secrets.runtime.errors import RetryLater
@@ -109,11 +110,50 @@ class Secrets:
                 not workload.stamp or workload.stamp < creds.restart):
             # After the Secret write: the new pods must find the new values. (A crash before this line: the
             # ledger still names the restart, and the next reconcile stamps the template.)
-            if await self.rollouts.restart(ws, workload, creds.restart):
+            restarted = await self.rollouts.restart(ws, workload, creds.restart)
+            if isinstance(restarted, str):
+                creds.problems.append(Problem("RestartFailed", f"{restarted}. Credentials delivered as env vars were rotated; the replaced ones are revoked at the latest {int(ROLLOUT_TIMEOUT.total_seconds() // 60)} minutes after their overlap, and the workspace's env keeps them until it is restarted."))
+            elif restarted:
                 creds.events.append(("Normal", "WorkspaceRestarted", f"{ws.workspace_ref.kind} {ws.workspace_ref.name!r} restarted "
                                      f"({c.ANNOTATION_RESTARTED_AT}={creds.restart}): credentials delivered as env vars were rotated; "
                                      f"the replaced ones are revoked once the rollout finished and their overlap passed."))
+        if creds is not None and workload is not None and workload.problem:
+            creds.problems.append(Problem("WorkspaceUnreadable", f"{workload.problem}. Credentials delivered as env vars are revoked after their overlap without waiting for a restart."))
+            creds.wake(self.credentials.now() + ROLLOUT_POLL_MAX)  # look again, slowly (not the 10 s of provider trouble)
         return SecretOutcome(action, desired["data"], None, creds, user_plan)
+
+    async def stop(self, ws: WorkspaceSecret) -> CredentialOutcome | None:
+        """The workspace does not run and its Secret cannot be composed (no SSH key): still revoke its lifecycle
+        WhileRunning credentials, and drop their values and ledger from the workspace Secret -- only in a Secret
+        this WorkspaceSecret controls (another one is never written; the provider side is revoked regardless:
+        the scopes are this WorkspaceSecret's own, by uid). None: nothing to stop."""
+        if not ws.while_running_credentials:
+            return None
+        path = core_path(ws.namespace, "secrets", ws.secret_name)
+        existing = await self._kube.get(path)
+        owned = existing is not None and policy.is_owned_by(existing, ws.uid)
+        creds = await self.credentials.stop(ws, existing if owned else None)
+        if not owned:
+            return creds
+        assert existing is not None
+        # Only the stopped entries' keys change (every other key -- the SSH key, tokens, other entries -- stays).
+        prefixes = tuple(f"{name}." for name in ws.while_running_credentials)
+        stopped = {k: v for k, v in creds.data.items() if k.startswith(prefixes)}
+        data = {k: v for k, v in (existing.get("data") or {}).items() if not k.startswith(prefixes)} | stopped
+        annotations = dict((existing.get("metadata") or {}).get("annotations") or {})
+        before = annotations.get(c.ANNOTATION_CREDENTIALS)
+        if creds.ledger:
+            annotations[c.ANNOTATION_CREDENTIALS] = ledger_dump(creds.ledger)
+        else:
+            annotations.pop(c.ANNOTATION_CREDENTIALS, None)
+        if data == (existing.get("data") or {}) and annotations.get(c.ANNOTATION_CREDENTIALS) == before:
+            return creds
+        updated = {**existing, "metadata": {**existing["metadata"], "annotations": annotations}, "data": data}
+        try:
+            self.remember(await self._kube.replace(path, updated), c.COMPONENT_WORKSPACE_SECRET, "update")
+        except Conflict:
+            raise RetryLater(f"Secret {ws.secret_name!r} changed while updating it") from None
+        return creds
 
     async def _user_secrets(self, ws: WorkspaceSecret, creds: CredentialOutcome | None,
                             tokens: TokensOutcome | None = None) -> user_secrets.UserSecretsPlan | None:

@@ -7,8 +7,9 @@ workspace gets (documented in docs/users/workspacesecret.md, "User tokens"):
 - `token.<name>.token` (the access token), `token.<name>.token-type`, `token.<name>.expires-at` (when it
   expires), `token.<name>.git-username` (git providers), all files under spec.mountPath;
 - `git-credentials`: every git token in git's credential-store format, and the env vars
-  GIT_CONFIG_COUNT=1, GIT_CONFIG_KEY_0=credential.helper, GIT_CONFIG_VALUE_0=store --file=<mountPath>/git-credentials,
-  so git over https works with no setup and follows refreshes (the file changes in place, the env does not);
+  GIT_CONFIG_COUNT=1, GIT_CONFIG_KEY_0=credential.helper, GIT_CONFIG_VALUE_0=a helper that runs
+  `git credential-store --file=<mountPath>/git-credentials get` (only `get`: the file is read-only), so git over
+  https works with no setup and follows refreshes (the file changes in place, the env does not);
 - the provider's command-line tool files (oauth/tools.py: gh, glab, Vault's VAULT_ADDR), each tool's files in
   `<userSecrets.mountPath>/.workspace-tokens/<tool>/` (published in status.files, keys `tool.<tool>.<file>`).
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import shlex
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -212,8 +214,18 @@ def git_config_env(ws: WorkspaceSecret) -> dict[str, str]:
     return {
         c.KEY_GIT_CONFIG_COUNT: "1",
         c.KEY_GIT_CONFIG_KEY_0: "credential.helper",
-        c.KEY_GIT_CONFIG_VALUE_0: f"store --file={ws.mount_path.rstrip('/')}/{c.KEY_WORKSPACE_GIT_CREDENTIALS}",
+        c.KEY_GIT_CONFIG_VALUE_0: git_credential_helper(f"{ws.mount_path.rstrip('/')}/{c.KEY_WORKSPACE_GIT_CREDENTIALS}"),
     }
+
+
+def git_credential_helper(path: str) -> str:
+    """A credential helper that only answers `get` from the store file at `path`.
+
+    Plain `store --file=<path>` would also run on `store`/`erase` (git calls them after every authenticated
+    request) and, the Secret volume being read-only, print "fatal: unable to get credential storage lock" each
+    time. git runs a `!` helper with `sh -c`, appending the action as the argument; the path is shell-quoted
+    (spec.mountPath is the tenant's, and may hold a space)."""
+    return f'!f() {{ test "$1" = get && exec git credential-store --file={shlex.quote(path)} get; }}; f'
 
 
 def tools_directory(ws: WorkspaceSecret, tool: Tool) -> str:
@@ -267,7 +279,10 @@ def compose(ws: WorkspaceSecret, views: Sequence[TokenView]) -> TokensOutcome:
 
 
 def _status_entry(v: TokenView) -> dict[str, Any]:
-    entry: dict[str, Any] = {"name": v.ref.name, "optional": v.ref.optional, "phase": v.phase, "delivered": v.delivered}
+    # Refreshing shows as Valid: a refresh is the operator's business, and the workspace is not reconciled for the
+    # phase's Valid -> Refreshing -> Valid (controller.user_token_changed), so a status caught mid-refresh would stay.
+    phase = c.PHASE_VALID if v.phase in VALID_PHASES else v.phase
+    entry: dict[str, Any] = {"name": v.ref.name, "optional": v.ref.optional, "phase": phase, "delivered": v.delivered}
     for key, value in (("application", v.application), ("type", v.type), ("login", v.login), ("connectURL", v.connect_url),
                        ("reason", v.problem.reason if v.problem else None)):
         if value:
@@ -300,10 +315,35 @@ def announcements(status: Mapping[str, Any], new: Condition) -> list[tuple[str, 
     return []
 
 
-def references(body: Mapping[str, Any], token_name: str) -> bool:
-    """Whether a WorkspaceSecret (as listed) names UserToken `token_name` in spec.userTokens."""
+def token_names(body: Mapping[str, Any]) -> frozenset[str]:
+    """The UserToken names a WorkspaceSecret body's spec.userTokens lists (as stored: unparsed, never raises)."""
     items = ((body.get("spec") or {}).get("userTokens")) or ()
-    return any(isinstance(i, Mapping) and i.get("name") == token_name for i in items)
+    if not isinstance(items, (list, tuple)):
+        return frozenset()
+    return frozenset(i["name"] for i in items if isinstance(i, Mapping) and isinstance(i.get("name"), str))
+
+
+def token_state(body: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What a workspace shows of a UserToken, apart from the token Secret's content (whose own watch events carry it):
+    a change of this is worth reconciling its WorkspaceSecrets for. The phase only as usable or not: a refresh
+    (Valid -> Refreshing -> Valid) changes nothing a workspace shows (status.tokens says Valid for both)."""
+    meta = body.get("metadata") or {}
+    spec = body.get("spec") or {}
+    status = body.get("status") or {}
+    phase = status.get("phase")
+    return (meta.get("uid"), bool(meta.get("deletionTimestamp")), spec.get("user"), spec.get("application"),
+            spec.get("secretName"), c.PHASE_VALID if phase in VALID_PHASES else phase, status.get("authorizationURL"),
+            status.get("login"))
+
+
+def token_secret_state(secret: Mapping[str, Any]) -> int:
+    """A hash of what the workspace side reads of a token Secret (data, labels, owner): a watch event that changes
+    none of it (an annotation) is no reason to reconcile every workspace using the token. In memory only."""
+    meta = secret.get("metadata") or {}
+    owners = tuple((o.get("kind"), o.get("name"), o.get("uid"), bool(o.get("controller")))
+                   for o in meta.get("ownerReferences") or () if isinstance(o, Mapping))
+    return hash((tuple(sorted((secret.get("data") or {}).items())), tuple(sorted((meta.get("labels") or {}).items())),
+                 owners, secret.get("type")))
 
 
 def next_check(outcome: TokensOutcome | None, now: datetime) -> float | None:

@@ -221,10 +221,12 @@ matchResources:
 # The workspaces' pods: watched and listed by label (is the workspace running; which pods wait at the
 # scheduling gate workspace-secrets.io/ready) and patched to remove that gate -- a JSON patch that removes
 # only that gate, refused by the API server unless the pod still carries the WorkspaceSecret's and its user's
-# labels and the gates the operator saw.
+# labels and the gates the operator saw. Deleted only when still waiting at that gate but admitted before the
+# WorkspaceSecret published its env vars/files, and only when a ReplicaSet/StatefulSet/Job re-creates it (DELETE
+# with preconditions uid and resourceVersion: only the incarnation the operator looked at; it never ran).
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["get", "list", "watch", "patch", "delete"]
 # Workspace Deployments/StatefulSets: read to bind; patched to restart them (a pod-template annotation) when a
 # credential delivered as env vars rotates (spec.credentials[].delivery Env).
 - apiGroups: ["apps"]
