@@ -302,6 +302,7 @@ def snapshot(hygiene: SecretHygiene, api: k8s.ApiClient, namespace: str, *, secr
     core = k8s.CoreV1Api(api)
     for secret in core.list_namespaced_secret(namespace).items:
         if secret_names is None or secret.metadata.name in secret_names:
+            # Public entries (file paths of delivery Files among them) are no needles: secret_hygiene.is_public_key.
             hygiene.add_secret(namespace, secret.metadata.name, _secret_data(secret))
     for event in core.list_namespaced_event(namespace).items:
         hygiene.add_object(f"Event {namespace}/{event.metadata.name}", api.sanitize_for_serialization(event))
@@ -362,3 +363,121 @@ def wait_running(api: k8s.ApiClient, namespace: str, selector: str, timeout: flo
             raise AssertionError(f"no running pod for {selector} in {namespace} after {timeout}s: {states}; {failure or ''}")
         time.sleep(0.5)
 
+
+
+# --- a test CA, and the GitHub fake on the node IP over https ----------------------------------------------------
+@dataclass
+class NodeCA:
+    """A CA made for one module (its key never leaves memory and the module's tmp dir): signs the servers the
+    operator pod reaches over https, so the pod can trust exactly this CA."""
+
+    cert_pem: bytes
+    key: object = field(repr=False)
+    cert: object = field(repr=False)
+
+    @classmethod
+    def new(cls) -> NodeCA:
+        import datetime as dt
+
+        from cryptography.hazmat.primitives import serialization
+        from workspace_secrets.runtime import pki
+
+        now = dt.datetime.now(dt.timezone.utc)
+        key = pki.new_key()
+        cert = pki.self_signed_ca(key, "wso-e2e-node-test-ca", not_before=now - dt.timedelta(minutes=5), not_after=now + dt.timedelta(days=1))
+        return cls(cert.public_bytes(serialization.Encoding.PEM), key, cert)
+
+    def leaf(self, hosts: list[str]) -> tuple[bytes, bytes]:
+        """(certificate PEM, key PEM) of a serving certificate for `hosts` (DNS names or IP addresses)."""
+        import datetime as dt
+
+        from cryptography.hazmat.primitives import serialization
+        from workspace_secrets.runtime import pki
+
+        now = dt.datetime.now(dt.timezone.utc)
+        key = pki.new_key()
+        cert = pki.sign_leaf(self.cert, self.key, key, hosts[0], not_before=now - dt.timedelta(minutes=5),  # type: ignore[arg-type]
+                             not_after=now + dt.timedelta(days=1), hosts=hosts, server=True)
+        key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        return cert.public_bytes(serialization.Encoding.PEM), key_pem
+
+
+def node_github(host: str, ca: NodeCA, workdir: Path, *, clients: dict[str, str]):
+    """tests/fakes/git_providers.py's GitHub fake, served over https on the node IP (where the operator pod
+    reaches it) with a certificate of the test CA."""
+    import asyncio
+    import ssl
+
+    from aiohttp import web
+    from fakes.git_providers import FakeGitProvider
+
+    cert_pem, key_pem = ca.leaf([host])
+    (workdir / "github.crt").write_bytes(cert_pem)
+    (workdir / "github.key").write_bytes(key_pem)
+    (workdir / "github.key").chmod(0o600)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(workdir / "github.crt"), str(workdir / "github.key"))
+
+    class NodeGitHub(FakeGitProvider):
+        @property
+        def url(self) -> str:
+            return f"https://{host}:{self.port}"
+
+        def start(self) -> NodeGitHub:
+            ready = threading.Event()
+
+            def run() -> None:
+                loop = self._loop = asyncio.new_event_loop()
+                asyncio.set_event_loop(loop)
+                self._runner = web.AppRunner(self.app(), access_log=None)
+                loop.run_until_complete(self._runner.setup())
+                site = web.TCPSite(self._runner, host, 0, ssl_context=context)
+                loop.run_until_complete(site.start())
+                self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+                ready.set()
+                loop.run_forever()
+                loop.run_until_complete(self._runner.cleanup())
+                loop.close()
+
+            self._thread = threading.Thread(target=run, name="fake-github-on-node", daemon=True)
+            self._thread.start()
+            assert ready.wait(10), "the GitHub fake did not start"
+            return self
+
+    return NodeGitHub("github", clients=clients).start()
+
+
+class PortForward:
+    """`kubectl port-forward` to a Deployment's pod on 127.0.0.1:<port> (what the platform's auth proxy is to the
+    connect page here: the operator sees the connection from 127.0.0.1 inside its pod)."""
+
+    def __init__(self, node: NodeCluster, namespace: str, target: str, remote_port: int, log: Path) -> None:
+        self.node, self.namespace, self.target, self.remote_port, self.log = node, namespace, target, remote_port, log
+        self.port = free_port("127.0.0.1")
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 30) -> PortForward:
+        import socket
+
+        out = open(self.log, "ab")
+        self.process = subprocess.Popen([str(self.node.bin_dir / "kubectl"), "port-forward", "-n", self.namespace, "--address", "127.0.0.1",
+                                         self.target, f"{self.port}:{self.remote_port}"], stdout=out, stderr=subprocess.STDOUT, env=self.node.env())
+        out.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"kubectl port-forward exited: {self.log.read_text(errors='replace')[-1000:]}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return self
+            except OSError:
+                time.sleep(0.2)
+        raise TimeoutError("kubectl port-forward did not listen")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()

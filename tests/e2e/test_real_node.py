@@ -13,10 +13,14 @@ only (the address pods reach through the pod bridge): an sshd serving a git repo
    known_hosts and GIT_SSH_COMMAND have the documented owners and modes, and `git clone` over ssh works with
    nothing but what was injected. Without fsGroup: root reads 0400 files and clones; non-root cannot read.
 3. User secrets arrive as the env vars and files their annotations declare; a ServiceAccount token is used
-   from inside the container against the API server, an AWS key against moto.
-4. Rotation: a new SSH key, a changed user secret and a rotated AWS key reach the running container's files
-   without a restart (latency measured against the kubelet's sync period); env values stay as they were at
-   container start, and an env AWS key stops working once its overlap ends.
+   from inside the container against the API server, an AWS key (`delivery: Env`) from the env vars against moto.
+   The workspace's pod waits at the scheduling gate until its WhileRunning credentials are minted.
+4. Rotation: a new SSH key, a changed user secret and a rotated AWS key (the defaults: `delivery: Files`,
+   `lifecycle: WhileRunning`) reach the running container's files without a restart (latency measured against
+   the kubelet's sync period); env values stay as they were at container start (the AWS key is never one: the
+   env only names the shared credentials file). boto3 in the container, configured by nothing but the injected
+   env, uses the first key from the file, then the rotated one; the first key is revoked once its overlap ends.
+   (`delivery: Env`'s restart on rotation and the lifecycle on a node: test_real_node_delivery.py.)
 5. Deleting the workspace Deployment stops its pod, deletes its Secrets and revokes its credentials; deleting
    the operator pod mid-work: it is replaced, nothing leaks; pods created while no operator runs behave as
    docs/users/pod-injection.md says (failurePolicy Fail for labelled pods only; the ReplicaSet retries).
@@ -311,6 +315,38 @@ if [ -n "$arn" ]; then echo "$arn"; else printf '%s' "$out" | sed -n 's:.*<Code>
     return result.stdout.strip()
 
 
+def aws_sdk_in(node: NodeCluster, namespace: str, pod: str, moto: NodeMoto) -> dict[str, str]:
+    """What boto3 in the container makes of its own environment (nothing set by the test but the endpoint: the
+    credentials come from wherever the SDK's chain finds them -- AWS_SHARED_CREDENTIALS_FILE, or the env vars):
+    {"method": the chain's source, "key": sha256 of the access key id it used, "arn": sts:GetCallerIdentity's
+    ARN or moto's error code}. A new process each time: it reads the file as it is now."""
+    script = f"""python3 - <<'EOF'
+import hashlib, json
+import boto3
+from botocore.exceptions import ClientError
+session = boto3.Session()
+found = session.get_credentials()
+key = found.get_frozen_credentials().access_key if found else ""
+try:
+    arn = session.client("sts", endpoint_url={moto.url!r}).get_caller_identity()["Arn"]
+except ClientError as exc:
+    arn = exc.response["Error"]["Code"]
+print(json.dumps({{"method": found.method if found else None, "key": hashlib.sha256(key.encode()).hexdigest(), "arn": arn}}))
+EOF"""
+    result = node.sh(namespace, pod, script)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout)
+
+
+def shared_credentials_key_id(data: dict[str, bytes], entry: str = "aws") -> str:
+    """The access key id in a workspace Secret's AWS shared credentials file (`<entry>.credentials`)."""
+    import configparser
+
+    parser = configparser.ConfigParser()
+    parser.read_string(data[f"{entry}.credentials"].decode())
+    return parser["default"]["aws_access_key_id"]
+
+
 def secret_sha(api: Api, namespace: str, name: str) -> dict[str, str]:
     return {k: sha256(v) for k, v in (api.secret_data(namespace, name) or {}).items()}
 
@@ -531,6 +567,9 @@ def test_user_secrets_arrive_as_the_declared_env_vars_and_files(node, api, erin)
 
 def test_dynamic_credentials_work_from_inside_the_container(node, api, erin, moto):
     namespace, pod = erin["namespace"], erin["pod"]
+    # The pod was admitted with the scheduling gate and released once its WhileRunning credentials were minted.
+    assert [e for e in api.core.list_namespaced_event(namespace).items if e.involved_object.kind == "Pod"
+            and e.involved_object.name == pod and e.reason == c.EVENT_GATE_REMOVED], "erin's pod waited at the gate"
     data = secret_sha(api, namespace, "erin")
     token_file = f"{MOUNT}/kube.token"
     assert files_in(node, namespace, pod, [token_file])[token_file] == ("440", "0", "1000", data["kube.token"])
@@ -545,6 +584,10 @@ def test_dynamic_credentials_work_from_inside_the_container(node, api, erin, mot
     assert iam_user, "the key in status is live at the provider"
     arn = aws_identity_in(node, namespace, pod, moto, key_id="$AWS_ACCESS_KEY_ID", secret="$AWS_SECRET_ACCESS_KEY")
     assert arn.startswith("arn:aws:iam::") and arn.endswith(f"/{iam_user}"), arn
+    # delivery Env: the SDK's chain takes the env vars (which come first), and the shared credentials file the
+    # Files path always delivers holds the same key.
+    assert aws_sdk_in(node, namespace, pod, moto) == {"method": "env", "key": data["aws.AWS_ACCESS_KEY_ID"], "arn": arn}
+    assert sha256(shared_credentials_key_id(api.secret_data(namespace, "erin"))) == data["aws.AWS_ACCESS_KEY_ID"]
     # A made-up key is refused by the same server (moto checks keys).
     assert aws_identity_in(node, namespace, pod, moto, key_id="AKIAIOSFODNN7EXAMPLE", secret="x" * 40) == "InvalidClientTokenId"
 
@@ -567,11 +610,14 @@ def test_rotation_reaches_running_containers_files_but_not_their_env(node, api, 
     token_v1 = secrets.token_urlsafe(24).encode()
     token_v1_sha = sha256(token_v1)
     user_secret(api, namespace, "rita-token", "rita", {"token": token_v1}, env="RITA_TOKEN=token", files="token.txt=token")
+    # The AWS key with the defaults: delivery Files (the shared credentials file; env vars only name it) and
+    # lifecycle WhileRunning (minted once the workspace's pod exists; the pod waits at the gate until then).
     api.create_ws(namespace, "rita", {"user": "rita", "workspaceRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "rita-workspace"},
                                       "mountPath": MOUNT, "ssh": {"knownHosts": [git_server.host_line]},
                                       "credentials": [{"name": "aws", "provider": "aws-dev", "rotateAfter": "60s", "overlap": "120s"}]})
     api.wait_condition(namespace, "rita", timeout=60)
     wait_for(lambda: "user.rita-token.token" in (api.secret_data(namespace, "rita") or {}), timeout=30, what="rita's user secret")
+    assert "aws.credentials" not in api.secret_data(namespace, "rita"), "WhileRunning: nothing minted before a pod exists"
     workspace_deployment(api, namespace, "rita-workspace", "rita", "rita")
     pod = wait_running(api.core.api_client, namespace, "app=rita-workspace").metadata.name
     started = time.monotonic()
@@ -579,15 +625,25 @@ def test_rotation_reaches_running_containers_files_but_not_their_env(node, api, 
 
     first = api.secret_data(namespace, "rita")
     key1 = (first["aws.AWS_ACCESS_KEY_ID"].decode(), SecretText(first["aws.AWS_SECRET_ACCESS_KEY"].decode()))
-    expected = {"ssh": sha256(first["ssh-privatekey"]), "user": token_v1_sha, "aws": sha256(key1[0])}
+    assert shared_credentials_key_id(first) == key1[0]
+    expected = {"ssh": sha256(first["ssh-privatekey"]), "user": token_v1_sha, "aws": sha256(first["aws.credentials"])}
     del first
-    files = {"ssh": f"{MOUNT}/ssh-privatekey", "user": f"{USER_FILES}/token.txt", "aws": f"{MOUNT}/aws.AWS_ACCESS_KEY_ID"}
-    env_names = ["RITA_TOKEN", "AWS_ACCESS_KEY_ID", "GIT_SSH_COMMAND"]
+    files = {"ssh": f"{MOUNT}/ssh-privatekey", "user": f"{USER_FILES}/token.txt", "aws": f"{MOUNT}/aws.credentials"}
+    env_names = ["RITA_TOKEN", "AWS_SHARED_CREDENTIALS_FILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "GIT_SSH_COMMAND"]
     env_at_start = env_in(node, namespace, pod, env_names)
-    assert (env_at_start["RITA_TOKEN"], env_at_start["AWS_ACCESS_KEY_ID"]) == (expected["user"], expected["aws"])
+    assert env_at_start["RITA_TOKEN"] == expected["user"]
+    # delivery Files: the env names the file, never carries the key.
+    assert env_at_start["AWS_SHARED_CREDENTIALS_FILE"] == sha256(files["aws"])
+    assert env_at_start["AWS_ACCESS_KEY_ID"] is None and env_at_start["AWS_SECRET_ACCESS_KEY"] is None
     seen = files_in(node, namespace, pod, list(files.values()))
     before = {what: seen[path][3] for what, path in files.items()}
     assert before == expected
+    assert seen[files["aws"]][:3] == ("440", "0", "1000"), seen[files["aws"]]
+    # boto3 in the container, configured by nothing but the injected env, finds the key in the file.
+    sdk = aws_sdk_in(node, namespace, pod, moto)
+    iam_user = moto.owner_of(key1[0])
+    assert sdk["method"] == "shared-credentials-file" and sdk["key"] == sha256(key1[0]), sdk
+    assert sdk["arn"].startswith("arn:aws:iam::") and sdk["arn"].endswith(f"/{iam_user}"), sdk
 
     # Rotate the SSH key and change the user secret now; the AWS key rotates by itself (rotateAfter 60 s), once
     # (then the rotation is switched off: the retiring key keeps its overlap).
@@ -596,7 +652,7 @@ def test_rotation_reaches_running_containers_files_but_not_their_env(node, api, 
     api.patch_ws(namespace, "rita", {"metadata": {"annotations": {c.ANNOTATION_ROTATE_SSH_KEY: str(time.time())}}})
     api.core.patch_namespaced_secret("rita-token", namespace, {"data": {"token": base64.b64encode(token_v2).decode()}})
     targets = {"ssh": ("ssh-privatekey", files["ssh"]), "user": ("user.rita-token.token", files["user"]),
-               "aws": ("aws.AWS_ACCESS_KEY_ID", files["aws"])}
+               "aws": ("aws.credentials", files["aws"])}
 
     def stop_rotating(what: str) -> None:
         if what == "aws":
@@ -617,16 +673,17 @@ def test_rotation_reaches_running_containers_files_but_not_their_env(node, api, 
     code, output = git_clone(node, namespace, pod, git_server.url)
     assert code == 0 and output == sha256(GIT_README), output
 
-    # AWS: during the overlap both the env key (the first) and the file key (the second) work; once the overlap
-    # ends the first key is revoked, and a process using the env key fails while the files keep working.
-    file_key = (f"$(cat {MOUNT}/aws.AWS_ACCESS_KEY_ID)", f"$(cat {MOUNT}/aws.AWS_SECRET_ACCESS_KEY)")
-    assert aws_identity_in(node, namespace, pod, moto, key_id=file_key[0], secret=file_key[1]).startswith("arn:")
-    env_key = ("$AWS_ACCESS_KEY_ID", "$AWS_SECRET_ACCESS_KEY")
-    assert aws_identity_in(node, namespace, pod, moto, key_id=env_key[0], secret=env_key[1]).startswith("arn:")
+    # AWS: the next SDK process in the running container uses the second key, from the rewritten file. During the
+    # overlap the first key still works; once the overlap ends it is revoked, and the container is unaffected.
+    key2_id = api.secret_data(namespace, "rita")["aws.AWS_ACCESS_KEY_ID"].decode()
+    assert key2_id != key1[0]
+    sdk = aws_sdk_in(node, namespace, pod, moto)
+    assert sdk["method"] == "shared-credentials-file" and sdk["key"] == sha256(key2_id) and sdk["arn"].startswith("arn:"), sdk
+    assert moto.identity(*key1).startswith("arn:"), "the first key is still in its overlap"
     wait_for(lambda: moto.identity(*key1) == "InvalidClientTokenId", timeout=240, interval=2, what="the first AWS key revoked after its overlap")
     measure("AWS key revoked after rotation (overlap 120 s) s", round(time.monotonic() - aws_rotated_at["aws"], 1))
-    assert aws_identity_in(node, namespace, pod, moto, key_id=env_key[0], secret=env_key[1]) == "InvalidClientTokenId"
-    assert aws_identity_in(node, namespace, pod, moto, key_id=file_key[0], secret=file_key[1]).startswith("arn:")
+    sdk = aws_sdk_in(node, namespace, pod, moto)
+    assert sdk["key"] == sha256(key2_id) and sdk["arn"].startswith("arn:"), sdk
 
     # Once more, minutes after the container started (the kubelet syncs a pod often right after it starts; this
     # is the latency of a long-running workspace): a new SSH key and a new user-secret value.

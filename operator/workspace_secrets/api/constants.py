@@ -51,6 +51,8 @@ PUBLIC_CREDENTIAL_FIELDS: Final = frozenset({
     "TWILIO_API_KEY", "TWILIO_ACCOUNT_SID",
     "PGHOST", "PGPORT", "PGDATABASE", "PGUSER",
     "GOOGLE_APPLICATION_CREDENTIALS",
+    # delivery Files: env vars whose value is the path of one of the entry's mounted files
+    "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "KUBECONFIG", "PGSERVICEFILE", "PGPASSFILE", "TWILIO_ENV_FILE",
 })
 
 DEFAULT_MOUNT_PATH: Final = "/var/run/workspace-secrets"
