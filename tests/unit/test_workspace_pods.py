@@ -369,9 +369,11 @@ def test_missing_delivery_compares_the_pod_with_what_the_workspace_secret_publis
     body["status"] = {**body["status"], **PUBLISHED}
     targeted, _ = admit(two, body)
     assert wp.missing_delivery(wp.parse_pods([targeted], w).items[0], PUBLISHED) == ()
-    # Who re-creates it: a ReplicaSet/StatefulSet/Job controller; not a bare pod, not another owner.
+    # Who re-creates it: a ReplicaSet/StatefulSet controller; not a bare pod, not another owner, not a Job (its
+    # controller would count the deleted pod as a failure against backoffLimit).
     assert early.recreated_by == "ReplicaSet/ws-abc"
-    assert wp.parse_pods([admitted({}, owner="Job")], w).items[0].recreated_by == "Job/ws-abc"
+    assert wp.parse_pods([admitted({}, owner="StatefulSet")], w).items[0].recreated_by == "StatefulSet/ws-abc"
+    assert wp.parse_pods([admitted({}, owner="Job")], w).items[0].recreated_by is None
     assert wp.parse_pods([admitted({}, owner=None)], w).items[0].recreated_by is None
     other = admitted({}, owner=None)
     other["metadata"]["ownerReferences"] = [{"apiVersion": "example.com/v1", "kind": "Workspace", "name": "w", "uid": "x", "controller": True}]

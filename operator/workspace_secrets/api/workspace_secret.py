@@ -32,6 +32,9 @@ DELIVERIES = (DELIVERY_FILES, DELIVERY_ENV)
 
 HOST_KEY_POLICIES = {"Strict": "yes", "AcceptNew": "accept-new", "Off": "no"}
 
+#: spec.credentials[].name values whose keys ("<name>.<FIELD>") would share a prefix with the Secret's other parts.
+RESERVED_ENTRY_NAMES = {"token": "the user tokens", "tool": "the tools' files of the user tokens", "user": "the user's own secrets"}
+
 #: Top-level directories a workspace Secret (spec.mountPath) or the user files (spec.userSecrets.mountPath)
 #: may not be mounted in: mounting over them replaces what programs load and run. `lib*` covers lib64, libx32.
 SYSTEM_DIRECTORIES = ("proc", "sys", "dev", "etc", "bin", "sbin", "usr", "boot", "lib*")
@@ -256,6 +259,9 @@ def _credentials(items: Any) -> tuple[CredentialSpec, ...]:
             raise SpecError(f"{where}.name", "is required")
         if name in seen:
             raise SpecError(f"{where}.name", f"{name!r} is used twice; entry names must be unique")
+        if name in RESERVED_ENTRY_NAMES:
+            raise SpecError(f"{where}.name", f"{name!r} is reserved (the Secret's keys \"{name}.*\" hold "
+                            f"{RESERVED_ENTRY_NAMES[name]}); choose another name")
         seen.add(name)
         if not provider:
             raise SpecError(f"{where}.provider", "is required: the name of a provider configured by the platform")

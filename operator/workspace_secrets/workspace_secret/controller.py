@@ -199,6 +199,7 @@ class WorkspaceSecretController:
             if body is None:
                 self._handled.pop(key, None)
                 self._index_tokens(key, frozenset())
+                self._gate.forget(namespace, name)  # a pod label may name any WorkspaceSecret: nothing is kept for one that is not there
                 return
             self._index_tokens(key, ws_tokens.token_names(body))  # the newest state: a kopf event may still be on its way
             # Recorded before our writes, so that their echoes (arriving while we work) are recognized.

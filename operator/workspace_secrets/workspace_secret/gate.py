@@ -105,7 +105,13 @@ class Gate:
         if seen is None:
             listing = await self._kube.list(core_path(ws.namespace, "pods"), label_selector=labels, from_cache=True)
         else:  # from the watch cache too, but no older than the pod event that brought us here
-            listing = await self._kube.list(core_path(ws.namespace, "pods"), label_selector=labels, not_older_than=seen)
+            try:
+                listing = await self._kube.list(core_path(ws.namespace, "pods"), label_selector=labels, not_older_than=seen)
+            except KubeError as exc:
+                if exc.status != 504:
+                    raise
+                # The watch cache could not catch up with that event in time: a quorum read is at least as new.
+                listing = await self._kube.list(core_path(ws.namespace, "pods"), label_selector=labels)
             if self._seen_rv.get(key) == seen:
                 del self._seen_rv[key]
         pods = parse_pods(listing.get("items") or (), ws)
@@ -182,10 +188,17 @@ class Gate:
         try:
             gone = await self._kube.delete(core_path(ws.namespace, "pods", pod.name), uid=pod.uid,
                                            resource_version=pod.resource_version or None)
-        except KubeError as exc:  # 409: another incarnation, or it changed since we listed it: look again
-            log.info("incomplete pod %s/%s not deleted (%s %s); looking again", ws.namespace, pod.name, exc.status, exc.reason)
-            self._schedule(ws.namespace, ws.name, RETRY_DELAY)
-            return True
+        except KubeError as exc:
+            if exc.status == 409 or exc.status >= 500:  # another incarnation, changed since listed, or trouble: look again
+                log.info("incomplete pod %s/%s not deleted (%s %s); looking again", ws.namespace, pod.name, exc.status, exc.reason)
+                self._schedule(ws.namespace, ws.name, RETRY_DELAY)
+                return True
+            # Refused for good (403: no RBAC to delete pods; 422/403 from the operator guard): never retried every
+            # second; this controller's pods are released as they are, with the Warning that says what they lack.
+            log.warning("incomplete pod %s/%s cannot be deleted (%s %s); releasing it as it is", ws.namespace, pod.name,
+                        exc.status, exc.reason)
+            counts[pod.recreated_by] = MAX_RECREATIONS
+            return False
         if gone:
             counts[pod.recreated_by] = counts.get(pod.recreated_by, 0) + 1
             self._recreating[key] = self._clock() + RECREATE_GRACE

@@ -32,7 +32,9 @@ if TYPE_CHECKING:  # policy.py imports this module
 
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 #: Controllers that re-create a deleted pod (from their template, admitted again by the webhook).
-RECREATING_CONTROLLERS = frozenset({("apps", "ReplicaSet"), ("apps", "StatefulSet"), ("batch", "Job")})
+#: Controllers that re-create a deleted pod without counting it against anything. Not a Job: its controller counts a
+#: deleted pod that did not succeed as a failure (backoffLimit), so its incomplete pods are released with a Warning.
+RECREATING_CONTROLLERS = frozenset({("apps", "ReplicaSet"), ("apps", "StatefulSet")})
 # Kubernetes' rules for env var names and Secret keys, as the webhook applies them to status.env / status.files
 # (pod_injection.policy: what it skips, a pod never gets, so it is never "missing").
 _ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
