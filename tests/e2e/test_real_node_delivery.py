@@ -277,9 +277,18 @@ def test_a_workspace_waits_for_its_user_token_and_git_follows_refreshes(node, ap
 
     # (a) The pod is admitted with the gate and stays unscheduled: no node, PodScheduled False/SchedulingGated.
     pod = wait_for(lambda: (p := live_pods(api, ns, "app=lee-workspace")) and p[0], timeout=60, what="lee's pod created")
+    assert gates_of(pod) == [GATE]
+
+    def told_pod():
+        # The pod that waits: the first one, or -- when it was admitted before the WorkspaceSecret's first reconcile
+        # and so lacks the token's env -- its replacement (the operator deletes such a pod; the ReplicaSet re-creates it).
+        for candidate in live_pods(api, ns, "app=lee-workspace"):
+            if not candidate.metadata.deletion_timestamp and (told := pod_events(api, ns, candidate.metadata.name, c.EVENT_WAITING_FOR_TOKEN)):
+                return candidate, told
+        return None
+    pod, [waiting] = wait_for(told_pod, timeout=30, what="a waiting pod's WaitingForToken Event")
     name = pod.metadata.name
     assert gates_of(pod) == [GATE]
-    [waiting] = wait_for(lambda: pod_events(api, ns, name, c.EVENT_WAITING_FOR_TOKEN), timeout=30, what="the pod's WaitingForToken Event")
     assert "'lee-gh'" in waiting.message and link in waiting.message, waiting.message
     time.sleep(3)  # the scheduler has had every chance: a gated pod is never placed
     pod = api.core.read_namespaced_pod(name, ns)

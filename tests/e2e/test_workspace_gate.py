@@ -170,8 +170,16 @@ def test_a_stopping_pod_keeps_its_credentials_until_it_is_gone(api, namespace, w
 
     api.core.patch_namespaced_pod("gus-pod", namespace, {"metadata": {"finalizers": None}})
     gone_at = time.monotonic()
-    wait_for(lambda: credential_phase(api, namespace, "gus-ws") == "Stopped", timeout=10, interval=0.1,
-             what="the credential revoked once the pod is gone")
+    def stopped():
+        return credential_phase(api, namespace, "gus-ws") == "Stopped"
+    try:
+        wait_for(stopped, timeout=20, interval=0.1, what="the credential revoked once the pod is gone")
+    except AssertionError:
+        status = (api.get_ws(namespace, "gus-ws") or {}).get("status") or {}
+        pods_left = [p.metadata.name for p in api.core.list_namespaced_pod(namespace).items]
+        ready = [x.get("message") for x in status.get("conditions") or () if x.get("type") == c.CONDITION_CREDENTIALS_READY]
+        raise AssertionError(f"not Stopped 20 s after the pod was gone: pods {pods_left}, credentials {status.get('credentials')}, "
+                             f"CredentialsReady {ready}") from None
     print(f"\nrevoked {time.monotonic() - gone_at:.1f}s after the pod was gone")
 
 

@@ -43,6 +43,9 @@ from workspace_secrets.workspace_secret.token_reader import WorkspaceTokens
 
 __all__ = ["ObjectGone", "RetryLater", "WorkspaceSecretController"]
 
+#: Seconds between looks at a workspace whose only pods are stopping (WhileRunning credentials are revoked once none is left).
+STOPPING_RECHECK = 5.0
+
 
 class WorkspaceSecretController:
     def __init__(
@@ -291,6 +294,10 @@ class WorkspaceSecretController:
         key, source, rotation, problem = await self._keys.key(ws)
         workspace_uid, workspace_problem = await bind(self._kube, body, ws)
         pods = await self._gate.pods(ws)  # before the Secret: WhileRunning credentials follow pods.running
+        if pods.running and ws.while_running_credentials and all(p.deleting for p in pods.items if p.live):
+            # Running only because pods are stopping (or being re-created): their DELETED events bring us back, and
+            # this re-check makes the revocation follow within seconds even should one be missed or met a stale list.
+            self._schedule(ws.namespace, ws.name, STOPPING_RECHECK)
         tokens = await self._tokens.collect(ws)  # spec.userTokens: the user's own, checked (tokens.py)
 
         written = SecretOutcome()
