@@ -37,6 +37,13 @@ def api(cluster, wso_operator) -> Api:
     return Api(cluster.api_client())
 
 
+@pytest.fixture(autouse=True)
+def deployer(api, namespace) -> None:
+    """The ServiceAccount the tests' kubernetes-token credential is minted for (a provider that needs no outside
+    service: the gate is what these tests are about)."""
+    api.core.create_namespaced_service_account(namespace, {"metadata": {"name": "deployer"}})
+
+
 def pod_body(name: str, ws: str, user: str) -> dict:
     return {"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "labels": {c.LABEL_WORKSPACE_SECRET: ws, c.LABEL_USER: user}},
@@ -116,7 +123,7 @@ def test_a_template_applied_with_its_workspace_secret_starts_with_every_env_var(
     manifest = {"apiVersion": "v1", "kind": "List", "items": [
         {"apiVersion": c.API_VERSION, "kind": c.WORKSPACE_SECRET_KIND, "metadata": {"name": "fay-ws"},
          "spec": {"user": "fay", "workspaceRef": {"kind": "Deployment", "name": "fay"},
-                  "credentials": [{"name": "aws", "provider": "aws-dev"}]}},  # WhileRunning: the pods wait for it
+                  "credentials": [{"name": "kube", "provider": "cluster-tokens", "parameters": {"serviceAccount": "deployer"}}]}},  # WhileRunning: the pods wait for it
         {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "fay"},
          "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "fay"}},
                   "template": {"metadata": {"labels": {"app": "fay", **labels}},
@@ -129,7 +136,7 @@ def test_a_template_applied_with_its_workspace_secret_starts_with_every_env_var(
         return [p for p in pods if not p.spec.scheduling_gates] or None
     [pod] = wait_for(released, timeout=60, what="the Deployment's pod released")
     published = {e["name"] for e in api.get_ws(namespace, "fay-ws")["status"]["env"]}
-    assert "AWS_SHARED_CREDENTIALS_FILE" in published and c.KEY_GIT_SSH_COMMAND in published, sorted(published)
+    assert "KUBECONFIG" in published and c.KEY_GIT_SSH_COMMAND in published, sorted(published)
     assert published <= env_names(pod), sorted(published - env_names(pod))
     for ct in pod.spec.containers:
         for e in ct.env or ():  # by reference only: no value in the pod spec
@@ -142,7 +149,7 @@ def test_a_template_applied_with_its_workspace_secret_starts_with_every_env_var(
 
 
 def credential_phase(api: Api, namespace: str, name: str) -> str | None:
-    entry = next((e for e in (api.get_ws(namespace, name) or {}).get("status", {}).get("credentials") or () if e["name"] == "aws"), {})
+    entry = next((e for e in (api.get_ws(namespace, name) or {}).get("status", {}).get("credentials") or () if e["name"] == "kube"), {})
     return entry.get("phase")
 
 
@@ -151,7 +158,7 @@ def test_a_stopping_pod_keeps_its_credentials_until_it_is_gone(api, namespace, w
     the pod is gone; then it is revoked within seconds (the reconcile after the DELETED event does not see the pod
     in a stale listing)."""
     api.create_ws(namespace, "gus-ws", {"user": "gus", "workspaceRef": {"kind": "Pod", "name": "gus-pod"},
-                                        "credentials": [{"name": "aws", "provider": "aws-dev"}]})
+                                        "credentials": [{"name": "kube", "provider": "cluster-tokens", "parameters": {"serviceAccount": "deployer"}}]})
     body = pod_body("gus-pod", "gus-ws", "gus")
     body["metadata"]["finalizers"] = ["example.com/graceful"]  # stands in for a kubelet's graceful shutdown
     # Bound to a node (that does not exist): the pod garbage collector marks a terminating pod that was never scheduled
@@ -191,11 +198,11 @@ def test_a_pod_of_a_workspace_that_requires_nothing_is_not_gated(api, namespace,
 
 def test_a_while_running_credential_gates_the_pod_until_it_is_issued(api, namespace, wso_operator):
     api.create_ws(namespace, "dyn", {"user": "dave", "workspaceRef": {"kind": "Pod", "name": "dave-pod"},
-                                     "credentials": [{"name": "aws", "provider": "aws-dev"}]})  # WhileRunning: the default
+                                     "credentials": [{"name": "kube", "provider": "cluster-tokens", "parameters": {"serviceAccount": "deployer"}}]})  # WhileRunning: the default
     created = api.core.create_namespaced_pod(namespace, pod_body("dave-pod", "dyn", "dave"))
     assert [{"name": g.name} for g in created.spec.scheduling_gates] == [GATE]
     wait_for(lambda: gates(api, namespace, "dave-pod") == [], timeout=30, what="the gate removed once the credential is issued")
-    entry = next(e for e in api.get_ws(namespace, "dyn")["status"]["credentials"] if e["name"] == "aws")
+    entry = next(e for e in api.get_ws(namespace, "dyn")["status"]["credentials"] if e["name"] == "kube")
     assert entry["phase"] == "Active"
 
 

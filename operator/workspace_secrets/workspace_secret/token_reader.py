@@ -13,8 +13,10 @@ Where the reads come from (a refresh reconciles every WorkspaceSecret naming the
   seen yet (just started, a standby that just took over, a deletion) is read from etcd (quorum), and its version is
   then the floor for the next reads -- unless an event arrived meanwhile (that event decides). A cache that cannot
   catch up within its ~3 s (504) is answered by a quorum read.
-- the OAuthApplication from the watch cache as it is (resourceVersion=0): a change of it queues no WorkspaceSecret
-  at all (the periodic resync applies it), so a cache a moment behind changes nothing about when it takes effect.
+- the OAuthApplication from etcd (quorum), once per application per reconcile: its own change queues no
+  WorkspaceSecret, but the UserToken's change it causes does (an application created after the template: the token
+  becomes AwaitingAuthorization), and that reconcile must not read the application as it was before -- a stale "not
+  allowed" would then stand until the periodic resync.
 """
 
 from __future__ import annotations
@@ -31,10 +33,6 @@ from workspace_secrets.oauth.registry import ProviderCache
 from workspace_secrets.runtime.http import Request, Response, TransportError
 from workspace_secrets.runtime.kube import Kube, KubeError, core_path, group_path
 from workspace_secrets.workspace_secret.tokens import TokensOutcome, compose, unavailable, view, VALID_PHASES
-
-#: Read the whole watch cache as it is (the API server's "any version").
-ANY_VERSION = "0"
-
 
 def user_token_path(namespace: str, name: str) -> str:
     return group_path(c.API_VERSION, namespace, c.USER_TOKEN_PLURAL, name)
@@ -109,7 +107,7 @@ class WorkspaceTokens:
             app_body = None
             if isinstance(application, str) and application:
                 if application not in apps:
-                    apps[application] = await self._kube.get(app_path(application), resource_version=ANY_VERSION)
+                    apps[application] = await self._kube.get(app_path(application))
                 app_body = apps[application]
             secret = None
             secret_name = spec.get("secretName") or f"{ref.name}-token"
