@@ -157,7 +157,9 @@ def test_a_stopping_pod_keeps_its_credentials_until_it_is_gone(api, namespace, w
     """A pod being deleted still runs (preStop, graceful shutdown): its WhileRunning credential stays Active until
     the pod is gone; then it is revoked within seconds (the reconcile after the DELETED event does not see the pod
     in a stale listing)."""
-    api.create_ws(namespace, "gus-ws", {"user": "gus", "workspaceRef": {"kind": "Pod", "name": "gus-pod"},
+    # Anchored to the workspace's home volume (which need not exist here), not to the pod: a WorkspaceSecret bound to
+    # the pod would be garbage-collected with it, and its deletion (not the stop) would revoke the credential.
+    api.create_ws(namespace, "gus-ws", {"user": "gus", "workspaceRef": {"kind": "PersistentVolumeClaim", "name": "gus-home"},
                                         "credentials": [{"name": "kube", "provider": "cluster-tokens", "parameters": {"serviceAccount": "deployer"}}]})
     body = pod_body("gus-pod", "gus-ws", "gus")
     body["metadata"]["finalizers"] = ["example.com/graceful"]  # stands in for a kubelet's graceful shutdown
