@@ -252,20 +252,11 @@ class CredentialManager:
                        scope: Scope, ledger: ledgers.EntryLedger | None, out: CredentialOutcome) -> None:
         """lifecycle WhileRunning, and the workspace does not run: revoke whatever lives in the entry's scope
         (recorded or an orphan of a crash) and deliver no value. The ledger keeps the generation only."""
-        operation = "list"
         try:
-            ids = await provider.list(scope)
-            for credential_id in ids:
-                operation = "revoke"
-                await provider.revoke(scope, credential_id)
-                CREDENTIALS_REVOKED.labels(provider=spec.provider).inc()
-            if ids or ledger is None or not ledger.stopped:
-                # Also when nothing is live: a scope whose credential was never created (an IAM user without a
-                # key, after a failed issue) is released too. Once per stop: the ledger says `stopped`.
-                operation = "release"
-                await provider.release(scope)
+            # Released also when nothing is live (a scope whose credential was never created: an IAM user without a
+            # key, after a failed issue), once per stop: the ledger says `stopped`.
+            ids = await self.revoke_scope(provider, scope, release=ledger is None or not ledger.stopped)
         except ProviderError as exc:
-            _count_failure(spec.provider, operation, exc)
             out.problems.append(Problem("RevocationFailed", f"{where} ({spec.provider}): the workspace stopped, but its credentials could not be revoked yet: {exc}; retrying."))
             if ledger is not None:
                 out.ledger[spec.name] = ledger
@@ -295,7 +286,9 @@ class CredentialManager:
             out.ledger[name] = ledger
             out.problems.append(Problem("RevocationFailed", f"credentials of removed entry {name!r} ({ledger.provider}) could not be revoked yet: {exc}"))
 
-    async def revoke_scope(self, provider: CredentialProvider, scope: Scope) -> list[str]:
+    async def revoke_scope(self, provider: CredentialProvider, scope: Scope, *, release: bool = True) -> list[str]:
+        """Revoke everything live in the scope, then release its per-scope resources (with `release=False` only
+        when something was live). Returns the revoked ids."""
         operation = "list"
         try:
             ids = await provider.list(scope)
@@ -303,8 +296,9 @@ class CredentialManager:
                 operation = "revoke"
                 await provider.revoke(scope, credential_id)
                 CREDENTIALS_REVOKED.labels(provider=provider.name).inc()
-            operation = "release"
-            await provider.release(scope)
+            if release or ids:
+                operation = "release"
+                await provider.release(scope)
         except ProviderError as exc:
             _count_failure(provider.name, operation, exc)
             raise
