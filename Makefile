@@ -56,11 +56,12 @@ e2e: venv system-deps tools node-images
 test: venv system-deps tools lint node-images
 	$(BIN)/pytest tests
 
-# The Helm chart ships byte-for-byte copies of crds/ (tests/unit/test_chart_crds_in_sync.py checks it).
+# The Helm chart's CRD templates (templates/crds/, behind crds.enabled) and its README's values table are
+# generated from crds/ and values.yaml (tests/unit/test_chart_crds_in_sync.py and test_chart_readme.py check it).
 CHART := deploy/helm/workspace-secrets-operator
 chart-crds:
-	rm -f $(CHART)/crds/*
-	cp crds/* $(CHART)/crds/
+	$(PYTHON) tools/chart_crds.py
+	$(BIN)/python tools/chart_readme.py
 
 # The chart's tests: lint, render, install, and the WorkspaceSecret e2e suite run by an operator that
 # holds only the chart's ServiceAccount token (see tests/e2e/test_helm.py).

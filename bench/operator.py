@@ -50,7 +50,7 @@ class OperatorUnderTest:
             log.flush()
             self.process = subprocess.Popen(
                 [*self.command, "run", "--kubeconfig", self.kubeconfig,
-                 "--liveness", f"http://127.0.0.1:{self.port}/healthz", *self.args],
+                 "--health-probe-bind-address", f"127.0.0.1:{self.port}", *self.args],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                 env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
             )

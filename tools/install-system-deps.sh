@@ -4,7 +4,8 @@
 # Chromium and its WebDriver for the connect page driven in a real (headless) browser. The local cluster's
 # node (tools/devcluster/node.py): containerd 1.6, runc (crun refuses these hosts' hybrid cgroups), the CNI
 # plugins, iproute2 (the bridge), iptables (kube-proxy, the node's guard chains) and conntrack (kube-proxy clears stale UDP entries);
-# debootstrap for the node's images (tools/devcluster/images.py). Then the npm packages of the test OAuth server
+# debootstrap for the node's images (tools/devcluster/images.py). tinyproxy: the real forward proxy (CONNECT) of the
+# enterprise-network test (tests/e2e/test_enterprise_network.py). Then the npm packages of the test OAuth server
 # (tests/e2e/oauth_server: panva's oidc-provider), from its lock file.
 # Installs only what is missing; needs root (CI runs as root) or passwordless sudo.
 set -euo pipefail
@@ -26,6 +27,7 @@ if ! $only_node; then
   [ -x /usr/bin/chromium ] || need+=(chromium)
   [ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
   command -v node >/dev/null || need+=(nodejs npm)
+  [ -x /usr/bin/tinyproxy ] || need+=(tinyproxy)
 fi
 [ -x /usr/bin/containerd ] || need+=(containerd)
 [ -x /usr/sbin/runc ] || need+=(runc)

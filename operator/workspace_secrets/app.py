@@ -41,7 +41,7 @@ from workspace_secrets.oauth.protocol import PendingAuthorizations
 from workspace_secrets.oauth.registry import ProviderCache
 from workspace_secrets.pod_injection.controller import PodInjectionController
 from workspace_secrets.runtime.events import EventRecorder
-from workspace_secrets.runtime.http import AiohttpTransport
+from workspace_secrets.runtime.http import AiohttpTransport, Egress
 from workspace_secrets.runtime.kube import Kube, group_path, load_configuration
 from workspace_secrets.runtime.peering import PeeringGate
 from workspace_secrets.runtime.sensitive import Sensitive
@@ -97,8 +97,11 @@ class App:
         # Who gets the managed-Secret watch's events (see _managed_secret_changed); UserTokens join when they start.
         self._secret_handlers: list[Handler] = []
         self._transport: AiohttpTransport | None = None
+        self.egress: Egress | None = None  # set by start(); None: the environment's proxies, the system store
         self._connect_runner: web.AppRunner | None = None
         self._started = False
+        #: True from the end of start() to the beginning of stop(): the readiness probe's "the operator has started".
+        self.running = False
 
     def __copy__(self) -> App:
         # kopf gives every resource object a shallow copy of the memo; there is one App per process.
@@ -137,6 +140,13 @@ class App:
     # --- start ----------------------------------------------------------------------------------------------
     async def start(self, settings: kopf.OperatorSettings) -> None:
         config = self.config
+        # Proxies (HTTPS_PROXY/HTTP_PROXY/NO_PROXY) and --ca-bundle-file for every outgoing client: unusable, the
+        # operator stops (retrying cannot fix them). The messages name no proxy password and no file content.
+        try:
+            self.egress = Egress.from_environment(config.ca_bundle_file)
+        except (ValueError, OSError) as exc:
+            raise kopf.PermanentError(f"outgoing HTTPS: {exc}") from None
+        log.info("%s", self.egress.describe())
         _configure_kopf(settings, config)
         self.active = asyncio.Event()
         if config.peering is None:
@@ -151,10 +161,11 @@ class App:
         if config.peering is not None:
             await self._start_peering()
         await self._start_user_tokens()
+        self.running = True
 
     async def _start_workspace_secrets(self) -> None:
         config, kube = self.config, self.kube
-        providers, unavailable = await load_providers(config.providers_config, kube, config.operator_namespace)
+        providers, unavailable = await load_providers(config.providers_config, kube, config.operator_namespace, egress=self.egress)
         self.queue = WorkQueue(lambda key: self.workspace_secrets.reconcile_by_name(*key), workers=config.workers,
                                name=c.WORKSPACE_SECRET_PLURAL, active=self.active)
         self.workspace_secrets = WorkspaceSecretController(
@@ -187,6 +198,7 @@ class App:
             listen_address=config_helpers.listen_address(webhook), port=webhook.port, host=webhook.host,
             client_config=client_config, target=target, configuration_name=webhook.configuration_name,
             namespaces=config.namespaces, resync_interval=config.resync_interval,
+            cert_manager_certificate=webhook.cert_manager_certificate,
         )
         await self.webhook.configure(settings)
         self.pod_injection = PodInjectionController(self.kube, EventRecorder(self.kube), namespaces=config.namespaces)
@@ -206,7 +218,7 @@ class App:
     async def _start_user_tokens(self) -> None:
         config, connect = self.config, self.config.connect
         signer = _signer(connect)
-        self._transport = AiohttpTransport()
+        self._transport = AiohttpTransport(egress=self.egress)
         self.user_token_queue = WorkQueue(lambda key: self.user_tokens.reconcile_by_name(*key), workers=config.workers,
                                           max_backoff=USER_TOKEN_MAX_BACKOFF, name=c.USER_TOKEN_PLURAL, active=self.active)
         self.user_tokens = UserTokenController(
@@ -229,6 +241,7 @@ class App:
 
     # --- stop -----------------------------------------------------------------------------------------------
     async def stop(self) -> None:
+        self.running = False
         if self.config.shutdown_grace is not None:
             _exit_if_hung(self.config.shutdown_grace)
         for task in self.tasks:

@@ -30,6 +30,22 @@ class WebhookConfig:
     service_port: int = 443
     cert_dir: str | None = None  # None: a private temporary directory (a new CA on every start)
     configuration_name: str = WEBHOOK_CONFIGURATION_NAME  # the MutatingWebhookConfiguration kopf manages
+    # A cert-manager Certificate (namespace, name) whose Secret is mounted at cert_dir: the configuration is annotated
+    # cert-manager.io/inject-ca-from and cert-manager's cainjector, not the operator, keeps its caBundle.
+    cert_manager_certificate: tuple[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class LeaderElectionConfig:
+    """--leader-elect: a coordination.k8s.io/v1 Lease; the process runs kopf and the operator only while it holds it
+    (runtime/leader.py). The durations are controller-runtime's defaults."""
+
+    enabled: bool = False
+    id: str = "workspace-secrets-operator"  # the Lease's name
+    namespace: str | None = None  # None: --operator-namespace
+    lease_duration: float = 15.0  # a standby takes over this long after it last saw the Lease change
+    renew_deadline: float = 10.0  # the leader gives up (exit 1) when it could not renew for this long
+    retry_period: float = 2.0  # between attempts to acquire or renew
 
 
 @dataclass(frozen=True)
@@ -47,6 +63,9 @@ class OperatorConfig:
     resync_interval: float = 300.0  # seconds between safety-net resyncs of every WorkspaceSecret
     sweep_interval: float = 600.0  # seconds between orphan sweeps at the credential providers
     providers_config: str | None = None  # YAML file naming the dynamic-credential providers (see docs/users/credentials.md)
+    # PEM CAs trusted in addition to the system store by every outgoing HTTPS client (OAuth, Vault, providers);
+    # proxies come from HTTPS_PROXY/HTTP_PROXY/NO_PROXY (runtime/http.py Egress).
+    ca_bundle_file: str | None = None
     operator_namespace: str = "workspace-secrets-system"  # where the providers' admin credential Secrets live
     webhook: WebhookConfig = field(default_factory=WebhookConfig)
     # Liveness: the probe fails once a Secret watch has been disconnected for longer than this. Not 0:
@@ -58,8 +77,14 @@ class OperatorConfig:
     priority: int = 0  # this replica's peering priority (also passed to kopf)
     peering_lifetime: int = 60  # seconds a replica's keep-alive stays valid: the failover time after a crash
     connect: ConnectConfig = field(default_factory=lambda: ConnectConfig())
-    # The process (cli.py only): logs, kopf's liveness endpoint ('' disables it), the Prometheus endpoint (port 0 disables it).
+    leader_election: LeaderElectionConfig = field(default_factory=lambda: LeaderElectionConfig())
+    # The process (cli.py only): logs, the health probes (/healthz, /readyz; "0" disables), the Prometheus endpoint
+    # ("0" disables). Bind addresses as controller-runtime's: "[HOST]:PORT", an empty HOST meaning every address.
     log_format: str = "plain"  # plain | json | full
+    log_level: str = "info"  # debug | info | warning | error
+    health_probe_bind_address: str = ":8080"
+    metrics_bind_address: str = ":9090"
+    # Deprecated spellings, kept working: kopf's --liveness URL, --metrics-port/--metrics-address.
     liveness: str = "http://0.0.0.0:8080/healthz"
     metrics_port: int = 9090
     metrics_address: str = "0.0.0.0"
@@ -104,13 +129,27 @@ def listen_address(webhook: WebhookConfig) -> str:
     return "0.0.0.0"
 
 
-def client_config(webhook: WebhookConfig) -> tuple[Callable[[str], dict[str, Any]], str]:
-    """How the API server calls the webhook: caBundle (base64) -> clientConfig, and the same said for a log line."""
+def client_config(webhook: WebhookConfig) -> tuple[Callable[[str | None], dict[str, Any]], str]:
+    """How the API server calls the webhook: caBundle (base64; None: cert-manager's) -> clientConfig, and the same
+    said for a log line."""
     if webhook.service:
         target = f"Service {'/'.join(webhook.service)}:{webhook.service_port}"
         return functools.partial(webhook_configuration.service_client_config, *webhook.service, webhook.service_port), target
     target = f"https://{webhook.host}:{webhook.port}"
     return functools.partial(webhook_configuration.url_client_config, webhook.host, webhook.port), target
+
+
+def parse_bind_address(value: str, flag: str = "bind address") -> tuple[str, int] | None:
+    """controller-runtime's bind address: "0" (or "") disables -> None; ":PORT" every address; "HOST:PORT",
+    "[IPv6]:PORT". Raises ValueError with a message naming `flag`."""
+    value = value.strip()
+    if value in ("", "0"):
+        return None
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{flag}: expected [HOST]:PORT or 0, got {value!r}")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    return host or "0.0.0.0", int(port)
 
 
 def local_base_url(port: int | None) -> str:

@@ -79,8 +79,8 @@ class OperatorProcess:
         log.flush()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "workspace_secrets", "run", "--kubeconfig", self.kubeconfig, "--verbose",
-             "--liveness", f"http://127.0.0.1:{self.port}/healthz", "--resync-interval", "20",
-             "--metrics-port", str(self.metrics_port), "--metrics-address", "127.0.0.1", *self._connect_args(), *self.extra_args],
+             "--health-probe-bind-address", f"127.0.0.1:{self.port}", "--resync-interval", "20",
+             "--metrics-bind-address", f"127.0.0.1:{self.metrics_port}", *self._connect_args(), *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env}, start_new_session=True,
         )
         log.close()

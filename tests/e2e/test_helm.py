@@ -22,6 +22,14 @@
   with them in force), and uninstall removes them.
 - Metrics and connect flags are rendered and dry-run here, but no operator runs with them
   (tests/unit/test_chart_operator_interface.py checks them against the parser).
+- The CRDs (templates behind crds.enabled/crds.keep), on a second, empty control plane where the chart owns them:
+  a fresh install, uninstall keeping or deleting them; and the upgrade from the packaged previous chart 0.3.0
+  (tests/e2e/data/charts/), whose crds/ Helm never owned: refused until the README's one-time adoption step,
+  run verbatim, after which `helm upgrade` applies the schema changes of crds/.
+- Leader election (replicaCount 2): the Lease Role, proven with the operator run on the chart's token.
+- Aggregation into view/edit/admin, attacked by an impersonated editor.
+- webhook.certManager against a stand-in of cert-manager's issuer and CA injector (see that test's docstring).
+- Everything installed on the session's cluster uses crds.enabled=false: its CRDs come from the fixtures.
 """
 
 from __future__ import annotations
@@ -35,10 +43,11 @@ import socket
 import ssl
 import subprocess
 import sys
+import tarfile
 import time
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,19 +60,23 @@ from backends import API_AUDIENCE
 from operator_process import OperatorProcess, free_port
 from workspace_secrets.api import constants as c
 from workspace_secrets.runtime.webhook.configuration import desired_webhook, service_client_config
-from devcluster.controlplane import REPO_ROOT, pinned_versions
+from devcluster.controlplane import REPO_ROOT, ControlPlane, pinned_versions
 
 CHART = REPO_ROOT / "deploy" / "helm" / "workspace-secrets-operator"
 CHART_NAME = "workspace-secrets-operator"
 KUBE_VERSION = pinned_versions()["K8S_VERSION"]  # for `helm template` (install asks the cluster)
-#: Kinds whose CRDs a bare cluster does not have (Prometheus Operator, kopf peering): template-only.
-KINDS_NEEDING_THIRD_PARTY_CRDS = {"ServiceMonitor", "KopfPeering", "ClusterKopfPeering"}
+#: Kinds whose CRDs a bare cluster does not have (Prometheus Operator, kopf peering, cert-manager): template-only.
+KINDS_NEEDING_THIRD_PARTY_CRDS = {"ServiceMonitor", "KopfPeering", "ClusterKopfPeering", "Certificate", "Issuer"}
+#: The previous chart release, packaged before 0.4.0 changed anything (CRDs in its crds/ directory).
+PREVIOUS_CHART = Path(__file__).resolve().parent / "data" / "charts" / "workspace-secrets-operator-0.3.0.tgz"
+CRD_KEEP = {"helm.sh/resource-policy": "keep"}
 #: What the API server (`User "..." cannot list resource ...`) and kopf ("Not enough permissions ...") say
 #: when RBAC refuses a request. A bare 403 is not enough: creating in a terminating namespace is a 403 too.
 RBAC_DENIED = re.compile(r"cannot [a-z]+ resource|not enough permissions", re.IGNORECASE)
 #: Cluster-scoped kinds the chart renders.
 CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration", "ClusterKopfPeering",
-                  "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding", "OAuthApplication"}
+                  "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding", "OAuthApplication",
+                  "CustomResourceDefinition"}
 OAUTH_APPLICATIONS_CRD = "oauthapplications.workspace-secrets.io"
 POLICY_SUFFIXES = ("user-isolation", "user-secret-labels", "reserved-secrets")
 #: The operator guard (policies.operatorGuard, on with the policies): binds everywhere, no parameters.
@@ -134,7 +147,7 @@ def rules_of(role: dict) -> set[tuple[str, str, str]]:
 
 
 def check_common(docs: list[dict]) -> None:
-    """What every variant must satisfy: restricted pod security, kopf's probes, JSON logs."""
+    """What every variant must satisfy: restricted pod security, the health probes, JSON logs."""
     deployment = one(docs, "Deployment")
     pod = deployment["spec"]["template"]["spec"]
     main = container(docs)
@@ -144,9 +157,11 @@ def check_common(docs: list[dict]) -> None:
     assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
     assert sc["capabilities"] == {"drop": ["ALL"]} and sc["runAsNonRoot"] is True
     assert {"name": "tmp", "mountPath": "/tmp"} in main["volumeMounts"]
-    assert "--log-format=json" in main["args"] and "--liveness=http://0.0.0.0:8080/healthz" in main["args"]
-    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+    assert "--log-format=json" in main["args"] and "--health-probe-bind-address=:8080" in main["args"]
+    assert not any(a.startswith(("--liveness", "--metrics-port")) for a in main["args"]), "deprecated flags"
+    for probe in ("startupProbe", "livenessProbe"):
         assert main[probe]["httpGet"] == {"path": "/healthz", "port": "health"}, probe
+    assert main["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
     assert {"name": "health", "containerPort": 8080, "protocol": "TCP"} in main["ports"]
     assert main["image"] == f"{CHART_NAME}:{yaml.safe_load((CHART / 'Chart.yaml').read_text())['appVersion']}"
     for doc in docs:
@@ -158,7 +173,18 @@ def check_common(docs: list[dict]) -> None:
 def _default(docs: list[dict]) -> None:
     deployment = one(docs, "Deployment")
     assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"] == {"type": "Recreate"}
-    assert not any(a.startswith(("--namespace", "--peering")) for a in container(docs)["args"])
+    assert deployment["spec"]["revisionHistoryLimit"] == 10
+    assert not any(a.startswith(("--namespace", "--peering", "--leader-elect", "--ca-bundle-file")) for a in container(docs)["args"])
+    assert "--metrics-bind-address=0" in container(docs)["args"]
+    assert not {e["name"] for e in container(docs)["env"]} & {"HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY"}
+    # The CRDs: every one of crds/, kept on uninstall.
+    crds = of_kind(docs, "CustomResourceDefinition")
+    assert sorted(d["metadata"]["name"] for d in crds) == sorted(
+        d["metadata"]["name"] for path in sorted((REPO_ROOT / "crds").glob("*.yaml")) for d in yaml.safe_load_all(path.read_text()) if d)
+    assert all(d["metadata"]["annotations"] == CRD_KEEP for d in crds)
+    # No aggregation into Kubernetes' default roles unless asked.
+    assert not [r for r in of_kind(docs, "ClusterRole") if any(k.startswith("rbac.authorization.k8s.io/aggregate")
+                                                               for k in r["metadata"]["labels"])]
     rules = rules_of(operator_role(docs))
     assert ("", "secrets", "list") in rules and ("workspace-secrets.io", "workspacesecrets/status", "patch") in rules
     assert ("apiextensions.k8s.io", "customresourcedefinitions", "watch") in rules
@@ -261,7 +287,7 @@ def _metrics(docs: list[dict]) -> None:
     monitor = one(docs, "ServiceMonitor")
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
     assert all(service["metadata"]["labels"].get(k) == v for k, v in monitor["spec"]["selector"]["matchLabels"].items())
-    assert "--metrics-port=9090" in container(docs)["args"]
+    assert "--metrics-bind-address=:9090" in container(docs)["args"]
 
 
 def _connect(docs: list[dict]) -> None:
@@ -322,6 +348,120 @@ def _network_policy(docs: list[dict]) -> None:
     assert policy["spec"]["ingress"][1]["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
 
 
+def _crds_off(docs: list[dict]) -> None:
+    assert not of_kind(docs, "CustomResourceDefinition")
+
+
+def _crds_not_kept(docs: list[dict]) -> None:
+    crds = of_kind(docs, "CustomResourceDefinition")
+    assert crds and all("annotations" not in d["metadata"] for d in crds), "crds.keep=false: uninstall deletes them"
+
+
+def _leader_election(docs: list[dict]) -> None:
+    deployment = one(docs, "Deployment")
+    # Only the leader is Ready (/readyz): a RollingUpdate could never replace it, and a PDB would block draining it.
+    assert deployment["spec"]["replicas"] == 2 and deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert not of_kind(docs, "PodDisruptionBudget")
+    args = container(docs)["args"]
+    assert [a for a in args if a.startswith("--leader-elect")] == [
+        "--leader-elect", f"--leader-election-id=wso-{CHART_NAME}", "--leader-election-namespace=wso-system",
+        "--leader-election-lease-duration=15s", "--leader-election-renew-deadline=10s", "--leader-election-retry-period=2s"]
+    assert not any(a.startswith("--peering") for a in args)
+    role = named(docs, "Role", f"wso-{CHART_NAME}-leader-election")
+    assert role["metadata"]["namespace"] == "wso-system"
+    assert rules_of(role) == {("coordination.k8s.io", f"leases#wso-{CHART_NAME}", "get"),
+                              ("coordination.k8s.io", f"leases#wso-{CHART_NAME}", "update"),
+                              ("coordination.k8s.io", "leases", "create")}, "its own Lease by name; only create unnamed"
+    binding = named(docs, "RoleBinding", f"wso-{CHART_NAME}-leader-election")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": f"wso-{CHART_NAME}", "namespace": "wso-system"}]
+    assert not {r for r in rules_of(operator_role(docs)) if r[1].startswith("leases")}, "no cluster-wide Lease rights"
+
+
+def _single_replica_no_election(docs: list[dict]) -> None:
+    assert not any(a.startswith("--leader-elect") for a in container(docs)["args"])
+    assert not of_kind(docs, "Role")
+
+
+def _security_overrides(docs: list[dict]) -> None:
+    """Overrides merge into the restricted defaults key by key; null removes a key (OpenShift's SCC assigns ids)."""
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    assert pod["securityContext"] == {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}, "fsGroupChangePolicy": "OnRootMismatch"}
+    assert container(docs)["securityContext"] == {
+        "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "Localhost", "localhostProfile": "operator.json"}}
+
+
+def _pod_extras(docs: list[dict]) -> None:
+    deployment = one(docs, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    assert deployment["spec"]["revisionHistoryLimit"] == 3
+    assert pod["topologySpreadConstraints"] == [
+        {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway",
+         "labelSelector": {"matchLabels": {"app.kubernetes.io/name": CHART_NAME, "app.kubernetes.io/instance": "wso"}}},
+        {"maxSkew": 2, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "DoNotSchedule",
+         "labelSelector": {"matchLabels": {"team": "platform"}}}]
+    assert {"name": "corp-ca", "configMap": {"name": "corp-ca"}} in pod["volumes"]
+    main = container(docs)
+    assert {"name": "corp-ca", "mountPath": "/etc/corp-ca", "readOnly": True} in main["volumeMounts"]
+    assert main["env"][-2:] == [{"name": "OLD_STYLE", "value": "1"}, {"name": "EXTRA", "value": "yes"}], "operator.extraEnv, then extraEnv"
+    template = deployment["spec"]["template"]["metadata"]
+    assert template["labels"]["team"] == "platform" and template["annotations"] == {"example.com/owner": "platform"}
+
+
+def _enterprise_network(docs: list[dict]) -> None:
+    main = container(docs)
+    assert "--ca-bundle-file=/etc/workspace-secrets-operator/ca-bundle/corporate.pem" in main["args"]
+    assert {"name": "ca-bundle", "mountPath": "/etc/workspace-secrets-operator/ca-bundle", "readOnly": True} in main["volumeMounts"]
+    volume = next(v for v in one(docs, "Deployment")["spec"]["template"]["spec"]["volumes"] if v["name"] == "ca-bundle")
+    assert volume == {"name": "ca-bundle", "configMap": {"name": "corporate-ca", "items": [{"key": "corporate.pem", "path": "corporate.pem"}]}}
+    env = {e["name"]: e.get("value") for e in main["env"]}
+    assert env["HTTPS_PROXY"] == "http://proxy.example.com:3128" and env["HTTP_PROXY"] == "http://proxy.example.com:3128"
+    assert env["NO_PROXY"] == ".example.com,10.0.0.0/8,$(KUBERNETES_SERVICE_HOST),kubernetes.default.svc", "the API server never through the proxy"
+
+
+def _aggregate_roles(docs: list[dict]) -> None:
+    view = named(docs, "ClusterRole", f"wso-{CHART_NAME}-view")
+    edit = named(docs, "ClusterRole", f"wso-{CHART_NAME}-edit")
+    aggregate = "rbac.authorization.k8s.io/aggregate-to-"
+    assert {k for k in view["metadata"]["labels"] if k.startswith(aggregate)} == {aggregate + r for r in ("view", "edit", "admin")}
+    assert {k for k in edit["metadata"]["labels"] if k.startswith(aggregate)} == {aggregate + r for r in ("edit", "admin")}
+    assert all(verb in {"get", "list", "watch"} for _, _, verb in rules_of(view))
+    # edit + view is at most the shipped users' role: nothing on status or finalizers but get, no deletecollection,
+    # no write to OAuthApplications.
+    user_role = rules_of(named(docs, "ClusterRole", f"wso-{CHART_NAME}-user"))
+    oauth_reader = rules_of(named(docs, "ClusterRole", f"wso-{CHART_NAME}-user-oauth-applications"))
+    assert rules_of(edit) | rules_of(view) <= user_role | oauth_reader, (rules_of(edit) | rules_of(view)) - user_role - oauth_reader
+
+
+def _cert_manager(docs: list[dict]) -> None:
+    """No issuerRef: a self-signed Issuer signs a CA Certificate, whose CA Issuer signs the serving certificate;
+    its Secret is the certificate directory; the operator is told the Certificate; caBundle is injected."""
+    full = f"wso-{CHART_NAME}"
+    serving = named(docs, "Certificate", f"{full}-webhook")
+    assert serving["spec"]["dnsNames"] == [f"{full}-webhook.wso-system.svc", f"{full}-webhook.wso-system.svc.cluster.local"]
+    assert serving["spec"]["issuerRef"] == {"name": f"{full}-webhook-ca", "kind": "Issuer", "group": "cert-manager.io"}
+    assert (serving["spec"]["duration"], serving["spec"]["renewBefore"]) == ("2160h", "360h")
+    ca = named(docs, "Certificate", f"{full}-webhook-ca")
+    assert ca["spec"]["isCA"] is True and ca["spec"]["issuerRef"]["name"] == f"{full}-selfsigned"
+    assert named(docs, "Issuer", f"{full}-selfsigned")["spec"] == {"selfSigned": {}}
+    assert named(docs, "Issuer", f"{full}-webhook-ca")["spec"] == {"ca": {"secretName": ca["spec"]["secretName"]}}
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "webhook-certs")
+    assert volume == {"name": "webhook-certs", "secret": {"secretName": serving["spec"]["secretName"], "defaultMode": 0o440}}
+    assert pod["securityContext"]["fsGroup"] == 65532
+    assert f"--webhook-cert-manager-certificate=wso-system/{full}-webhook" in container(docs)["args"]
+    config = one(docs, "MutatingWebhookConfiguration")
+    assert config["metadata"]["annotations"] == {"cert-manager.io/inject-ca-from": f"wso-system/{full}-webhook"}
+    assert "caBundle" not in config["webhooks"][0]["clientConfig"]
+
+
+def _cert_manager_issuer(docs: list[dict]) -> None:
+    assert [c["metadata"]["name"] for c in of_kind(docs, "Certificate")] == [f"wso-{CHART_NAME}-webhook"]
+    assert not of_kind(docs, "Issuer"), "the platform's issuer: no self-signed chain"
+    assert one(docs, "Certificate")["spec"]["issuerRef"] == {"name": "platform-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"}
+    assert one(docs, "Deployment")["spec"]["replicas"] == 2, "one certificate for every replica"
+
+
 @dataclass(frozen=True)
 class Variant:
     values: dict[str, Any]
@@ -347,6 +487,29 @@ VARIANTS: dict[str, Variant] = {
     "providers-token-only": Variant({"providers": [CLUSTER_TOKENS]}, _token_provider_only),
     "providers-aws-only": Variant({"providers": [PROVIDERS[1]]}, _aws_provider_only),
     "peering-ha": Variant({"replicaCount": 2, "peering": {"enabled": True}}, _peering),
+    "crds-off": Variant({"crds": {"enabled": False}}, _crds_off),
+    "crds-not-kept": Variant({"crds": {"keep": False}}, _crds_not_kept),
+    "leader-election-ha": Variant({"replicaCount": 2}, _leader_election),
+    "leader-election-off": Variant({"leaderElection": {"enabled": False}}, _single_replica_no_election),
+    "security-overrides": Variant({"podSecurityContext": {"runAsUser": None, "runAsGroup": None, "fsGroupChangePolicy": "OnRootMismatch"},
+                                   "securityContext": {"seccompProfile": {"type": "Localhost", "localhostProfile": "operator.json"}}},
+                                  _security_overrides),
+    "pod-extras": Variant({"revisionHistoryLimit": 3, "podLabels": {"team": "platform"}, "podAnnotations": {"example.com/owner": "platform"},
+                           "topologySpreadConstraints": [
+                               {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway"},
+                               {"maxSkew": 2, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "DoNotSchedule",
+                                "labelSelector": {"matchLabels": {"team": "platform"}}}],
+                           "extraVolumes": [{"name": "corp-ca", "configMap": {"name": "corp-ca"}}],
+                           "extraVolumeMounts": [{"name": "corp-ca", "mountPath": "/etc/corp-ca", "readOnly": True}],
+                           "operator": {"extraEnv": [{"name": "OLD_STYLE", "value": "1"}]},
+                           "extraEnv": [{"name": "EXTRA", "value": "yes"}]}, _pod_extras),
+    "enterprise-network": Variant({"trustedCABundle": {"configMap": {"name": "corporate-ca", "key": "corporate.pem"}},
+                                   "proxy": {"httpsProxy": "http://proxy.example.com:3128", "httpProxy": "http://proxy.example.com:3128",
+                                             "noProxy": ".example.com,10.0.0.0/8"}}, _enterprise_network),
+    "aggregate-roles": Variant({"rbac": {"aggregateToDefaultRoles": True}}, _aggregate_roles),
+    "cert-manager": Variant({"webhook": {"enabled": True, "certManager": {"enabled": True}}}, _cert_manager),
+    "cert-manager-issuer-ha": Variant({"replicaCount": 2, "webhook": {"enabled": True, "certManager": {
+        "enabled": True, "issuerRef": {"name": "platform-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"}}}}, _cert_manager_issuer),
     "network-policy": Variant({"networkPolicy": {"enabled": True, "metricsFrom": [
         {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]},
         "metrics": {"enabled": True}}, _network_policy),
@@ -382,11 +545,16 @@ def test_lint_strict_and_template(cluster, name: str) -> None:
         ({"connect": {"applications": [{"name": "github", "type": "github", "clientSecretRef": {"name": "github-oauth"}}]}},
          "at '/connect/applications/0': missing property 'allowedNamespaces'"),
         ({"policies": {"platformUsers": "system:serviceaccount:coder:coder"}}, "at '/policies/platformUsers'"),
+        ({"crds": {"enable": False}}, "at '/crds': additional properties 'enable' not allowed"),
+        ({"webhook": {"certManager": {"issuer": {"name": "ca"}}}}, "at '/webhook/certManager': additional properties 'issuer' not allowed"),
+        ({"proxy": {"httpsProxy": "proxy.example.com:3128"}}, "at '/proxy/httpsProxy'"),
+        ({"leaderElection": {"enabled": "yes"}}, "at '/leaderElection/enabled'"),
     ],
     ids=["top-level-typo", "nested-typo", "inline-credentials", "wrong-type", "bad-enum", "bad-namespace-name",
          "unknown-provider-type", "bad-provider-name", "bad-credentials-secret-name", "provider-without-name",
          "old-providers-map", "operator-owned-webhook-field", "removed-oauth-client-secrets",
-         "application-without-allowed-namespaces", "platform-users-not-a-list"],
+         "application-without-allowed-namespaces", "platform-users-not-a-list", "crds-typo", "cert-manager-typo",
+         "proxy-without-scheme", "leader-election-not-a-boolean"],
 )
 def test_values_schema_rejects_mistakes(cluster, values: dict, message: str) -> None:
     result = cluster.helm("template", "wso", str(CHART), "--kube-version", KUBE_VERSION, "-f", "-",
@@ -398,9 +566,14 @@ def test_values_schema_rejects_mistakes(cluster, values: dict, message: str) -> 
 @pytest.mark.parametrize(
     "values,message",
     [
-        ({"replicaCount": 2}, "replicaCount > 1 needs peering.enabled=true"),
-        ({"replicaCount": 2, "peering": {"enabled": True}, "webhook": {"enabled": True}},
-         "replicaCount > 1 with webhook.enabled needs webhook.certSecret"),
+        ({"replicaCount": 2, "leaderElection": {"enabled": False}}, "replicaCount > 1 needs leader election"),
+        ({"replicaCount": 2, "webhook": {"enabled": True}},
+         "replicaCount > 1 with webhook.enabled needs webhook.certManager.enabled or webhook.certSecret"),
+        ({"leaderElection": {"enabled": True}, "peering": {"enabled": True}}, "leaderElection.enabled and peering.enabled exclude each other"),
+        ({"webhook": {"enabled": True, "certSecret": "tls", "certManager": {"enabled": True}}},
+         "webhook.certManager.enabled and webhook.certSecret exclude each other"),
+        ({"webhook": {"certManager": {"enabled": True}}}, "webhook.certManager.enabled needs webhook.enabled"),
+        ({"rbac": {"aggregateToDefaultRoles": True}, "policies": {"enabled": False}}, "rbac.aggregateToDefaultRoles needs policies.enabled"),
         ({"connect": {"enabled": True}}, "connect.publicURL is required with connect.enabled"),
         ({"providers": [CLUSTER_TOKENS, {"name": "cluster-tokens", "type": "aws-iam"}]},
          'providers: the name "cluster-tokens" is used twice'),
@@ -409,7 +582,8 @@ def test_values_schema_rejects_mistakes(cluster, values: dict, message: str) -> 
         ({"connect": {"applications": [{"name": "gh", "type": "github", "allowedNamespaces": ["*"]}]}},
          'connect.applications: "gh" (type github) needs clientSecretRef'),
     ],
-    ids=["several-replicas-need-peering", "ha-webhook-needs-a-shared-certificate", "connect-needs-a-public-url",
+    ids=["several-replicas-need-leader-election", "ha-webhook-needs-a-shared-certificate", "election-or-peering",
+         "one-certificate-source", "cert-manager-needs-the-webhook", "aggregation-needs-the-policies", "connect-needs-a-public-url",
          "duplicate-provider-name", "user-header-needs-trusted-proxies", "application-needs-client-secret"],
 )
 def test_inconsistent_values_are_refused(cluster, values: dict, message: str) -> None:
@@ -447,12 +621,17 @@ def test_rendered_manifests_pass_server_side_dry_run(cluster, scratch_namespaces
     values = json.loads(json.dumps(VARIANTS[name].values))
     if "watchNamespaces" in values:
         values["watchNamespaces"] = [scratch_namespaces[n] for n in values["watchNamespaces"]]
+    # The session's CRDs are already installed (from crds/, not by Helm): the fresh-cluster tests below install
+    # the chart's own.
+    values.setdefault("crds", {})["enabled"] = False
     docs = render(cluster, values, namespace=scratch_namespaces["release"], release=f"dry-{name}")
     if of_kind(docs, "OAuthApplication"):
         assert OAUTH_APPLICATIONS_CRD in cluster.crd_names, "crds/ has no OAuthApplication CRD"
     servable = [d for d in docs if d["kind"] not in KINDS_NEEDING_THIRD_PARTY_CRDS]
     skipped = sorted(d["kind"] for d in docs if d["kind"] in KINDS_NEEDING_THIRD_PARTY_CRDS)
-    assert skipped == {"metrics": ["ServiceMonitor"], "peering-ha": ["ClusterKopfPeering"], "webhook-ha": ["ClusterKopfPeering"]}.get(name, [])
+    assert skipped == {"metrics": ["ServiceMonitor"], "peering-ha": ["ClusterKopfPeering"], "webhook-ha": ["ClusterKopfPeering"],
+                       "cert-manager": ["Certificate", "Certificate", "Issuer", "Issuer"],
+                       "cert-manager-issuer-ha": ["Certificate"]}.get(name, [])
     result = cluster.kubectl("apply", "--dry-run=server", "-o", "name", "-f", "-", input=yaml.safe_dump_all(servable))
     assert len(result.stdout.split()) == len(servable), result.stdout
     assert "Warning" not in result.stderr, result.stderr  # e.g. a Pod Security warning on the Deployment
@@ -466,9 +645,11 @@ class Release:
     kubeconfig: Path  # holds only a TokenRequest token of the ServiceAccount
 
 
-def helm_install(cluster, release: str, namespace: str, values: dict[str, Any]) -> None:
-    # No --wait: there is no kubelet, so the operator's pod stays Pending forever.
-    cluster.helm("install", release, str(CHART), "--namespace", namespace, "-f", "-", input=json.dumps(values))
+def helm_install(cluster, release: str, namespace: str, values: dict[str, Any], chart: Path = CHART) -> None:
+    """No --wait: there is no kubelet, so the operator's pod stays Pending forever. crds.enabled defaults to false
+    here: the session's CRDs were applied from crds/ by the fixtures, not by a release (see test_crds_* below)."""
+    values = {**values, "crds": {"enabled": False, **values.get("crds", {})}}
+    cluster.helm("install", release, str(chart), "--namespace", namespace, "-f", "-", input=json.dumps(values))
 
 
 def token_kubeconfig(cluster, namespace: str, service_account: str, path: Path) -> Path:
@@ -507,7 +688,7 @@ def assert_permissions(cluster, kubeconfig: Path, *, allowed: list[str], denied:
 
 def chart_operator_args(cluster, release: Release, workdir: Path) -> list[str]:
     """The operator flags of the installed chart's Deployment, for an operator run out of cluster. Only what
-    points into the pod is adapted: --liveness (the test process picks a free local port), the providers
+    points into the pod is adapted: --health-probe-bind-address (dropped: OperatorProcess picks its own), the providers
     file (the release's own ConfigMap content, written to a local file), the webhook's certificate
     directory (a local directory instead of the emptyDir), port (a free one) and listen address (loopback)."""
     deployment = json.loads(cluster.kubectl("get", "deployment", f"{release.name}-{CHART_NAME}",
@@ -516,8 +697,8 @@ def chart_operator_args(cluster, release: Release, workdir: Path) -> list[str]:
     local: list[str] = []
     for arg in args:
         flag, _, value = arg.partition("=")
-        if flag == "--liveness":
-            continue
+        if flag == "--health-probe-bind-address":
+            continue  # OperatorProcess serves (and polls) its own health port
         if flag == "--providers-config":
             config_map = json.loads(cluster.kubectl("get", "configmap", f"{release.name}-{CHART_NAME}-providers",
                                                     "-n", release.namespace, "-o", "json").stdout)
@@ -944,3 +1125,388 @@ def test_uninstall_removes_everything_but_the_crds(cluster) -> None:
     finally:
         cluster.helm("uninstall", name, "--namespace", namespace, check=False)
         _delete_namespaces(cluster, namespace)
+
+
+# --- the CRDs: install, upgrade from the previous chart, uninstall ------------------------------------------
+@pytest.fixture
+def bare_cluster(cluster, tmp_path) -> Iterator[Any]:
+    """A second local control plane with no CRD at all (the session's has crds/ applied by the fixtures, not
+    by a release): here the chart owns the CRDs, as in a real cluster. About 10 s to start."""
+    if cluster.external:
+        pytest.skip("needs the local control plane binaries (a second, empty cluster)")
+    plane = ControlPlane(bin_dir=cluster.control_plane.bin_dir).start()
+    scratch = tmp_path / "bare-home"
+    scratch.mkdir()
+    try:
+        yield replace(cluster, kubeconfig=plane.kubeconfig, scratch=scratch, control_plane=plane, crd_names=[])
+    finally:
+        plane.stop()
+
+
+def _schema_paths(docs: list[dict]) -> set[str]:
+    """Every property of every CRD's schema, as '<crd>/<version>:<dotted path>'."""
+    paths: set[str] = set()
+
+    def walk(prefix: str, node: dict) -> None:
+        for key, child in (node.get("properties") or {}).items():
+            paths.add(f"{prefix}.{key}" if not prefix.endswith(":") else f"{prefix}{key}")
+            walk(f"{prefix}.{key}" if not prefix.endswith(":") else f"{prefix}{key}", child)
+        if isinstance(node.get("items"), dict):
+            walk(f"{prefix}[]" if not prefix.endswith(":") else prefix, node["items"])
+
+    for doc in docs:
+        for version in doc["spec"]["versions"]:
+            walk(f"{doc['metadata']['name']}/{version['name']}:", version["schema"]["openAPIV3Schema"])
+    return paths
+
+
+def _previous_chart_crds() -> list[dict]:
+    with tarfile.open(PREVIOUS_CHART) as archive:
+        members = [m for m in archive.getmembers() if "/crds/" in m.name and m.name.endswith(".yaml")]
+        assert members, "the 0.3.0 package has no crds/"
+        return [d for m in members for d in yaml.safe_load_all(archive.extractfile(m).read()) if d]
+
+
+def _repository_crds() -> list[dict]:
+    return [d for path in sorted((REPO_ROOT / "crds").glob("*.yaml")) for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def _live_crds(cluster) -> dict[str, dict]:
+    items = json.loads(cluster.kubectl("get", "crd", "-o", "json").stdout)["items"]
+    return {i["metadata"]["name"]: i for i in items}
+
+
+def _readme_script(marker: str) -> str:
+    """A shell block of the chart README, exactly as documented (between <!-- marker --> and <!-- /marker -->)."""
+    readme = (CHART / "README.md").read_text()
+    block = re.search(rf"<!-- {marker} -->\s*```sh\n(.*?)```\s*<!-- /{marker} -->", readme, re.DOTALL)
+    assert block, f"the chart README has a shell block between <!-- {marker} --> markers"
+    return block[1]
+
+
+def _run_readme_script(cluster, marker: str, **env: str) -> None:
+    """Run it with bash from the repository root (the README's chart path), the pinned kubectl and helm first on PATH."""
+    result = subprocess.run(["bash", "-euo", "pipefail", "-c", _readme_script(marker)], capture_output=True, text=True, timeout=120,
+                            cwd=REPO_ROOT, env={**cluster.env(), **env}, check=False)
+    assert result.returncode == 0, f"README block {marker} failed:\n{result.stderr[-3000:]}"
+
+
+@pytest.mark.timeout(300)
+def test_upgrade_from_0_3_0_adopts_and_upgrades_the_crds(bare_cluster) -> None:
+    """0.3.0 installed its CRDs from crds/ (Helm never owned or upgraded them). After the README's one-time
+    adoption step (Helm's ownership label and annotations), `helm upgrade` to this chart owns the CRDs and
+    applies their changes; `helm uninstall` then keeps them (crds.keep)."""
+    cluster, name, namespace = bare_cluster, "wso", "wso-system"
+    cluster.kubectl("create", "namespace", namespace)
+    old_crds, new_crds = _previous_chart_crds(), _repository_crds()
+    added = _schema_paths(new_crds) - _schema_paths(old_crds)
+    assert added, "crds/ has no schema change since chart 0.3.0: nothing for the upgrade to prove"
+    assert {d["metadata"]["name"] for d in new_crds} >= {d["metadata"]["name"] for d in old_crds}
+
+    cluster.helm("install", name, str(PREVIOUS_CHART), "--namespace", namespace)
+    live = _live_crds(cluster)
+    assert set(live) == {d["metadata"]["name"] for d in old_crds}
+    assert not _schema_paths(live.values()) & added, "0.3.0's schemas already have the new properties"
+    assert all("meta.helm.sh/release-name" not in (c["metadata"].get("annotations") or {}) for c in live.values()), \
+        "Helm's crds/ directory does not make the release own the CRDs"
+
+    # Without the adoption step Helm refuses to take over objects it did not create (and changes nothing).
+    refused = cluster.helm("upgrade", name, str(CHART), "--namespace", namespace, check=False)
+    assert refused.returncode != 0 and "invalid ownership metadata" in refused.stderr, refused.stderr
+    assert not _schema_paths(_live_crds(cluster).values()) & added
+
+    # The README's procedure, run as written: the adoption, then its upgrade command.
+    _run_readme_script(cluster, "crd-adoption", RELEASE=name, NAMESPACE=namespace)
+    _run_readme_script(cluster, "crd-adoption-upgrade", RELEASE=name, NAMESPACE=namespace)
+    chart_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["version"]
+    [listed] = json.loads(cluster.helm("list", "-n", namespace, "-o", "json").stdout)
+    assert (listed["status"], listed["revision"], listed["chart"]) == ("deployed", "2", f"{CHART_NAME}-{chart_version}"), listed
+    # The values added since 0.3.0 took the new chart's defaults (e.g. the probes on /readyz, the CRDs kept).
+    deployment = json.loads(cluster.kubectl("get", "deployment", f"{name}-{CHART_NAME}", "-n", namespace, "-o", "json").stdout)
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["path"] == "/readyz"
+
+    live = _live_crds(cluster)
+    assert set(live) == {d["metadata"]["name"] for d in new_crds}
+    assert added <= _schema_paths(live.values()), sorted(added - _schema_paths(live.values()))
+    for doc in new_crds:
+        crd = live[doc["metadata"]["name"]]
+        assert [v["schema"] for v in crd["spec"]["versions"]] == [v["schema"] for v in doc["spec"]["versions"]], doc["metadata"]["name"]
+        assert crd["metadata"]["annotations"]["meta.helm.sh/release-name"] == name
+        assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+        assert crd["metadata"]["labels"]["helm.sh/chart"] == f"{CHART_NAME}-{chart_version}"
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", *(f"crd/{n}" for n in live))
+
+    cluster.helm("uninstall", name, "--namespace", namespace)
+    assert set(_live_crds(cluster)) == set(live), "crds.keep: uninstall leaves the CRDs"
+
+
+@pytest.mark.timeout(300)
+def test_fresh_install_owns_the_crds_and_keep_decides_uninstall(bare_cluster) -> None:
+    """On a cluster without them the chart installs the CRDs; uninstall keeps them by default; with
+    crds.keep=false it deletes them. Helm maps every object of a release before creating any, so the very first
+    install cannot also create OAuthApplications (connect.applications): it fails with Helm's own "ensure CRDs
+    are installed first", changing nothing, and the README says to add them with the next upgrade -- shown here."""
+    cluster, name, namespace = bare_cluster, "wso", "wso-system"
+    cluster.kubectl("create", "namespace", namespace)
+    expected = {d["metadata"]["name"] for d in _repository_crds()}
+    values = {"connect": {"applications": [GITHUB_APPLICATION]}}
+    first = cluster.helm("install", name, str(CHART), "--namespace", namespace, "-f", "-", input=json.dumps(values), check=False)
+    assert first.returncode != 0 and "ensure CRDs are installed first" in first.stderr, first.stderr
+    assert not set(_live_crds(cluster)) and cluster.helm("list", "-n", namespace, "-q").stdout.strip() == ""
+    cluster.helm("install", name, str(CHART), "--namespace", namespace)
+    assert set(_live_crds(cluster)) == expected
+    cluster.helm("upgrade", name, str(CHART), "--namespace", namespace, "-f", "-", input=json.dumps(values))
+    cluster.kubectl("get", "oauthapplications.workspace-secrets.io", "github")
+    cluster.helm("uninstall", name, "--namespace", namespace)
+    assert set(_live_crds(cluster)) == expected, "crds.keep (the default): uninstall leaves the CRDs"
+
+    # Installed again (the kept CRDs carry this release's name: Helm takes them back), then upgraded to not keep them.
+    cluster.helm("install", name, str(CHART), "--namespace", namespace)
+    cluster.helm("upgrade", name, str(CHART), "--namespace", namespace, "--set", "crds.keep=false")
+    assert all("helm.sh/resource-policy" not in (c["metadata"].get("annotations") or {}) for c in _live_crds(cluster).values())
+    cluster.helm("uninstall", name, "--namespace", namespace, "--wait", "--timeout", "60s")
+    wait_for(lambda: not (set(_live_crds(cluster)) & expected), timeout=60, what="the CRDs deleted with crds.keep=false")
+
+
+# --- aggregation into Kubernetes' default roles: what a namespace editor gains, and what not ------------------
+@pytest.mark.timeout(180)
+def test_aggregated_edit_gives_editors_the_users_role_and_no_more(cluster, scratch_namespaces) -> None:
+    """rbac.aggregateToDefaultRoles, attacked: alice and bob hold Kubernetes' own `edit` in a shared namespace,
+    carol `view`. The aggregated rules reach them (no role of ours is bound), and alice, as an attacker, gets no
+    more than the shipped users' role: another user's WorkspaceSecret or UserToken is refused by the policies
+    (create, edit, delete), status and finalizers are RBAC-forbidden (the policies do not see subresources),
+    deletecollection too, OAuthApplications read-only. carol reads, and writes nothing."""
+    release_ns = scratch_namespaces["release"]
+    ns = _create_namespace(cluster, "wso-e2e-agg-")
+    name = "wso-agg"
+    try:
+        helm_install(cluster, name, release_ns, {"rbac": {"aggregateToDefaultRoles": True},
+                                                 "policies": {"platformGroups": [f"system:serviceaccounts:{release_ns}"]}})
+        cluster.kubectl("create", "rolebinding", "editors", "-n", ns, "--clusterrole=edit", "--user=alice", "--user=bob")
+        cluster.kubectl("create", "rolebinding", "viewers", "-n", ns, "--clusterrole=view", "--user=carol")
+
+        def can(user: str, *query: str) -> bool:
+            result = cluster.kubectl("auth", "can-i", f"--as={user}", "-n", ns, *query, check=False)
+            assert result.stdout.strip() in {"yes", "no"}, result.stderr
+            return result.stdout.strip() == "yes"
+
+        ws_kind, ut_kind = "workspacesecrets.workspace-secrets.io", "usertokens.workspace-secrets.io"
+        wait_for(lambda: can("alice", "create", ws_kind) and can("carol", "list", ut_kind), timeout=30,
+                 what="the aggregation controller to extend edit and view")
+        for verb in ("create", "update", "patch", "delete", "get", "list", "watch"):
+            assert can("alice", verb, ws_kind) and can("alice", verb, ut_kind), verb
+        for query in (f"patch {ws_kind} --subresource=status", f"update {ut_kind} --subresource=status",
+                      f"update {ws_kind} --subresource=finalizers", f"deletecollection {ws_kind}", f"deletecollection {ut_kind}",
+                      "create oauthapplications.workspace-secrets.io", "patch oauthapplications.workspace-secrets.io"):
+            assert not can("alice", *query.split()), f"edit must not allow: {query}"
+        for verb in ("create", "update", "patch", "delete"):
+            assert not can("carol", verb, ws_kind) and not can("carol", verb, ut_kind), verb
+        assert can("carol", "get", ws_kind) and can("carol", "get", f"{ws_kind}", "--subresource=status")
+
+        def as_user(user: str, *args: str, manifest: dict | None = None) -> subprocess.CompletedProcess[str]:
+            return cluster.kubectl(f"--as={user}", "-n", ns, *args, input=json.dumps(manifest) if manifest else None, check=False)
+
+        def ws(owner: str) -> dict:
+            return {"apiVersion": c.API_VERSION, "kind": c.WORKSPACE_SECRET_KIND, "metadata": {"name": f"of-{owner}"},
+                    "spec": {"user": owner, "workspaceRef": {"kind": "Pod", "name": "none"}}}
+
+        # The module's cluster-wide release (when its fixture ran) has the same policies: either may answer first.
+        isolation = re.compile(rf"ValidatingAdmissionPolicy '(?:{name}|wso)-{CHART_NAME}-user-isolation'")
+        refusal = wait_for(lambda: (r := as_user("alice", "create", "--dry-run=server", "-f", "-", manifest=ws("bob"))).returncode != 0
+                           and isolation.search(r.stderr) and r, timeout=30, what="the policies to refuse alice a WorkspaceSecret for bob")
+        assert "may not create a WorkspaceSecret for user 'bob'" in refusal.stderr
+        assert as_user("alice", "create", "--dry-run=server", "-f", "-", manifest=ws("alice")).returncode == 0
+        # bob's own object, then alice's attempts on it: take it over, delete it, forge its status.
+        assert as_user("bob", "create", "-f", "-", manifest=ws("bob")).returncode == 0
+        before = json.loads(cluster.kubectl("get", ws_kind, "of-bob", "-n", ns, "-o", "json").stdout)
+        # spec.user and spec.workspaceRef are immutable (the CRD); any other edit of bob's object is the policies' to refuse.
+        takeover = as_user("alice", "patch", ws_kind, "of-bob", "--type=merge",
+                           "-p", '{"metadata":{"annotations":{"workspace-secrets.io/abandon-cleanup":"true"}}}')
+        assert takeover.returncode != 0 and isolation.search(takeover.stderr), takeover.stderr
+        deleted = as_user("alice", "delete", ws_kind, "of-bob")
+        assert deleted.returncode != 0 and isolation.search(deleted.stderr), deleted.stderr
+        forged = as_user("alice", "patch", ws_kind, "of-bob", "--subresource=status", "--type=merge",
+                         "-p", '{"status":{"conditions":[{"type":"Ready","status":"True","reason":"Forged","message":"x","lastTransitionTime":"2026-01-01T00:00:00Z"}]}}')
+        assert forged.returncode != 0 and RBAC_DENIED.search(forged.stderr), forged.stderr
+        wiped = as_user("alice", "delete", ws_kind, "--all")
+        assert wiped.returncode != 0, "deletecollection / delete of bob's object"
+        after = json.loads(cluster.kubectl("get", ws_kind, "of-bob", "-n", ns, "-o", "json").stdout)
+        assert after["metadata"]["uid"] == before["metadata"]["uid"] and after["spec"] == before["spec"], "bob lost nothing"
+        assert (after.get("status") or {}) == (before.get("status") or {}) or "Forged" not in json.dumps(after.get("status"))
+
+        cluster.helm("uninstall", name, "--namespace", release_ns)
+        wait_for(lambda: not can("alice", "create", ws_kind), timeout=30, what="edit to lose our kinds after uninstall")
+    finally:
+        cluster.helm("uninstall", name, "--namespace", release_ns, check=False)
+        cluster.kubectl("delete", "configmap", f"{name}-{CHART_NAME}-tenancy", "-n", release_ns, "--ignore-not-found", check=False)
+        _delete_namespaces(cluster, ns)
+
+
+# --- leader election: the chart's flags and Lease RBAC, with the operator run on the chart's token -------------
+@pytest.mark.timeout(180)
+def test_leader_election_runs_with_the_chart_flags_and_lease_rbac(cluster, scratch_namespaces, shared_operator_paused, tmp_path) -> None:
+    """replicaCount 2: the chart turns leader election on, with a Role on exactly its Lease in the release
+    namespace; the operator, run out of cluster with the chart's flags and only the chart ServiceAccount's token,
+    takes the Lease, reconciles, and releases it on a graceful stop; nothing it asks is refused."""
+    namespace, name = scratch_namespaces["release"], "wso-le"
+    lease = f"{name}-{CHART_NAME}"
+    other = scratch_namespaces["team-a"]
+    try:
+        helm_install(cluster, name, namespace, {"replicaCount": 2, "policies": {"enabled": False}})
+        release = Release(name, namespace, f"{name}-{CHART_NAME}",
+                          token_kubeconfig(cluster, namespace, f"{name}-{CHART_NAME}", tmp_path / "kubeconfig"))
+        leases = "leases.coordination.k8s.io"
+        assert_permissions(
+            cluster, release.kubeconfig,
+            allowed=[f"get {leases}/{lease} -n {namespace}", f"update {leases}/{lease} -n {namespace}", f"create {leases} -n {namespace}"],
+            denied=[f"get {leases}/other -n {namespace}", f"update {leases}/other -n {namespace}", f"delete {leases}/{lease} -n {namespace}",
+                    f"patch {leases}/{lease} -n {namespace}", f"list {leases} -n {namespace}", f"create {leases} -n {other}",
+                    f"get {leases}/{lease} -n {other}", f"get {leases}/kube-controller-manager -n kube-system"],
+        )
+        args = chart_operator_args(cluster, release, tmp_path)
+        assert "--leader-elect" in args and flag_value(args, "--leader-election-id") == lease
+        operator = OperatorProcess(str(release.kubeconfig), tmp_path / "operator", *args)
+        operator.start()
+        try:
+            held = wait_for(lambda: (spec := json.loads(cluster.kubectl("get", leases, lease, "-n", namespace, "-o", "json",
+                                                                          check=False).stdout or "{}").get("spec", {})).get("holderIdentity") and spec,
+                            timeout=30, what="the operator to hold the chart's Lease")
+            assert held["leaseDurationSeconds"] == 15
+            with cluster.api_client() as api_client:
+                api = Api(api_client)
+                ns = other
+                api.create_deployment(ns, "ws-le", user="lee")
+                api.create_ws(ns, "le", {"user": "lee", "workspaceRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "ws-le"}})
+                api.wait_condition(ns, "le")
+        finally:
+            operator.stop()
+        released = json.loads(cluster.kubectl("get", leases, lease, "-n", namespace, "-o", "json").stdout)["spec"]
+        assert not released.get("holderIdentity"), "a graceful stop releases the Lease"
+        assert refused_requests(operator.log_text()) == [], "the operator was refused requests with the chart's RBAC"
+    finally:
+        cluster.helm("uninstall", name, "--namespace", namespace, check=False)
+
+
+# --- the webhook's certificate from cert-manager --------------------------------------------------------------
+#: Just enough of cert-manager's API for the API server to store the chart's Issuers and Certificates.
+CERT_MANAGER_STAND_IN_CRDS = [
+    {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+     "metadata": {"name": f"{plural}.cert-manager.io"},
+     "spec": {"group": "cert-manager.io", "scope": "Namespaced",
+              "names": {"kind": kind, "plural": plural, "singular": kind.lower(), "listKind": f"{kind}List"},
+              "versions": [{"name": "v1", "served": True, "storage": True,
+                            "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}}]}}
+    for kind, plural in (("Certificate", "certificates"), ("Issuer", "issuers"))]
+
+
+def _pem_ca_and_serving(dns_names: list[str]) -> tuple[bytes, bytes, bytes]:
+    """(CA certificate, serving certificate, serving key) PEM: what cert-manager's CA Issuer would write."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "stand-in cert-manager CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+                                       key_encipherment=False, data_encipherment=False, key_agreement=False,
+                                       encipher_only=False, decipher_only=False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    serving = (x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(ca_name).public_key(key.public_key())
+               .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+               .not_valid_after(now + datetime.timedelta(hours=2))
+               .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names]), critical=True)
+               .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+               .sign(ca_key, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    return (ca.public_bytes(pem), serving.public_bytes(pem),
+            key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+
+
+@pytest.mark.timeout(300)
+def test_webhook_certificate_from_cert_manager(bare_cluster, tmp_path) -> None:
+    """webhook.certManager with the chart's self-signed chain, on a stand-in of cert-manager: building the real
+    cert-manager (controller, cainjector, webhook and their dependencies) from the Go module proxy is not cheap
+    enough here, so the test plays cert-manager's part of the contract itself, as documented by cert-manager:
+      - its CA Issuer writes the Certificate's Secret (spec.secretName) with tls.crt for spec.dnsNames, tls.key and
+        ca.crt, which the chart mounts as the operator's certificate directory (here: the same files, locally);
+      - its cainjector copies ca.crt of the Certificate named by the annotation cert-manager.io/inject-ca-from into
+        the caBundle of every webhook of the annotated MutatingWebhookConfiguration.
+    Everything else is real: the chart's objects on the API server, the operator run with the chart's flags and
+    only the chart ServiceAccount's token. The operator keeps the annotation, never writes caBundle (not even a
+    stale one), and serves TLS that verifies with the injected CA for the Service's name."""
+    cluster, name, namespace = bare_cluster, "wso-cm", "wso-system"
+    cluster.kubectl("create", "namespace", namespace)
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(CERT_MANAGER_STAND_IN_CRDS))
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/certificates.cert-manager.io", "crd/issuers.cert-manager.io")
+    full = f"{name}-{CHART_NAME}"
+    config_name, mwc = f"{full}-webhook", "mutatingwebhookconfigurations.admissionregistration.k8s.io"
+    cluster.helm("install", name, str(CHART), "--namespace", namespace, "-f", "-",
+                 input=json.dumps({"webhook": {"enabled": True, "certManager": {"enabled": True}}, "policies": {"enabled": False}}))
+
+    def live() -> dict:
+        return json.loads(cluster.kubectl("get", mwc, config_name, "-o", "json").stdout)
+
+    # cert-manager's part: issue the serving certificate into its Secret, inject the CA.
+    certificate = json.loads(cluster.kubectl("get", "certificates.cert-manager.io", config_name, "-n", namespace, "-o", "json").stdout)
+    ca_pem, cert_pem, key_pem = _pem_ca_and_serving(certificate["spec"]["dnsNames"])
+    secret = {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+              "metadata": {"name": certificate["spec"]["secretName"], "namespace": namespace},
+              "data": {k: base64.b64encode(v).decode() for k, v in (("tls.crt", cert_pem), ("tls.key", key_pem), ("ca.crt", ca_pem))}}
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(secret))
+    annotation = live()["metadata"]["annotations"]["cert-manager.io/inject-ca-from"]
+    assert annotation == f"{namespace}/{certificate['metadata']['name']}", "the chart names its Certificate"
+    injected = base64.b64encode(ca_pem).decode()
+    cluster.kubectl("patch", mwc, config_name, "--type=json",
+                    "-p", json.dumps([{"op": "add", "path": "/webhooks/0/clientConfig/caBundle", "value": injected}]))
+
+    release = Release(name, namespace, full, token_kubeconfig(cluster, namespace, full, tmp_path / "kubeconfig"))
+    args = chart_operator_args(cluster, release, tmp_path) + ["--resync-interval=2"]
+    assert flag_value(args, "--webhook-cert-manager-certificate") == annotation
+    cert_dir = Path(flag_value(args, "--webhook-cert-dir"))
+    cert_dir.mkdir(parents=True, exist_ok=True)
+    for file_name, content in (("tls.crt", cert_pem), ("tls.key", key_pem), ("ca.crt", ca_pem)):
+        (cert_dir / file_name).write_bytes(content)
+        (cert_dir / file_name).chmod(0o600)
+    operator = OperatorProcess(str(release.kubeconfig), tmp_path / "operator", *args)
+    operator.start()
+    try:
+        before = live()
+        time.sleep(5)  # two and a half resyncs
+        settled = live()
+        assert settled["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"], "the operator rewrote cert-manager's configuration"
+        assert settled["webhooks"][0]["clientConfig"]["caBundle"] == injected
+        assert settled["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == annotation
+
+        hook = settled["webhooks"][0]
+        service = hook["clientConfig"]["service"]
+        review = admission_review(f"{service['name']}.{service['namespace']}.svc", int(flag_value(args, "--webhook-port")),
+                                  service["path"], ca_pem.decode(), namespace, "no-such-workspace")
+        assert review["response"]["allowed"] is False
+        assert "WorkspaceSecret 'no-such-workspace' does not exist" in review["response"]["status"]["message"]
+
+        # A caBundle that is not the operator's to fix: removed (cert-manager's cainjector will put it back) --
+        # the operator leaves it alone, and puts back only what it owns, e.g. the annotation.
+        cluster.kubectl("patch", mwc, config_name, "--type=json", "-p", json.dumps([
+            {"op": "remove", "path": "/webhooks/0/clientConfig/caBundle"},
+            {"op": "remove", "path": "/metadata/annotations/cert-manager.io~1inject-ca-from"}]))
+        repaired = wait_for(lambda: (c := live())["metadata"].get("annotations", {}).get("cert-manager.io/inject-ca-from") and c,
+                            timeout=20, what="the operator to restore the inject-ca-from annotation")
+        assert repaired["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == annotation
+        time.sleep(5)
+        assert "caBundle" not in live()["webhooks"][0]["clientConfig"], "the operator wrote a caBundle although cert-manager injects it"
+    finally:
+        operator.stop()
+    log = operator.log_text()
+    assert refused_requests(log) == [], "the operator was refused requests with the chart's RBAC"
+    assert "caBundle injected by cert-manager" in log
+    cluster.helm("uninstall", name, "--namespace", namespace)

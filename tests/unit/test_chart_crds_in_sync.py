@@ -1,49 +1,117 @@
-"""The Helm chart ships copies of the CRDs; the single source of truth is the top-level crds/.
+"""The Helm chart's CRD templates are generated from the top-level crds/, the single source of truth.
 
-Helm installs only what is in the chart's own crds/ directory, so the chart carries byte-for-byte copies
-of every file in crds/. This test fails if the two directories drift (a file added, removed or edited on
-one side only). Fix a failure with: make chart-crds
+The chart renders the CRDs as templates (templates/crds/, behind crds.enabled) so that `helm upgrade` applies
+schema changes; tools/chart_crds.py (`make chart-crds`) writes them from crds/. This test fails if the
+committed templates drift from what the generator makes of crds/ (a file added, removed or edited on one side
+only), and checks the generator itself: the rendered CRD is the source CRD plus the chart's labels and the keep
+annotation, nothing else. Fix a failure with: make chart-crds
 """
 
 from __future__ import annotations
 
+import importlib.util
+import re
 import shutil
+import sys
 from pathlib import Path
+from types import ModuleType
 
-CHART_CRDS = Path("deploy/helm/workspace-secrets-operator/crds")
+import pytest
+import yaml
 
-
-def drift(source: Path, shipped: Path) -> str | None:
-    """None if `shipped` holds exactly the files of `source`, byte for byte; else what differs."""
-    def files(directory: Path) -> dict[str, bytes]:
-        return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()} if directory.is_dir() else {}
-
-    src, dst = files(source), files(shipped)
-    missing = sorted(set(src) - set(dst))
-    extra = sorted(set(dst) - set(src))
-    differing = sorted(name for name in set(src) & set(dst) if src[name] != dst[name])
-    if missing or extra or differing:
-        return f"missing in the chart: {missing}; not in crds/: {extra}; different content: {differing}"
-    return None
+CHART = Path("deploy/helm/workspace-secrets-operator")
 
 
-def test_chart_ships_exactly_the_crds_of_the_repository(repo_root: Path) -> None:
+def _generator(repo_root: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location("chart_crds", repo_root / "tools" / "chart_crds.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["chart_crds"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_chart_templates_are_generated_from_the_repository_crds(repo_root: Path) -> None:
+    generator = _generator(repo_root)
     assert any((repo_root / "crds").glob("*.yaml")), "crds/ is empty"
-    problem = drift(repo_root / "crds", repo_root / CHART_CRDS)
-    assert problem is None, f"{CHART_CRDS} is out of sync with crds/ ({problem}). Run `make chart-crds`."
+    problems = generator.drift(repo_root / "crds", repo_root / CHART / "templates" / "crds")
+    assert problems == [], f"templates/crds is out of sync with crds/ ({problems}). Run `make chart-crds`."
+
+
+def test_the_chart_has_no_crds_directory(repo_root: Path) -> None:
+    """Helm installs a chart's crds/ once and never upgrades it; the CRDs are templates now."""
+    assert not (repo_root / CHART / "crds").exists()
+
+
+def _render(template: str, *, keep: bool, enabled: bool = True) -> list[dict]:
+    """A minimal stand-in for Helm on the generated text: the only actions the generator writes, with Go
+    templates' `{{-` (trims every whitespace before it) and `nindent` (a newline, then the indented text)."""
+    text = re.sub(r"\s*\{\{-", "{{-", template)
+    assert text.startswith("{{- if .Values.crds.enabled }}") and text.endswith("{{- end }}\n")
+    if not enabled:
+        return []
+    text = text.removeprefix("{{- if .Values.crds.enabled }}").removesuffix("{{- end }}\n")
+    text = text.replace('{{- include "wso.crdLabels" . | nindent 4 }}',
+                        "\n    helm.sh/chart: c\n    app.kubernetes.io/instance: r\n    app.kubernetes.io/managed-by: Helm")
+    text = re.sub(r"\{\{- if \.Values\.crds\.keep \}\}(.*?)\{\{- end \}\}", lambda m: m[1] if keep else "", text, flags=re.DOTALL)
+    assert "{{" not in text.replace('{{ "{{" }}', ""), "an action the generator did not write"
+    return [d for d in yaml.safe_load_all(text.replace('{{ "{{" }}', "{{")) if d]
+
+
+def _without_chart_metadata(doc: dict) -> dict:
+    meta = dict(doc["metadata"])
+    labels = {k: v for k, v in meta.get("labels", {}).items()
+              if k not in {"helm.sh/chart", "app.kubernetes.io/instance", "app.kubernetes.io/managed-by"}}
+    meta.pop("annotations", None)
+    meta.pop("labels", None)
+    if labels:
+        meta["labels"] = labels
+    return {**doc, "metadata": meta}
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_a_generated_template_is_the_source_crd_plus_labels_and_keep(repo_root: Path, keep: bool) -> None:
+    generator = _generator(repo_root)
+    for name, template in generator.templates(repo_root / "crds").items():
+        source = [d for d in yaml.safe_load_all((repo_root / "crds" / name).read_text()) if d]
+        rendered = _render(template, keep=keep)
+        assert [_without_chart_metadata(d) for d in rendered] == source, name
+        for doc in rendered:
+            assert doc["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
+            assert doc["metadata"].get("annotations", {}).get("helm.sh/resource-policy") == ("keep" if keep else None)
+        assert _render(template, keep=keep, enabled=False) == []
 
 
 def test_drift_is_detected_for_an_edit_an_addition_and_a_removal(repo_root: Path, tmp_path: Path) -> None:
-    source, shipped = tmp_path / "crds", tmp_path / "chart-crds"
+    generator = _generator(repo_root)
+    source, target = tmp_path / "crds", tmp_path / "templates"
     shutil.copytree(repo_root / "crds", source)
-    shutil.copytree(repo_root / "crds", shipped)
-    assert drift(source, shipped) is None
-    victim = next(iter(sorted(shipped.glob("*.yaml"))))
-    victim.write_bytes(victim.read_bytes() + b" ")  # one trailing byte
-    assert victim.name in (drift(source, shipped) or "")
-    shutil.copy(source / victim.name, victim)
-    (source / "usertokens.yaml").write_text("kind: CustomResourceDefinition\n")
-    assert "usertokens.yaml" in (drift(source, shipped) or "")
-    (source / "usertokens.yaml").unlink()
-    victim.unlink()
-    assert victim.name in (drift(source, shipped) or "")
+    generator.write(source, target)
+    assert generator.drift(source, target) == []
+    victim = next(iter(sorted(source.glob("*.yaml"))))
+    victim.write_text(victim.read_text() + "# one more line\n")
+    assert generator.drift(source, target) == [f"out of date: templates/crds/{victim.name}"]
+    generator.write(source, target)
+    (source / "extra.yaml").write_text((source / victim.name).read_text())
+    assert generator.drift(source, target) == ["missing: templates/crds/extra.yaml"]
+    generator.write(source, target)
+    (source / "extra.yaml").unlink()
+    assert generator.drift(source, target) == ["not generated from crds/ (stale): templates/crds/extra.yaml"]
+    generator.write(source, target)
+    assert not (target / "extra.yaml").exists() and generator.drift(source, target) == []
+
+
+def test_template_braces_in_a_crd_are_printed_literally(repo_root: Path) -> None:
+    generator = _generator(repo_root)
+    crd = ("apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: x.example.com\n"
+           "spec:\n  description: 'use {{ .name }}'\n")
+    template = generator.template_for("x.yaml", crd)
+    assert '{{ "{{" }} .name }}' in template
+    assert _render(template, keep=True)[0]["spec"]["description"] == "use {{ .name }}"
+
+
+def test_a_crd_with_its_own_annotations_is_refused(repo_root: Path) -> None:
+    generator = _generator(repo_root)
+    crd = "kind: CustomResourceDefinition\nmetadata:\n  name: x\n  annotations:\n    a: b\nspec: {}\n"
+    with pytest.raises(generator.GenerationError, match="annotations"):
+        generator.template_for("x.yaml", crd)

@@ -52,6 +52,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
                                  "webhook": {"enabled": True, "certSecret": "webhook-tls"}},
     "providers": {"providers": [TOKEN_PROVIDER, AWS_PROVIDER]},
     "metrics": {"metrics": {"enabled": True, "port": 9191}},
+    "leader-election-ha": {"replicaCount": 3, "leaderElection": {"leaseDuration": 30, "renewDeadline": 20, "retryPeriod": 4}},
+    "webhook-cert-manager": {"replicaCount": 2, "webhook": {"enabled": True, "certManager": {"enabled": True}}},
+    "trusted-ca-and-proxy": {"trustedCABundle": {"configMap": {"name": "corporate-ca"}},
+                             "proxy": {"httpsProxy": "http://proxy.example.com:3128", "noProxy": ".example.com"}},
     "connect": {"connect": {"enabled": True, "port": 8001, "publicURL": "https://wso.example.com"}},
     "connect-signed-in": {"connect": {
         "enabled": True, "publicURL": "https://wso.example.com",
@@ -123,7 +127,7 @@ def test_metrics_and_connect_flags_are_what_the_values_say(helm: Path, variant: 
     spec = pod_spec(render(helm, values))
     parsed = parse_run(spec["containers"][0]["args"])
     if values.get("metrics"):
-        assert parsed.metrics_port == values["metrics"].get("port", 9090)
+        assert parsed.metrics_bind_address == f":{values['metrics'].get('port', 9090)}"
     connect = values.get("connect")
     if not connect:
         return
@@ -149,7 +153,8 @@ def test_metrics_and_connect_flags_are_what_the_values_say(helm: Path, variant: 
 
 def test_connect_flags_are_off_by_default(helm: Path) -> None:
     default = pod_spec(render(helm, {}))["containers"][0]["args"]
-    assert not [a for a in default if a.startswith(("--connect", "--metrics"))]
+    assert not [a for a in default if a.startswith("--connect")]
+    assert parse_run(default).metrics_bind_address == "0", "metrics.enabled=false: no metrics listener"
     # Sign-in without the page: nothing is rendered either.
     args = pod_spec(render(helm, {"connect": {"auth": {"userHeader": "X-User", "trustedProxies": ["10.0.0.0/8"]}}}))
     assert not [a for a in args["containers"][0]["args"] if a.startswith("--connect")]
@@ -268,3 +273,40 @@ def test_the_local_nodes_operator_image_installs_as_is(helm: Path) -> None:
     repository, _, tag = OPERATOR_IMAGE.rpartition(":")
     container = pod_spec(render(helm, {"image": {"repository": repository, "tag": tag, "pullPolicy": "Never"}}))["containers"][0]
     assert (container["image"], container["imagePullPolicy"]) == (OPERATOR_IMAGE, "Never")
+
+
+def test_health_probes_point_at_the_operator_health_endpoints(helm: Path) -> None:
+    spec = pod_spec(render(helm, {}))
+    main = spec["containers"][0]
+    parsed = parse_run(main["args"])
+    port = next(p["containerPort"] for p in main["ports"] if p["name"] == "health")
+    assert parsed.health_probe_bind_address == f":{port}"
+    assert [main[p]["httpGet"]["path"] for p in ("startupProbe", "livenessProbe", "readinessProbe")] == ["/healthz", "/healthz", "/readyz"]
+
+
+def test_leader_election_flags_are_what_the_values_say(helm: Path) -> None:
+    values = VARIANTS["leader-election-ha"]
+    parsed = parse_run(pod_spec(render(helm, values))["containers"][0]["args"])
+    assert parsed.leader_elect is True
+    assert parsed.leader_election_id == FULLNAME and parsed.leader_election_namespace == NAMESPACE
+    assert (parsed.leader_election_lease_duration, parsed.leader_election_renew_deadline, parsed.leader_election_retry_period) == (30, 20, 4)
+    single = parse_run(pod_spec(render(helm, {}))["containers"][0]["args"])
+    assert not single.leader_elect
+
+
+def test_cert_manager_certificate_is_the_one_the_chart_renders(helm: Path) -> None:
+    docs = render(helm, VARIANTS["webhook-cert-manager"])
+    spec = pod_spec(docs)
+    parsed = parse_run(spec["containers"][0]["args"])
+    certificate = next(d for d in docs if d["kind"] == "Certificate" and not d["spec"].get("isCA"))
+    assert parsed.webhook_cert_manager_certificate == f"{NAMESPACE}/{certificate['metadata']['name']}"
+    assert _volume(spec, "webhook-certs")["secret"]["secretName"] == certificate["spec"]["secretName"]
+    assert _mount(spec, "webhook-certs")["mountPath"] == parsed.webhook_cert_dir
+
+
+def test_trusted_ca_bundle_file_is_where_the_chart_mounts_it(helm: Path) -> None:
+    spec = pod_spec(render(helm, VARIANTS["trusted-ca-and-proxy"]))
+    parsed = parse_run(spec["containers"][0]["args"])
+    directory, _, key = parsed.ca_bundle_file.rpartition("/")
+    assert directory == _mount(spec, "ca-bundle")["mountPath"] and key == "ca.crt"
+    assert _volume(spec, "ca-bundle")["configMap"] == {"name": "corporate-ca", "items": [{"key": "ca.crt", "path": "ca.crt"}]}

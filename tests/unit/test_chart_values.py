@@ -118,7 +118,7 @@ def test_chart_runs_the_image_as_the_dockerfile_user(repo_root: Path) -> None:
     uid, gid = map(int, users[0])
     assert uid != 0
     values = yaml.safe_load((repo_root / CHART / "values.yaml").read_text())
-    assert (values["securityContext"]["runAsUser"], values["securityContext"]["runAsGroup"]) == (uid, gid)
+    assert (values["podSecurityContext"]["runAsUser"], values["podSecurityContext"]["runAsGroup"]) == (uid, gid)
     assert re.search(r'^ENTRYPOINT \["workspace-secrets-operator", "run"\]$', dockerfile, re.MULTILINE)
     # The image recipe (deploy/image/operator.toml, which the Dockerfile is generated from and the daemonless
     # build reads) says the same user, and exposes the port the chart's probes use.

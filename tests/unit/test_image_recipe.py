@@ -143,7 +143,7 @@ def test_the_image_works_with_a_read_only_root_filesystem_as_the_charts_user() -
     assert env["PYTHONDONTWRITEBYTECODE"] == "1"
     assert env["PATH"].split(":")[0] == f"{RECIPE.python.venv}/bin"  # type: ignore[union-attr]
     values = yaml.safe_load((images.REPO_ROOT / "deploy/helm/workspace-secrets-operator/values.yaml").read_text())
-    assert f"{values['securityContext']['runAsUser']}:{values['securityContext']['runAsGroup']}" == (
+    assert f"{values['podSecurityContext']['runAsUser']}:{values['podSecurityContext']['runAsGroup']}" == (
         RECIPE.config["user"]
     )
 

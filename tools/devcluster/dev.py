@@ -3,7 +3,8 @@
 With no cluster configured (no --kubeconfig, no $KUBECONFIG, no ~/.kube/config) it starts a local cluster with
 a node (containerd, kubelet: pods really run; needs root and `make node-deps`, else a control plane only, with
 `--no-node` too), imports the workspace image (also under the examples' image name, so `kubectl apply -f
-examples/` starts real pods without a registry), applies `crds/`, and runs `workspace-secrets-operator run`
+examples/` starts real pods without a registry), applies the CRDs the installed operator package carries
+(`workspace-secrets-operator crds | kubectl apply -f -`: no checkout needed), and runs `workspace-secrets-operator run`
 against it with the pod-injection webhook on (the local API server reaches the operator on 127.0.0.1). Extra
 arguments go to the operator unchanged.
 """
@@ -32,6 +33,17 @@ def _configured_kubeconfig(explicit: str | None) -> str | None:
     return str(default) if default.exists() else None
 
 
+def apply_crds(operator: str, kubectl: str, env: dict[str, str]) -> list[str]:
+    """The CRDs of the installed operator package (`workspace-secrets-operator crds`), applied and Established."""
+    crds = subprocess.run([operator, "crds"], check=True, env=env, capture_output=True, text=True).stdout
+    applied = subprocess.run([kubectl, "apply", "--server-side", "-o", "name", "-f", "-"], input=crds, check=True,
+                             env=env, capture_output=True, text=True).stdout.split()
+    subprocess.run([kubectl, "wait", "--for=condition=Established", "--timeout=60s", *applied],
+                   check=True, env=env, stdout=subprocess.DEVNULL)
+    print("\n".join(applied), flush=True)
+    return applied
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="wso-dev", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -54,25 +66,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         kubeconfig = str(control_plane.kubeconfig)
         kubectl = str(Path(control_plane.bin_dir) / "kubectl")
     env = {**os.environ, "KUBECONFIG": kubeconfig}
-    operator = [str(Path(sys.executable).with_name("workspace-secrets-operator")), "run", "--kubeconfig", kubeconfig]
+    executable = str(Path(sys.executable).with_name("workspace-secrets-operator"))
+    operator = [executable, "run", "--kubeconfig", kubeconfig]
     if control_plane is not None:
         # The local API server reaches the webhook on 127.0.0.1; metrics and probes stay on loopback too.
-        operator += ["--webhook", "--liveness", "http://127.0.0.1:8080/healthz", "--metrics-address", "127.0.0.1"]
+        operator += ["--webhook", "--health-probe-bind-address", "127.0.0.1:8080", "--metrics-bind-address", "127.0.0.1:9090"]
     try:
         if control_plane is not None and control_plane.has_node:
             workspace = control_plane.load_image("workspace")
             control_plane.tag_image(workspace, EXAMPLES_IMAGE)
             print(f"Node {control_plane.node_name} ready at {control_plane.node_ip}; image {workspace} imported, "
                   f"also as {EXAMPLES_IMAGE} (the examples' image, served locally: no registry).", flush=True)
-        crds = str(REPO_ROOT / "crds")
-        subprocess.run([kubectl, "apply", "--server-side", "-f", crds], check=True, env=env)
-        subprocess.run([kubectl, "wait", "--for=condition=Established", "--timeout=60s", "-f", crds],
-                       check=True, env=env, stdout=subprocess.DEVNULL)
+        apply_crds(executable, kubectl, env)
+        examples = REPO_ROOT / "examples"
         print(
             "\nCRDs applied. In another shell:\n"
             f"  export KUBECONFIG={kubeconfig}\n"
-            f"  {kubectl} apply -f {REPO_ROOT / 'examples'}\n"
-            f"  {kubectl} get workspacesecrets -o wide\n"
+            + (f"  {kubectl} apply -f {examples}\n" if examples.is_dir() else "")
+            + f"  {kubectl} get workspacesecrets -o wide\n"
             "Stop with Ctrl-C.\n",
             flush=True,
         )

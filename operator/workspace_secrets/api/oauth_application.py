@@ -83,6 +83,9 @@ class OAuthApplication:
     scopes: tuple[str, ...]
     vault: VaultSpec
     allowed_namespaces: tuple[str, ...]
+    #: spec.caBundle: PEM CA certificates trusted for this application's server, besides the operator's own
+    #: (the system store and --ca-bundle-file). Public material; only the platform writes an OAuthApplication.
+    ca_bundle: str | None = None
 
     @property
     def display_host(self) -> str:
@@ -112,6 +115,9 @@ class OAuthApplication:
         if not isinstance(allowed, list):
             raise SpecError("spec.allowedNamespaces", "is required")
         vault = spec.get("vault") or {}
+        ca_bundle = spec.get("caBundle") or None
+        if ca_bundle is not None and (problem := ca_bundle_problem(ca_bundle)):
+            raise SpecError("spec.caBundle", problem)
         return cls(
             name=meta.get("name", ""),
             resource_version=str(meta.get("resourceVersion", "")),
@@ -125,7 +131,29 @@ class OAuthApplication:
             scopes=tuple(str(s) for s in spec.get("scopes") or ()),
             vault=VaultSpec(mount=(vault.get("mount") or "oidc").strip("/"), role=vault.get("role") or None),
             allowed_namespaces=tuple(str(p) for p in allowed),
+            ca_bundle=ca_bundle,
         )
+
+
+#: The largest spec.caBundle (the CRD's maxLength): a private CA chain is a few KiB.
+MAX_CA_BUNDLE = 65536
+
+
+def ca_bundle_problem(value: Any) -> str | None:
+    """Why spec.caBundle is unusable (None: it is PEM CA certificates). The value itself is never quoted."""
+    from cryptography import x509
+
+    if not isinstance(value, str):
+        return "must be a string of PEM certificates"
+    if len(value) > MAX_CA_BUNDLE:
+        return f"is longer than {MAX_CA_BUNDLE} characters"
+    if "PRIVATE KEY-----" in value:
+        return "holds a private key: give only the CA's certificate(s), never a key"
+    try:
+        certificates = x509.load_pem_x509_certificates(value.encode("ascii", "replace"))
+    except ValueError:
+        return "must be PEM certificates (-----BEGIN CERTIFICATE----- ... -----END CERTIFICATE-----)"
+    return None if certificates else "holds no certificate"
 
 
 def unavailable_application(application: str, namespace: str) -> Problem:

@@ -20,14 +20,17 @@ import yaml
 
 from workspace_secrets.credentials.ledger import AccessRule
 from workspace_secrets.runtime.sensitive import Sensitive
+from workspace_secrets.runtime.http import Egress
 from workspace_secrets.runtime.kube import Kube, core_path
 from workspace_secrets.credentials.providers import registry
 
 log = logging.getLogger(__name__)
 
 
-async def load_providers(path: str | None, kube: Kube, operator_namespace: str) -> tuple[dict[str, Any], dict[str, str]]:
-    """Returns (providers by name, reasons by name for those that could not be set up)."""
+async def load_providers(path: str | None, kube: Kube, operator_namespace: str, *,
+                         egress: Egress | None = None) -> tuple[dict[str, Any], dict[str, str]]:
+    """Returns (providers by name, reasons by name for those that could not be set up). `egress`: the proxies and
+    CAs of the providers' HTTP clients (default: the environment's proxies, the system store)."""
     if not path:
         return {}, {}
     with open(path, encoding="utf-8") as f:
@@ -44,7 +47,7 @@ async def load_providers(path: str | None, kube: Kube, operator_namespace: str) 
                 if secret is None:
                     raise ValueError(f"credentials Secret {operator_namespace}/{secret_name} does not exist")
                 admin = {k: Sensitive(base64.b64decode(v)) for k, v in (secret.get("data") or {}).items()}
-            provider = registry.build(name, type_name, item.get("config") or {}, admin, kube)
+            provider = registry.build(name, type_name, item.get("config") or {}, admin, kube, egress=egress)
             provider.access = access
             providers[name] = provider
             if access is None:

@@ -8,7 +8,7 @@ from typing import Any
 
 from workspace_secrets.api.oauth_application import OAuthApplication
 from workspace_secrets.api.user_token import UserToken
-from workspace_secrets.runtime.http import Transport
+from workspace_secrets.runtime.http import Transport, with_ca_bundle
 from workspace_secrets.oauth.base import Clock, OAuthProvider, utcnow
 from workspace_secrets.oauth.bitbucket_cloud import BitbucketCloud
 from workspace_secrets.oauth.bitbucket_server import BitbucketServer
@@ -47,7 +47,9 @@ class ProviderCache:
             kwargs["host"] = app.host
         if app.type == "vault":
             kwargs.update(mount=app.vault.mount, role=app.vault.role)
-        provider: OAuthProvider = PROVIDERS[app.type](self._transport, **kwargs)
+        # The platform's spec.caBundle: trusted for this application's server only, besides the operator's CAs.
+        transport = with_ca_bundle(self._transport, app.ca_bundle)
+        provider: OAuthProvider = PROVIDERS[app.type](transport, **kwargs)
         self._cache[app.name] = (app.resource_version, provider)
         return provider
 

@@ -5,7 +5,7 @@ a metric elsewhere, so names, labels and help texts stay consistent and discover
 are always small closed sets (kinds, results, providers, reasons) -- never object names, users or anything
 derived from a secret, so cardinality stays bounded and nothing sensitive reaches a scrape.
 
-Served by `serve()` on `--metrics-port` (default 9090; 0 disables). This module imports nothing from the
+Served by `serve()` on `--metrics-bind-address` (default :9090; 0 disables). This module imports nothing from the
 operator, so any room except the pure modules (api/, the policy modules: free of I/O and global state) may use it.
 """
 
@@ -58,6 +58,12 @@ WORKQUEUE_RETRIES = Counter(
 # --- peering ------------------------------------------------------------------------------------------
 PEERING_ACTIVE = Gauge(
     "peering_active", "1 when this replica acts (standalone, or the active peer), 0 while paused.", namespace=NAMESPACE
+)
+
+# --- leader election (--leader-elect; controller-runtime's leader_election_master_status) ------------------
+LEADER_ELECTION_LEADING = Gauge(
+    "leader_election_leading", "1 while this replica holds the leader election Lease, 0 while it stands by.",
+    namespace=NAMESPACE,
 )
 
 # --- dynamic credentials (credentials.manager) ---------------------------------------------------------

@@ -1,5 +1,9 @@
 """kopf peering: several replicas, one active -- and the operator's own work pausing with kopf.
 
+Deprecated (`--peering`, kept working): `--leader-elect` (runtime/leader.py) runs kopf and the operator only in the
+replica holding a coordination.k8s.io Lease, so nothing needs pausing and a standby takes over within the lease
+duration (15 s) rather than the peering lifetime (60 s).
+
 Three parts, top to bottom: the rule that decides whether this replica is active (pure), the peering
 objects (read their status, create them if missing), and the PeeringGate that pauses the operator's
 own work (Secret watch reactions, resyncs, the work queue) while kopf's peering has paused kopf.

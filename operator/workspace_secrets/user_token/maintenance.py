@@ -177,7 +177,7 @@ class Pass:
                 self._temporary(exc, TokenSet(Sensitive(b"-")))
                 return None
             except (ProviderMisconfigured, GrantRejected, Unsupported) as exc:
-                raise ProblemFound(Problem("ProviderError", str(exc))) from None
+                raise ProblemFound(Problem(_provider_reason(exc), str(exc))) from None
             ctx.memory.devices[ut.uid] = device
             ctx.memory.device_next_poll[ut.uid] = now + timedelta(seconds=device.interval)
             log.info("device authorization started for UserToken %s/%s (%s)", ut.namespace, ut.name, ut.type)
@@ -202,7 +202,7 @@ class Pass:
                 self._temporary(exc, TokenSet(Sensitive(b"-")))
                 return None
             except ProviderMisconfigured as exc:
-                raise ProblemFound(Problem("ProviderError", str(exc))) from None
+                raise ProblemFound(Problem(_provider_reason(exc), str(exc))) from None
             else:
                 ctx.memory.devices.pop(ut.uid, None)
                 await self.save(tokens, ctx.clock())
@@ -316,8 +316,8 @@ class Pass:
             TOKEN_REFRESH_FAILURES.labels(provider=ut.type, reason="ProviderUnavailable").inc()
             return self._temporary(exc, tokens), False
         except ProviderMisconfigured as exc:
-            TOKEN_REFRESH_FAILURES.labels(provider=ut.type, reason="ProviderError").inc()
-            raise ProblemFound(Problem("ProviderError", str(exc))) from None
+            TOKEN_REFRESH_FAILURES.labels(provider=ut.type, reason=_provider_reason(exc)).inc()
+            raise ProblemFound(Problem(_provider_reason(exc), str(exc))) from None
         now = ctx.clock()
         await self.save(new, now)  # before anything else: the old refresh token is spent
         self._event(Event.REFRESHED)
@@ -354,7 +354,7 @@ class Pass:
             self._temporary(exc, tokens)
             return None
         except ProviderMisconfigured as exc:
-            raise ProblemFound(Problem("ProviderError", str(exc))) from None
+            raise ProblemFound(Problem(_provider_reason(exc), str(exc))) from None
         self._event(Event.VALIDATED)
         self.fields.update(login=identity.login or None, providerUserID=identity.user_id or None,
                            lastValidationTime=token_secret.format_time(ctx.clock()))
@@ -465,3 +465,9 @@ def _ssh_condition(ut: UserToken, where: str, in_use: list[keys.KeyInUse], plan:
                          f"{message} Not uploaded: {len(plan.left_out)} more key(s) ({'; '.join(keys.key_summary(k) for k in plan.left_out[:3])}); "
                          f"at most {keys.MAX_UPLOADED_KEYS} keys are uploaded for one user. Let the workspaces share a key type.")
     return Condition(c.CONDITION_SSH_KEY_UPLOADED, True, "Uploaded", message)
+
+
+def _provider_reason(exc: Exception) -> str:
+    """The Ready reason for a provider that answered unusably: a TLS verification failure has its own (its fix is
+    the platform's: the OAuthApplication's caBundle or --ca-bundle-file), anything else is ProviderError."""
+    return "TLSVerificationFailed" if getattr(exc, "code", None) == "tls_verification_failed" else "ProviderError"

@@ -35,6 +35,44 @@
 {{- printf "%s-webhook" (include "wso.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
+{{/* "true" when the operator runs with --leader-elect: leaderElection.enabled if set (true/false), else
+     replicaCount > 1 without peering (the deprecated alternative). */}}
+{{- define "wso.leaderElect" -}}
+{{- if kindIs "bool" .Values.leaderElection.enabled -}}
+{{- if .Values.leaderElection.enabled -}}true{{- end -}}
+{{- else if and (gt (int .Values.replicaCount) 1) (not .Values.peering.enabled) -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/* The Lease's name (--leader-election-id): one per release, so two releases never share a leader. */}}
+{{- define "wso.leaseName" -}}
+{{- include "wso.fullname" . -}}
+{{- end -}}
+
+{{/* cert-manager (webhook.certManager): the serving Certificate, its Secret, and the self-signed chain. */}}
+{{- define "wso.webhookCertificate" -}}
+{{- include "wso.webhookName" . -}}
+{{- end -}}
+{{- define "wso.webhookCertificateSecret" -}}
+{{- printf "%s-tls" (include "wso.webhookName" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The Secret mounted as the webhook's certificate directory: cert-manager's, webhook.certSecret, or none
+     (the operator's own CA in an emptyDir). */}}
+{{- define "wso.webhookCertSecretName" -}}
+{{- if .Values.webhook.certManager.enabled -}}
+{{- include "wso.webhookCertificateSecret" . -}}
+{{- else -}}
+{{- .Values.webhook.certSecret -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Where the trusted CA bundle (trustedCABundle.configMap) is mounted (--ca-bundle-file=<dir>/<key>). */}}
+{{- define "wso.caBundleDir" -}}
+/etc/workspace-secrets-operator/ca-bundle
+{{- end -}}
+
 {{/* Where the webhook's certificate directory is mounted (--webhook-cert-dir). */}}
 {{- define "wso.webhookCertDir" -}}
 /var/run/workspace-secrets-operator/webhook-certs
@@ -93,6 +131,14 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | 
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: workspace-secrets-operator
+{{- end -}}
+
+{{/* Labels the chart adds to its CRDs (templates/crds/, generated from crds/ which sets app.kubernetes.io/name
+     and part-of itself). */}}
+{{- define "wso.crdLabels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 
 {{/* Secrets in the release namespace the operator may read by name (provider admin credentials, the OAuth

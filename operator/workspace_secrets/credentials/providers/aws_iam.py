@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from workspace_secrets.runtime.sensitive import Sensitive
+from workspace_secrets.runtime.http import Egress, provider_tls_error
 from workspace_secrets.credentials.providers.base import FileContext, FileRef, Issued, ProviderError, Scope
 
 USER_PATH = "/workspace-secrets/"
@@ -37,14 +38,16 @@ class AwsIamProvider:
     type_name: ClassVar[str] = "aws-iam"
     access = None  # the platform's allow rule (credentials.ledger.AccessRule), set by credentials/setup.py
 
-    def __init__(self, name: str, client: Any, *, region: str | None, policy_arns: list[str]) -> None:
+    def __init__(self, name: str, client: Any, *, region: str | None, policy_arns: list[str], endpoint: str = "") -> None:
         self.name = name
+        self._endpoint = endpoint
         self._iam = client
         self._region = region
         self._policy_arns = policy_arns
 
     @classmethod
-    def from_config(cls, *, name: str, config: Mapping[str, Any], admin: Mapping[str, Sensitive], kube: Any) -> AwsIamProvider:
+    def from_config(cls, *, name: str, config: Mapping[str, Any], admin: Mapping[str, Sensitive], kube: Any,
+                    egress: Egress | None = None) -> AwsIamProvider:
         import boto3  # imported only when an aws-iam provider is configured
         from botocore.config import Config
 
@@ -52,15 +55,27 @@ class AwsIamProvider:
             key_id, secret = admin["AWS_ACCESS_KEY_ID"], admin["AWS_SECRET_ACCESS_KEY"]
         except KeyError as exc:
             raise ValueError(f"admin credentials Secret lacks {exc.args[0]}") from None
-        client = boto3.client(
-            "iam",
-            endpoint_url=config.get("endpointURL"),
-            region_name=config.get("region", "us-east-1"),
-            aws_access_key_id=key_id.reveal_text(),
-            aws_secret_access_key=secret.reveal_text(),
-            config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=15),
-        )
-        return cls(name, client, region=config.get("region"), policy_arns=list(config.get("policyArns", [])))
+        egress = egress or Egress.from_environment()
+
+        def client(proxies: dict[str, str] | None, verify: str | None) -> Any:
+            return boto3.client(
+                "iam",
+                endpoint_url=config.get("endpointURL"),
+                region_name=config.get("region", "us-east-1"),
+                aws_access_key_id=key_id.reveal_text(),
+                aws_secret_access_key=secret.reveal_text(),
+                verify=verify,
+                config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=15,
+                              proxies=proxies),
+            )
+
+        # The operator's proxy for the client's endpoint (NO_PROXY decided as for every client; {}: directly, not
+        # botocore's own reading of the environment) and its CAs. The endpoint is known once a client exists.
+        endpoint = client(None, None).meta.endpoint_url
+        proxies, verify = egress.botocore_arguments(endpoint)
+        built = client(proxies, verify)
+        return cls(name, built, region=config.get("region"), policy_arns=list(config.get("policyArns", [])),
+                   endpoint=endpoint)
 
     def env(self) -> Mapping[str, str]:
         env = {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"}
@@ -168,4 +183,5 @@ class AwsIamProvider:
             retryable = status >= 500 or status == 429 or error.get("Code") in ("Throttling", "ServiceUnavailable")
             raise ProviderError(f"IAM {action} failed: {error.get('Code', 'Error')}: {error.get('Message', '')}", retryable=retryable) from None
         except BotoCoreError as exc:
-            raise ProviderError(f"IAM {action} failed: {type(exc).__name__}", retryable=True) from None
+            tls = provider_tls_error(exc, self._endpoint) if self._endpoint else None
+            raise ProviderError(f"IAM {action} failed: {tls or type(exc).__name__}", retryable=True) from None

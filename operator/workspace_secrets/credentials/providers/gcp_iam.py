@@ -27,6 +27,7 @@ from datetime import datetime, timezone
 from typing import Any, ClassVar
 
 from workspace_secrets.runtime.sensitive import Sensitive
+from workspace_secrets.runtime.http import Egress, provider_tls_error
 from workspace_secrets.credentials.providers.base import FileContext, FileRef, Issued, ProviderError, Scope
 
 DEFAULT_ENDPOINT = "https://iam.googleapis.com"
@@ -113,8 +114,10 @@ class GcpServiceAccountKeyProvider:
         self._timeout = timeout
 
     @classmethod
-    def from_config(cls, *, name: str, config: Mapping[str, Any], admin: Mapping[str, Sensitive], kube: Any) -> GcpServiceAccountKeyProvider:
-        from google.auth.transport.requests import AuthorizedSession  # imported only when configured
+    def from_config(cls, *, name: str, config: Mapping[str, Any], admin: Mapping[str, Sensitive], kube: Any,
+                    egress: Egress | None = None) -> GcpServiceAccountKeyProvider:
+        import requests
+        from google.auth.transport.requests import AuthorizedSession, Request  # imported only when configured
         from google.oauth2 import service_account
 
         if "key.json" not in admin:
@@ -133,7 +136,10 @@ class GcpServiceAccountKeyProvider:
         algorithm = str(config.get("keyAlgorithm", "KEY_ALG_RSA_2048"))
         if algorithm not in ("KEY_ALG_RSA_2048", "KEY_ALG_RSA_1024"):
             raise ValueError(f"config.keyAlgorithm must be KEY_ALG_RSA_2048 or KEY_ALG_RSA_1024, got {algorithm!r}")
-        session = AuthorizedSession(credentials)
+        # Both the API calls and the token requests (tokenURI) through the operator's proxies and CAs.
+        egress = egress or Egress.from_environment()
+        session = egress.configure_requests(
+            AuthorizedSession(credentials, auth_request=Request(session=egress.configure_requests(requests.Session()))))
         return cls(name, session, project=project, endpoint=str(config.get("endpoint", DEFAULT_ENDPOINT)),
                    key_algorithm=algorithm, timeout=float(config.get("timeoutSeconds", 20)))
 
@@ -167,7 +173,8 @@ class GcpServiceAccountKeyProvider:
             raise ProviderError(f"IAM {action}: the admin service account could not get a token: {reason[:200]}",
                                 retryable=bool(getattr(exc, "retryable", False))) from None
         except (google.auth.exceptions.TransportError, requests.RequestException) as exc:
-            raise ProviderError(f"IAM {action} failed: {type(exc).__name__} reaching {self._endpoint}", retryable=True) from None
+            tls = provider_tls_error(exc, self._endpoint)
+            raise ProviderError(f"IAM {action} failed: {tls or f'{type(exc).__name__} reaching {self._endpoint}'}", retryable=True) from None
         if response.status_code not in ok:
             raise error_from_response(action, response.status_code, response.content)
         try:

@@ -28,5 +28,13 @@ def provider_class(type_name: str) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
-def build(name: str, type_name: str, config: Mapping[str, Any], admin: Mapping[str, Any], kube: Any) -> Any:
-    return provider_class(type_name).from_config(name=name, config=config, admin=admin, kube=kube)
+#: Provider types whose clients speak HTTP(S): they take the operator's egress (proxies, CAs). postgresql (libpq's
+#: own protocol and sslrootcert) and kubernetes-token (the operator's own API client) do not.
+HTTP_TYPES = frozenset({"aws-iam", "gcp-service-account-key", "twilio-api-key"})
+
+
+def build(name: str, type_name: str, config: Mapping[str, Any], admin: Mapping[str, Any], kube: Any, *, egress: Any = None) -> Any:
+    cls = provider_class(type_name)
+    if type_name in HTTP_TYPES:
+        return cls.from_config(name=name, config=config, admin=admin, kube=kube, egress=egress)
+    return cls.from_config(name=name, config=config, admin=admin, kube=kube)

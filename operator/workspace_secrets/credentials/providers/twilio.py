@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from workspace_secrets.runtime.sensitive import Sensitive
+from workspace_secrets.runtime.http import Egress, provider_tls_error
 from workspace_secrets.credentials.providers.base import FileContext, FileRef, Issued, ProviderError, Scope
 
 DEFAULT_BASE_URL = "https://iam.twilio.com"
@@ -82,7 +83,8 @@ class TwilioApiKeyProvider:
     access = None  # the platform's allow rule (credentials.ledger.AccessRule), set by credentials/setup.py
 
     def __init__(self, name: str, *, account_sid: str, auth_token: Sensitive, base_url: str = DEFAULT_BASE_URL,
-                 policy: Mapping[str, Any] | None = None, timeout: float = 15.0, session: Any = None) -> None:
+                 policy: Mapping[str, Any] | None = None, timeout: float = 15.0, session: Any = None,
+                 egress: Egress | None = None) -> None:
         import requests
 
         self.name = name
@@ -91,10 +93,12 @@ class TwilioApiKeyProvider:
         self._base_url = base_url.rstrip("/")
         self._policy = policy
         self._timeout = timeout
-        self._session = session or requests.Session()
+        # The operator's proxies and CAs (runtime/http.py Egress); a test's own session is taken as it is.
+        self._session = session or (egress or Egress.from_environment()).configure_requests(requests.Session())
 
     @classmethod
-    def from_config(cls, *, name: str, config: Mapping[str, Any], admin: Mapping[str, Sensitive], kube: Any) -> TwilioApiKeyProvider:
+    def from_config(cls, *, name: str, config: Mapping[str, Any], admin: Mapping[str, Sensitive], kube: Any,
+                    egress: Egress | None = None) -> TwilioApiKeyProvider:
         try:
             account_sid, token = admin["TWILIO_ACCOUNT_SID"].reveal_text().strip(), admin["TWILIO_AUTH_TOKEN"]
         except KeyError as exc:
@@ -106,7 +110,7 @@ class TwilioApiKeyProvider:
             raise ValueError("config.policy must be a mapping like {allow: [\"/twilio/messaging/messages/read\"]}")
         return cls(name, account_sid=account_sid, auth_token=Sensitive(token.reveal_text().strip()),
                    base_url=str(config.get("baseURL", DEFAULT_BASE_URL)), policy=policy,
-                   timeout=float(config.get("timeoutSeconds", 15)))
+                   timeout=float(config.get("timeoutSeconds", 15)), egress=egress)
 
     def env(self) -> Mapping[str, str]:
         return {"TWILIO_ACCOUNT_SID": "TWILIO_ACCOUNT_SID", "TWILIO_API_KEY": "TWILIO_API_KEY", "TWILIO_API_SECRET": "TWILIO_API_SECRET"}
@@ -135,7 +139,8 @@ class TwilioApiKeyProvider:
                                              auth=(username, token.reveal_text()), timeout=self._timeout,
                                              headers={"Accept": "application/json"}, allow_redirects=False)
         except requests.RequestException as exc:
-            raise ProviderError(f"Twilio {action} failed: {type(exc).__name__} reaching {self._base_url}", retryable=True) from None
+            tls = provider_tls_error(exc, self._base_url)
+            raise ProviderError(f"Twilio {action} failed: {tls or f'{type(exc).__name__} reaching {self._base_url}'}", retryable=True) from None
         if response.status_code not in ok:
             raise error_from_response(action, response.status_code, response.content, response.headers)
         if response.status_code == 204 or not response.content:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+import ssl
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -41,11 +42,12 @@ class WebhookServer:
         listen_address: str,
         port: int,
         host: str,
-        client_config: Callable[[str], dict[str, Any]],
+        client_config: Callable[[str | None], dict[str, Any]],
         target: str,
         configuration_name: str,
         namespaces: Sequence[str] = (),
         resync_interval: float = 300.0,
+        cert_manager_certificate: tuple[str, str] | None = None,
     ) -> None:
         self._kube = kube
         self._cert_dir = cert_dir
@@ -60,7 +62,10 @@ class WebhookServer:
         self._interval = resync_interval
         self._temp_dir: Path | None = None
         self._certs: WebhookCertificates | None = None  # only for an operator-managed certificate
+        # cert-manager's Certificate (namespace, name): its Secret is mounted at cert_dir, its cainjector keeps caBundle.
+        self._cert_manager = cert_manager_certificate
         self.configuration: WebhookConfigurationController | None = None
+        self._serving: tuple[float, bool] | None = None  # (monotonic time, result) of the last serving() check
 
     async def configure(self, settings: kopf.OperatorSettings) -> None:
         """Make the certificate files usable and point kopf's webhook server at them."""
@@ -69,6 +74,11 @@ class WebhookServer:
         else:
             cert_dir = self._temp_dir = Path(tempfile.mkdtemp(prefix="wso-webhook-certs-"))
         certs = WebhookCertificates(cert_dir, self._hosts)
+        if self._cert_manager and not certs.provided:
+            raise kopf.PermanentError(
+                f"--webhook-cert-manager-certificate {'/'.join(self._cert_manager)}: --webhook-cert-dir {cert_dir} holds "
+                f"no tls.crt and tls.key; mount the Certificate's Secret there"
+            )
         try:
             files = await asyncio.to_thread(certs.ensure)
         except OSError as exc:  # a configuration error: stop the operator instead of retrying forever
@@ -85,11 +95,37 @@ class WebhookServer:
         self._certs = certs if files.managed else None
         self.configuration = WebhookConfigurationController(
             MutatingWebhookConfigurations(self._kube), self._configuration_name, self._client_config,
-            files.ca_file.read_bytes, namespaces=self._namespaces,
+            files.ca_file.read_bytes, namespaces=self._namespaces, cert_manager_certificate=self._cert_manager,
         )
+        mode = ("managed" if files.managed else "provided") + (
+            f", caBundle injected by cert-manager from {'/'.join(self._cert_manager)}" if self._cert_manager else "")
         log.info("pod-injection webhook: listening on %s:%d, called as %s, certificates in %s (%s), "
                  "MutatingWebhookConfiguration %r", self._address, self._port, self._target, cert_dir,
-                 "managed" if files.managed else "provided", self._configuration_name)
+                 mode, self._configuration_name)
+
+    async def serving(self, max_age: float = 2.0) -> bool:
+        """Whether the webhook server completes a TLS handshake on its port now (cached for `max_age` seconds):
+        the readiness probe's "the webhook serves". The certificate is not verified here (a provided one may chain
+        to a CA the operator does not have); the API server verifies it with the caBundle."""
+        now = time.monotonic()
+        if self._serving is not None and now - self._serving[0] < max_age:
+            return self._serving[1]
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(self._address, self._address)
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, self._port, ssl=context), 2.0)
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except (OSError, ssl.SSLError):
+                pass
+            result = True
+        except (OSError, ssl.SSLError, asyncio.TimeoutError):
+            result = False
+        self._serving = (time.monotonic(), result)
+        return result
 
     async def maintain(self) -> None:
         """Now and then every resync interval: renew an operator-managed certificate when due (kopf's server
