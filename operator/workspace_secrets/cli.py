@@ -1,14 +1,16 @@
 """The console entry point: `workspace-secrets-operator run` (the operator) and `workspace-secrets-operator crds`
 (every CRD it serves, for `kubectl apply -f -`).
 
-Every flag can also be given as an environment variable: WSO_ and the flag's name in upper snake case
-(`--leader-elect` <- WSO_LEADER_ELECT=true, `--namespace` <- WSO_NAMESPACE=a,b); a flag on the command line wins."""
+Every flag of `run` can also be given as an environment variable: WSO_ and the flag's name in upper snake case
+(`--leader-elect` <- WSO_LEADER_ELECT=true, `--namespace` <- WSO_NAMESPACE=a,b); a flag on the command line wins, over
+its variable and over any other spelling of the same setting (-v, the deprecated --liveness, --metrics-port/-address)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import math
 import os
 import re
 import secrets
@@ -69,16 +71,75 @@ def env_name(action: argparse.Action) -> str | None:
 
 
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
+#: Attributes of the parsed `run` namespace: the dests given on the command line, and those given by WSO_* variables.
+FROM_COMMAND_LINE, FROM_ENVIRONMENT = "from_command_line", "from_environment"
 
 
-def apply_environment(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
+class _AppendOverridingDefault(argparse._AppendAction):
+    """A repeatable flag whose first use on the command line replaces its default (WSO_NAMESPACE=a,b with `-n c`
+    watches c only), as any other flag's value replaces its variable's; later uses append."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        if getattr(namespace, self.dest, None) is self.default:  # argparse put the default object itself there
+            setattr(namespace, self.dest, [])
+        super().__call__(parser, namespace, values, option_string)
+
+
+class _RunParser(argparse.ArgumentParser):
+    """`run`'s parser: its WSO_* variables are read when `run` is parsed (not for `crds`), and the namespace records
+    where each setting came from (FROM_COMMAND_LINE, FROM_ENVIRONMENT) so that an explicit flag beats an alias."""
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> tuple[argparse.Namespace, list[str]]:
+        args = list(sys.argv[1:] if args is None else args)
+        from_environment = apply_environment(self, os.environ)
+        namespace, rest = super().parse_known_args(args, namespace)
+        setattr(namespace, FROM_ENVIRONMENT, frozenset(from_environment))
+        setattr(namespace, FROM_COMMAND_LINE, frozenset(self._given(args)))
+        return namespace, rest
+
+    def _given(self, args: list[str]) -> set[str]:
+        """The dests the command line sets: the same arguments parsed again with every default suppressed."""
+        saved = [(action, action.default) for action in self._actions]
+        try:
+            for action in self._actions:
+                action.default = argparse.SUPPRESS
+            given, _ = super().parse_known_args(args, argparse.Namespace())
+        finally:
+            for action, default in saved:
+                action.default = default
+        return set(vars(given)) - set(self._defaults)
+
+
+def given(args: argparse.Namespace, dest: str) -> int:
+    """Where `dest` came from: 2 the command line, 1 its WSO_* variable, 0 its default."""
+    if dest in getattr(args, FROM_COMMAND_LINE, ()):
+        return 2
+    return 1 if dest in getattr(args, FROM_ENVIRONMENT, ()) else 0
+
+
+_SERVICE_LINK_SCHEMES = ("tcp://", "udp://", "sctp://")
+
+
+def apply_environment(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> set[str]:
     """Defaults from WSO_* variables: strings go through the flag's type (argparse converts string defaults), a
-    switch takes true/false/1/0/yes/no/on/off, a repeatable flag a comma-separated list."""
+    switch takes true/false/1/0/yes/no/on/off, a repeatable flag a comma-separated list. Returns the dests set.
+    Idempotent: each call starts from the flags' own defaults."""
+    applied = set()
     for action in parser._actions:
+        if not hasattr(action, "_wso_default"):
+            action._wso_default = action.default  # type: ignore[attr-defined]
+        action.default = action._wso_default  # type: ignore[attr-defined]
         name = env_name(action)
         if name is None or name not in environ:
             continue
         raw = environ[name]
+        if raw.startswith(_SERVICE_LINK_SCHEMES):
+            # A Service named like a flag (`wso-metrics` -> WSO_METRICS_PORT=tcp://10.96.0.7:9090) in the operator's
+            # namespace: kubelet's service links, not a setting (the chart also sets enableServiceLinks: false).
+            log.warning("ignoring %s: it looks like a Kubernetes service link, not a value for %s", name, action.option_strings[-1])
+            continue
+        applied.add(action.dest)
         if action.nargs == 0 or isinstance(action, argparse.BooleanOptionalAction):
             value = raw.strip().lower()
             if value not in _TRUE | _FALSE:
@@ -90,15 +151,20 @@ def apply_environment(parser: argparse.ArgumentParser, environ: Mapping[str, str
             if action.choices is not None and raw not in action.choices:
                 parser.error(f"{name}={raw!r}: expected one of {', '.join(map(str, action.choices))}")
             action.default = raw
+    return applied
 
 
 def duration(value: str) -> float:
     """Seconds: "15", "15s", "1.5s", "2m", "1m30s" (Go's durations, as controller-runtime's flags take them)."""
     text = str(value).strip()
     try:
-        return float(text)
+        seconds = float(text)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(seconds) or seconds < 0:
+            raise argparse.ArgumentTypeError(f"not a duration: {value!r} (a finite number of seconds >= 0)")
+        return seconds
     parts = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?(?:(\d+(?:\.\d+)?)ms)?", text)
     if not text or parts is None:
         raise argparse.ArgumentTypeError(f"not a duration: {value!r} (e.g. 15s, 1m30s)")
@@ -114,7 +180,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="workspace-secrets-operator", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=__version__)
-    sub = parser.add_subparsers(dest="command")
+    sub = parser.add_subparsers(dest="command", parser_class=_RunParser)
     # `make run` (tools/devcluster/dev.py) starts a local cluster when none is configured, then this command.
     cmd = sub.add_parser("run", help="run the operator against the configured cluster (in-cluster, or KUBECONFIG)",
                          formatter_class=_HelpFormatter,
@@ -123,8 +189,8 @@ def _parser() -> argparse.ArgumentParser:
                                      "switches take true/false, --namespace a comma-separated list); the command "
                                      "line wins.")
     sub.add_parser("crds", help="print every CustomResourceDefinition the operator needs (YAML, for kubectl apply -f -)",
-                   formatter_class=_HelpFormatter)
-    cmd.add_argument("-n", "--namespace", action="append", default=[], dest="namespaces",
+                   formatter_class=_HelpFormatter)  # a _RunParser too, without flags: no variables to read
+    cmd.add_argument("-n", "--namespace", action=_AppendOverridingDefault, default=[], dest="namespaces",
                      help="watch only this namespace (repeatable; env: comma-separated); default: all namespaces")
     cmd.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: in-cluster, then KUBECONFIG)")
     _process_arguments(cmd)
@@ -151,7 +217,6 @@ def _parser() -> argparse.ArgumentParser:
                           "falls back to POD_NAMESPACE")
     _webhook_arguments(cmd)
     _add_connect_arguments(cmd)
-    apply_environment(cmd, os.environ)
     return parser
 
 
@@ -288,39 +353,61 @@ def _leader_election_config(args: argparse.Namespace) -> LeaderElectionConfig:
     if config.enabled:
         if args.peering is not None:
             raise SystemExit("--leader-elect and --peering (deprecated) are two ways to run one active replica: choose one")
-        if not config.lease_duration > config.renew_deadline > config.retry_period > 0:
-            raise SystemExit("--leader-election-*: needs lease duration > renew deadline > retry period > 0")
+        from workspace_secrets.runtime.leader import durations_problem  # here: it imports the Kubernetes client
+
+        problem = durations_problem(config.lease_duration, config.renew_deadline, config.retry_period)
+        if problem:
+            raise SystemExit(f"--leader-election-lease-duration/-renew-deadline/-retry-period: {problem}")
     return config
 
 
+def _alias_wins(args: argparse.Namespace, alias: str, flag: str) -> bool:
+    """A deprecated or shorthand spelling counts only when given from a stronger source than the flag itself: the
+    command line beats a variable beats a default, and on a tie the flag wins."""
+    return getattr(args, alias) is not None and given(args, alias) > given(args, flag)
+
+
 def _metrics_bind(args: argparse.Namespace) -> tuple[str, int] | None:
-    """--metrics-bind-address, or the deprecated --metrics-port/--metrics-address when given."""
+    """--metrics-bind-address, or the deprecated --metrics-port/--metrics-address when given more explicitly."""
     try:
-        bind = parse_bind_address(args.metrics_bind_address, "--metrics-bind-address")
+        bind = parse_bind_address(args.metrics_bind_address, "--metrics-bind-address", every="")
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
-    if args.metrics_port is not None:
+    if _alias_wins(args, "metrics_port", "metrics_bind_address"):
         if args.metrics_port == 0:
             return None
-        bind = (bind[0] if bind else "0.0.0.0", args.metrics_port)
-    if args.metrics_address is not None and bind is not None:
+        bind = (bind[0] if bind else "", args.metrics_port)
+    if _alias_wins(args, "metrics_address", "metrics_bind_address") and bind is not None:
         bind = (args.metrics_address, bind[1])
     return bind
 
 
 def _health_bind(args: argparse.Namespace) -> tuple[tuple[str, int] | None, str]:
-    """(address, liveness path): --health-probe-bind-address, or the deprecated --liveness URL when given."""
-    if args.liveness is not None:
+    """(address, liveness path): --health-probe-bind-address (":PORT": host "", every address family), or the
+    deprecated --liveness URL when given more explicitly."""
+    if _alias_wins(args, "liveness", "health_probe_bind_address"):
         if not args.liveness:
             return None, "/healthz"
-        parts = urlsplit(args.liveness)
-        if parts.scheme != "http" or not parts.port:
-            raise SystemExit(f"--liveness (deprecated): expected http://HOST:PORT/PATH, got {args.liveness!r}")
-        return (parts.hostname or "0.0.0.0", parts.port), parts.path or "/healthz"
+        problem = f"--liveness (deprecated): expected http://HOST:PORT/PATH, got {args.liveness!r}"
+        try:
+            parts = urlsplit(args.liveness)
+            port = parts.port  # ValueError for a port that is not a number or out of range
+        except ValueError:
+            raise SystemExit(problem) from None
+        if parts.scheme != "http" or not port:
+            raise SystemExit(problem)
+        return (parts.hostname or "0.0.0.0", port), parts.path or "/healthz"
     try:
-        return parse_bind_address(args.health_probe_bind_address, "--health-probe-bind-address"), "/healthz"
+        return parse_bind_address(args.health_probe_bind_address, "--health-probe-bind-address", every=""), "/healthz"
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
+
+
+def _log_level(args: argparse.Namespace) -> str:
+    """--log-level, or debug with -v/--verbose unless --log-level was given more explicitly."""
+    if args.verbose and given(args, "verbose") >= given(args, "log_level"):
+        return "debug"
+    return args.log_level
 
 
 def crd_documents() -> str:
@@ -347,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _configure_logging(args: argparse.Namespace) -> str:
-    level = "debug" if args.verbose else args.log_level
+    level = _log_level(args)
     kopf.configure(
         verbose=level == "debug",
         log_format={"plain": kopf.LogFormat.PLAIN, "json": kopf.LogFormat.JSON, "full": kopf.LogFormat.FULL}[args.log_format],
@@ -379,11 +466,17 @@ def _run(args: argparse.Namespace) -> int:
         pods.register()  # only when enabled: kopf refuses admission handlers without a webhook server
 
     level = _configure_logging(args)
-    for flag, used in (("--liveness", args.liveness is not None), ("--metrics-port", args.metrics_port is not None),
-                       ("--metrics-address", args.metrics_address is not None), ("--peering", args.peering is not None)):
-        if used:
-            log.warning("%s is deprecated: use %s", flag, {"--liveness": "--health-probe-bind-address",
-                                                          "--peering": "--leader-elect"}.get(flag, "--metrics-bind-address"))
+    for flag, dest, replacement in (("--liveness", "liveness", "health_probe_bind_address"),
+                                    ("--metrics-port", "metrics_port", "metrics_bind_address"),
+                                    ("--metrics-address", "metrics_address", "metrics_bind_address"),
+                                    ("--peering", "peering", "leader_elect")):
+        if getattr(args, dest) is None:
+            continue
+        instead = "--" + replacement.replace("_", "-")
+        if replacement == "leader_elect" or _alias_wins(args, dest, replacement):
+            log.warning("%s is deprecated: use %s", flag, instead)
+        else:
+            log.warning("%s is deprecated and ignored: %s is given", flag, instead)
     # Our identity in the Lease or peering object, shared with kopf. In a pod, POD_ID (the pod name, from the downward
     # API) makes it readable in `kubectl get lease -o yaml` / `kubectl get clusterkopfpeering -o yaml`.
     identity = f"{os.environ.get('POD_ID') or socket.gethostname()}/{os.getpid()}/{secrets.token_hex(3)}"
@@ -423,12 +516,20 @@ def _run(args: argparse.Namespace) -> int:
 
 
 async def _serve(config: OperatorConfig, health_bind: tuple[str, int] | None, liveness_path: str) -> int:
-    """The health server from the start; with --leader-elect the Lease first; then kopf and the App."""
+    """The health server from the start; with --leader-elect the Lease first; then kopf and the App.
+
+    One stop signal for the whole process: SIGTERM/SIGINT set `stopping` from the start, and kopf gets it as its
+    stop flag, so a signal before kopf runs (standing by, or between the Lease and kopf's start) stops it at once.
+    Once kopf runs it installs its own handlers (replacing ours: there is no moment without one) and stops on them;
+    after kopf, ours are installed again so a second signal does not interrupt releasing the Lease."""
     from workspace_secrets.app import App
     from workspace_secrets.runtime.health import HealthServer, Probes
 
     app = App(config)
     election = config.leader_election
+    stopping = asyncio.Event()
+    signals = _StopSignals(stopping)
+    signals.install()
 
     async def webhook_serving() -> bool:
         return app.webhook is not None and await app.webhook.serving()
@@ -436,14 +537,14 @@ async def _serve(config: OperatorConfig, health_bind: tuple[str, int] | None, li
     probes = Probes(electing=election.enabled, started=lambda: app.running, check=app.health,
                     webhook_enabled=config.webhook.enabled, webhook_serving=webhook_serving)
     health = HealthServer(probes, *health_bind, liveness_paths=(liveness_path,)) if health_bind else None
-    if health is not None:
-        await health.start()
     elector = kube = None
     try:
+        if health is not None:
+            await health.start()
         if election.enabled:
             elector, kube = _leader_elector(config)
             probes.leading = elector.leading.is_set
-            if not await _unless_signalled(elector.acquire()):
+            if not await _until_stopped(elector.acquire(), stopping):
                 log.info("stopped while standing by")
                 return 0
         operator = asyncio.create_task(kopf.operator(
@@ -454,6 +555,7 @@ async def _serve(config: OperatorConfig, health_bind: tuple[str, int] | None, li
             priority=config.priority if config.peering is not None else None,
             identity=config.identity,  # type: ignore[arg-type]  # kopf's Identity is a NewType of str
             memo=app,
+            stop_flag=stopping,
         ), name="kopf")
         if elector is None:
             await operator
@@ -466,7 +568,10 @@ async def _serve(config: OperatorConfig, health_bind: tuple[str, int] | None, li
             log.error("leader election lost: exiting")
             logging.shutdown()
             os._exit(1)
+        # kopf has stopped: no renewal may be in flight when the Lease is released (it would race the release).
         holding.cancel()
+        await asyncio.gather(holding, return_exceptions=True)
+        signals.install()
         await operator
         return 0
     finally:
@@ -476,6 +581,7 @@ async def _serve(config: OperatorConfig, health_bind: tuple[str, int] | None, li
             kube.close()
         if health is not None:
             await health.stop()
+        signals.remove()
 
 
 def _leader_elector(config: OperatorConfig) -> tuple[Any, Any]:
@@ -492,19 +598,34 @@ def _leader_elector(config: OperatorConfig) -> tuple[Any, Any]:
     return elector, kube
 
 
-async def _unless_signalled(work: Awaitable[Any]) -> bool:
-    """Run `work` until done (True) or SIGTERM/SIGINT (False). kopf installs its own handlers once it runs."""
-    loop = asyncio.get_running_loop()
-    signalled = asyncio.Event()
-    installed = []
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        try:
-            loop.add_signal_handler(signum, signalled.set)
-            installed.append(signum)
-        except (NotImplementedError, RuntimeError):
-            pass
+class _StopSignals:
+    """SIGTERM/SIGINT -> `stopping` (where the loop supports signal handlers)."""
+
+    def __init__(self, stopping: asyncio.Event) -> None:
+        self._stopping = stopping
+        self._installed: list[int] = []
+
+    def install(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(signum, self._stopping.set)  # replaces any handler (kopf's)
+            except (NotImplementedError, RuntimeError, ValueError):
+                continue
+            if signum not in self._installed:
+                self._installed.append(signum)
+
+    def remove(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in self._installed:
+            loop.remove_signal_handler(signum)
+        self._installed.clear()
+
+
+async def _until_stopped(work: Awaitable[Any], stopping: asyncio.Event) -> bool:
+    """Run `work` until done (True) or `stopping` is set (False: `work` cancelled and awaited)."""
     task = asyncio.ensure_future(work)
-    waiter = asyncio.create_task(signalled.wait())
+    waiter = asyncio.create_task(stopping.wait())
     try:
         await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
         if task.done():
@@ -515,8 +636,6 @@ async def _unless_signalled(work: Awaitable[Any]) -> bool:
         return False
     finally:
         waiter.cancel()
-        for signum in installed:
-            loop.remove_signal_handler(signum)
 
 
 class _ObserveSuccessFilter(logging.Filter):

@@ -139,9 +139,10 @@ def client_config(webhook: WebhookConfig) -> tuple[Callable[[str | None], dict[s
     return functools.partial(webhook_configuration.url_client_config, webhook.host, webhook.port), target
 
 
-def parse_bind_address(value: str, flag: str = "bind address") -> tuple[str, int] | None:
-    """controller-runtime's bind address: "0" (or "") disables -> None; ":PORT" every address; "HOST:PORT",
-    "[IPv6]:PORT". Raises ValueError with a message naming `flag`."""
+def parse_bind_address(value: str, flag: str = "bind address", *, every: str = "0.0.0.0") -> tuple[str, int] | None:
+    """controller-runtime's bind address: "0" (or "") disables -> None; ":PORT" every address (host `every`: "" for a
+    server that binds every address family itself, as the health server does); "HOST:PORT", "[IPv6]:PORT". Raises
+    ValueError with a message naming `flag`."""
     value = value.strip()
     if value in ("", "0"):
         return None
@@ -149,7 +150,7 @@ def parse_bind_address(value: str, flag: str = "bind address") -> tuple[str, int
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"{flag}: expected [HOST]:PORT or 0, got {value!r}")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    return host or "0.0.0.0", int(port)
+    return host or every, int(port)
 
 
 def local_base_url(port: int | None) -> str:

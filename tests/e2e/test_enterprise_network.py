@@ -332,6 +332,20 @@ def test_private_ca_through_a_forward_proxy(api, namespace, ca, ghe, proxy, appl
                          "usertoken": json.dumps(get_token(api, namespace, "ghe"))}, [token, CLIENT_SECRET.encode()])
     assert "/login/oauth" not in proxy.log() and "/api/v3" not in proxy.log()  # paths stay inside the tunnel
 
+    # 4. The proxy goes away: what a tenant can read (the Event, the page, the UserToken) says "the configured proxy",
+    #    never which one; the operator's log names it.
+    api.custom.patch_cluster_custom_object(c.GROUP, c.VERSION, "oauthapplications", app, {"spec": {"caBundle": ca.cert_pem}})
+    create_token(api, namespace, "ghe-2", app)
+    wait_phase(api, namespace, "ghe-2", c.PHASE_AWAITING_AUTHORIZATION)
+    proxy.stop()
+    page = sign_in(operator, ca_path, namespace, "ghe-2")
+    assert "data-ok='true'" not in page.text
+    wait_for(lambda: "via the configured proxy" in events_text(api, namespace), timeout=15, what="ConnectFailed naming no proxy")
+    hidden = f"127.0.0.1:{proxy.port}"
+    for where, text in (("events", events_text(api, namespace)), ("page", page.text), ("usertoken", json.dumps(get_token(api, namespace, "ghe-2")))):
+        assert hidden not in text, where
+    assert f"via the proxy {proxy.url}" in operator.log_text()
+
 
 def test_ca_bundle_file_and_no_proxy(api, namespace, ca, ghe, proxy, applications, operators, tmp_path):
     """--ca-bundle-file trusts the CA for every application (none has a caBundle here); NO_PROXY sends the
@@ -385,7 +399,7 @@ def test_a_disallowed_host_stays_refused_through_the_proxy(api, namespace, ca, p
 def test_the_ca_bundle_is_the_platforms_and_takes_certificates_only(cluster, api, namespace, ca, applications):
     """A tenant with the shipped roles reads OAuthApplications and cannot change one (a caBundle of the tenant's
     would make the operator trust the tenant's server for everyone's tokens). The CRD refuses anything but
-    certificates, a private key above all."""
+    certificates (CERTIFICATE blocks, whitespace between), a private key above all."""
     repo = Path(__file__).resolve().parents[2]
     app = applications({"type": "github-enterprise", "host": "https://git.corp.example"})
     created = []
@@ -413,7 +427,10 @@ def test_the_ca_bundle_is_the_platforms_and_takes_certificates_only(cluster, api
             cluster.kubectl("delete", kind, name, "--ignore-not-found", check=False)
 
     key = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA==\n-----END PRIVATE KEY-----\n"
-    for bad, words in ((ca.cert_pem + key, "never a private key"), ("not a certificate", "must be PEM certificates")):
+    pgp = "-----BEGIN PGP PRIVATE KEY BLOCK-----\n\nlQOYBGVzZWNyZXQ=\n-----END PGP PRIVATE KEY BLOCK-----\n"
+    for bad, words in ((ca.cert_pem + key, "never a private key"), ("not a certificate", "must be PEM certificates"),
+                       (ca.cert_pem + pgp, "no other PEM block"), ("# corp root\n" + ca.cert_pem, "no other text"),
+                       (ca.cert_pem.replace("CERTIFICATE", "TRUSTED CERTIFICATE"), "must be PEM certificates")):
         out = cluster.kubectl("patch", "oauthapplication", app, "--type=merge", "-p", json.dumps({"spec": {"caBundle": bad}}),
                               check=False)
         assert out.returncode != 0 and words in out.stderr, out.stderr
@@ -534,3 +551,65 @@ def test_unusable_settings_stop_the_operator_with_a_clear_message(cluster, names
     log = operator.log_text()
     assert words in log, log[-2000:]
     assert "hunter2-proxy-password" not in log and "bm90LWEtY2EtYnV0LWEta2V5" not in log
+
+
+class PlainProviderAPI(TLSProviderAPI):
+    """The same provider API in plain http on the machine's (non-loopback) address: what a platform might
+    configure by mistake, e.g. an internal mirror."""
+
+    def __init__(self, host: str) -> None:
+        self.host, self.context = host, None
+        self.requests = []
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+def test_plain_http_off_loopback_never_leaves(proxy):
+    """A provider endpoint in plain http on a non-loopback address is refused in the provider's configuration, and
+    every client refuses such a request before connecting: the Twilio master token (Basic auth) or a bearer token
+    never crosses the network or HTTP_PROXY in clear. The proxy would have been used: it sees nothing."""
+    import requests
+
+    from workspace_secrets.credentials.providers.aws_iam import AwsIamProvider
+    from workspace_secrets.credentials.providers.gcp_iam import GcpServiceAccountKeyProvider
+    from workspace_secrets.credentials.providers.twilio import TwilioApiKeyProvider
+    from workspace_secrets.runtime.egress import ProxySettings
+    from workspace_secrets.runtime.http import AiohttpTransport, CleartextRefused, Egress, Request
+    from workspace_secrets.runtime.sensitive import Sensitive
+
+    server = PlainProviderAPI(HOST_IP).start()
+    try:
+        egress = Egress(ProxySettings.from_environ({"HTTP_PROXY": proxy.url, "HTTPS_PROXY": proxy.url}))
+        assert egress.proxies.proxy_for(server.url) is not None  # without the rule, it would go through the proxy
+        master = "twilio-master-token-0123456789"
+        twilio_admin = {"TWILIO_ACCOUNT_SID": Sensitive("AC" + "0" * 32), "TWILIO_AUTH_TOKEN": Sensitive(master)}
+        with pytest.raises(ValueError, match="config.baseURL: .* is plain http"):
+            TwilioApiKeyProvider.from_config(name="tw", config={"baseURL": server.url}, admin=twilio_admin, kube=None, egress=egress)
+        with pytest.raises(ValueError, match="config.endpoint: .* is plain http"):
+            GcpServiceAccountKeyProvider.from_config(name="gcp", config={"endpoint": server.url, "project": "corp"},
+                                                     admin={"key.json": Sensitive(b"{}")}, kube=None, egress=egress)
+        with pytest.raises(ValueError, match="config.endpointURL: .* is plain http"):
+            AwsIamProvider.from_config(name="aws", config={"endpointURL": server.url}, kube=None, egress=egress,
+                                       admin={"AWS_ACCESS_KEY_ID": Sensitive("AKIAEXAMPLE"), "AWS_SECRET_ACCESS_KEY": Sensitive("x")})
+        # The clients themselves, should a URL get past a configuration check (a redirect, a future provider).
+        session = egress.configure_requests(requests.Session())
+        with pytest.raises(requests.RequestException, match="plain http"):
+            session.get(f"{server.url}/v1/Keys", auth=("AC" + "0" * 32, master), timeout=10)
+
+        async def oauth() -> None:
+            transport = AiohttpTransport(egress=egress)
+            try:
+                with pytest.raises(CleartextRefused):
+                    await transport.send(Request("POST", f"{server.url}/token", form={"client_secret": CLIENT_SECRET}))
+            finally:
+                await transport.close()
+
+        asyncio.run(oauth())
+        assert server.requests == []
+        log = proxy.log()
+        assert f"{HOST_IP}:{server.port}" not in log and master not in log and CLIENT_SECRET not in log
+    finally:
+        server.stop()

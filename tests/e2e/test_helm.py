@@ -70,6 +70,8 @@ KINDS_NEEDING_THIRD_PARTY_CRDS = {"ServiceMonitor", "KopfPeering", "ClusterKopfP
 #: The previous chart release, packaged before 0.4.0 changed anything (CRDs in its crds/ directory).
 PREVIOUS_CHART = Path(__file__).resolve().parent / "data" / "charts" / "workspace-secrets-operator-0.3.0.tgz"
 CRD_KEEP = {"helm.sh/resource-policy": "keep"}
+#: kopf's own peering CRDs: shared by every kopf operator of a cluster, so the chart never owns (renders) them.
+KOPF_PEERING_CRDS = {"clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"}
 #: What the API server (`User "..." cannot list resource ...`) and kopf ("Not enough permissions ...") say
 #: when RBAC refuses a request. A bare 403 is not enough: creating in a terminating namespace is a 403 too.
 RBAC_DENIED = re.compile(r"cannot [a-z]+ resource|not enough permissions", re.IGNORECASE)
@@ -158,6 +160,7 @@ def check_common(docs: list[dict]) -> None:
     assert sc["capabilities"] == {"drop": ["ALL"]} and sc["runAsNonRoot"] is True
     assert {"name": "tmp", "mountPath": "/tmp"} in main["volumeMounts"]
     assert "--log-format=json" in main["args"] and "--health-probe-bind-address=:8080" in main["args"]
+    assert {"name": "POD_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in main["env"]
     assert not any(a.startswith(("--liveness", "--metrics-port")) for a in main["args"]), "deprecated flags"
     for probe in ("startupProbe", "livenessProbe"):
         assert main[probe]["httpGet"] == {"path": "/healthz", "port": "health"}, probe
@@ -177,10 +180,9 @@ def _default(docs: list[dict]) -> None:
     assert not any(a.startswith(("--namespace", "--peering", "--leader-elect", "--ca-bundle-file")) for a in container(docs)["args"])
     assert "--metrics-bind-address=0" in container(docs)["args"]
     assert not {e["name"] for e in container(docs)["env"]} & {"HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY"}
-    # The CRDs: every one of crds/, kept on uninstall.
+    # The CRDs: every one of crds/ but kopf's shared peering CRDs, kept on uninstall.
     crds = of_kind(docs, "CustomResourceDefinition")
-    assert sorted(d["metadata"]["name"] for d in crds) == sorted(
-        d["metadata"]["name"] for path in sorted((REPO_ROOT / "crds").glob("*.yaml")) for d in yaml.safe_load_all(path.read_text()) if d)
+    assert sorted(d["metadata"]["name"] for d in crds) == sorted(d["metadata"]["name"] for d in _chart_crds())
     assert all(d["metadata"]["annotations"] == CRD_KEEP for d in crds)
     # No aggregation into Kubernetes' default roles unless asked.
     assert not [r for r in of_kind(docs, "ClusterRole") if any(k.startswith("rbac.authorization.k8s.io/aggregate")
@@ -339,6 +341,8 @@ def _peering(docs: list[dict]) -> None:
     assert one(docs, "PodDisruptionBudget")["spec"]["minAvailable"] == 1
     assert one(docs, "ClusterKopfPeering")["metadata"]["name"] == "wso-workspace-secrets-operator"
     assert ("kopf.dev", "clusterkopfpeerings", "patch") in rules_of(operator_role(docs))
+    # kopf's peering CRDs are every kopf operator's: never the chart's, even with peering (apply them yourself).
+    assert not {d["metadata"]["name"] for d in of_kind(docs, "CustomResourceDefinition")} & KOPF_PEERING_CRDS
 
 
 def _network_policy(docs: list[dict]) -> None:
@@ -548,13 +552,16 @@ def test_lint_strict_and_template(cluster, name: str) -> None:
         ({"crds": {"enable": False}}, "at '/crds': additional properties 'enable' not allowed"),
         ({"webhook": {"certManager": {"issuer": {"name": "ca"}}}}, "at '/webhook/certManager': additional properties 'issuer' not allowed"),
         ({"proxy": {"httpsProxy": "proxy.example.com:3128"}}, "at '/proxy/httpsProxy'"),
+        ({"proxy": {"httpsProxy": "https://proxy.example.com:3128"}}, "at '/proxy/httpsProxy'"),
+        ({"proxy": {"httpProxy": "http://proxy.example.com:3128/path"}}, "at '/proxy/httpProxy'"),
         ({"leaderElection": {"enabled": "yes"}}, "at '/leaderElection/enabled'"),
+        ({"leaderElection": {"leaseDuration": 2}}, "at '/leaderElection/leaseDuration'"),
     ],
     ids=["top-level-typo", "nested-typo", "inline-credentials", "wrong-type", "bad-enum", "bad-namespace-name",
          "unknown-provider-type", "bad-provider-name", "bad-credentials-secret-name", "provider-without-name",
          "old-providers-map", "operator-owned-webhook-field", "removed-oauth-client-secrets",
          "application-without-allowed-namespaces", "platform-users-not-a-list", "crds-typo", "cert-manager-typo",
-         "proxy-without-scheme", "leader-election-not-a-boolean"],
+         "proxy-without-scheme", "https-proxy", "proxy-with-a-path", "leader-election-not-a-boolean", "lease-too-short"],
 )
 def test_values_schema_rejects_mistakes(cluster, values: dict, message: str) -> None:
     result = cluster.helm("template", "wso", str(CHART), "--kube-version", KUBE_VERSION, "-f", "-",
@@ -581,10 +588,12 @@ def test_values_schema_rejects_mistakes(cluster, values: dict, message: str) -> 
          "connect.auth.userHeader needs connect.auth.trustedProxies"),
         ({"connect": {"applications": [{"name": "gh", "type": "github", "allowedNamespaces": ["*"]}]}},
          'connect.applications: "gh" (type github) needs clientSecretRef'),
+        ({"replicaCount": 2, "leaderElection": {"leaseDuration": 12, "renewDeadline": 10, "retryPeriod": 2}},
+         "leaderElection: needs leaseDuration > renewDeadline + retryPeriod"),
     ],
     ids=["several-replicas-need-leader-election", "ha-webhook-needs-a-shared-certificate", "election-or-peering",
          "one-certificate-source", "cert-manager-needs-the-webhook", "aggregation-needs-the-policies", "connect-needs-a-public-url",
-         "duplicate-provider-name", "user-header-needs-trusted-proxies", "application-needs-client-secret"],
+         "duplicate-provider-name", "user-header-needs-trusted-proxies", "application-needs-client-secret", "lease-durations"],
 )
 def test_inconsistent_values_are_refused(cluster, values: dict, message: str) -> None:
     result = cluster.helm("template", "wso", str(CHART), "--kube-version", KUBE_VERSION, "-f", "-",
@@ -1171,6 +1180,11 @@ def _repository_crds() -> list[dict]:
     return [d for path in sorted((REPO_ROOT / "crds").glob("*.yaml")) for d in yaml.safe_load_all(path.read_text()) if d]
 
 
+def _chart_crds() -> list[dict]:
+    """The CRDs the chart owns: crds/ but kopf's peering CRDs, which every kopf operator shares (never rendered)."""
+    return [d for d in _repository_crds() if d["metadata"]["name"] not in KOPF_PEERING_CRDS]
+
+
 def _live_crds(cluster) -> dict[str, dict]:
     items = json.loads(cluster.kubectl("get", "crd", "-o", "json").stdout)["items"]
     return {i["metadata"]["name"]: i for i in items}
@@ -1194,18 +1208,22 @@ def _run_readme_script(cluster, marker: str, **env: str) -> None:
 @pytest.mark.timeout(300)
 def test_upgrade_from_0_3_0_adopts_and_upgrades_the_crds(bare_cluster) -> None:
     """0.3.0 installed its CRDs from crds/ (Helm never owned or upgraded them). After the README's one-time
-    adoption step (Helm's ownership label and annotations), `helm upgrade` to this chart owns the CRDs and
-    applies their changes; `helm uninstall` then keeps them (crds.keep)."""
+    adoption step (Helm's ownership label and annotations), `helm upgrade` to this chart owns its three CRDs and
+    applies their changes; `helm uninstall` then keeps them (crds.keep). kopf's peering CRDs, which 0.3.0 also
+    installed, are shared with every kopf operator: neither adopted nor changed nor deleted, before or after."""
     cluster, name, namespace = bare_cluster, "wso", "wso-system"
     cluster.kubectl("create", "namespace", namespace)
-    old_crds, new_crds = _previous_chart_crds(), _repository_crds()
+    old_crds, new_crds = _previous_chart_crds(), _chart_crds()
     added = _schema_paths(new_crds) - _schema_paths(old_crds)
     assert added, "crds/ has no schema change since chart 0.3.0: nothing for the upgrade to prove"
-    assert {d["metadata"]["name"] for d in new_crds} >= {d["metadata"]["name"] for d in old_crds}
+    assert {d["metadata"]["name"] for d in new_crds} | KOPF_PEERING_CRDS >= {d["metadata"]["name"] for d in old_crds}
+    assert KOPF_PEERING_CRDS <= {d["metadata"]["name"] for d in old_crds}, "0.3.0 installed kopf's peering CRDs"
 
     cluster.helm("install", name, str(PREVIOUS_CHART), "--namespace", namespace)
     live = _live_crds(cluster)
     assert set(live) == {d["metadata"]["name"] for d in old_crds}
+    kopf_before = {n: (live[n]["metadata"].get("labels"), live[n]["metadata"].get("annotations"), live[n]["spec"])
+                   for n in KOPF_PEERING_CRDS}
     assert not _schema_paths(live.values()) & added, "0.3.0's schemas already have the new properties"
     assert all("meta.helm.sh/release-name" not in (c["metadata"].get("annotations") or {}) for c in live.values()), \
         "Helm's crds/ directory does not make the release own the CRDs"
@@ -1226,7 +1244,9 @@ def test_upgrade_from_0_3_0_adopts_and_upgrades_the_crds(bare_cluster) -> None:
     assert deployment["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["path"] == "/readyz"
 
     live = _live_crds(cluster)
-    assert set(live) == {d["metadata"]["name"] for d in new_crds}
+    assert set(live) == {d["metadata"]["name"] for d in new_crds} | KOPF_PEERING_CRDS
+    assert {n: (live[n]["metadata"].get("labels"), live[n]["metadata"].get("annotations"), live[n]["spec"])
+            for n in KOPF_PEERING_CRDS} == kopf_before, "kopf's peering CRDs are left exactly as 0.3.0 installed them"
     assert added <= _schema_paths(live.values()), sorted(added - _schema_paths(live.values()))
     for doc in new_crds:
         crd = live[doc["metadata"]["name"]]
@@ -1248,7 +1268,8 @@ def test_fresh_install_owns_the_crds_and_keep_decides_uninstall(bare_cluster) ->
     are installed first", changing nothing, and the README says to add them with the next upgrade -- shown here."""
     cluster, name, namespace = bare_cluster, "wso", "wso-system"
     cluster.kubectl("create", "namespace", namespace)
-    expected = {d["metadata"]["name"] for d in _repository_crds()}
+    expected = {d["metadata"]["name"] for d in _chart_crds()}
+    assert not expected & KOPF_PEERING_CRDS
     values = {"connect": {"applications": [GITHUB_APPLICATION]}}
     first = cluster.helm("install", name, str(CHART), "--namespace", namespace, "-f", "-", input=json.dumps(values), check=False)
     assert first.returncode != 0 and "ensure CRDs are installed first" in first.stderr, first.stderr

@@ -6,7 +6,9 @@
   measures expiry from when it saw the Lease last change) and reconciles a new WorkspaceSecret.
 - SIGTERM the leader: it releases the Lease on the way out, and the standby takes it at its next attempt (about a
   retry period), not a lease duration later.
-- A leader that finds the Lease held by someone else exits (1) at once: never two leaders.
+- A leader that finds the Lease held by someone else exits (1) at once.
+
+The time bounds are generous: the machine running this may be loaded (2 cores, a CI run beside it).
 """
 
 from __future__ import annotations
@@ -89,7 +91,9 @@ def test_one_replica_leads_and_a_standby_takes_over(cluster, namespace, tmp_path
                  timeout=LEASE + 4 * RETRY + 10, interval=0.2, what="the standby to take the Lease")
         takeover = time.monotonic() - killed
         print(f"takeover after SIGKILL: {takeover:.1f}s (lease duration {LEASE:g}s, retry period {RETRY:g}s)")
-        assert takeover <= LEASE + 2 * RETRY + 1.5, f"took {takeover:.1f}s"
+        # Not before the Lease could have expired (the standby saw its last renewal at most a retry period before
+        # the kill); on time: a lease duration after that plus a few retry periods and process start-up slack.
+        assert LEASE - RETRY <= takeover < LEASE + 3 * RETRY + 5, f"took {takeover:.1f}s"
         wait_for(lambda: readyz(b) == 200, timeout=30, what="the new leader ready")
         assert metric(b.metrics(), "wso_leader_election_leading") == 1
         reconciled(api, namespace, "two")
@@ -105,16 +109,16 @@ def test_one_replica_leads_and_a_standby_takes_over(cluster, namespace, tmp_path
                  timeout=LEASE + 10, interval=0.1, what="the standby to take the released Lease")
         handover = time.monotonic() - released
         print(f"handover after SIGTERM: {handover:.1f}s after the leader exited")
-        assert handover <= 2 * RETRY + 1.0, f"took {handover:.1f}s after the leader exited"
+        assert handover < 2 * RETRY + 4, f"took {handover:.1f}s after the leader exited"  # not a lease duration
         assert "released" in b.log_text()
         wait_for(lambda: readyz(a) == 200, timeout=30, what="the new leader ready")
         reconciled(api, namespace, "three")
 
         # Someone else holds the Lease now (a split brain in the making): the leader exits at once, with 1.
-        lease = coordination.read_namespaced_lease(LEASE_ID, namespace)
-        lease.spec.holder_identity = "intruder"
-        lease.spec.lease_duration_seconds = 3600
-        coordination.replace_namespaced_lease(LEASE_ID, namespace, lease)
+        # A merge patch without a resourceVersion: a read-then-replace would race the leader's renewals (409).
+        coordination.patch_namespaced_lease(
+            LEASE_ID, namespace, {"spec": {"holderIdentity": "intruder", "leaseDurationSeconds": 3600}},
+            _content_type="application/merge-patch+json")
         assert a.process.wait(RENEW + 5) == 1
         assert "leader election lost" in a.log_text()
     finally:

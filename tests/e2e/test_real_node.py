@@ -196,7 +196,7 @@ def release_values(moto: NodeMoto) -> dict:
             {"name": "cluster-tokens", "type": "kubernetes-token", "allow": allow,
              "config": {"allowedServiceAccounts": ["ci-*"], "audiences": [API_AUDIENCE], "maxExpirationSeconds": 7200}},
             {"name": "aws-dev", "type": "aws-iam", "credentialsSecret": "aws-admin", "allow": allow,
-             "config": {"endpointURL": moto.url, "region": "us-east-1"}},
+             "config": {"endpointURL": moto.url, "region": "us-east-1", "allowPlainHTTP": True}},
         ],
     }
 

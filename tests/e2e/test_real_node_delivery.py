@@ -147,7 +147,7 @@ def release_values(moto: NodeMoto, github, connect_port: int) -> dict:
         "operator": {"resyncInterval": 30, "extraEnv": [
             {"name": "SSL_CERT_FILE", "value": "/var/run/workspace-secrets-operator/webhook-certs/ca.crt"}]},
         "providers": [{"name": "aws-dev", "type": "aws-iam", "credentialsSecret": "aws-admin", "allow": allow,
-                       "config": {"endpointURL": moto.url, "region": "us-east-1"}}],
+                       "config": {"endpointURL": moto.url, "region": "us-east-1", "allowPlainHTTP": True}}],
         "connect": {"enabled": True, "publicURL": f"http://127.0.0.1:{connect_port}",
                     "auth": {"userHeader": USER_HEADER, "trustedProxies": ["127.0.0.1/32"]},
                     "applications": [{"name": APPLICATION, "type": "github-enterprise", "host": github.url,

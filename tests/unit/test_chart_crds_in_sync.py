@@ -88,7 +88,7 @@ def test_drift_is_detected_for_an_edit_an_addition_and_a_removal(repo_root: Path
     shutil.copytree(repo_root / "crds", source)
     generator.write(source, target)
     assert generator.drift(source, target) == []
-    victim = next(iter(sorted(source.glob("*.yaml"))))
+    victim = next(p for p in sorted(source.glob("*.yaml")) if p.name not in generator.SHARED)
     victim.write_text(victim.read_text() + "# one more line\n")
     assert generator.drift(source, target) == [f"out of date: templates/crds/{victim.name}"]
     generator.write(source, target)
@@ -99,6 +99,28 @@ def test_drift_is_detected_for_an_edit_an_addition_and_a_removal(repo_root: Path
     assert generator.drift(source, target) == ["not generated from crds/ (stale): templates/crds/extra.yaml"]
     generator.write(source, target)
     assert not (target / "extra.yaml").exists() and generator.drift(source, target) == []
+
+
+def test_kopfs_shared_peering_crds_are_never_chart_templates(repo_root: Path, tmp_path: Path) -> None:
+    """clusterkopfpeerings/kopfpeerings.kopf.dev belong to every kopf operator of the cluster: a release owning them
+    would break another operator's install (ownership metadata) and, with crds.keep=false, delete its peering
+    objects. They stay in crds/ (the CLI's `crds`, the deprecated --peering) but the chart never renders them."""
+    generator = _generator(repo_root)
+    assert generator.SHARED == {"kopf-peering.yaml"} and (repo_root / "crds" / "kopf-peering.yaml").is_file()
+    assert "kopf-peering.yaml" not in generator.templates(repo_root / "crds")
+    rendered = repo_root / CHART / "templates"
+    assert not any("kopf.dev" in p.read_text() for p in (rendered / "crds").glob("*.yaml"))
+    assert "kind: CustomResourceDefinition" not in "".join(p.read_text() for p in rendered.glob("*.yaml"))
+    # Editing the shared file is no drift; a stale template of it is removed.
+    source, target = tmp_path / "crds", tmp_path / "templates"
+    shutil.copytree(repo_root / "crds", source)
+    generator.write(source, target)
+    (source / "kopf-peering.yaml").write_text((source / "kopf-peering.yaml").read_text() + "# edited\n")
+    assert generator.drift(source, target) == []
+    (target / "kopf-peering.yaml").write_text("stale\n")
+    assert generator.drift(source, target) == ["not generated from crds/ (stale): templates/crds/kopf-peering.yaml"]
+    generator.write(source, target)
+    assert not (target / "kopf-peering.yaml").exists()
 
 
 def test_template_braces_in_a_crd_are_printed_literally(repo_root: Path) -> None:

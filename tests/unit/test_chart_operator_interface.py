@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import io
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from workspace_secrets.api import constants as c
 from workspace_secrets.runtime.webhook import configuration as desired
 from workspace_secrets.credentials.providers import registry
 from chart_support import CHART, NAMESPACE, RELEASE, helm, render  # noqa: F401 (helm: fixture)
+from devcluster.controlplane import pinned_versions
 
 
 FULLNAME = f"{RELEASE}-workspace-secrets-operator"
@@ -310,3 +312,108 @@ def test_trusted_ca_bundle_file_is_where_the_chart_mounts_it(helm: Path) -> None
     directory, _, key = parsed.ca_bundle_file.rpartition("/")
     assert directory == _mount(spec, "ca-bundle")["mountPath"] and key == "ca.crt"
     assert _volume(spec, "ca-bundle")["configMap"] == {"name": "corporate-ca", "items": [{"key": "ca.crt", "path": "ca.crt"}]}
+
+
+# --- leader election durations, proxies, the pod's identity, probes, kopf's CRDs (review of 3869b85) ----------
+def _template(helm: Path, values: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(helm), "template", RELEASE, str(CHART), "--namespace", NAMESPACE,
+         "--kube-version", pinned_versions()["K8S_VERSION"], "-f", "-"],
+        input=json.dumps(values), capture_output=True, text=True, check=False, timeout=60,
+    )
+
+
+@pytest.mark.parametrize("lease,renew,retry", [(15, 10, 2), (13, 10, 2), (12, 10, 2), (12, 10, 3), (3, 1, 1), (2, 1, 1),
+                                               (30, 20, 4), (20, 20, 1), (6, 1, 4), (5, 1, 4)])
+def test_the_chart_refuses_exactly_the_lease_durations_the_operator_refuses(helm: Path, lease: int, renew: int, retry: int) -> None:
+    """leaseDuration > renewDeadline + retryPeriod (runtime/leader.py's durations_problem): the chart fails the
+    render instead of installing an operator that refuses to start; values below the schema's minimums never reach
+    the template."""
+    from workspace_secrets.runtime.leader import durations_problem
+
+    schema = json.loads((CHART / "values.schema.json").read_text())["properties"]["leaderElection"]["properties"]
+    result = _template(helm, {"replicaCount": 2, "leaderElection": {"leaseDuration": lease, "renewDeadline": renew, "retryPeriod": retry}})
+    if lease < schema["leaseDuration"]["minimum"]:
+        assert result.returncode != 0 and "at '/leaderElection/leaseDuration'" in result.stderr, result.stderr
+        assert durations_problem(lease, renew, retry) is not None
+        return
+    operator_refuses = durations_problem(lease, renew, retry) is not None
+    assert (result.returncode != 0) == operator_refuses, result.stderr
+    if operator_refuses:
+        assert "leaderElection: needs leaseDuration > renewDeadline + retryPeriod" in result.stderr
+    else:
+        parsed = parse_run(pod_spec([d for d in yaml.safe_load_all(result.stdout) if d])["containers"][0]["args"])
+        assert (parsed.leader_election_lease_duration, parsed.leader_election_renew_deadline,
+                parsed.leader_election_retry_period) == (lease, renew, retry)
+
+
+def test_lease_durations_are_not_checked_without_leader_election(helm: Path) -> None:
+    assert _template(helm, {"leaderElection": {"leaseDuration": 10, "renewDeadline": 10}}).returncode == 0
+
+
+PROXY_CANDIDATES = ["", "http://proxy.example.com:3128", "http://proxy:3128/", "http://user:pass@proxy:3128",
+                    "http://[fd00::1]:3128", "http://10.0.0.1", "https://proxy.example.com:3128",
+                    "socks5://proxy:1080", "http://proxy:3128/path", "http://proxy:3128?x=1", "http://proxy:3128#f",
+                    "proxy.example.com:3128", "HTTPS://proxy:3128", "http://", "http://proxy:3128 extra"]
+
+
+@pytest.mark.parametrize("key,variable", [("httpsProxy", "HTTPS_PROXY"), ("httpProxy", "HTTP_PROXY")])
+def test_the_proxy_schema_accepts_only_proxies_the_operator_accepts(key: str, variable: str) -> None:
+    """Whatever values.schema.json lets through, runtime/egress.py takes (it refuses https://, socks5:// and a path
+    at start). The schema is stricter in one way only: it wants the http:// the operator would assume."""
+    import jsonschema
+
+    from workspace_secrets.runtime.egress import ProxyConfigError, ProxySettings
+
+    schema = json.loads((CHART / "values.schema.json").read_text())["properties"]["proxy"]["properties"][key]
+    accepted = []
+    for value in PROXY_CANDIDATES:
+        try:
+            jsonschema.validate(value, schema)
+        except jsonschema.ValidationError:
+            continue
+        accepted.append(value)
+        try:
+            ProxySettings.from_environ({variable: value})
+        except ProxyConfigError as exc:
+            pytest.fail(f"the schema accepts {key}={value!r}, the operator refuses it: {exc}")
+    # Not http://user:pass@proxy:3128: credentials would sit in the pod spec, readable with `view` (existingSecret).
+    assert accepted == ["", "http://proxy.example.com:3128", "http://proxy:3128/", "http://[fd00::1]:3128", "http://10.0.0.1"]
+
+
+def test_proxy_credentials_come_from_a_secret_never_the_pod_spec(helm: Path) -> None:
+    spec = pod_spec(render(helm, {"proxy": {"existingSecret": "corporate-proxy", "noProxy": ".corp.example"}}))
+    env = {e["name"]: e for e in spec["containers"][0]["env"]}
+    for variable in ("HTTPS_PROXY", "HTTP_PROXY"):
+        assert "value" not in env[variable]
+        assert env[variable]["valueFrom"]["secretKeyRef"] == {"name": "corporate-proxy", "key": variable, "optional": True}
+    assert env["NO_PROXY"]["value"].split(",")[:2] == [".corp.example", "$(KUBERNETES_SERVICE_HOST)"]
+
+
+def test_no_service_links_are_read_as_settings(helm: Path) -> None:
+    # A Service named like a flag (wso-metrics) would inject WSO_METRICS_PORT=tcp://...: the chart turns links off.
+    assert pod_spec(render(helm, {}))["enableServiceLinks"] is False
+
+
+def test_the_pod_name_is_the_operators_identity(helm: Path) -> None:
+    """POD_ID (read by the CLI for the Lease's holderIdentity, the peering status and Events) is the pod's name."""
+    for values in ({}, VARIANTS["leader-election-ha"]):
+        env = {e["name"]: e for e in pod_spec(render(helm, values))["containers"][0]["env"]}
+        assert env["POD_ID"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert "os.environ.get('POD_ID')" in Path(cli.__file__).read_text()
+
+
+def test_a_new_leader_has_the_startup_budget_to_start(helm: Path) -> None:
+    """After a takeover the leader starts the operator with /healthz at 503, and only the liveness probe counts:
+    by default it waits at least as long as the startup probe does at the container's start."""
+    container = pod_spec(render(helm, {"replicaCount": 2}))["containers"][0]
+    startup, liveness = container["startupProbe"], container["livenessProbe"]
+    assert (liveness["failureThreshold"] - 1) * liveness["periodSeconds"] >= startup["failureThreshold"] * startup["periodSeconds"]
+
+
+@pytest.mark.parametrize("values", [{}, {"peering": {"enabled": True}}, {"replicaCount": 2, "peering": {"enabled": True}},
+                                    {"peering": {"enabled": True}, "watchNamespaces": ["team-a"]}])
+def test_the_chart_never_renders_kopfs_shared_peering_crds(helm: Path, values: dict[str, Any]) -> None:
+    docs = render(helm, values)
+    crds = sorted(d["metadata"]["name"] for d in docs if d["kind"] == "CustomResourceDefinition")
+    assert crds == ["oauthapplications.workspace-secrets.io", "usertokens.workspace-secrets.io", "workspacesecrets.workspace-secrets.io"]

@@ -86,12 +86,67 @@ def test_the_command_line_wins_over_the_environment(monkeypatch):
 def test_a_bad_environment_value_is_refused(monkeypatch, capsys):
     monkeypatch.setenv("WSO_LEADER_ELECT", "maybe")
     with pytest.raises(SystemExit):
-        cli._parser()
+        parse()
     assert "WSO_LEADER_ELECT='maybe': expected true or false" in capsys.readouterr().err
     monkeypatch.setenv("WSO_LEADER_ELECT", "false")
     monkeypatch.setenv("WSO_LOG_LEVEL", "chatty")
     with pytest.raises(SystemExit):
-        cli._parser()
+        parse()
+
+
+def test_the_environment_is_read_for_run_only(monkeypatch, capsys):
+    """A bad WSO_* variable (meant for the operator's container) does not break `crds`."""
+    monkeypatch.setenv("WSO_VERBOSE", "very")
+    monkeypatch.setenv("WSO_LOG_LEVEL", "chatty")
+    assert cli.main(["crds"]) == 0
+    assert "CustomResourceDefinition" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        parse()
+
+
+def test_the_command_line_replaces_the_environments_list(monkeypatch):
+    monkeypatch.setenv("WSO_NAMESPACE", "a,b")
+    assert parse().namespaces == ["a", "b"]
+    assert parse("-n", "c").namespaces == ["c"]
+    assert parse("-n", "c", "--namespace", "d").namespaces == ["c", "d"]
+    monkeypatch.delenv("WSO_NAMESPACE")
+    assert parse().namespaces == []
+    assert parse("-n", "c", "-n", "d").namespaces == ["c", "d"]
+    assert parse().namespaces == []  # the default list is never appended to
+
+
+def test_an_explicit_flag_beats_any_variable_and_any_alias(monkeypatch):
+    # -v / WSO_VERBOSE against --log-level
+    monkeypatch.setenv("WSO_VERBOSE", "true")
+    assert cli._log_level(parse("--log-level=warning")) == "warning"
+    assert cli._log_level(parse()) == "debug"
+    assert cli._log_level(parse("-v", "--log-level=warning")) == "debug"  # both on the command line: -v as before
+    monkeypatch.setenv("WSO_LOG_LEVEL", "error")
+    assert cli._log_level(parse()) == "debug"  # both variables: as before
+    assert cli._log_level(parse("-v")) == "debug"
+    monkeypatch.delenv("WSO_VERBOSE")
+    assert cli._log_level(parse()) == "error"
+    # --liveness / WSO_LIVENESS against --health-probe-bind-address
+    monkeypatch.setenv("WSO_LIVENESS", "http://0.0.0.0:8282/alive")
+    assert cli._health_bind(parse()) == (("0.0.0.0", 8282), "/alive")  # the alias beats a default
+    assert cli._health_bind(parse("--health-probe-bind-address", "127.0.0.1:8181")) == (("127.0.0.1", 8181), "/healthz")
+    monkeypatch.setenv("WSO_HEALTH_PROBE_BIND_ADDRESS", ":8383")
+    assert cli._health_bind(parse()) == (("", 8383), "/healthz")  # a tie: the flag
+    assert cli._health_bind(parse("--liveness", "http://127.0.0.1:8484/healthz")) == (("127.0.0.1", 8484), "/healthz")
+    assert cli._health_bind(parse("--liveness", "http://127.0.0.1:8484/healthz", "--health-probe-bind-address",
+                                  ":8585")) == (("", 8585), "/healthz")
+    # --metrics-port / --metrics-address against --metrics-bind-address
+    monkeypatch.setenv("WSO_METRICS_PORT", "9292")
+    assert cli._metrics_bind(parse()) == ("", 9292)
+    assert cli._metrics_bind(parse("--metrics-bind-address", "127.0.0.1:9100")) == ("127.0.0.1", 9100)
+    assert cli._metrics_bind(parse("--metrics-bind-address", "0")) is None
+    assert cli._metrics_bind(parse("--metrics-port", "9191", "--metrics-bind-address", "127.0.0.1:9100")) == (
+        "127.0.0.1", 9100)
+    assert cli._metrics_bind(parse("--metrics-address", "10.0.0.1", "--metrics-bind-address", ":9100")) == (
+        "", 9100)
+    monkeypatch.setenv("WSO_METRICS_BIND_ADDRESS", ":9393")
+    assert cli._metrics_bind(parse()) == ("", 9393)  # a tie: the flag
+    assert cli._metrics_bind(parse("--metrics-port", "9191")) == ("", 9191)
 
 
 def test_operator_namespace_falls_back_to_pod_namespace(monkeypatch):
@@ -120,21 +175,23 @@ def test_every_visible_flag_shows_its_default_and_its_environment_variable():
 
 
 def test_metrics_bind_address_and_the_deprecated_port_and_address(monkeypatch):
-    assert cli._metrics_bind(parse()) == ("0.0.0.0", 9090)
+    assert cli._metrics_bind(parse()) == ("", 9090)
     assert cli._metrics_bind(parse("--metrics-bind-address", "127.0.0.1:9100")) == ("127.0.0.1", 9100)
     assert cli._metrics_bind(parse("--metrics-bind-address", "[::1]:9100")) == ("::1", 9100)
     assert cli._metrics_bind(parse("--metrics-bind-address", "0")) is None
-    assert cli._metrics_bind(parse("--metrics-port", "9191")) == ("0.0.0.0", 9191)
+    assert cli._metrics_bind(parse("--metrics-port", "9191")) == ("", 9191)
     assert cli._metrics_bind(parse("--metrics-port", "9191", "--metrics-address", "127.0.0.1")) == ("127.0.0.1", 9191)
     assert cli._metrics_bind(parse("--metrics-port", "0")) is None
     monkeypatch.setenv("WSO_METRICS_PORT", "9292")
-    assert cli._metrics_bind(parse()) == ("0.0.0.0", 9292)
+    assert cli._metrics_bind(parse()) == ("", 9292)
     with pytest.raises(SystemExit, match="--metrics-bind-address"):
         cli._metrics_bind(parse("--metrics-bind-address", "localhost"))
 
 
 def test_health_probe_bind_address_and_the_deprecated_liveness_url():
-    assert cli._health_bind(parse()) == (("0.0.0.0", 8080), "/healthz")
+    assert cli._health_bind(parse()) == (("", 8080), "/healthz")  # "": every address family (IPv6-only clusters)
+    assert cli._health_bind(parse("--health-probe-bind-address", "0.0.0.0:8080")) == (("0.0.0.0", 8080), "/healthz")
+    assert cli._health_bind(parse("--health-probe-bind-address", "[::]:8080")) == (("::", 8080), "/healthz")
     assert cli._health_bind(parse("--health-probe-bind-address", "127.0.0.1:8181")) == (("127.0.0.1", 8181), "/healthz")
     assert cli._health_bind(parse("--health-probe-bind-address", "0"))[0] is None
     assert cli._health_bind(parse("--liveness", "http://127.0.0.1:8282/healthz")) == (("127.0.0.1", 8282), "/healthz")
@@ -142,6 +199,10 @@ def test_health_probe_bind_address_and_the_deprecated_liveness_url():
     assert cli._health_bind(parse("--liveness", ""))[0] is None
     with pytest.raises(SystemExit):
         cli._health_bind(parse("--health-probe-bind-address", ":http"))
+    for bad in ("http://127.0.0.1:http/healthz", "http://127.0.0.1:99999/healthz", "http://[::1/healthz",
+                "https://127.0.0.1:8080/healthz", "http://127.0.0.1/healthz"):
+        with pytest.raises(SystemExit, match=r"--liveness \(deprecated\): expected http://HOST:PORT/PATH"):
+            cli._health_bind(parse("--liveness", bad))
 
 
 def test_leader_election_settings():
@@ -158,6 +219,15 @@ def test_leader_election_settings():
         "elsewhere", "wso", 60.0, 40.0, 0.5)
     with pytest.raises(SystemExit, match="lease duration > renew deadline"):
         cli._leader_election_config(parse("--leader-elect", "--leader-election-renew-deadline", "20s"))
+    # The leader gives up at the latest a retry period + the renew deadline after its last renewal.
+    with pytest.raises(SystemExit, match=r"lease duration > renew deadline \+ retry period, got 15s <= 10s \+ 5s"):
+        cli._leader_election_config(parse("--leader-elect", "--leader-election-retry-period", "5s"))
+    assert cli._leader_election_config(parse("--leader-elect", "--leader-election-retry-period", "4.9s")).enabled
+    with pytest.raises(SystemExit, match="positive, finite"):
+        cli._leader_election_config(parse("--leader-elect", "--leader-election-retry-period", "0"))
+    for bad in ("inf", "nan", "-1", "infinity"):
+        with pytest.raises(SystemExit):  # argparse: not a duration
+            parse("--leader-elect", "--leader-election-lease-duration", bad)
     with pytest.raises(SystemExit, match="choose one"):
         cli._leader_election_config(parse("--leader-elect", "--peering", "wso"))
     assert cli._leader_election_config(parse("--peering", "wso")).enabled is False  # deprecated, still accepted
@@ -169,7 +239,7 @@ def test_durations(text, seconds):
     assert cli.duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "s", "fast", "1d", "-"])
+@pytest.mark.parametrize("text", ["", "s", "fast", "1d", "-", "inf", "nan", "-inf", "-5", "1e999"])
 def test_bad_durations(text):
     with pytest.raises(argparse.ArgumentTypeError):
         cli.duration(text)
@@ -209,3 +279,14 @@ def test_the_package_data_is_the_source_tree_crds():
     """operator/workspace_secrets/crds is a symlink to crds/ (the one source), so the two never differ."""
     link = REPO / "operator" / "workspace_secrets" / "crds"
     assert link.is_symlink() and link.resolve() == (REPO / "crds").resolve()
+
+
+def test_kubernetes_service_links_are_not_read_as_settings(monkeypatch, caplog):
+    # A Service named `wso-metrics` (or `wso-connect`) in the operator's namespace makes kubelet inject
+    # WSO_METRICS_PORT=tcp://IP:PORT: ignored (with a warning), not a crash loop on "invalid int value".
+    monkeypatch.setenv("WSO_METRICS_PORT", "tcp://10.96.0.7:9090")
+    monkeypatch.setenv("WSO_CONNECT_PORT", "tcp://10.96.0.8:8081")
+    parsed = cli._parser().parse_args(["run"])
+    assert parsed.metrics_port == run_parser().get_default("metrics_port")
+    assert parsed.connect_port == run_parser().get_default("connect_port")
+    assert "service link" in caplog.text and "10.96.0.7" not in caplog.text

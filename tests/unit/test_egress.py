@@ -1,12 +1,13 @@
 """Which proxy an outgoing request goes through (runtime/egress.py, pure): HTTPS_PROXY/HTTP_PROXY/NO_PROXY as the
-Python clients read them, loopback never proxied, bad proxy settings refused without echoing a password."""
+Python clients read them, loopback never proxied, bad proxy settings refused without echoing a password; plain http
+refused off loopback by every client before any connection; messages that reach a status never name the proxy."""
 
 from __future__ import annotations
 
 import pytest
 
-from workspace_secrets.runtime.egress import ProxyConfigError, ProxySettings
-from workspace_secrets.runtime.http import Egress
+from workspace_secrets.runtime.egress import ProxyConfigError, ProxySettings, cleartext_problem
+from workspace_secrets.runtime.http import Egress, provider_tls_error
 
 
 def proxy(env: dict[str, str], url: str) -> str | None:
@@ -101,3 +102,184 @@ def test_a_session_configured_by_the_egress_reads_nothing_from_the_environment(m
     assert session.trust_env is False
     prepared = session.prepare_request(requests.Request("GET", "https://git.example.com/x"))
     assert "Authorization" not in prepared.headers
+
+
+# --- plain http: loopback only, for every client (runtime/egress.py cleartext_problem) ---------------------------
+class ListeningSocket:
+    """A TCP listener on 127.0.0.1 that answers nothing: stands for a proxy or a server, and tells whether anyone
+    connected (and with `answer`, answers every connection with it: a proxy refusing CONNECT)."""
+
+    def __init__(self, answer: bytes | None = None) -> None:
+        import socket
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self.received = b""
+        self.answer = answer
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            with conn:
+                conn.settimeout(5)
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+                self.received += data
+                if self.answer is not None:
+                    conn.sendall(self.answer)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.parametrize("url", ["https://iam.twilio.com", "https://10.0.0.5:8443/v1", "http://127.0.0.1:8080/token",
+                                 "http://127.3.2.1", "http://localhost:9000", "HTTP://LOCALHOST", "http://[::1]:80/x"])
+def test_https_and_loopback_http_may_be_sent(url):
+    assert cleartext_problem(url) is None
+
+
+@pytest.mark.parametrize("url, words", [
+    ("http://iam.twilio.example/v1", "http://iam.twilio.example is plain http"),
+    ("http://10.0.0.5:8080", "http://10.0.0.5:8080 is plain http"),
+    ("http://192.168.1.10:5000/", "plain http"),
+    ("http://foo.localhost:8080", "plain http"),  # *.localhost is resolved, not necessarily to loopback
+    ("http://admin:hunter2@10.0.0.5", "http://10.0.0.5 is plain http"),
+    ("ftp://files.example", "not an https URL"),
+    ("iam.example.com", "not an https URL"),
+])
+def test_plain_http_off_loopback_is_refused(url, words):
+    problem = cleartext_problem(url)
+    assert problem is not None and words in problem and "https" in problem
+    assert "hunter2" not in problem
+
+
+def test_the_requests_adapter_refuses_plain_http_off_loopback_before_any_connection():
+    """Twilio's and GCP's sessions: the Basic auth with the master token (or the admin's bearer) never leaves, not
+    even to the proxy; loopback http still works, and a redirect to plain http off loopback is refused too."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    import requests
+
+    proxy_socket = ListeningSocket()
+
+    class Redirecting(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            if self.path == "/ok":
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+                return
+            self.send_response(302)
+            self.send_header("Location", "http://203.0.113.7/v1/Keys")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args) -> None:  # type: ignore[no-untyped-def]
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Redirecting)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = {"HTTP_PROXY": proxy_socket.url, "HTTPS_PROXY": proxy_socket.url}
+        session = Egress(ProxySettings.from_environ(env)).configure_requests(requests.Session())
+        for url in ("http://203.0.113.7/v1/Keys", "http://iam.twilio.example/v1/Keys"):
+            with pytest.raises(requests.RequestException) as caught:
+                session.get(url, auth=("AC" + "0" * 32, "twilio-master-token"), timeout=5)
+            assert "plain http" in str(caught.value) and "twilio-master-token" not in str(caught.value)
+            assert provider_tls_error(caught.value, url) == str(caught.value)  # the providers' message
+        loopback = f"http://127.0.0.1:{server.server_address[1]}"
+        assert session.get(f"{loopback}/ok", timeout=5).text == "ok"  # loopback: directly, never the proxy
+        with pytest.raises(requests.RequestException, match="plain http"):
+            session.get(f"{loopback}/redirect", auth=("AC", "twilio-master-token"), timeout=5)
+        assert proxy_socket.connections == 0
+    finally:
+        server.shutdown()
+        proxy_socket.close()
+
+
+def test_the_aiohttp_transport_refuses_plain_http_off_loopback_before_any_connection():
+    import asyncio
+
+    from workspace_secrets.oauth.base import ProviderMisconfigured
+    from workspace_secrets.oauth.github import GitHubEnterprise
+    from workspace_secrets.oauth.protocol import TokenSet
+    from workspace_secrets.runtime.http import AiohttpTransport, CleartextRefused, Request
+    from workspace_secrets.runtime.sensitive import Sensitive
+
+    proxy_socket = ListeningSocket()
+
+    async def scenario() -> None:
+        transport = AiohttpTransport(egress=Egress(ProxySettings.from_environ({"HTTP_PROXY": proxy_socket.url})))
+        try:
+            with pytest.raises(CleartextRefused) as caught:
+                await transport.send(Request("POST", "http://10.0.0.5:8200/v1/auth/oidc/callback?code=c0de",
+                                             {"Authorization": "Bearer hvs.secret-token"}))
+            assert "plain http" in str(caught.value) and "secret-token" not in str(caught.value) and "c0de" not in str(caught.value)
+            # An OAuth provider reports it as the platform's misconfiguration (not an outage retried for ever).
+            provider = GitHubEnterprise(transport, host="http://git.corp.example")
+            with pytest.raises(ProviderMisconfigured, match="plain http"):
+                await provider.identity(TokenSet(Sensitive("ghp_secret")))
+        finally:
+            await transport.close()
+
+    try:
+        asyncio.run(scenario())
+        assert proxy_socket.connections == 0
+    finally:
+        proxy_socket.close()
+
+
+def test_transport_errors_say_the_configured_proxy_and_log_which(caplog):
+    """What reaches a UserToken's condition (tenant-readable) does not name the platform's proxy; the operator's
+    log does."""
+    import asyncio
+    import logging
+
+    from workspace_secrets.runtime.http import AiohttpTransport, Request, TransportError
+
+    refusing = ListeningSocket(answer=b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    closed = ListeningSocket()
+    closed_url = closed.url
+    closed.close()  # nothing listens there any more: the connection to the proxy is refused
+
+    async def send(proxy_url: str) -> str:
+        transport = AiohttpTransport(egress=Egress(ProxySettings.from_environ({"HTTPS_PROXY": proxy_url})))
+        try:
+            with pytest.raises(TransportError) as caught:
+                await transport.send(Request("GET", "https://git.corp.example/api/v3/user"), timeout=10)
+            return str(caught.value)
+        finally:
+            await transport.close()
+
+    try:
+        with caplog.at_level(logging.INFO, logger="workspace_secrets.runtime.http"):
+            refused = asyncio.run(send(refusing.url))
+            unreachable = asyncio.run(send(closed_url))
+    finally:
+        refusing.close()
+    assert "the configured proxy refused it (403)" in refused, refused
+    assert "via the configured proxy" in unreachable, unreachable
+    for message in (refused, unreachable):
+        assert "127.0.0.1" not in message and "proxy http" not in message
+    assert refusing.received.startswith(b"CONNECT git.corp.example:443")
+    assert f"127.0.0.1:{refusing.port}" in caplog.text and closed_url in caplog.text

@@ -112,3 +112,64 @@ def test_the_server_answers_from_the_process_state(caplog):
         ("/healthz", 500), ("/livez", 500), ("/readyz", 200),  # liveness failing: restart, readiness unchanged
     ]
     assert sum("liveness failing: watch down" in r.getMessage() for r in caplog.records) == 1  # logged once
+
+
+def _free_port_on_both_families() -> int:
+    for _ in range(20):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        try:
+            with socket.socket(socket.AF_INET6) as s6:
+                s6.bind(("::1", port))
+        except OSError:
+            continue
+        return port
+    pytest.skip("no port free on both 127.0.0.1 and ::1")
+
+
+def _ipv6_loopback() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this machine")
+def test_every_address_serves_ipv4_and_ipv6():
+    """":PORT" (host "", the default ":8080") listens on every address family: an IPv6-only cluster's kubelet probes
+    the pod's IPv6 address. "0.0.0.0" would be IPv4's only."""
+    port = _free_port_on_both_families()
+    probes = Probes(electing=True)  # a standby: /healthz 200
+
+    async def scenario() -> list[int]:
+        server = HealthServer(probes, "", port)
+        await server.start()
+        try:
+            return [(await asyncio.to_thread(_get, f"http://{host}:{port}/healthz"))[0] for host in ("127.0.0.1", "[::1]")]
+        finally:
+            await server.stop()
+
+    assert asyncio.run(scenario()) == [200, 200]
+
+
+def test_the_metrics_server_on_every_address_serves_ipv4_and_ipv6():
+    # --metrics-bind-address :PORT listens on every address family, like the health server (IPv6-only clusters).
+    import socket
+    import urllib.request
+
+    from prometheus_client import CollectorRegistry
+
+    from workspace_secrets.runtime import metrics
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    metrics.serve(port, "", registry=CollectorRegistry())
+    for host in ("127.0.0.1", "[::1]"):
+        with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as response:
+            assert response.status == 200, host

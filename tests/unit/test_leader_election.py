@@ -67,9 +67,18 @@ def test_the_written_spec_counts_transitions_and_stamps_micro_time():
         leader.desired_spec(Action.WAIT, None, "me", 15, NOW)
 
 
-def test_the_durations_must_nest():
+@pytest.mark.parametrize(("lease", "renew", "retry"), [
+    (10, 10, 2), (12, 10, 2),  # a leader may still be renewing when a standby takes over
+    (15, 10, 0), (15, -1, 2), (float("inf"), 10, 2), (15, float("nan"), 2), (15, 10, float("inf")),
+])
+def test_the_durations_must_nest(lease, renew, retry):
+    """The leader gives up at the latest a retry period + the renew deadline after its last renewal: that must end
+    before a standby may take over, a lease duration after it saw that renewal."""
     with pytest.raises(ValueError):
-        LeaderElector(FakeKube(), namespace="ns", name="l", identity="a", lease_duration=10, renew_deadline=10, retry_period=2)
+        LeaderElector(FakeKube(), namespace="ns", name="l", identity="a", lease_duration=lease, renew_deadline=renew,
+                      retry_period=retry)
+    assert leader.durations_problem(lease, renew, retry)
+    assert leader.durations_problem(15, 10, 2) is None and leader.durations_problem(12.5, 10, 2) is None
 
 
 # --- the elector on the in-memory API server -------------------------------------------------------------
@@ -156,7 +165,7 @@ def test_the_leader_gives_up_when_it_cannot_renew_within_the_renew_deadline():
         return time.monotonic() - started
 
     elapsed = asyncio.run(scenario())
-    assert 0.6 <= elapsed < 2.0  # retry period + renew deadline (0.7 s), well before the lease duration (3 s) ends
+    assert 0.6 <= elapsed < 2.1  # retry period + renew deadline (0.7 s; 3x on a loaded machine), before the lease (3 s) ends
 
 
 def test_the_leader_gives_up_at_once_when_it_finds_the_lease_held_by_another():
@@ -170,4 +179,66 @@ def test_the_leader_gives_up_at_once_when_it_finds_the_lease_held_by_another():
         await asyncio.wait_for(a.hold(), 5)
         return time.monotonic() - started
 
-    assert asyncio.run(scenario()) < 1.0
+    assert asyncio.run(scenario()) < 1.5  # a retry period and one request (~0.1 s); well within the renew deadline (3 s)
+
+
+def test_release_after_a_conflict_reads_the_lease_again_and_releases_it_if_still_ours():
+    async def scenario() -> None:
+        kube = FakeKube()
+        a, b = electors(kube, "a", "b")
+        await a.acquire()
+        await a.try_acquire_or_renew()  # a renewal a's release did not see: its resourceVersion is stale...
+        a._live = {**a._live, "metadata": {**a._live["metadata"], "resourceVersion": "1"}}
+        assert await a.release() is True  # ...409, read again: still a's, released
+        assert kube.get_object(LEASE)["spec"]["holderIdentity"] == ""
+        assert await b.try_acquire_or_renew() is True
+        # Taken by b in between: a's release, after its 409, finds it b's and leaves it alone.
+        a._live = {**kube.get_object(LEASE), "spec": {**kube.get_object(LEASE)["spec"], "holderIdentity": "a"}}
+        a._live["metadata"] = {**a._live["metadata"], "resourceVersion": "1"}
+        assert await a.release() is False
+        assert kube.get_object(LEASE)["spec"]["holderIdentity"] == "b"
+
+    asyncio.run(scenario())
+
+
+class SlowAnswers(FakeKube):
+    """The API server takes the write, but its answer is slow: the caller may be cancelled before it arrives."""
+
+    async def create(self, path, body):
+        written = await super().create(path, body)
+        await asyncio.sleep(5)
+        return written
+
+
+def test_cancelled_while_its_acquiring_write_is_in_flight_it_releases_what_the_write_took():
+    """SIGTERM while standing by, just as the create of the Lease was sent: the Lease names us although acquire()
+    never returned; on cancellation the elector reads it and releases it, so a standby need not wait it out."""
+    async def scenario() -> None:
+        kube = SlowAnswers()
+        (a,) = electors(kube, "a")
+        task = asyncio.create_task(a.acquire())
+        while kube.get_object(LEASE) is None:
+            await asyncio.sleep(0.01)
+        assert kube.get_object(LEASE)["spec"]["holderIdentity"] == "a"
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 5)
+        assert kube.get_object(LEASE)["spec"]["holderIdentity"] == ""
+        assert not a.leading.is_set()
+
+    asyncio.run(scenario())
+
+
+def test_cancelled_while_standing_by_it_leaves_anothers_lease_alone():
+    async def scenario() -> None:
+        kube = FakeKube()
+        a, b = electors(kube, "a", "b")
+        await a.acquire()
+        task = asyncio.create_task(b.acquire())
+        await asyncio.sleep(0.1)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        assert kube.get_object(LEASE)["spec"]["holderIdentity"] == "a"
+
+    asyncio.run(scenario())
+

@@ -208,3 +208,90 @@ def test_the_bundle_file_must_be_certificates(tmp_path, ca):
         read_ca_bundle(str(path))
     path.write_text(ca.cert_pem + PrivateCA("Second").cert_pem)
     assert read_ca_bundle(str(path)).count("BEGIN CERTIFICATE") == 2
+
+
+# --- the allowlist: CERTIFICATE blocks only (api/pem.py, the CRD's CEL rule) ----------------------------------------
+PGP_KEY = "-----BEGIN PGP PRIVATE KEY BLOCK-----\n\nlQOYBGVzZWNyZXQ=\n=abcd\n-----END PGP PRIVATE KEY BLOCK-----\n"
+PGP_PUBLIC = "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nmQENBGVzZWNyZXQ=\n-----END PGP PUBLIC KEY BLOCK-----\n"
+CSR = "-----BEGIN CERTIFICATE REQUEST-----\nMIIBc2VjcmV0\n-----END CERTIFICATE REQUEST-----\n"
+
+
+def key_as_certificate() -> str:
+    """A private key's DER relabelled CERTIFICATE: the label alone proves nothing."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    der = ec.generate_private_key(ec.SECP256R1()).private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                                                                 serialization.NoEncryption())
+    import base64
+
+    return "-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(der).decode() + "-----END CERTIFICATE-----\n"
+
+
+def bad_bundles(ca) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
+    return [
+        (ca.cert_pem + PGP_KEY, "private key"),
+        (PGP_KEY, "private key"),
+        (ca.cert_pem + PGP_PUBLIC, "another kind of PEM block"),
+        (ca.cert_pem + CSR, "another kind of PEM block"),
+        (ca.cert_pem.replace("CERTIFICATE", "TRUSTED CERTIFICATE"), "TRUSTED CERTIFICATE"),
+        (key_as_certificate(), "not an X.509 certificate"),
+        (ca.cert_pem + "-----BEGIN CERTIFICATE-----\nMIIB\n", "lacks its END"),
+        (ca.cert_pem.replace("-----END CERTIFICATE-----", "-----END CERTIFICATE REQUEST-----"), "BEGIN and END lines differ"),
+        (ca.cert_pem.replace("\n-----END", "\n!!!!\n-----END"), "other than base64"),
+    ]
+
+
+def test_the_ca_bundle_field_is_an_allowlist_of_certificate_blocks(ca):
+    """Anything but CERTIFICATE blocks with whitespace between them is refused: a PGP private key block (which has no
+    "PRIVATE KEY-----"), any other PEM block, a key relabelled CERTIFICATE, text between the certificates."""
+    for bad, why in [*bad_bundles(ca), ("comment\n" + ca.cert_pem, "only whitespace between them"),
+                     (ca.cert_pem + "# Issuer: x\n", "only whitespace between them")]:
+        with pytest.raises(SpecError, match=why) as caught:
+            OAuthApplication.from_body(app_body("https://git.corp.example", bad))
+        assert caught.value.field == "spec.caBundle"
+        assert "lQOYBGVzZWNyZXQ" not in str(caught.value) and "c2VjcmV0" not in str(caught.value)
+    two = ca.cert_pem + "\n\n" + PrivateCA("Second").cert_pem
+    for good in (two, two.replace("\n", "\r\n"), "  \n" + ca.cert_pem + "\t\n"):
+        assert OAuthApplication.from_body(app_body("https://git.corp.example", good)).ca_bundle == good
+
+
+def test_the_bundle_file_is_the_same_allowlist_and_may_carry_comments(ca, tmp_path):
+    path = tmp_path / "bundle.pem"
+    for bad, why in bad_bundles(ca):
+        path.write_text(bad)
+        with pytest.raises(ValueError, match=why) as caught:
+            read_ca_bundle(str(path))
+        assert str(path) in str(caught.value) and "lQOYBGVzZWNyZXQ" not in str(caught.value)
+    # Text between the blocks, as in certifi's or a distribution's bundle: ignored, as OpenSSL ignores it.
+    path.write_text("# Issuer: CN=Corp Root\n# Label: corp\n" + ca.cert_pem + "\n# Second\n" + PrivateCA("Second").cert_pem)
+    assert read_ca_bundle(str(path)).count("BEGIN CERTIFICATE") == 2
+
+
+def test_the_crds_rule_and_the_operators_allowlist_agree(ca):
+    """The CEL rule of crds/oauthapplications.yaml (RE2) on the same inputs as the Python allowlist, through the one
+    translation RE2 needs for Python ([:space:] inside a bracket)."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    from workspace_secrets.api.oauth_application import ca_bundle_problem
+
+    crd = yaml.safe_load((Path(__file__).resolve().parents[2] / "crds" / "oauthapplications.yaml").read_text())
+    field = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["caBundle"]
+    rules = [v["rule"] for v in field["x-kubernetes-validations"]]
+    matching = [r for r in rules if r.startswith("self.matches(")]
+    assert len(matching) == 1, rules
+    pattern = matching[0][len("self.matches('"):-len("')")].replace("[:space:]", r" \t\n\r\f\v")
+    assert "self.contains('PRIVATE KEY-----')" in " ".join(rules)  # and a private key gets its own message
+    samples = [b for b, _ in bad_bundles(ca)] + [
+        "comment\n" + ca.cert_pem, ca.cert_pem, ca.cert_pem + PrivateCA("Second").cert_pem, ca.cert_pem.replace("\n", "\r\n")]
+    for sample in samples:
+        by_crd = re.fullmatch(pattern, sample) is not None
+        by_operator = ca_bundle_problem(sample) is None
+        # The CRD checks the shape; the operator also parses each certificate (a relabelled key is well-shaped).
+        if "not an X.509 certificate" in (ca_bundle_problem(sample) or ""):
+            assert by_crd and not by_operator
+        else:
+            assert by_crd == by_operator, sample[:80]

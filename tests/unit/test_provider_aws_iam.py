@@ -193,3 +193,21 @@ def test_configuration_and_parameters():
     assert "AWS_REGION" not in global_.env()
     assert regional.validate({}) is None
     assert "takes no parameters" in (regional.validate({"policy": "admin"}) or "")
+
+
+@pytest.mark.parametrize("endpoint", ["http://iam.corp.example", "http://10.0.0.5:5000"])
+def test_a_plain_http_endpoint_off_loopback_is_refused_in_the_configuration(endpoint):
+    """SigV4 signs the requests, but the keys the provider mints come back in the answers: never in clear."""
+    admin = {"AWS_ACCESS_KEY_ID": Sensitive("AKIAIOSFODNN7EXAMPLE"), "AWS_SECRET_ACCESS_KEY": Sensitive("s3cr3t-admin")}
+    with pytest.raises(ValueError, match="config.endpointURL: .* is plain http") as caught:
+        provider(admin, endpointURL=endpoint)
+    assert "s3cr3t-admin" not in str(caught.value)
+    assert provider(admin, endpointURL="http://127.0.0.1:9")._endpoint == "http://127.0.0.1:9"
+
+
+def test_plain_http_off_loopback_only_when_the_platform_says_so():
+    """LocalStack or moto in a dev cluster: `allowPlainHTTP: true` is the platform's explicit choice (only `true`)."""
+    admin = {"AWS_ACCESS_KEY_ID": Sensitive("AKIAIOSFODNN7EXAMPLE"), "AWS_SECRET_ACCESS_KEY": Sensitive("x")}
+    assert provider(admin, endpointURL="http://10.0.0.5:5000", allowPlainHTTP=True)._endpoint == "http://10.0.0.5:5000"
+    with pytest.raises(ValueError, match="is plain http"):
+        provider(admin, endpointURL="http://10.0.0.5:5000", allowPlainHTTP="true")

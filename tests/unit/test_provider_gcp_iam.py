@@ -237,3 +237,19 @@ def test_the_orphan_sweep_revokes_keys_and_deletes_accounts_no_workspace_secret_
     assert run(provider.list(kept)) == [alive.id]
     run(provider.revoke(kept, alive.id))
     run(provider.release(kept))
+
+
+@pytest.mark.parametrize("config, words", [
+    ({"endpoint": "http://iam.corp.example"}, "config.endpoint: http://iam.corp.example is plain http"),
+    ({"tokenURI": "http://10.0.0.5/token"}, "config.tokenURI: http://10.0.0.5 is plain http"),
+])
+def test_a_plain_http_endpoint_off_loopback_is_refused_in_the_configuration(fake, config, words):
+    """The admin's bearer token (and the signed assertion it is got with) never in clear across the network."""
+    with pytest.raises(ValueError, match=words):
+        registry.build("gcp", "gcp-service-account-key", {"endpoint": fake.url, "project": fake.project, **config},
+                       {"key.json": Sensitive(fake.admin_key)}, None)
+    key = json.loads(fake.admin_key)
+    key["token_uri"] = "http://oauth2.corp.example/token"
+    with pytest.raises(ValueError, match="key.json's token_uri: http://oauth2.corp.example is plain http"):
+        registry.build("gcp", "gcp-service-account-key", {"endpoint": fake.url, "project": fake.project},
+                       {"key.json": Sensitive(json.dumps(key).encode())}, None)

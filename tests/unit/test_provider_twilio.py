@@ -179,3 +179,15 @@ def test_the_orphan_sweep_revokes_keys_no_workspace_secret_accounts_for(fake):
         return {kept.tag}
     assert run(sweep_orphans(manager, expected_tags)) == [orphan.tag]
     assert run(p.list(orphan)) == [] and run(p.list(kept)) == [alive.id]
+
+
+@pytest.mark.parametrize("base_url", ["http://iam.twilio.example", "http://10.0.0.5:8080", "ftp://iam.twilio.example"])
+def test_a_plain_http_base_url_off_loopback_is_refused_in_the_configuration(base_url):
+    """The master auth token goes in every request's Basic auth: never in clear across the network or a proxy."""
+    admin = {"TWILIO_ACCOUNT_SID": Sensitive("AC" + "0" * 32), "TWILIO_AUTH_TOKEN": Sensitive("twilio-master-token")}
+    with pytest.raises(ValueError, match="config.baseURL: .*(plain http|not an https URL)") as caught:
+        registry.build("t", "twilio-api-key", {"baseURL": base_url}, admin, None)
+    assert "twilio-master-token" not in str(caught.value)
+    # Loopback (the test fakes, a local development stub) stays allowed; https is the default.
+    registry.build("t", "twilio-api-key", {"baseURL": "http://127.0.0.1:9"}, admin, None)
+    registry.build("t", "twilio-api-key", {}, admin, None)

@@ -16,6 +16,7 @@ from urllib.parse import quote, urlsplit
 
 from workspace_secrets.api import constants as c
 from workspace_secrets.api.conditions import Problem
+from workspace_secrets.api.pem import certificates_problem
 from workspace_secrets.api.workspace_secret import SpecError
 
 KIND = "OAuthApplication"
@@ -140,20 +141,13 @@ MAX_CA_BUNDLE = 65536
 
 
 def ca_bundle_problem(value: Any) -> str | None:
-    """Why spec.caBundle is unusable (None: it is PEM CA certificates). The value itself is never quoted."""
-    from cryptography import x509
-
+    """Why spec.caBundle is unusable (None: it is PEM CA certificates, and nothing else: api/pem.py's allowlist,
+    the CRD's CEL rule). The value itself is never quoted."""
     if not isinstance(value, str):
         return "must be a string of PEM certificates"
     if len(value) > MAX_CA_BUNDLE:
         return f"is longer than {MAX_CA_BUNDLE} characters"
-    if "PRIVATE KEY-----" in value:
-        return "holds a private key: give only the CA's certificate(s), never a key"
-    try:
-        certificates = x509.load_pem_x509_certificates(value.encode("ascii", "replace"))
-    except ValueError:
-        return "must be PEM certificates (-----BEGIN CERTIFICATE----- ... -----END CERTIFICATE-----)"
-    return None if certificates else "holds no certificate"
+    return certificates_problem(value)
 
 
 def unavailable_application(application: str, namespace: str) -> Problem:

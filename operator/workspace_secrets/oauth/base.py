@@ -23,7 +23,7 @@ from workspace_secrets.runtime.sensitive import Sensitive
 from workspace_secrets.oauth.protocol import GitAccess
 from workspace_secrets.oauth.tools import Tool
 from workspace_secrets.api.oauth_application import origin
-from workspace_secrets.runtime.http import (Request, Response, ResponseTooLarge, TLSVerificationFailed, Transport, TransportError,
+from workspace_secrets.runtime.http import (CleartextRefused, Request, Response, ResponseTooLarge, TLSVerificationFailed, Transport, TransportError,
                                             tls_hint)
 
 Clock = Callable[[], datetime]
@@ -361,6 +361,8 @@ class OAuth2Base:
             return await self._transport.send(request)
         except ResponseTooLarge as exc:  # not an outage: retrying would only read it again
             raise ProviderMisconfigured(f"{self.name} {what} refused ({exc})") from None
+        except CleartextRefused as exc:  # plain http off loopback: nothing was sent, a human fixes the URL
+            raise ProviderMisconfigured(f"{self.name} {what} not sent ({exc})") from None
         except TLSVerificationFailed as exc:  # not an outage either: a human fixes the trust
             raise ProviderMisconfigured(f"{self.name} {what}: {tls_hint(exc.origin, exc.reason, per_application=True)}",
                                         code="tls_verification_failed") from None

@@ -9,7 +9,10 @@ the Python clients the operator already uses read them (lower case before upper 
   `.example.com` and `*.example.com` each match example.com and its subdomains; an IP address or a CIDR block
   (`10.0.0.0/8`, `fd00::/8`) matches addresses in it; an entry may end in `:port` to match that port only.
 - Loopback (`localhost`, 127.0.0.0/8, ::1) is never proxied (as in Go's net/http): plain http is accepted for
-  loopback hosts only, so a request in clear never passes through a proxy.
+  loopback hosts only, so a request in clear never passes through a proxy nor crosses the network.
+  `cleartext_problem` is that rule, the one place it is written: every outgoing client enforces it (the aiohttp
+  transport and the requests adapter of runtime/http.py refuse such a request before sending anything; each HTTP
+  credential provider refuses such an endpoint in its configuration).
 
 The target URL decides everything here; what a URL may be (an OAuthApplication's origin, a provider's configured
 endpoint) is checked before a request is made and is the same with or without a proxy.
@@ -117,6 +120,33 @@ class ProxySettings:
         if not parts:
             return "no proxy"
         return ", ".join(parts) + (f"; not for {self.no_proxy}" if self.no_proxy else "") + "; never for loopback"
+
+
+def is_loopback_host(host: str) -> bool:
+    """`localhost` or a loopback address (127.0.0.0/8, ::1): the only hosts plain http may reach."""
+    host = host.lower().rstrip(".")
+    if host == "localhost":
+        return True
+    address = _address(host)
+    return address is not None and address.is_loopback
+
+
+def cleartext_problem(url: str) -> str | None:
+    """Why the operator sends nothing to `url` (None: it may): https, or plain http to a loopback host only. A
+    request in clear to another host would carry its credentials (an admin token in Basic auth, a bearer token)
+    across the network and through any HTTP_PROXY in clear. Names the URL's origin (never its credentials)."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme == "https":
+        return None
+    host = (parts.hostname or "").lower()
+    if scheme == "http" and host and is_loopback_host(host):
+        return None
+    shown = f"{scheme}://{parts.netloc.rpartition('@')[2]}" if scheme and parts.netloc else "a URL without scheme or host"
+    if scheme != "http":
+        return f"{shown} is not an https URL (plain http only for 127.0.0.1, localhost or [::1])"
+    return (f"{shown} is plain http to a host that is not loopback: its credentials would cross the network (and any "
+            "HTTP_PROXY) in clear; use an https URL (plain http only for 127.0.0.1, localhost or [::1])")
 
 
 def _variable(environ: Mapping[str, str], name: str) -> str:

@@ -86,7 +86,9 @@ class Probes:
 
 
 class HealthServer:
-    def __init__(self, probes: Probes, host: str, port: int, *, liveness_paths: tuple[str, ...] = ("/healthz",)) -> None:
+    def __init__(self, probes: Probes, host: str | None, port: int, *, liveness_paths: tuple[str, ...] = ("/healthz",)) -> None:
+        """`host` "" or None: every address of every family (IPv4 and IPv6, as controller-runtime's ":PORT"), which
+        also serves an IPv6-only cluster; "0.0.0.0" is IPv4's only."""
         self.probes = probes
         self.host, self.port = host, port
         self._liveness_paths = tuple(dict.fromkeys(("/healthz", *liveness_paths)))
@@ -114,8 +116,9 @@ class HealthServer:
         app.router.add_get("/readyz", self._readyz)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
-        await web.TCPSite(self._runner, self.host, self.port).start()
-        log.info("health probes: http://%s:%d/healthz and /readyz", self.host, self.port)
+        await web.TCPSite(self._runner, self.host or None, self.port).start()  # None: asyncio binds every family
+        shown = f"[{self.host}]" if self.host and ":" in self.host else (self.host or "*")
+        log.info("health probes: http://%s:%d/healthz and /readyz", shown, self.port)
 
     async def stop(self) -> None:
         if self._runner is not None:

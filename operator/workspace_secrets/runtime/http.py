@@ -6,7 +6,8 @@ HTTP_PROXY / NO_PROXY (runtime/egress.py decides per URL), and the CAs trusted -
 operator's --ca-bundle-file, plus (for one OAuthApplication) its spec.caBundle. The aiohttp transport (OAuth, Vault),
 the requests sessions (Twilio, GCP) and boto3 (AWS) are all configured from it. ~/.netrc is never read.
 
-Nothing here logs a request or a response: bodies and headers carry tokens.
+Nothing here logs a request's or a response's headers or body: they carry tokens. A failed request's method, path
+and proxy are logged (the proxy is named in the operator's log only, never in a message that reaches a status).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import aiohttp
 
-from workspace_secrets.runtime.egress import Proxy, ProxySettings
+from workspace_secrets.api.pem import certificates_problem
+from workspace_secrets.runtime.egress import Proxy, ProxySettings, cleartext_problem
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,11 @@ class Response:
 
 class TransportError(Exception):
     """The request did not get an HTTP answer (DNS, refused connection, timeout, TLS)."""
+
+
+class CleartextRefused(TransportError):
+    """Not sent: plain http to a host that is not loopback (runtime/egress.py cleartext_problem). Not an outage:
+    the configuration names the URL, retrying gives the same answer."""
 
 
 class TLSVerificationFailed(TransportError):
@@ -144,16 +151,9 @@ def read_ca_bundle(path: str) -> str:
 
 
 def pem_problem(text: str) -> str | None:
-    """Why `text` is not a bundle of PEM CA certificates (None: it is). The text itself is never quoted."""
-    from cryptography import x509
-
-    if "PRIVATE KEY-----" in text:
-        return "holds a private key; give only the CA's certificate(s)"
-    try:
-        certificates = x509.load_pem_x509_certificates(text.encode("ascii", "replace"))
-    except ValueError:
-        return "is not PEM certificates (-----BEGIN CERTIFICATE----- ... -----END CERTIFICATE-----)"
-    return None if certificates else "holds no certificate"
+    """Why `text` is not a bundle of PEM CA certificates (None: it is): api/pem.py's allowlist (CERTIFICATE blocks
+    only), text between the blocks allowed as in any bundle file. The text itself is never quoted."""
+    return certificates_problem(text, text_between=True)
 
 
 @dataclass
@@ -230,11 +230,20 @@ class Egress:
         """Make a requests Session (or google-auth's AuthorizedSession) use this egress: the proxy chosen per URL,
         these CAs, and no environment reading of its own (trust_env: ~/.netrc credentials, REQUESTS_CA_BUNDLE)."""
         from requests.adapters import HTTPAdapter
+        from requests.exceptions import InvalidURL
 
         egress = self
 
+        class RequestsCleartextRefused(InvalidURL):
+            """CleartextRefused as requests raises errors (a RequestException: the providers' handling applies)."""
+
+            cleartext_refused = True
+
         class EgressAdapter(HTTPAdapter):
             def send(self, request, stream=False, timeout=None, verify=True, cert=None, proxies=None):  # type: ignore[no-untyped-def]
+                # Every request, redirects and google-auth's token requests included: nothing in clear off loopback.
+                if problem := cleartext_problem(request.url or ""):
+                    raise RequestsCleartextRefused(problem, request=request)
                 return super().send(request, stream=stream, timeout=timeout, verify=verify, cert=cert,
                                     proxies=egress.requests_proxies(request.url or ""))
 
@@ -251,9 +260,25 @@ class Egress:
 
 
 def provider_tls_error(exc: BaseException, endpoint: str) -> str | None:
-    """A credential provider's clear message when `exc` is a TLS verification failure reaching `endpoint`, else None."""
+    """A credential provider's clear message when `exc` is a TLS verification failure reaching `endpoint`, or a
+    request refused for plain http off loopback (requests wrapped in google-auth's errors included), else None."""
+    refused = _cleartext_refusal(exc)
+    if refused is not None:
+        return str(refused)
     reason = tls_failure_reason(exc)
     return None if reason is None else tls_hint(url_origin(endpoint), reason, per_application=False)
+
+
+def _cleartext_refusal(exc: BaseException) -> BaseException | None:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, CleartextRefused) or getattr(current, "cleartext_refused", False):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
 
 
 def _remove(path: str) -> None:
@@ -291,6 +316,9 @@ class AiohttpTransport:
         return await self.send_trusting(request, None, timeout=timeout)
 
     async def send_trusting(self, request: Request, extra_pem: str | None, *, timeout: float = 30.0) -> Response:
+        where = f"{request.method} {request.url.split('?', 1)[0]}"
+        if problem := cleartext_problem(request.url):  # nothing in clear off loopback (runtime/egress.py)
+            raise CleartextRefused(f"{where}: refused: {problem}")
         session = await self._get_session()
         headers = dict(request.headers)
         data: Any = None
@@ -303,7 +331,6 @@ class AiohttpTransport:
         auth = aiohttp.BasicAuth(*request.basic_auth) if request.basic_auth else None
         proxy: Proxy | None = self.egress.proxies.proxy_for(request.url)
         proxy_auth = aiohttp.BasicAuth(proxy.username, proxy.password or "") if proxy is not None and proxy.username is not None else None
-        where = f"{request.method} {request.url.split('?', 1)[0]}"
         try:
             async with session.request(
                 request.method, request.url, headers=headers, data=data, auth=auth, allow_redirects=False,
@@ -321,15 +348,19 @@ class AiohttpTransport:
                     chunks.append(chunk)
                 return Response(response.status, {k.lower(): v for k, v in response.headers.items()}, b"".join(chunks))
         except aiohttp.ClientHttpProxyError as exc:
-            # The proxy answered the CONNECT (or the request) with an error: its status, nothing it sent.
-            raise TransportError(f"{where}: the proxy {proxy.url if proxy else ''} refused it ({exc.status})") from None
+            # The proxy answered the CONNECT (or the request) with an error: its status, nothing it sent. The message
+            # reaches tenant-readable conditions: "the configured proxy"; which one is for the operator's log only.
+            log.warning("%s: the proxy %s refused it (%s)", where, proxy.url if proxy else "?", exc.status)
+            raise TransportError(f"{where}: the configured proxy refused it ({exc.status})") from None
         except (aiohttp.ClientError, TimeoutError) as exc:
             reason = tls_failure_reason(exc)
             if reason is not None:
                 origin = url_origin(request.url)
                 raise TLSVerificationFailed(f"{where}: TLS verification failed ({reason})", origin=origin, reason=reason) from None
             # The exception's text can include the URL; our URLs carry no tokens (they go in headers/bodies).
-            via = f" via the proxy {proxy.url}" if proxy is not None else ""
+            if proxy is not None:
+                log.warning("%s: %s via the proxy %s", where, type(exc).__name__, proxy.url)
+            via = " via the configured proxy" if proxy is not None else ""
             raise TransportError(f"{where}: {type(exc).__name__}{via}") from None
 
     async def close(self) -> None:

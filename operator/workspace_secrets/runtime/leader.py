@@ -2,9 +2,12 @@
 
 The process acquires the Lease before it starts kopf and the operator, renews it every retry period while it runs,
 and -- like controller-runtime -- ends (exit 1) when it could not renew within the renew deadline: a replica that may
-have lost the Lease must stop acting before a standby can take over, so there are never two leaders. On a graceful
-stop it releases the Lease (holder cleared), so a standby takes over at its next attempt instead of a lease duration
-later.
+have lost the Lease must stop acting before a standby can take over. That holds as long as the durations nest (lease
+duration > renew deadline + retry period, checked) and this process's event loop is not blocked for longer than the
+slack between them (lease duration - renew deadline - retry period); a process frozen for longer (SIGSTOP, a VM
+pause) can wake up still acting after a standby has taken over -- as with client-go, a lease is no fence. On a
+graceful stop it releases the Lease (holder cleared), so a standby takes over at its next attempt instead of a lease
+duration later.
 
 Top to bottom: the rule (pure: what to do with the Lease as read), the Lease object's body, and the elector that
 reads and writes the Lease (every write a compare-and-swap on its resourceVersion).
@@ -18,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -91,7 +95,7 @@ def desired_spec(action: Action, spec: Mapping[str, Any] | None, identity: str, 
     assert action is not Action.WAIT
     stamp = micro_time(now)
     result = dict(spec or {})
-    result.update(holderIdentity=identity, leaseDurationSeconds=max(1, round(duration)), renewTime=stamp)
+    result.update(holderIdentity=identity, leaseDurationSeconds=max(1, math.ceil(duration)), renewTime=stamp)
     if action is not Action.RENEW:
         result["acquireTime"] = stamp
         transitions = int(result.get("leaseTransitions") or 0)
@@ -105,6 +109,21 @@ def released_spec(spec: Mapping[str, Any], now: datetime) -> dict[str, Any]:
     result = dict(spec)
     result.update(holderIdentity="", leaseDurationSeconds=1, renewTime=stamp, acquireTime=stamp)
     return result
+
+
+def durations_problem(lease_duration: float, renew_deadline: float, retry_period: float) -> str | None:
+    """Why the three durations cannot work (None: they can). A leader gives up at the latest a retry period plus a
+    renew deadline after its last renewal; a standby takes over a lease duration after it saw that renewal: the
+    first must come first."""
+    values = {"lease duration": lease_duration, "renew deadline": renew_deadline, "retry period": retry_period}
+    for name, value in values.items():
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            return f"the {name} must be a positive, finite number of seconds, got {value!r}"
+    if not lease_duration > renew_deadline + retry_period:
+        return (f"needs lease duration > renew deadline + retry period, got {lease_duration:g}s <= "
+                f"{renew_deadline:g}s + {retry_period:g}s: a leader that cannot renew must have given up before a "
+                "standby may take over")
+    return None
 
 
 # --- the elector -----------------------------------------------------------------------------------------
@@ -122,8 +141,9 @@ class LeaderElector:
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
     ) -> None:
-        if not lease_duration > renew_deadline > retry_period > 0:
-            raise ValueError("leader election needs lease duration > renew deadline > retry period > 0")
+        problem = durations_problem(lease_duration, renew_deadline, retry_period)
+        if problem:
+            raise ValueError(f"leader election: {problem}")
         self._kube = kube
         self.namespace, self.name, self.identity = namespace, name, identity
         self.lease_duration, self.renew_deadline, self.retry_period = lease_duration, renew_deadline, retry_period
@@ -171,6 +191,9 @@ class LeaderElector:
         return True
 
     async def _attempt(self, timeout: float) -> bool:
+        # Every request of the elector is bounded by the renew deadline (or what is left of it) here: Kube's verbs
+        # take no per-request timeout, so a request that does not answer is abandoned, not stopped -- its worker
+        # thread stays until urllib3's own timeout (Kube's 30 s); Kube(max_concurrency=2) bounds those threads.
         try:
             return await asyncio.wait_for(self.try_acquire_or_renew(), timeout)
         except asyncio.TimeoutError:
@@ -182,17 +205,34 @@ class LeaderElector:
         return False
 
     async def acquire(self) -> None:
-        """Return once this process holds the Lease (tries every retry period)."""
+        """Return once this process holds the Lease (tries every retry period). Cancelled (SIGTERM while standing
+        by), it releases the Lease if a write of ours that was in flight took it after all."""
         announced = False
-        while True:
-            if await self._attempt(self.renew_deadline):
-                self.leading.set()
-                LEADER_ELECTION_LEADING.set(1)
-                return
-            if not announced:
-                log.info("%s is held by %r: standing by", self, holder(self._observation.spec if self._observation else None))
-                announced = True
-            await asyncio.sleep(self.retry_period)
+        try:
+            while True:
+                if await self._attempt(self.renew_deadline):
+                    self.leading.set()
+                    LEADER_ELECTION_LEADING.set(1)
+                    return
+                if not announced:
+                    log.info("%s is held by %r: standing by", self,
+                             holder(self._observation.spec if self._observation else None))
+                    announced = True
+                await asyncio.sleep(self.retry_period)
+        except asyncio.CancelledError:
+            await self._release_if_ours()
+            raise
+
+    async def _release_if_ours(self) -> None:
+        """Read the Lease and release it if it names us (our identity is this process's own: a random suffix)."""
+        try:
+            live = await asyncio.wait_for(self._kube.get(self.path), self.renew_deadline)
+        except Exception as exc:  # noqa: BLE001 - nothing more to do: it expires if it was ours
+            log.warning("%s: could not read it on the way out (%s)", self, type(exc).__name__)
+            return
+        if live is not None and holder(live.get("spec")) == self.identity:
+            self._live = live
+            await self.release()
 
     async def hold(self) -> None:
         """Renew every retry period; return when leadership is lost: no renewal within the renew deadline, or
@@ -218,20 +258,32 @@ class LeaderElector:
                 await asyncio.sleep(min(self.retry_period, max(0.0, deadline - self._monotonic())))
 
     async def release(self) -> bool:
-        """Clear the holder if it is still us (compare-and-swap): a standby takes over at its next attempt."""
+        """Clear the holder if it is still us (compare-and-swap): a standby takes over at its next attempt. On a
+        409 (our own renewal raced it) the Lease is read again and released if it is still ours."""
         self.leading.clear()
         LEADER_ELECTION_LEADING.set(0)
         live = self._live
-        if live is None or holder(live.get("spec")) != self.identity:
-            return False
-        body = {"apiVersion": API_VERSION, "kind": "Lease", "metadata": dict(live["metadata"]),
-                "spec": released_spec(live.get("spec") or {}, self._wall())}
-        body["metadata"].pop("managedFields", None)
-        try:
-            await asyncio.wait_for(self._kube.replace(self.path, body), self.renew_deadline)
-        except Exception as exc:  # noqa: BLE001 - the standby takes over once the lease expires
-            log.warning("%s: could not release (%s); a standby takes over when it expires", self, type(exc).__name__)
-            return False
-        self._live = None
-        log.info("%s released", self)
-        return True
+        for attempt in range(3):
+            if live is None or holder(live.get("spec")) != self.identity:
+                return False
+            body = {"apiVersion": API_VERSION, "kind": "Lease", "metadata": dict(live["metadata"]),
+                    "spec": released_spec(live.get("spec") or {}, self._wall())}
+            body["metadata"].pop("managedFields", None)
+            try:
+                await asyncio.wait_for(self._kube.replace(self.path, body), self.renew_deadline)
+            except Conflict:
+                try:
+                    live = await asyncio.wait_for(self._kube.get(self.path), self.renew_deadline)
+                except Exception as exc:  # noqa: BLE001 - the standby takes over once the lease expires
+                    log.warning("%s: could not release (%s); a standby takes over when it expires", self,
+                                type(exc).__name__)
+                    return False
+                continue
+            except Exception as exc:  # noqa: BLE001 - the standby takes over once the lease expires
+                log.warning("%s: could not release (%s); a standby takes over when it expires", self, type(exc).__name__)
+                return False
+            self._live = None
+            log.info("%s released", self)
+            return True
+        log.warning("%s: could not release (it kept changing); a standby takes over when it expires", self)
+        return False

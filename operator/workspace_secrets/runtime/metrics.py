@@ -104,6 +104,14 @@ WEBHOOK_ADMISSIONS = Counter(
 
 
 def serve(port: int, address: str = "0.0.0.0", registry: CollectorRegistry = REGISTRY) -> None:
-    """Serve /metrics on a daemon thread (prometheus-client's own server); port 0 disables it."""
-    if port:
-        start_http_server(port, addr=address, registry=registry)
+    """Serve /metrics on a daemon thread (prometheus-client's own server); port 0 disables it. Address "": every
+    address family (`::`, which Linux makes dual-stack), IPv4 only where the host has no IPv6."""
+    if not port:
+        return
+    if address == "":
+        try:
+            start_http_server(port, addr="::", registry=registry)
+            return
+        except OSError:  # no IPv6 on this host (or in this container)
+            address = "0.0.0.0"
+    start_http_server(port, addr=address, registry=registry)

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from workspace_secrets.runtime.sensitive import Sensitive
+from workspace_secrets.runtime.egress import cleartext_problem
 from workspace_secrets.runtime.http import Egress, provider_tls_error
 from workspace_secrets.credentials.providers.base import FileContext, FileRef, Issued, ProviderError, Scope
 
@@ -55,6 +56,11 @@ class AwsIamProvider:
             key_id, secret = admin["AWS_ACCESS_KEY_ID"], admin["AWS_SECRET_ACCESS_KEY"]
         except KeyError as exc:
             raise ValueError(f"admin credentials Secret lacks {exc.args[0]}") from None
+        # allowPlainHTTP: true -- the platform's explicit choice for an AWS look-alike served in clear inside its
+        # network (LocalStack, moto in a dev cluster): the keys minted then cross that network in clear.
+        plain_http_allowed = config.get("allowPlainHTTP") is True
+        if config.get("endpointURL") and not plain_http_allowed and (problem := cleartext_problem(str(config["endpointURL"]))):
+            raise ValueError(f"config.endpointURL: {problem}")  # checked before a client is made of it
         egress = egress or Egress.from_environment()
 
         def client(proxies: dict[str, str] | None, verify: str | None) -> Any:
@@ -72,6 +78,8 @@ class AwsIamProvider:
         # The operator's proxy for the client's endpoint (NO_PROXY decided as for every client; {}: directly, not
         # botocore's own reading of the environment) and its CAs. The endpoint is known once a client exists.
         endpoint = client(None, None).meta.endpoint_url
+        if not plain_http_allowed and (problem := cleartext_problem(endpoint)):  # SigV4 signs the requests, but the keys minted come back in clear
+            raise ValueError(f"config.endpointURL: {problem}")
         proxies, verify = egress.botocore_arguments(endpoint)
         built = client(proxies, verify)
         return cls(name, built, region=config.get("region"), policy_arns=list(config.get("policyArns", [])),

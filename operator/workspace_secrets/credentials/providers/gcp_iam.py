@@ -27,6 +27,7 @@ from datetime import datetime, timezone
 from typing import Any, ClassVar
 
 from workspace_secrets.runtime.sensitive import Sensitive
+from workspace_secrets.runtime.egress import cleartext_problem
 from workspace_secrets.runtime.http import Egress, provider_tls_error
 from workspace_secrets.credentials.providers.base import FileContext, FileRef, Issued, ProviderError, Scope
 
@@ -120,6 +121,11 @@ class GcpServiceAccountKeyProvider:
         from google.auth.transport.requests import AuthorizedSession, Request  # imported only when configured
         from google.oauth2 import service_account
 
+        endpoint = str(config.get("endpoint", DEFAULT_ENDPOINT))
+        if problem := cleartext_problem(endpoint):  # the admin's bearer token goes in every request
+            raise ValueError(f"config.endpoint: {problem}")
+        if config.get("tokenURI") and (problem := cleartext_problem(str(config["tokenURI"]))):  # the signed assertion
+            raise ValueError(f"config.tokenURI: {problem}")
         if "key.json" not in admin:
             raise ValueError("admin credentials Secret lacks 'key.json' (the admin service account's JSON key)")
         try:
@@ -130,6 +136,8 @@ class GcpServiceAccountKeyProvider:
         except (ValueError, KeyError, TypeError) as exc:
             # Never chained or quoted: a parser's message could include key material.
             raise ValueError(f"admin credentials Secret's key.json is not a service-account JSON key ({type(exc).__name__})") from None
+        if (problem := cleartext_problem(str(info.get("token_uri") or "https://oauth2.googleapis.com/token"))):
+            raise ValueError(f"the admin key.json's token_uri: {problem}")
         project = str(config.get("project") or info.get("project_id") or "")
         if not project:
             raise ValueError("config.project is required (the project that holds the per-workspace service accounts)")
@@ -140,7 +148,7 @@ class GcpServiceAccountKeyProvider:
         egress = egress or Egress.from_environment()
         session = egress.configure_requests(
             AuthorizedSession(credentials, auth_request=Request(session=egress.configure_requests(requests.Session()))))
-        return cls(name, session, project=project, endpoint=str(config.get("endpoint", DEFAULT_ENDPOINT)),
+        return cls(name, session, project=project, endpoint=endpoint,
                    key_algorithm=algorithm, timeout=float(config.get("timeoutSeconds", 20)))
 
     def env(self) -> Mapping[str, str | FileRef]:

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from workspace_secrets.runtime.sensitive import Sensitive
+from workspace_secrets.runtime.egress import cleartext_problem
 from workspace_secrets.runtime.http import Egress, provider_tls_error
 from workspace_secrets.credentials.providers.base import FileContext, FileRef, Issued, ProviderError, Scope
 
@@ -108,8 +109,11 @@ class TwilioApiKeyProvider:
         policy = config.get("policy")
         if policy is not None and not isinstance(policy, Mapping):
             raise ValueError("config.policy must be a mapping like {allow: [\"/twilio/messaging/messages/read\"]}")
+        base_url = str(config.get("baseURL", DEFAULT_BASE_URL))
+        if problem := cleartext_problem(base_url):  # the master auth token goes in every request's Basic auth
+            raise ValueError(f"config.baseURL: {problem}")
         return cls(name, account_sid=account_sid, auth_token=Sensitive(token.reveal_text().strip()),
-                   base_url=str(config.get("baseURL", DEFAULT_BASE_URL)), policy=policy,
+                   base_url=base_url, policy=policy,
                    timeout=float(config.get("timeoutSeconds", 15)), egress=egress)
 
     def env(self) -> Mapping[str, str]:
