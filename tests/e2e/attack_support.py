@@ -172,6 +172,11 @@ def _is_admission(doc: dict) -> bool:
     return doc.get("kind", "").startswith("ValidatingAdmissionPolicy")
 
 
+def _terminating(cluster, namespace: str) -> bool:
+    result = cluster.kubectl("get", "namespace", namespace, "-o", "jsonpath={.status.phase}", check=False)
+    return result.returncode == 0 and result.stdout.strip() == "Terminating"
+
+
 def _set_params(cluster, data: dict[str, str]) -> None:
     cluster.kubectl("patch", "configmap", "-n", PARAMS_NAMESPACE, PARAMS_NAME, "--type=merge", "-p", json.dumps({"data": data}))
 
@@ -187,15 +192,22 @@ def installed_policies(cluster, tenant: Tenant, users: tuple[str, ...]) -> Itera
     admission = [d for d in docs if _is_admission(d)]
     pre_installed = all(
         cluster.kubectl("get", d["kind"].lower(), d["metadata"]["name"], check=False).returncode == 0 for d in admission)
+    if not pre_installed:
+        # A previous user's namespace deletion (--wait=false) may still be running: applying into a terminating
+        # namespace fails half-way (the policies and bindings in, their parameters refused).
+        wait_for(lambda: not _terminating(cluster, PARAMS_NAMESPACE), timeout=120, interval=0.5,
+                 what=f"namespace {PARAMS_NAMESPACE} to finish terminating")
     created_ns = cluster.kubectl("get", "namespace", PARAMS_NAMESPACE, check=False).returncode != 0
     if created_ns:
         cluster.kubectl("create", "namespace", PARAMS_NAMESPACE)
     saved: dict[str, str] | None = None
     if pre_installed:
         saved = json.loads(cluster.kubectl("get", "configmap", "-n", PARAMS_NAMESPACE, PARAMS_NAME, "-o", "json").stdout)["data"]
-    else:
-        cluster.kubectl("apply", "-f", str(POLICY_DIR))
     try:
+        if not pre_installed:
+            # Inside the try: a failed apply must not leave bindings without parameters (which deny every request
+            # of the kinds they match, for every later test).
+            cluster.kubectl("apply", "-f", str(POLICY_DIR))
         shipped = json.loads(cluster.kubectl("get", "configmap", "-n", PARAMS_NAMESPACE, PARAMS_NAME, "-o", "json").stdout)["data"]
         groups = shipped.get("platformGroups", "")
         if PLATFORM_GROUP not in [g.strip() for g in groups.split(",")]:

@@ -176,9 +176,15 @@ def release(node: NodeCluster, hygiene: SecretHygiene, moto: NodeMoto, github, c
     forward = PortForward(node, RELEASE_NAMESPACE, f"deployment/{FULLNAME}", 8000, tmp_path_factory.mktemp("port-forward") / "log")
     try:
         t0 = time.monotonic()
+        values = release_values(moto, github, forward.port)
+        # The chart's README: on a cluster without the CRDs, install first, then add the OAuth applications with an
+        # upgrade (Helm cannot map objects of a kind whose CRD is in the same release).
+        first = {**values, "connect": {k: v for k, v in values["connect"].items() if k != "applications"}}
         node.helm("install", RELEASE, str(CHART), "--namespace", RELEASE_NAMESPACE, "--wait", "--timeout", "5m",
-                  "-f", "-", input=json.dumps(release_values(moto, github, forward.port)), timeout=330)
-        measure("delivery: helm install --wait s", round(time.monotonic() - t0, 1))
+                  "-f", "-", input=json.dumps(first), timeout=330)
+        node.helm("upgrade", RELEASE, str(CHART), "--namespace", RELEASE_NAMESPACE, "--wait", "--timeout", "5m",
+                  "-f", "-", input=json.dumps(values), timeout=330)
+        measure("delivery: helm install + upgrade --wait s", round(time.monotonic() - t0, 1))
         with node.api_client() as api:
             wait_for(lambda: webhook_answers(api), timeout=60, what="the API server to reach the webhook (provided certificate)")
         forward.start()
