@@ -136,7 +136,9 @@ def apply_environment(parser: argparse.ArgumentParser, environ: Mapping[str, str
         raw = environ[name]
         if raw.startswith(_SERVICE_LINK_SCHEMES):
             # A Service named like a flag (`wso-metrics` -> WSO_METRICS_PORT=tcp://10.96.0.7:9090) in the operator's
-            # namespace: kubelet's service links, not a setting (the chart also sets enableServiceLinks: false).
+            # namespace: kubelet's service links, not a setting. Only the tcp:// form is recognisable: a Service
+            # `wso-webhook` also sets WSO_WEBHOOK_SERVICE_PORT=443, a plain number. The real protection is
+            # enableServiceLinks: false in the pod (the chart sets it; docs/operators/cli.md says so).
             log.warning("ignoring %s: it looks like a Kubernetes service link, not a value for %s", name, action.option_strings[-1])
             continue
         applied.add(action.dest)

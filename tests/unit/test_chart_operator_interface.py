@@ -390,6 +390,12 @@ def test_proxy_credentials_come_from_a_secret_never_the_pod_spec(helm: Path) -> 
     assert env["NO_PROXY"]["value"].split(",")[:2] == [".corp.example", "$(KUBERNETES_SERVICE_HOST)"]
 
 
+def test_proxy_urls_come_from_one_place(helm: Path) -> None:
+    # Both would render HTTPS_PROXY twice (the later silently wins): refused.
+    result = _template(helm, {"proxy": {"existingSecret": "corporate-proxy", "httpsProxy": "http://proxy:3128"}})
+    assert result.returncode != 0 and "exclude each other" in result.stderr
+
+
 def test_no_service_links_are_read_as_settings(helm: Path) -> None:
     # A Service named like a flag (wso-metrics) would inject WSO_METRICS_PORT=tcp://...: the chart turns links off.
     assert pod_spec(render(helm, {}))["enableServiceLinks"] is False

@@ -4,8 +4,11 @@ refused off loopback by every client before any connection; messages that reach 
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 import pytest
 
+from workspace_secrets.api.loopback import is_loopback_http
 from workspace_secrets.runtime.egress import ProxyConfigError, ProxySettings, cleartext_problem
 from workspace_secrets.runtime.http import Egress, provider_tls_error
 
@@ -169,6 +172,18 @@ def test_plain_http_off_loopback_is_refused(url, words):
     problem = cleartext_problem(url)
     assert problem is not None and words in problem and "https" in problem
     assert "hunter2" not in problem
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8080/token", "http://127.3.2.1", "http://localhost:9000", "HTTP://LOCALHOST",
+                                 "http://[::1]:80/x", "http://foo.localhost:8080", "http://10.0.0.5:8080", "http://[::2]"])
+def test_one_loopback_rule_for_cleartext_and_the_oidc_issuer(url):
+    """api/loopback.py is the one definition: localhost, 127.0.0.0/8, ::1 (not *.localhost)."""
+    assert is_loopback_http(url) == (cleartext_problem(url) is None)
+    assert is_loopback_http(url) is (urlsplit(url).hostname in ("127.0.0.1", "127.3.2.1", "localhost", "::1"))
+    if is_loopback_http(url) or urlsplit(url).hostname == "foo.localhost":  # never proxied
+        assert proxy({"HTTP_PROXY": "http://proxy:3128"}, url) is None
+    else:
+        assert proxy({"HTTP_PROXY": "http://proxy:3128"}, url) == "http://proxy:3128"
 
 
 def test_the_requests_adapter_refuses_plain_http_off_loopback_before_any_connection():

@@ -114,6 +114,34 @@ def test_the_server_answers_from_the_process_state(caplog):
     assert sum("liveness failing: watch down" in r.getMessage() for r in caplog.records) == 1  # logged once
 
 
+def test_only_readiness_checks_the_webhook():
+    """The webhook's check (a TLS handshake) is readiness's only: /healthz never makes it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    calls = []
+
+    async def webhook_serving() -> bool:
+        calls.append(1)
+        return True
+
+    probes = Probes(electing=False, started=lambda: True, check=ok, webhook_enabled=True, webhook_serving=webhook_serving)
+
+    async def scenario() -> list[tuple[str, int, int]]:
+        server = HealthServer(probes, "127.0.0.1", port, liveness_paths=("/livez",))
+        await server.start()
+        seen = []
+        try:
+            for path in ("/healthz", "/livez", "/readyz"):
+                status, _ = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}{path}")
+                seen.append((path, status, len(calls)))
+        finally:
+            await server.stop()
+        return seen
+
+    assert asyncio.run(scenario()) == [("/healthz", 200, 0), ("/livez", 200, 0), ("/readyz", 200, 1)]
+
+
 def _free_port_on_both_families() -> int:
     for _ in range(20):
         with socket.socket() as s:

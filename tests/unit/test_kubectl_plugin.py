@@ -154,6 +154,8 @@ def test_only_a_workspace_whose_pods_wait_at_the_gate_gets_its_pods_looked_up():
     no_gate["spec"] = {**no_gate["spec"], "userTokens": [{"name": "x", "optional": True}],
                        "credentials": [{"name": "k", "provider": "p", "lifecycle": "WhileExists"}]}
     assert not r.requires_gate(no_gate)
+    invalid = {**no_gate, "spec": {**no_gate["spec"], "user": ""}}  # SpecError: the gate holds such pods
+    assert r.requires_gate(invalid)
     cluster = FakeCluster({(c.WORKSPACE_SECRET_PLURAL, "alice-ws"): no_gate})
     p, out = plugin(cluster)
     assert p.status(r.Target(c.WORKSPACE_SECRET_KIND, "alice-ws")) == 0

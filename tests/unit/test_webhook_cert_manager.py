@@ -82,6 +82,34 @@ def test_the_annotation_alone_is_repaired():
     assert kube.get_object(f"{CONFIGURATIONS}/cfg")["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == "ops/wso-webhook"
 
 
+def test_the_annotation_goes_when_the_certificate_is_no_longer_configured():
+    """--webhook-cert-manager-certificate removed: the inject-ca-from annotation is drift and is removed (anyone
+    else's annotations stay), so cert-manager's cainjector stops overwriting the operator's own caBundle."""
+    kube = FakeKube()
+    asyncio.run(controller(kube).sync())
+    live = kube.get_object(f"{CONFIGURATIONS}/cfg")
+    live["metadata"]["annotations"]["example.com/owner"] = "team-a"
+    live["webhooks"][0]["clientConfig"]["caBundle"] = INJECTED
+    kube.put(CONFIGURATIONS, live)
+
+    own = wc.WebhookConfigurationController(
+        wc.MutatingWebhookConfigurations(kube), "cfg",  # type: ignore[arg-type]
+        lambda b64: wc.service_client_config("ops", "wso", 443, b64), lambda: b"CA")
+    webhook = wc.desired_webhook(wc.service_client_config("ops", "wso", 443, INJECTED))
+    assert wc.drift(kube.get_object(f"{CONFIGURATIONS}/cfg"), webhook) == (
+        "annotation cert-manager.io/inject-ca-from is no longer ours to set")
+    assert asyncio.run(own.sync()) is True
+    live = kube.get_object(f"{CONFIGURATIONS}/cfg")
+    assert live["metadata"]["annotations"] == {"example.com/owner": "team-a"}
+    assert live["webhooks"][0]["clientConfig"]["caBundle"] == "Q0E="  # the operator's own
+    assert asyncio.run(own.sync()) is False  # settled: no tug of war
+
+    # With no other annotation left, the annotations go altogether.
+    body = wc.desired_configuration("cfg", webhook, {"metadata": {"name": "cfg", "annotations": {
+        "cert-manager.io/inject-ca-from": "ops/wso-webhook"}}, "webhooks": []})
+    assert "annotations" not in body["metadata"]
+
+
 def test_the_certificate_secret_must_be_mounted(tmp_path: Path):
     """With cert-manager, the operator never makes its own CA: an empty --webhook-cert-dir is a configuration error."""
     server = WebhookServer(FakeKube(), cert_dir=str(tmp_path), hosts=["wso.ops.svc"], listen_address="127.0.0.1",  # type: ignore[arg-type]

@@ -122,6 +122,10 @@ PHASE_REVOKED: Final = "Revoked"
 PHASE_ERROR: Final = "Error"
 CONDITION_AUTHORIZED: Final = "Authorized"
 CONDITION_SSH_KEY_UPLOADED: Final = "SSHKeyUploaded"
+# Ready reasons of a UserToken whose provider answered unusably: its TLS certificate is not trusted (the platform's to
+# fix: the OAuthApplication's caBundle or --ca-bundle-file), or anything else; ProviderError is a credential's too.
+REASON_TLS_VERIFICATION_FAILED: Final = "TLSVerificationFailed"
+REASON_PROVIDER_ERROR: Final = "ProviderError"
 
 # --- workspace restarts (credentials delivered as env vars: spec.credentials[].delivery Env) -----------
 # On the pod template of a workspace Deployment/StatefulSet: a new value rolls its pods (like kubectl rollout restart).
@@ -135,6 +139,8 @@ EVENT_WAITING_FOR_TOKEN: Final = "WaitingForToken"
 EVENT_WAITING_FOR_CREDENTIALS: Final = "WaitingForCredentials"
 EVENT_WAITING_FOR_SECRET: Final = "WaitingForSecret"
 EVENT_GATE_REMOVED: Final = "WorkspaceReleased"
+# On a waiting pod: its WorkspaceSecret is invalid (its spec, a reserved Secret name); it waits until that is fixed.
+EVENT_WORKSPACE_SECRET_INVALID: Final = "WorkspaceSecretInvalid"
 
 # --- user tokens in workspaces (WorkspaceSecret spec.userTokens) ------------------------------------------
 CONDITION_TOKENS_READY: Final = "TokensReady"

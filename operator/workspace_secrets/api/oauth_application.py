@@ -56,11 +56,6 @@ def origin(url: str) -> str:
     return f"{parts.scheme.lower()}://{parts.netloc.lower()}"
 
 
-def is_loopback_http(url: str) -> bool:
-    parts = urlsplit(url)
-    return parts.scheme == "http" and (parts.hostname or "") in ("127.0.0.1", "localhost", "::1")
-
-
 @dataclass(frozen=True)
 class ClientSecretRef:
     name: str  # in the operator's namespace

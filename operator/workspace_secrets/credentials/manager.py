@@ -220,7 +220,7 @@ class CredentialManager:
                 out.events.append(("Normal", f"Credential{verb}", f"{spec.name}: {verb.lower()} {provider.type_name} credential {issued.id} ({decided.issue_reason})."))
         except ProviderError as exc:
             _count_failure(spec.provider, operation, exc)
-            return keep_as_is(Problem("ProviderError", f"{where} ({spec.provider}): {exc}; retrying with backoff."))
+            return keep_as_is(Problem(c.REASON_PROVIDER_ERROR, f"{where} ({spec.provider}): {exc}; retrying with backoff."))
         self._deliver(ws, where, spec, provider, out, values=entry_keys(out.data, spec.name))
 
     def _deliver(self, ws: WorkspaceSecret, where: str, spec: CredentialSpec, provider: CredentialProvider,

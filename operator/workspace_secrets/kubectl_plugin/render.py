@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from workspace_secrets.api import constants as c
+from workspace_secrets.api.workspace_secret import SpecError, WorkspaceSecret
 
 WS_KIND, UT_KIND = c.WORKSPACE_SECRET_KIND, c.USER_TOKEN_KIND
 #: What `status KIND/NAME` accepts as KIND (kubectl's plural, singular and short names, and the brief `ws`).
@@ -32,7 +33,7 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_FORBIDDEN, EXIT_NOT_FOUND, EXIT_TIMEOUT = 
 NOT_CONNECTED_PHASES = (c.PHASE_AWAITING_AUTHORIZATION, c.PHASE_EXPIRED, c.PHASE_REVOKED)
 #: Events the workspace gate posts on a waiting pod (their message names the WorkspaceSecret).
 POD_WAITING_REASONS = (c.EVENT_WAITING_FOR_TOKEN, c.EVENT_WAITING_FOR_CREDENTIALS, c.EVENT_WAITING_FOR_SECRET,
-                       "WorkspaceSecretInvalid")
+                       c.EVENT_WORKSPACE_SECRET_INVALID)
 EVENTS_SHOWN = 10
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
@@ -196,12 +197,13 @@ class PodView:
 
 
 def requires_gate(ws: Mapping[str, Any]) -> bool:
-    """Whether the WorkspaceSecret's pods wait at the scheduling gate: it requires a user token (not optional)
-    or a WhileRunning credential (the default lifecycle). Mirrors api.workspace_secret.WorkspaceSecret.requires_gate."""
-    spec = _spec(ws)
-    return (any(isinstance(t, Mapping) and not t.get("optional") for t in spec.get("userTokens") or ())
-            or any(isinstance(x, Mapping) and (x.get("lifecycle") or "WhileRunning") == "WhileRunning"
-                   for x in spec.get("credentials") or ()))
+    """Whether the WorkspaceSecret's pods wait at the scheduling gate: the operator's own rule
+    (api.workspace_secret.WorkspaceSecret.requires_gate). An invalid spec: True -- the gate holds the pods of an
+    invalid WorkspaceSecret until it is fixed (telling them WorkspaceSecretInvalid), so they are worth looking up."""
+    try:
+        return WorkspaceSecret.from_body(ws).requires_gate
+    except SpecError:
+        return True
 
 
 def has_gate(pod: Mapping[str, Any]) -> bool:

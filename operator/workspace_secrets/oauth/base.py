@@ -76,6 +76,8 @@ GRANT_ERRORS = frozenset({"invalid_grant", "bad_refresh_token", "bad_verificatio
                           "access_denied"})
 DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 TEMPORARY_ERRORS = frozenset({"temporarily_unavailable", "server_error", "slow_down"})
+#: The code of the ProviderMisconfigured raised when the provider's TLS certificate does not verify.
+CODE_TLS_VERIFICATION_FAILED = "tls_verification_failed"
 
 # Floors and bounds on what a provider says about time, so that no answer can make a hot loop of requests,
 # Secret writes and Events: device-flow polling at least every DEVICE_MIN_INTERVAL, a device code lives
@@ -365,7 +367,7 @@ class OAuth2Base:
             raise ProviderMisconfigured(f"{self.name} {what} not sent ({exc})") from None
         except TLSVerificationFailed as exc:  # not an outage either: a human fixes the trust
             raise ProviderMisconfigured(f"{self.name} {what}: {tls_hint(exc.origin, exc.reason, per_application=True)}",
-                                        code="tls_verification_failed") from None
+                                        code=CODE_TLS_VERIFICATION_FAILED) from None
         except TransportError as exc:
             raise TemporaryFailure(f"{self.name} {what} unreachable ({exc})", code="network") from None
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from workspace_secrets.oauth.protocol import Identity, TokenSet
-from workspace_secrets.api.oauth_application import is_loopback_http
+from workspace_secrets.api.loopback import is_loopback_http
 from workspace_secrets.runtime.http import Request
 from workspace_secrets.oauth.base import ClientCredentials, OAuth2Base, ProviderMisconfigured, classify_api_error, same_origin
 

@@ -25,6 +25,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from workspace_secrets.api.loopback import is_loopback_host  # the only hosts plain http may reach
+
 PROXY_SCHEMES = ("http",)
 
 
@@ -107,9 +109,9 @@ class ProxySettings:
             port = parts.port or (443 if scheme == "https" else 80)
         except ValueError:
             return None  # a malformed port: the client refuses the URL itself
-        address = _address(host)
-        if host == "localhost" or host.endswith(".localhost") or (address is not None and address.is_loopback):
+        if is_loopback_host(host) or host.endswith(".localhost"):  # and *.localhost: not proxied, yet not cleartext-safe
             return None
+        address = _address(host)
         if any(b.matches(host, address, port) for b in self.bypass):
             return None
         return proxy
@@ -120,15 +122,6 @@ class ProxySettings:
         if not parts:
             return "no proxy"
         return ", ".join(parts) + (f"; not for {self.no_proxy}" if self.no_proxy else "") + "; never for loopback"
-
-
-def is_loopback_host(host: str) -> bool:
-    """`localhost` or a loopback address (127.0.0.0/8, ::1): the only hosts plain http may reach."""
-    host = host.lower().rstrip(".")
-    if host == "localhost":
-        return True
-    address = _address(host)
-    return address is not None and address.is_loopback
 
 
 def cleartext_problem(url: str) -> str | None:

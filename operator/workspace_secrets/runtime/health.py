@@ -74,9 +74,10 @@ class Probes:
     webhook_serving: Callable[[], Awaitable[bool]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
-    async def state(self) -> State:
+    async def state(self, *, webhook: bool = True) -> State:
+        """`webhook` False: skip the webhook's check (its TLS handshake), which liveness does not look at."""
         serving = False
-        if self.webhook_enabled and self.webhook_serving is not None:
+        if webhook and self.webhook_enabled and self.webhook_serving is not None:
             try:
                 serving = await self.webhook_serving()
             except Exception:  # noqa: BLE001 - not serving
@@ -96,7 +97,7 @@ class HealthServer:
         self._failing = False
 
     async def _healthz(self, request: web.Request) -> web.Response:
-        status, body = liveness(await self.probes.state(), self.probes.check)
+        status, body = liveness(await self.probes.state(webhook=False), self.probes.check)
         if (status == 500) != self._failing:  # said once per change, not on every probe
             self._failing = status == 500
             if self._failing:

@@ -18,8 +18,9 @@ from workspace_secrets.api import conditions as cond
 from workspace_secrets.api import constants as c
 from workspace_secrets.api.conditions import Condition, Problem, ProblemFound
 from workspace_secrets.api.user_token import UserToken
-from workspace_secrets.oauth.base import (AuthorizationPending, ClientCredentials, GrantRejected, InvalidToken, OAuthProvider,
-                                          ProviderMisconfigured, SlowDown, TemporaryFailure, Unsupported)
+from workspace_secrets.oauth.base import (CODE_TLS_VERIFICATION_FAILED, AuthorizationPending, ClientCredentials, GrantRejected,
+                                          InvalidToken, OAuthProvider, ProviderMisconfigured, SlowDown, TemporaryFailure,
+                                          Unsupported)
 from workspace_secrets.oauth.protocol import Identity, TokenSet
 from workspace_secrets.runtime.kube import Conflict, core_path
 from workspace_secrets.runtime.metrics import TOKEN_REFRESH_FAILURES
@@ -470,4 +471,5 @@ def _ssh_condition(ut: UserToken, where: str, in_use: list[keys.KeyInUse], plan:
 def _provider_reason(exc: Exception) -> str:
     """The Ready reason for a provider that answered unusably: a TLS verification failure has its own (its fix is
     the platform's: the OAuthApplication's caBundle or --ca-bundle-file), anything else is ProviderError."""
-    return "TLSVerificationFailed" if getattr(exc, "code", None) == "tls_verification_failed" else "ProviderError"
+    return (c.REASON_TLS_VERIFICATION_FAILED if getattr(exc, "code", None) == CODE_TLS_VERIFICATION_FAILED
+            else c.REASON_PROVIDER_ERROR)

@@ -10,7 +10,8 @@ someone edited or re-applied the object, or the object deleted), and `namespaceS
 
 With --webhook-cert-manager-certificate NAMESPACE/NAME the object is annotated `cert-manager.io/inject-ca-from:
 NAMESPACE/NAME` and cert-manager's cainjector keeps `caBundle`: the operator then never writes, compares or restores
-it (a caBundle found in the live object is carried over unchanged on every write).
+it (a caBundle found in the live object is carried over unchanged on every write). Without it, a leftover
+`cert-manager.io/inject-ca-from` annotation is drift: the resync removes it (and only it) and writes its own caBundle.
 
 Top to bottom: the desired entry and object and their drift (pure), the object's reads and writes, and the
 controller that keeps it in place: read the live object -> compare with the desired entry -> create or
@@ -90,6 +91,12 @@ def _ours(current: Mapping[str, Any], webhook: Mapping[str, Any]) -> dict[str, A
     return result
 
 
+def _stale(key: str, annotations: Mapping[str, str] | None) -> bool:
+    """A cert-manager annotation we no longer set (no Certificate configured any more): it must go, or the
+    cainjector and the operator keep overwriting each other's caBundle. Anyone else's annotations stay."""
+    return key == INJECT_CA_FROM and key not in (annotations or {})
+
+
 def desired_configuration(name: str, webhook: Mapping[str, Any], live: Mapping[str, Any] | None = None,
                           annotations: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The whole object: our webhook entry replaced (or added), anything else in it kept; with the live
@@ -111,8 +118,11 @@ def desired_configuration(name: str, webhook: Mapping[str, Any], live: Mapping[s
         live_ca = ((current or {}).get("clientConfig") or {}).get("caBundle")
         if "caBundle" not in webhook.get("clientConfig", {}) and live_ca:
             entry["clientConfig"] = {**webhook["clientConfig"], "caBundle": live_ca}
-    if annotations:
-        metadata["annotations"] = {**(metadata.get("annotations") or {}), **annotations}
+    kept = {k: v for k, v in (metadata.get("annotations") or {}).items() if not _stale(k, annotations)}
+    if kept or annotations:
+        metadata["annotations"] = {**kept, **(annotations or {})}
+    else:
+        metadata.pop("annotations", None)
     return {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "MutatingWebhookConfiguration",
@@ -133,6 +143,9 @@ def drift(live: Mapping[str, Any] | None, webhook: Mapping[str, Any], annotation
     missing = sorted(k for k, v in (annotations or {}).items() if live_annotations.get(k) != v)
     if missing:
         return f"annotation {', '.join(missing)} differs"
+    stale = sorted(k for k in live_annotations if _stale(k, annotations))
+    if stale:
+        return f"annotation {', '.join(stale)} is no longer ours to set"
     compared = _ours(current, webhook)
     changed = sorted(k for k, v in webhook.items() if compared.get(k) != v)
     return f"webhook {webhook['name']!r} differs in {', '.join(changed)}" if changed else None
