@@ -24,6 +24,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,9 @@ from workspace_secrets.pod_injection.controller import PodInjectionController
 from workspace_secrets.runtime.events import EventRecorder
 from workspace_secrets.runtime.http import AiohttpTransport, Egress
 from workspace_secrets.runtime.kube import Kube, group_path, load_configuration
+from workspace_secrets.runtime.kube_aio import make_kube
 from workspace_secrets.runtime.peering import PeeringGate
+from workspace_secrets.runtime.secret_index import SecretIndex
 from workspace_secrets.runtime.sensitive import Sensitive
 from workspace_secrets.runtime.signing import Signer
 from workspace_secrets.runtime.watch import Handler, LabelSelectedWatch
@@ -100,6 +103,10 @@ class App:
         self.egress: Egress | None = None  # set by start(); None: the environment's proxies, the system store
         self._connect_runner: web.AppRunner | None = None
         self._started = False
+        # The watch-fed indexes of Secret versions, one per watched path (runtime/secret_index.py): the operator's own
+        # Secrets and the users' own. Filled by their watches' first lists before kopf delivers a WorkspaceSecret.
+        self._managed_indexes = {path: SecretIndex() for path in self._secret_paths()}
+        self._user_indexes = {path: SecretIndex() for path in self._secret_paths()}
         #: True from the end of start() to the beginning of stop(): the readiness probe's "the operator has started".
         self.running = False
 
@@ -151,9 +158,9 @@ class App:
         self.active = asyncio.Event()
         if config.peering is None:
             self.active.set()  # standalone: always active
-        self.kube = Kube.from_environment(kubeconfig=config.kubeconfig, max_concurrency=config.api_concurrency,
-                                          qps=config.api_qps, burst=config.api_burst)
-        self.user_keys = UserKeys(self.kube)
+        self.kube = make_kube(config.api_client, kubeconfig=config.kubeconfig, max_concurrency=config.api_concurrency,
+                              qps=config.api_qps, burst=config.api_burst)
+        self.user_keys = UserKeys(self.kube, index_for=self._index_lookup(self._managed_indexes))
         self._started = True
         await self._start_workspace_secrets()
         if config.webhook.enabled:
@@ -172,14 +179,18 @@ class App:
             kube, EventRecorder(kube, instance=config.identity),
             credentials=CredentialManager(providers, clock=utcnow, unavailable=unavailable), user_keys=self.user_keys,
             schedule=lambda namespace, name, delay: self.queue.add_after((namespace, name), delay),
+            managed_index_for=self._index_lookup(self._managed_indexes), user_index_for=self._index_lookup(self._user_indexes),
         )
         self.queue.start()
         controller = self.workspace_secrets
         paths = self._secret_paths()
         self._secret_handlers.append(self._while_active(controller.secret_changed))
-        self.watches = [LabelSelectedWatch(kube, path, c.MANAGED_SELECTOR, self._managed_secret_changed) for path in paths]
-        self.watches += [LabelSelectedWatch(kube, path, c.USER_SECRETS_SELECTOR, self._while_active(controller.user_secret_changed))
+        self.watches = [LabelSelectedWatch(kube, path, c.MANAGED_SELECTOR, self._managed_secret_changed, index=self._managed_indexes[path])
+                        for path in paths]
+        self.watches += [LabelSelectedWatch(kube, path, c.USER_SECRETS_SELECTOR, self._while_active(controller.user_secret_changed),
+                                            index=self._user_indexes[path])
                          for path in paths]
+        await self._prime(self.watches)
         # The workspaces' pods (labelled with a WorkspaceSecret): gated pods are released, WhileRunning credentials
         # follow pods starting and stopping. Only labelled pods are sent; the handler costs no API call.
         self.watches += [LabelSelectedWatch(kube, path, c.LABEL_WORKSPACE_SECRET, self._while_active(controller.pod_changed))
@@ -332,12 +343,14 @@ class App:
                 log.warning("UserToken listing on activation failed: %s", exc)
 
     async def _enqueue_all(self) -> None:
-        """Queue every WorkspaceSecret once (deduplicated, so a burst never exceeds the worker count)."""
+        """Queue every WorkspaceSecret once (deduplicated, so a burst never exceeds the worker count) -- except those
+        whose recorded inputs show, without a request, that nothing must change (controller.unchanged)."""
         for path in self._workspace_secret_paths():
             try:
                 async for page in self.kube.list_pages(path):
                     for item in page:
-                        self.queue.add((item["metadata"]["namespace"], item["metadata"]["name"]))
+                        if not self.workspace_secrets.unchanged(item):
+                            self.queue.add((item["metadata"]["namespace"], item["metadata"]["name"]))
             except Exception as exc:  # noqa: BLE001 - retried next interval
                 log.warning("resync listing failed: %s", exc)
 
@@ -380,6 +393,21 @@ class App:
                 except Exception as exc:  # noqa: BLE001 - counted again next interval
                     log.warning("token count failed: %s", exc)
             await asyncio.sleep(self.config.resync_interval)
+
+    async def _prime(self, watches: list[LabelSelectedWatch]) -> None:
+        """The indexed watches' first lists, before kopf delivers the first WorkspaceSecret: a restart then finds
+        unchanged objects unchanged at once. A failure is not fatal: the watch lists again when it runs, and until
+        its index is synced every reconcile reads what it needs (as without an index)."""
+        try:
+            await asyncio.gather(*(w.prime() for w in watches if w.indexed))
+        except Exception as exc:  # noqa: BLE001 - see above
+            log.warning("could not list the Secrets to index them (%s); the watches retry", exc)
+
+    def _index_lookup(self, indexes: dict[str, SecretIndex]) -> Callable[[str], SecretIndex | None]:
+        """namespace -> the index of the watched path covering it (None: not watched)."""
+        if self.config.clusterwide:
+            return lambda namespace: indexes.get("/api/v1/secrets")
+        return lambda namespace: indexes.get(f"/api/v1/namespaces/{namespace}/secrets")
 
     def _secret_paths(self) -> list[str]:
         if self.config.clusterwide:

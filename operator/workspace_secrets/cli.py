@@ -204,6 +204,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="client-side pacing of the operator's own API requests per second (kopf's are separate); "
                           "0: none, rely on the API server's Priority and Fairness and --api-concurrency")
     cmd.add_argument("--api-burst", type=int, default=D.api_burst, help="requests allowed in a burst above --api-qps")
+    # Hidden while measured (docs/developers/benchmarks.md): the API client's transport.
+    cmd.add_argument("--api-client", choices=("threads", "aio"), default=D.api_client, help=argparse.SUPPRESS)
     cmd.add_argument("--workers", type=int, default=D.workers,
                      help="WorkspaceSecret reconciles running at a time, and likewise UserToken passes (each holds one object "
                           "and mostly waits on the API or the provider)")
@@ -489,6 +491,7 @@ def _run(args: argparse.Namespace) -> int:
         api_concurrency=args.api_concurrency,
         api_qps=args.api_qps,
         api_burst=args.api_burst,
+        api_client=args.api_client,
         workers=args.workers,
         resync_interval=args.resync_interval,
         watch_unhealthy_threshold=args.watch_unhealthy_threshold,
@@ -588,11 +591,11 @@ async def _serve(config: OperatorConfig, health_bind: tuple[str, int] | None, li
 
 def _leader_elector(config: OperatorConfig) -> tuple[Any, Any]:
     """The elector and its own API client (the App's is made later, once leading)."""
-    from workspace_secrets.runtime.kube import Kube
+    from workspace_secrets.runtime.kube_aio import make_kube
     from workspace_secrets.runtime.leader import LeaderElector
 
     election = config.leader_election
-    kube = Kube.from_environment(kubeconfig=config.kubeconfig, max_concurrency=2)
+    kube = make_kube(config.api_client, kubeconfig=config.kubeconfig, max_concurrency=2)
     elector = LeaderElector(kube, namespace=election.namespace or config.operator_namespace, name=election.id,
                             identity=config.identity, lease_duration=election.lease_duration,
                             renew_deadline=election.renew_deadline, retry_period=election.retry_period)

@@ -55,8 +55,11 @@ def test_create_gives_a_ready_secret_with_a_working_key(api, namespace, wso_oper
     api.wait_condition(namespace, "alice-ws", type_="WorkspaceBound")
     ws = api.get_ws(namespace, "alice-ws")
     assert [o["kind"] for o in ws["metadata"]["ownerReferences"]] == ["Deployment"]
-    reasons = {e.reason for e in api.events_for(namespace, "alice-ws")}
-    assert {"SecretCreated", "WorkspaceBound"} <= reasons
+    events = api.events_for(namespace, "alice-ws")
+    # Created and bound in one reconcile (the Deployment was there): one Event says both.
+    created = [e for e in events if e.reason == "SecretCreated"]
+    assert len(created) == 1 and "WorkspaceBound" not in {e.reason for e in events}, [e.reason for e in events]
+    assert "bound to Deployment 'ws-alice'" in created[0].message
     # The printer columns show it.
     out = subprocess.run([*wso_operator.kubectl, "get", "wss", "-n", namespace, "-o", "wide"], capture_output=True, text=True, check=True).stdout
     assert "alice-ws" in out and status["sshKeyFingerprint"] in out and "True" in out

@@ -1,8 +1,9 @@
 """One in-memory Kubernetes API server for unit tests, behind the operator's Kube client interface.
 
 `FakeKube` answers the calls the controllers, providers and watches make on `workspace_secrets.runtime.kube.Kube`
-(get, list, list_pages, resource_version, create, replace, merge_patch, json_patch, delete, stream) with the API server's
-behaviour that the operator relies on -- each line below is something some code path depends on:
+(get, list, list_pages, list_metadata_pages, resource_version, create, replace, merge_patch, json_patch, delete,
+stream) with the API server's behaviour that the operator relies on -- each line below is something some code path
+depends on:
 
 - every write bumps one cluster-wide resourceVersion; a no-op write does not (no new version, no watch event);
 - create: 409 AlreadyExists for a taken name, `generateName` names made up by the server, a new uid and
@@ -307,6 +308,31 @@ class FakeKube:
                     token = uuid.uuid4().hex
                     self._snapshots[token] = rest
             yield page
+            if token is None:
+                return
+
+    async def list_metadata_pages(self, path: str, *, label_selector: str | None = None,
+                                  page_size: int = 500) -> AsyncIterator[tuple[list[JSON], str]]:
+        """Like the API server's PartialObjectMetadataList: metadata only, every page with the snapshot's version."""
+        token: str | None = None
+        version = ""
+        while True:
+            await asyncio.sleep(0)
+            with self._lock:
+                self._request("LIST", path)
+                if token is None:
+                    listing = self._list(parse(path), label_selector)
+                    version = listing["metadata"]["resourceVersion"]
+                    items = [{"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]}
+                             for o in listing["items"]]
+                else:
+                    items = self._snapshots.pop(token)
+                page, rest = items[:page_size], items[page_size:]
+                token = None
+                if rest:
+                    token = uuid.uuid4().hex
+                    self._snapshots[token] = rest
+            yield page, version
             if token is None:
                 return
 

@@ -159,7 +159,7 @@ def test_operator_namespace_falls_back_to_pod_namespace(monkeypatch):
 def test_every_visible_flag_shows_its_default_and_its_environment_variable():
     parser = run_parser()
     formatter = cli._HelpFormatter("run")
-    hidden = {"--liveness", "--metrics-port", "--metrics-address"}
+    hidden = {"--liveness", "--metrics-port", "--metrics-address", "--api-client"}
     for action in options(parser):
         if action.help is argparse.SUPPRESS:
             assert set(action.option_strings) & hidden, f"{action.option_strings} is hidden"

@@ -77,8 +77,14 @@ def test_a_change_of_the_key_by_anyone_else_fans_out_through_the_watch() -> None
 def test_a_rotation_whose_queueing_fails_leaves_it_to_the_watch() -> None:
     op = settled()
     op.kube.edit(f"{WS}/a1", {"metadata": {"annotations": {c.ANNOTATION_ROTATE_SSH_KEY: "r1"}}})
-    op.kube.fail("LIST", WS, 503)  # listing the user's WorkspaceSecrets fails right after the rotation
+    fan_out = op.controller.names_for_user
+
+    async def unavailable(namespace: str, user: str) -> list[str]:
+        raise RuntimeError("finding the user's workspaces failed right after the rotation")
+
+    op.controller.names_for_user = unavailable  # type: ignore[method-assign]
     op.reconcile("a1")
+    op.controller.names_for_user = fan_out  # type: ignore[method-assign]
     before = op.kube.get_object(ALICE_KEY)
     assert before is not None and (before["metadata"].get("annotations") or {}).get(c.ANNOTATION_ROTATION_REQUEST)
     assert op.queued() <= {"a1"}

@@ -159,7 +159,10 @@ def test_a_workspace_labelled_for_the_user_is_bound_and_takes_everything_with_it
     op.reconcile("alice-ws")
     ws = op.ws("alice-ws")
     assert [(o["kind"], o["name"], o["uid"]) for o in ws["metadata"]["ownerReferences"]] == [("Pod", "alice-pod", pod["metadata"]["uid"])]
-    assert ws["status"]["workspaceUID"] == pod["metadata"]["uid"] and "WorkspaceBound" in op.events()
+    assert ws["status"]["workspaceUID"] == pod["metadata"]["uid"]
+    # Created and bound in one reconcile: one Event says both (each Event is a write).
+    assert op.events() == ["SecretCreated"]
+    assert "bound to Pod 'alice-pod'" in op.kube.list_objects(EVENTS)[0]["message"]
     assert op.scheduled == []  # bound: nothing to look for any more
 
     op.kube.remove(f"{PODS}/alice-pod")

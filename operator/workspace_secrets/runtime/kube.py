@@ -26,6 +26,8 @@ from workspace_secrets.runtime.ratelimit import RateLimiter
 JSON = dict[str, Any]
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
+#: Lists of metadata only (kubectl get's and client-go's metadata informers' Accept), JSON as a fallback.
+METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1, application/json"
 
 
 class KubeError(Exception):
@@ -88,13 +90,14 @@ class Kube:
         content_type: str | None = None,
         timeout: float | tuple[float, float] | None = 30,
         stream: bool = False,
+        accept: str | None = None,
     ) -> Any:
         """One HTTP request through the client's urllib3 pool (its TLS and client-certificate setup).
 
         Only the pool and the Configuration's auth settings are used -- interfaces that are stable across
         `kubernetes` releases, unlike the generated ApiClient's call signature."""
         configuration = self._api.configuration
-        headers = {"Accept": "application/json", "User-Agent": self._api.user_agent}
+        headers = {"Accept": accept or "application/json", "User-Agent": self._api.user_agent}
         for setting in configuration.auth_settings().values():  # calls the token refresh hook if any
             if setting.get("in") == "header" and setting.get("value"):
                 headers[setting["key"]] = setting["value"]
@@ -123,11 +126,15 @@ class Kube:
             raise _error(response.status, raw, response.headers.get("Retry-After"))
         return json.loads(raw) if raw else None
 
+    async def _send(self, method: str, path: str, **kwargs: Any) -> Any:
+        """One request, its parsed answer (or KubeError): in the thread pool here, on the loop in kube_aio."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: self._call(method, path, **kwargs))
+
     async def _run(self, method: str, path: str, **kwargs: Any) -> Any:
         await self._limiter.acquire()
-        loop = asyncio.get_running_loop()
         try:
-            result = await loop.run_in_executor(self._executor, lambda: self._call(method, path, **kwargs))
+            result = await self._send(method, path, **kwargs)
         except KubeError as exc:
             if exc.status == 429 or exc.status >= 500:
                 self._limiter.failed()
@@ -176,6 +183,27 @@ class Kube:
             page = await self._run("GET", path, query=query)
             yield page.get("items", [])
             token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                return
+
+    async def list_metadata_pages(self, path: str, *, label_selector: str | None = None,
+                                  page_size: int = 500) -> AsyncIterator[tuple[list[JSON], str]]:
+        """A paged list of the objects' metadata only (PartialObjectMetadataList): no Secret data crosses the wire
+        or sits in memory. Yields (items, the list's resourceVersion) per page -- every page of one list carries the
+        same resourceVersion, that of its snapshot, from which a watch continues without a gap. Each item holds the
+        object's `metadata` and nothing of its own fields. A consistent read (no resourceVersion): what the API server holds now."""
+        token: str | None = None
+        while True:
+            query = {"limit": str(page_size), **({"labelSelector": label_selector} if label_selector else {}),
+                     **({"continue": token} if token else {})}
+            page = await self._run("GET", path, query=query, accept=METADATA_LIST)
+            items = page.get("items") or []
+            if page.get("kind") != "PartialObjectMetadataList":
+                # A server that ignored the metadata-only Accept (an aggregated API may): keep nothing but metadata.
+                items = [{"metadata": item.get("metadata") or {}} for item in items]
+            meta = page.get("metadata") or {}
+            yield items, meta.get("resourceVersion", "")
+            token = meta.get("continue")
             if not token:
                 return
 

@@ -23,6 +23,10 @@ NAMESPACE = "wso"
 RECONCILES = Counter(
     "reconciles", "Reconciles by resource kind and result.", ["kind", "result"], namespace=NAMESPACE
 )
+RECONCILES_SKIPPED = Counter(
+    "reconciles_skipped", "Objects found unchanged without a request (their recorded inputs digest still matches: after a "
+    "restart, on a resync), by resource kind and reason.", ["kind", "reason"], namespace=NAMESPACE
+)
 RECONCILE_DURATION = Histogram(
     "reconcile_duration_seconds", "Duration of one reconcile, by resource kind.", ["kind"],
     namespace=NAMESPACE, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),

@@ -5,6 +5,12 @@ watches our CRDs. For the Secrets we create, this watch asks the API server for 
 keeps no copies, and hands each change to a callback. It asks for the current resourceVersion (a list
 of at most one item), then watches from there (with bookmarks), relisting on 410 Gone, and backs off on errors.
 
+With a SecretIndex (runtime/secret_index.py), the (re)list is instead a full list of the selected objects' metadata
+(no Secret data, in pages) that replaces the index's content, and the watch goes on from that list's
+resourceVersion, so the index misses no change; every event updates the index before the handler runs (whatever
+the handler does with it, e.g. nothing on a standby replica). `prime()` does the first list at once (before kopf
+delivers the objects whose reconciling asks the index); `run()` then watches from there.
+
 Health: `healthy` is True only while the API server has accepted a watch request; `unhealthy_for()`
 says for how long it has not been, which the liveness probe compares with a threshold (a watch that
 reconnects within seconds after an API server restart is normal; one that cannot for minutes is not).
@@ -18,11 +24,13 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
+from urllib.parse import unquote
 
 from workspace_secrets.runtime.metrics import WATCH_HEALTHY, WATCH_RESTARTS
 from workspace_secrets.runtime.kube import Kube, KubeError
+from workspace_secrets.runtime.secret_index import Entry, SecretIndex
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +50,20 @@ class LabelSelectedWatch:
         *,
         timeout_seconds: int = 300,
         max_backoff: float = 30.0,
+        index: SecretIndex | None = None,
     ) -> None:
         self._kube = kube
         self._path = path
         self._selector = label_selector
         self._handler = handler
+        self._index = index
+        self._namespace = _namespace_of(path)  # None: all namespaces
+        #: The resourceVersion `prime()` listed at, for `run()` to start from.
+        self._primed: str | None = None
+        if index is not None:
+            index.expect(self._namespace)
+            self._user_handler = handler
+            self._handler = self._index_then_handle
         self._timeout = timeout_seconds
         self._max_backoff = max_backoff
         self._resource = path.rsplit("/", 1)[-1]  # metric label: "secrets" (never a namespace or name)
@@ -75,15 +92,59 @@ class LabelSelectedWatch:
             self._unhealthy_since = time.monotonic()
         self._healthy_gauge.set(1 if healthy else 0)
 
+    @property
+    def index(self) -> SecretIndex | None:
+        return self._index
+
+    @property
+    def indexed(self) -> bool:
+        """True if this watch feeds a SecretIndex."""
+        return self._index is not None
+
+    async def prime(self) -> bool:
+        """The first list, now (with an index: fills it; without: only the resourceVersion), for `run()` to watch
+        from. One attempt: on an error it logs, returns False and leaves the listing to `run()` (with its backoff);
+        the index then stays not `synced` until that succeeds."""
+        try:
+            self._primed = await self._list()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - run() retries with backoff
+            status = f"{exc.status} {exc.reason}" if isinstance(exc, KubeError) else type(exc).__name__
+            log.warning("listing %s failed (%s); the watch will retry", self._path, status)
+            return False
+        return True
+
+    async def _list(self) -> str:
+        """The resourceVersion to watch from; with an index, after replacing its content with a full list."""
+        if self._index is None:
+            # Only the resourceVersion: existing objects are the resync's business, and listing
+            # them all here would hold every owned Secret (with its data) in memory at once.
+            return await self._kube.resource_version(self._path, label_selector=self._selector)
+        # Metadata only, in pages, each reduced to the index's entries at once (no page is kept).
+        entries: list[tuple[str, str, Entry]] = []
+        version = ""
+        async for page, version in self._kube.list_metadata_pages(self._path, label_selector=self._selector):
+            entries += SecretIndex.entries_of(page)
+        self._index.replace_entries(entries, version, namespace=self._namespace)
+        return version
+
+    def _index_then_handle(self, event_type: str, obj: dict[str, Any]) -> Awaitable[None] | None:
+        """With an index: every event updates it first, then goes to the handler."""
+        assert self._index is not None
+        try:
+            self._index.apply(event_type, obj)
+        except Exception:  # a malformed object must not keep the event from the handler
+            log.exception("indexing a %s event failed", event_type)
+        return self._user_handler(event_type, obj)
+
     async def run(self) -> None:
         backoff = 0.5
-        resource_version: str | None = None
+        resource_version, self._primed = self._primed, None
         while True:
             try:
                 if resource_version is None:
-                    # Only the resourceVersion: existing objects are the resync's business, and listing
-                    # them all here would hold every owned Secret (with its data) in memory at once.
-                    resource_version = await self._kube.resource_version(self._path, label_selector=self._selector)
+                    resource_version = await self._list()
                 started = time.monotonic()
                 resource_version = await self._stream(resource_version)
                 WATCH_RESTARTS.labels(resource=self._resource, reason="timeout").inc()
@@ -124,9 +185,6 @@ class LabelSelectedWatch:
 
     async def _stream(self, resource_version: str) -> str | None:
         """Stream events until the server closes the watch. Returns the resourceVersion to resume from."""
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        stop = threading.Event()
         query = {
             "watch": "true",
             "labelSelector": self._selector,
@@ -134,6 +192,48 @@ class LabelSelectedWatch:
             "allowWatchBookmarks": "true",
             "timeoutSeconds": str(self._timeout),
         }
+        events = self._events(query)
+        try:
+            while True:
+                kind, item = await events.__anext__()
+                if kind == "connected":
+                    self._set_healthy(True)
+                    continue
+                if kind == "end":
+                    return resource_version
+                if kind == "error":
+                    raise item
+                type_, obj = item.get("type"), item.get("object") or {}
+                if type_ == "ERROR":
+                    code = obj.get("code", 500)
+                    raise KubeError(code, obj.get("reason", ""), obj.get("message", ""))
+                resource_version = (obj.get("metadata") or {}).get("resourceVersion") or resource_version
+                if type_ == "BOOKMARK":
+                    continue
+                try:
+                    result = self._handler(type_, obj)
+                    if asyncio.iscoroutine(result):
+                        await result
+                except Exception:
+                    log.exception("watch handler failed for a %s event", type_)
+        finally:
+            await events.aclose()
+
+    async def _events(self, query: dict[str, str]) -> AsyncIterator[tuple[str, Any]]:
+        """The watch's ("connected" | "event" | "end" | "error", item)s: on the loop with an asyncio client
+        (kube_aio: `stream_async`), else read by a thread of its own from the blocking `stream`."""
+        stream_async = getattr(self._kube, "stream_async", None)
+        if stream_async is not None:
+            def connected_now() -> None:
+                self._set_healthy(True)
+
+            async for event in stream_async(self._path, query, timeout=self._timeout + 30, on_connected=connected_now):
+                yield "event", event
+            yield "end", None
+            return
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        stop = threading.Event()
 
         def put(item: tuple[str, Any]) -> None:
             try:
@@ -158,26 +258,16 @@ class LabelSelectedWatch:
         thread.start()
         try:
             while True:
-                kind, item = await queue.get()
-                if kind == "connected":
-                    self._set_healthy(True)
-                    continue
-                if kind == "end":
-                    return resource_version
-                if kind == "error":
-                    raise item
-                type_, obj = item.get("type"), item.get("object") or {}
-                if type_ == "ERROR":
-                    code = obj.get("code", 500)
-                    raise KubeError(code, obj.get("reason", ""), obj.get("message", ""))
-                resource_version = (obj.get("metadata") or {}).get("resourceVersion") or resource_version
-                if type_ == "BOOKMARK":
-                    continue
-                try:
-                    result = self._handler(type_, obj)
-                    if asyncio.iscoroutine(result):
-                        await result
-                except Exception:
-                    log.exception("watch handler failed for a %s event", type_)
+                yield await queue.get()
         finally:
             stop.set()
+
+
+def _namespace_of(path: str) -> str | None:
+    """The namespace of a collection path (/api/v1/namespaces/<ns>/secrets), None for all namespaces."""
+    parts = path.split("/")
+    if "namespaces" in parts:
+        at = parts.index("namespaces") + 1
+        if at < len(parts) - 1:
+            return unquote(parts[at])
+    return None

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from workspace_secrets.api import constants as c
 from workspace_secrets.api.conditions import Problem, ProblemFound
@@ -23,6 +23,9 @@ from workspace_secrets.runtime.kube import Conflict, Kube, core_path, group_path
 from workspace_secrets.user_keys import policy, sshkeys
 from workspace_secrets.user_keys.naming import user_key_secret_name
 from workspace_secrets.user_keys.sshkeys import KeySpec, KeyType, SSHKeyPair
+
+if TYPE_CHECKING:
+    from workspace_secrets.runtime.secret_index import SecretIndex
 
 #: Parsed keys kept, by (namespace, name, resourceVersion); cleared when it grows past this.
 CACHE_SIZE = 4096
@@ -34,21 +37,32 @@ class UserKey:
     key: SSHKeyPair
     written: Mapping[str, Any] | None = None  # the Secret as this call wrote it (None: read, not written)
     operation: str | None = None  # "create" | "update" (a rotation) | None
+    resource_version: str = ""  # of the Secret as read or written (workspace_secret/inputs.py records it)
+
+
+#: The watch-fed index of the operator's Secrets in a namespace (runtime/secret_index.py), when there is one.
+IndexFor = Callable[[str], "SecretIndex | None"]
 
 
 class UserKeys:
-    def __init__(self, kube: Kube) -> None:
+    def __init__(self, kube: Kube, *, index_for: IndexFor | None = None) -> None:
         self._kube = kube
+        # A key Secret the synced index does not know is created without a GET first (one request less per new
+        # user); should it exist after all (the index lags a moment), the create's 409 retries the reconcile.
+        self._index_for = index_for or (lambda namespace: None)
         self._cache: dict[tuple[str, ...], SSHKeyPair] = {}
         # The key fingerprint of each workspace Secret as last seen by the Secret watch (workspace_key_changed).
         self._workspace_fingerprints: dict[tuple[str, str], str] = {}
 
-    async def ensure(self, namespace: str, user: str, spec: KeySpec, *, rotation_request: str | None = None) -> UserKey:
+    async def ensure(self, namespace: str, user: str, spec: KeySpec, *, rotation_request: str | None = None,
+                     look: bool = False) -> UserKey:
         """The user's key pair of this type: created if missing, regenerated for a new `rotation_request` (an id
         stamped on the Secret in the same write as the new key), else loaded."""
         name = user_key_secret_name(user, spec)
         path = core_path(namespace, "secrets", name)
-        existing = await self._kube.get(path)
+        index = self._index_for(namespace)
+        known_absent = not look and index is not None and index.synced and index.version(namespace, name) is None
+        existing = None if known_absent else await self._kube.get(path)
         if existing is not None and not policy.is_user_key_secret(existing, user):
             raise ProblemFound(Problem(
                 "UserKeyConflict",
@@ -60,8 +74,10 @@ class UserKeys:
             try:
                 created = await self._kube.create(path.rsplit("/", 1)[0], policy.user_key_body(namespace, user, name, key, rotation_request))
             except Conflict:  # another workspace of this user won the race: use its key
+                if known_absent:  # or a Secret the index cannot know (not labelled as ours): look, as without an index
+                    return await self.ensure(namespace, user, spec, rotation_request=rotation_request, look=True)
                 raise RetryLater(f"user key {name!r} was created concurrently") from None
-            return UserKey(name, key, created, "create")
+            return UserKey(name, key, created, "create", created["metadata"]["resourceVersion"])
         if rotation_request and (existing["metadata"].get("annotations") or {}).get(c.ANNOTATION_ROTATION_REQUEST) != rotation_request:
             key = await _generate(spec, policy.comment(user))
             body = policy.user_key_body(namespace, user, name, key, rotation_request)
@@ -70,8 +86,8 @@ class UserKeys:
                 replaced = await self._kube.replace(path, body)
             except Conflict:
                 raise RetryLater(f"user key {name!r} changed while rotating") from None
-            return UserKey(name, key, replaced, "update")
-        return UserKey(name, self._load(existing, user))
+            return UserKey(name, key, replaced, "update", replaced["metadata"]["resourceVersion"])
+        return UserKey(name, self._load(existing, user), resource_version=existing["metadata"]["resourceVersion"])
 
     async def workspace_keys(self, namespace: str, user: str) -> list[policy.KeyInUse]:
         """The distinct public keys the user's WorkspaceSecrets in `namespace` use, oldest workspace first: each

@@ -25,17 +25,17 @@ from workspace_secrets.api.workspace_secret import SpecError, WorkspaceSecret
 from workspace_secrets.credentials.manager import CredentialManager
 from workspace_secrets.runtime.errors import RetryLater
 from workspace_secrets.runtime.events import EventRecorder
-from workspace_secrets.runtime.kube import Kube, core_path, group_path
-from workspace_secrets.runtime.metrics import RECONCILE_DURATION, RECONCILES
+from workspace_secrets.runtime.kube import Kube, core_path
+from workspace_secrets.runtime.metrics import RECONCILE_DURATION, RECONCILES, RECONCILES_SKIPPED
 from workspace_secrets.user_keys.naming import is_reserved_secret_name
 from workspace_secrets.user_keys.service import UserKeys
-from workspace_secrets.workspace_secret import policy
+from workspace_secrets.workspace_secret import inputs, policy
 from workspace_secrets.workspace_secret.binding import ObjectGone, bind
 from workspace_secrets.workspace_secret.keys import Keys
 from workspace_secrets.workspace_secret.gate import Gate
 from workspace_secrets.workspace_secret.pods import blockers
 from workspace_secrets.workspace_secret.refs import event_ref, ws_path
-from workspace_secrets.workspace_secret.secret import SecretOutcome, Secrets
+from workspace_secrets.workspace_secret.secret import IndexFor, SecretOutcome, Secrets
 from workspace_secrets.workspace_secret.status import Status
 from workspace_secrets.workspace_secret import tokens as ws_tokens
 from workspace_secrets.workspace_secret import token_reader
@@ -57,8 +57,18 @@ class WorkspaceSecretController:
         user_keys: UserKeys | None = None,
         schedule: Callable[[str, str, float], None] | None = None,
         clock: Callable[[], datetime] = cond.utcnow,
+        managed_index_for: IndexFor | None = None,
+        user_index_for: IndexFor | None = None,
     ) -> None:
         self._kube = kube
+        # The watch-fed indexes of Secret versions (runtime/secret_index.py): the operator's own Secrets, and the
+        # users' own Secrets. With them, `unchanged()` tells without a request that nothing must change.
+        self._managed_index_for = managed_index_for or (lambda namespace: None)
+        self._user_index_for = user_index_for or (lambda namespace: None)
+        # (namespace, user) -> the WorkspaceSecrets of that user there, and the reverse; kept like the token index
+        # below: a user's key rotation or own Secret's change queues their workspaces with no LIST.
+        self._by_user: dict[tuple[str, str], set[str]] = {}
+        self._user_of: dict[tuple[str, str], str] = {}
         self._events = events
         self._clock = clock
         self._schedule = schedule or (lambda namespace, name, delay: None)
@@ -66,7 +76,7 @@ class WorkspaceSecretController:
         # hash(policy.essence(body)) of each WorkspaceSecret as last reconciled: a watch event with the
         # same essence only echoes our own status/ownerReference writes and needs no work.
         self._handled: dict[tuple[str, str], int] = {}
-        self._secrets = Secrets(kube, credentials or CredentialManager({}, clock=clock))
+        self._secrets = Secrets(kube, credentials or CredentialManager({}, clock=clock), user_index_for=self._user_index_for)
         self._keys = Keys(kube, user_keys or UserKeys(kube), events, written=self._secrets.remember,
                           rotated=self.schedule_user)
         self._status = Status(kube, events, clock=clock)
@@ -98,11 +108,70 @@ class WorkspaceSecretController:
             self._handled.pop(key, None)
             self._gate.forget(*key)
             self._index_tokens(key, frozenset())
+            self._index_user(key, None)
             return
         self._index_tokens(key, ws_tokens.token_names(body))
+        self._index_user(key, (body.get("spec") or {}).get("user"))
         if meta.get("deletionTimestamp") or self._handled.get(key) == hash(policy.essence(body)):
             return
+        if self.unchanged(body):  # e.g. the initial listing after a restart: nothing to do, and no request to know it
+            self._handled[key] = hash(policy.essence(body))
+            return
         self._schedule(key[0], key[1], 0.0)
+
+    def unchanged(self, body: Mapping[str, Any]) -> bool:
+        """Whether a reconcile of this WorkspaceSecret would find nothing to do, known without an API request: its
+        status records the digest of its inputs (inputs.py) and the same digest follows from the body and the
+        watch-fed Secret indexes. Counted in wso_reconciles_skipped_total."""
+        if not inputs.settled(body):
+            return False
+        try:
+            ws = WorkspaceSecret.from_body(body)
+        except SpecError:
+            return False
+        if not inputs.eligible(ws) or (ws.namespace, ws.name) in self._gate.maybe_gated:
+            return False
+        managed = self._managed_index_for(ws.namespace)
+        user_versions = self._user_versions(ws)
+        if managed is None or not managed.synced or user_versions is None:
+            return False
+        key_name = inputs.key_secret_name(ws)
+        key_version = managed.version(ws.namespace, key_name)
+        secret_version = managed.version(ws.namespace, ws.secret_name)
+        if not key_version or not secret_version:
+            return False
+        if inputs.digest(policy.essence(body), key=(key_name, key_version), secret=(ws.secret_name, secret_version),
+                         user_secrets=user_versions) != ws.status.get("inputsDigest"):
+            return False
+        RECONCILES_SKIPPED.labels(kind=c.WORKSPACE_SECRET_KIND, reason="unchanged").inc()
+        return True
+
+    def _user_versions(self, ws: WorkspaceSecret) -> list[tuple[str, str]] | None:
+        """(name, resourceVersion) of the user's own Secrets from the index (every one labelled for the user: more
+        than the workspace may select, so any change of them counts); None without a synced index."""
+        if not ws.user_secrets_enabled:
+            return []
+        index = self._user_index_for(ws.namespace)
+        if index is None or not index.synced:
+            return None
+        return list(index.names_for_user(ws.namespace, ws.user))
+
+    def _index_user(self, key: tuple[str, str], user: str | None) -> None:
+        """Record that WorkspaceSecret `key` belongs to `user` (None: deleted)."""
+        before = self._user_of.get(key)
+        if before == user:
+            return
+        if before is not None:
+            names = self._by_user.get((key[0], before))
+            if names is not None:
+                names.discard(key[1])
+                if not names:
+                    del self._by_user[(key[0], before)]
+        if user:
+            self._user_of[key] = user
+            self._by_user.setdefault((key[0], user), set()).add(key[1])
+        else:
+            self._user_of.pop(key, None)
 
     async def secret_changed(self, event_type: str, obj: Mapping[str, Any]) -> None:
         """A change of a Secret the operator manages (the label-selected watch): reconcile what it belongs to.
@@ -202,9 +271,11 @@ class WorkspaceSecretController:
             if body is None:
                 self._handled.pop(key, None)
                 self._index_tokens(key, frozenset())
+                self._index_user(key, None)
                 self._gate.forget(namespace, name)  # a pod label may name any WorkspaceSecret: nothing is kept for one that is not there
                 return
             self._index_tokens(key, ws_tokens.token_names(body))  # the newest state: a kopf event may still be on its way
+            self._index_user(key, (body.get("spec") or {}).get("user"))
             # Recorded before our writes, so that their echoes (arriving while we work) are recognized.
             self._handled[key] = hash(policy.essence(body))
             try:
@@ -246,12 +317,21 @@ class WorkspaceSecretController:
             self._schedule(namespace, name, 0.0)
 
     async def names_for_user(self, namespace: str, user: str) -> list[str]:
-        names = []
-        async for page in self._kube.list_pages(group_path(c.API_VERSION, namespace, c.WORKSPACE_SECRET_PLURAL)):
-            names += [item["metadata"]["name"] for item in page if (item.get("spec") or {}).get("user") == user]
-        return names
+        """The user's WorkspaceSecrets in `namespace`, from the index every watch event and reconcile keeps (no
+        request: a LIST of 10,000 WorkspaceSecrets is ~40 MB). One not seen yet is reconciled when it is."""
+        return sorted(self._by_user.get((namespace, user), ()))
 
     # --- the reconcile --------------------------------------------------------------------------
+    @staticmethod
+    def _digest(body: Mapping[str, Any], ws: WorkspaceSecret, key_version: str, written: SecretOutcome,
+                user_versions: list[tuple[str, str]] | None, workspace_uid: str | None, problem: Problem | None) -> str | None:
+        """The inputs digest to record, when this reconcile's outcome depends only on what it covers and succeeded."""
+        if (problem is not None or not workspace_uid or user_versions is None or written.credentials is not None
+                or not key_version or not written.resource_version or not inputs.eligible(ws)):
+            return None
+        return inputs.digest(policy.essence(body), key=(inputs.key_secret_name(ws), key_version),
+                             secret=(ws.secret_name, written.resource_version), user_secrets=user_versions)
+
     def _lock(self, namespace: str, name: str) -> asyncio.Lock:
         key = (namespace, name)
         lock = self._locks.get(key)
@@ -291,7 +371,7 @@ class WorkspaceSecretController:
             await self._gate.tell_invalid(ws.namespace, ws.name, ws.user, f"{reserved.reason}: {reserved.message}")
             return "problem"
 
-        key, source, rotation, problem = await self._keys.key(ws)
+        key, source, rotation, problem, key_version = await self._keys.key(ws)
         workspace_uid, workspace_problem = await bind(self._kube, body, ws)
         pods = await self._gate.pods(ws)  # before the Secret: WhileRunning credentials follow pods.running
         if pods.running and ws.while_running_credentials and all(p.deleting for p in pods.items if p.live):
@@ -299,6 +379,9 @@ class WorkspaceSecretController:
             # this re-check makes the revocation follow within seconds even should one be missed or met a stale list.
             self._schedule(ws.namespace, ws.name, STOPPING_RECHECK)
         tokens = await self._tokens.collect(ws)  # spec.userTokens: the user's own, checked (tokens.py)
+        # Before the Secret is composed: versions read now are at most as new as the Secrets then read, so a change
+        # in between makes the recorded digest differ (a reconcile too many, never one too few).
+        user_versions = self._user_versions(ws) if inputs.eligible(ws) else None
 
         written = SecretOutcome()
         if key is not None:
@@ -323,6 +406,7 @@ class WorkspaceSecretController:
             credential_env=tuple(creds.env) if creds is not None else (),
             user_secrets=written.user_secrets, workspace_problem=workspace_problem,
             pods=pods, tokens=tokens,
+            inputs_digest=self._digest(body, ws, key_version, written, user_versions, workspace_uid, problem),
         )
         # Events first: whoever sees the new status can already read the Event that explains it.
         await self._status.announce(body, ws, obs)

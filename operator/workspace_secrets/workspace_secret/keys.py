@@ -52,18 +52,19 @@ class Keys:
         # a wrong passphrase on an expensive key is paid once per change of the Secret, not once per reconcile.
         self._refused: dict[tuple[str, ...], str] = {}
 
-    async def key(self, ws: WorkspaceSecret) -> tuple[SSHKeyPair | None, str, str | None, Problem | None]:
-        """(the key, its source, the rotation request handled, why there is no key)."""
+    async def key(self, ws: WorkspaceSecret) -> tuple[SSHKeyPair | None, str, str | None, Problem | None, str]:
+        """(the key, its source, the rotation request handled, why there is no key, the resourceVersion of the
+        user's key Secret it came from -- "" for a brought key)."""
         if ws.ssh.existing_secret_ref is not None:
             key, problem = await self.brought(ws)
-            return key, policy.KEY_SOURCE_EXISTING, None, problem
+            return key, policy.KEY_SOURCE_EXISTING, None, problem, ""
         try:
-            key = await self._users(ws)
+            key, version = await self._users(ws)
         except ProblemFound as exc:
-            return None, policy.KEY_SOURCE_GENERATED, None, exc.problem
-        return key, policy.KEY_SOURCE_GENERATED, ws.rotate_ssh_key, None
+            return None, policy.KEY_SOURCE_GENERATED, None, exc.problem, ""
+        return key, policy.KEY_SOURCE_GENERATED, ws.rotate_ssh_key, None, version
 
-    async def _users(self, ws: WorkspaceSecret) -> SSHKeyPair:
+    async def _users(self, ws: WorkspaceSecret) -> tuple[SSHKeyPair, str]:
         """The (namespace, user, key type) key pair, created once and shared by that user's workspaces; a new
         value of the rotate annotation regenerates it."""
         spec = KeySpec(KeyType(ws.ssh.key_type), ws.ssh.rsa_bits)
@@ -87,7 +88,7 @@ class Keys:
         elif result.operation == "update":
             log.info("Rotated %r's %s key to %s.", ws.user, key.type, key.fingerprint, extra=log_ref(ws))
             await self._events.normal(event_ref(ws), "SSHKeyRotated", f"Rotated {ws.user!r}'s {key.type} key to {key.fingerprint}; every workspace of the user gets the new key.")
-        return key
+        return key, result.resource_version
 
     async def brought(self, ws: WorkspaceSecret) -> tuple[SSHKeyPair | None, Problem | None]:
         ref = ws.ssh.existing_secret_ref

@@ -241,6 +241,7 @@ class Observation:
     workspace_problem: Problem | None = None  # why the workspace is not bound although it may exist
     pods: Pods = NOT_LISTED  # the workspace's pods (pods.py): running, gated
     tokens: TokensOutcome | None = None  # spec.userTokens as delivered (tokens.py); None: none, or not written
+    inputs_digest: str | None = None  # inputs.digest of what the Secret was composed from; None: not recordable
 
 
 def conditions(ws: WorkspaceSecret, obs: Observation) -> list[Condition]:
@@ -402,6 +403,7 @@ def desired_status(ws: WorkspaceSecret, obs: Observation) -> dict[str, Any]:
     handled = obs.rotation_handled if obs.rotation_handled is not None else ws.status.get("sshKeyRotation")
     if handled is not None:
         status["sshKeyRotation"] = handled
+    status["inputsDigest"] = obs.inputs_digest
     return status
 
 
@@ -472,8 +474,12 @@ def announcements(status: Mapping[str, Any], ws: WorkspaceSecret, obs: Observati
     user-secret conflict, the workspace bound."""
     events: list[tuple[str, str, str]] = []
     previous = find_condition(status.get("conditions"), c.CONDITION_READY) or {}
+    newly_bound = bool(obs.workspace_uid and not status.get("workspaceUID"))
     if obs.secret_action is SecretAction.CREATE:
-        events.append(("Normal", "SecretCreated", f"Created Secret {ws.secret_name!r} with {obs.key.type} key {obs.key.fingerprint}."))  # type: ignore[union-attr]
+        # Created and bound in one reconcile (the usual start of a workspace): one Event says both -- each Event is a
+        # write to the API server, and the WorkspaceBound condition already records the binding.
+        bound = f"; bound to {ws.workspace_ref.kind} {ws.workspace_ref.name!r}, deleted with it" if newly_bound else ""
+        events.append(("Normal", "SecretCreated", f"Created Secret {ws.secret_name!r} with {obs.key.type} key {obs.key.fingerprint}{bound}."))  # type: ignore[union-attr]
     elif obs.secret_action is SecretAction.UPDATE:
         events.append(("Normal", "SecretUpdated", f"Updated Secret {ws.secret_name!r} to match the spec (key {obs.key.fingerprint})."))  # type: ignore[union-attr]
     if obs.problem and previous.get("reason") != obs.problem.reason:
@@ -488,7 +494,7 @@ def announcements(status: Mapping[str, Any], ws: WorkspaceSecret, obs: Observati
     previous_user = find_condition(status.get("conditions"), c.CONDITION_USER_SECRETS_READY) or {}
     if obs.user_secrets is not None and obs.user_secrets.problems and previous_user.get("status") != "False":
         events.append(("Warning", "UserSecretConflict", "; ".join(obs.user_secrets.problems)[:1000]))
-    if obs.workspace_uid and not status.get("workspaceUID"):
+    if newly_bound and obs.secret_action is not SecretAction.CREATE:
         r = ws.workspace_ref
         events.append(("Normal", "WorkspaceBound", f"Bound to {r.kind} {r.name!r}: the WorkspaceSecret and its Secret are deleted with it."))
     return events

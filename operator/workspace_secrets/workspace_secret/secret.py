@@ -6,9 +6,9 @@ the events of our own writes."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from workspace_secrets.api import constants as c
 from workspace_secrets.api.conditions import Problem
@@ -24,6 +24,12 @@ from workspace_secrets.workspace_secret import policy, user_secrets
 from workspace_secrets.workspace_secret.rollout import Rollouts
 from workspace_secrets.workspace_secret.tokens import TokensOutcome
 
+if TYPE_CHECKING:
+    from workspace_secrets.runtime.secret_index import SecretIndex
+
+#: The watch-fed index of users' own Secrets in a namespace, when there is one.
+IndexFor = Callable[[str], "SecretIndex | None"]
+
 
 @dataclass(frozen=True)
 class SecretOutcome:
@@ -34,12 +40,21 @@ class SecretOutcome:
     problem: Problem | None = None
     credentials: CredentialOutcome | None = None
     user_secrets: user_secrets.UserSecretsPlan | None = None
+    resource_version: str = ""  # of the workspace Secret as written or found unchanged ("" when not ours)
+
+
+#: At most this many of a user's own Secrets are read one by one (GETs, from the index's names); a user with more is
+#: read with one label-selected LIST instead (whose server-side cost grows with the namespace: the exception).
+USER_SECRETS_BY_NAME = 16
 
 
 class Secrets:
-    def __init__(self, kube: Kube, credentials: CredentialManager) -> None:
+    def __init__(self, kube: Kube, credentials: CredentialManager, *, user_index_for: IndexFor | None = None) -> None:
         self._kube = kube
         self.credentials = credentials
+        # The watch-fed index of users' own Secrets (runtime/secret_index.py): which Secrets a user has, without a
+        # LIST that the API server answers by filtering every Secret of the namespace (O(N) per workspace).
+        self._user_index_for = user_index_for or (lambda namespace: None)
         self.rollouts = Rollouts(kube)
         # resourceVersions of Secrets we wrote ourselves, so the Secret watch can skip our own echoes.
         self.written: dict[tuple[str, str], str] = {}
@@ -120,7 +135,13 @@ class Secrets:
         if creds is not None and workload is not None and workload.problem:
             creds.problems.append(Problem("WorkspaceUnreadable", f"{workload.problem}. Credentials delivered as env vars are revoked after their overlap without waiting for a restart."))
             creds.wake(self.credentials.now() + ROLLOUT_POLL_MAX)  # look again, slowly (not the 10 s of provider trouble)
-        return SecretOutcome(action, desired["data"], None, creds, user_plan)
+        if action is policy.SecretAction.CONFLICT:
+            version = ""
+        elif action is policy.SecretAction.UNCHANGED:
+            version = (existing or {}).get("metadata", {}).get("resourceVersion", "")
+        else:
+            version = self.written.get((ws.namespace, ws.secret_name), "")
+        return SecretOutcome(action, desired["data"], None, creds, user_plan, version)
 
     async def stop(self, ws: WorkspaceSecret) -> CredentialOutcome | None:
         """The workspace does not run and its Secret cannot be composed (no SSH key): still revoke its lifecycle
@@ -159,10 +180,32 @@ class Secrets:
                             tokens: TokensOutcome | None = None) -> user_secrets.UserSecretsPlan | None:
         if not ws.user_secrets_enabled:
             return None
+        reserved = {c.KEY_GIT_SSH_COMMAND, *(e["name"] for e in (creds.env if creds else ())), *(tokens.env_names if tokens else ())}
+        return user_secrets.plan(await self._read_user_secrets(ws), user=ws.user, select=ws.user_secret_names, reserved_env=reserved)
+
+    async def _read_user_secrets(self, ws: WorkspaceSecret) -> list[Mapping[str, Any]]:
+        """The user's own Secrets (labelled with the user, not ours): by name from the index -- no request at all for
+        a user without any, a GET each (from the watch cache, at least as new as the index) for a few -- else, or
+        without a synced index, one label-selected LIST. plan() checks the user label of what it gets again."""
+        index = self._user_index_for(ws.namespace)
+        if index is not None and index.synced:
+            versions = index.names_for_user(ws.namespace, ws.user)
+            if ws.user_secret_names is not None:
+                wanted = set(ws.user_secret_names)
+                versions = [(name, rv) for name, rv in versions if name in wanted]
+            if len(versions) <= USER_SECRETS_BY_NAME:
+                found = []
+                for name, rv in versions:
+                    secret = await self._kube.get(core_path(ws.namespace, "secrets", name), resource_version=rv or None)
+                    labels = ((secret or {}).get("metadata") or {}).get("labels") or {}
+                    # Deleted or relabelled since (its watch event brings the workspace back anyway); never one of
+                    # ours, exactly as the LIST's selector says.
+                    if secret is not None and labels.get(c.LABEL_MANAGED_BY) != c.OPERATOR_NAME:
+                        found.append(secret)
+                return found
         listing = await self._kube.list(
             core_path(ws.namespace, "secrets"),
             label_selector=f"{c.LABEL_USER}={ws.user},{c.LABEL_MANAGED_BY}!={c.OPERATOR_NAME}",
             from_cache=True,
         )
-        reserved = {c.KEY_GIT_SSH_COMMAND, *(e["name"] for e in (creds.env if creds else ())), *(tokens.env_names if tokens else ())}
-        return user_secrets.plan(listing.get("items", ()), user=ws.user, select=ws.user_secret_names, reserved_env=reserved)
+        return list(listing.get("items", ()))
