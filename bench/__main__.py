@@ -1,4 +1,4 @@
-"""`python -m bench [--mode smoke|default|long] [--kubeconfig PATH]`: run the benchmarks, write
+"""`python -m bench [--mode smoke|default|long|scaling] [--kubeconfig PATH]`: run the benchmarks, write
 bench/results/<stem>.{json,md} and (with matplotlib, the `bench` extra) a PNG plot."""
 
 from __future__ import annotations
@@ -21,11 +21,15 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument("--mode", choices=sorted(MODES), default="default",
-                   help="smoke: tiny, proves the harness works; default: 1,000 objects; long: 10,000")
+                   help="smoke: tiny, proves the harness works; default: 1,000 objects; long: 10,000; "
+                        "scaling: only the scaling phase, 1,000 -> 10,000")
     p.add_argument("--kubeconfig", help="benchmark this cluster (admin rights; creates and deletes bench-* namespaces "
                                         "and applies crds/); default: start a local control plane")
     p.add_argument("--objects", type=int, help="override the mode's object count")
-    p.add_argument("--phases", help=f"comma-separated subset, in order (default: all of {','.join(MODES['default'].phases)})")
+    p.add_argument("--phases", help=f"comma-separated subset, in order (default: all of {','.join(MODES['default'].phases)}; "
+                                    "opt-in: scaling)")
+    p.add_argument("--sizes", help="the scaling phase's steps: WorkspaceSecrets existing after each, comma-separated "
+                                   "(e.g. 1000,2500,5000,10000; default: objects/10,/4,/2,objects)")
     p.add_argument("--latency-seconds", type=float)
     p.add_argument("--workspaces-per-user", type=int)
     p.add_argument("--api-concurrency", type=int, help="operator --api-concurrency and the baseline's threads")
@@ -49,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         workspaces_per_user=args.workspaces_per_user, api_concurrency=args.api_concurrency,
         operator_args=tuple(args.operator_arg) or None, traced=args.traced or None,
         phases=tuple(p.strip() for p in args.phases.split(",")) if args.phases else None,
+        scaling_sizes=tuple(int(x) for x in args.sizes.split(",") if x.strip()) if args.sizes else None,
     )
     stem = time.strftime("%Y%m%d-%H%M%S") + f"-{config.mode}"
     out_dir = args.out / stem

@@ -26,21 +26,34 @@ class BenchConfig:
     wait_for_cleanup: bool = True  # wait until a phase's namespace is gone before the next phase measures
     traced: bool = False  # run the operators under tracemalloc (slower; for finding where memory goes)
     operator_args: tuple[str, ...] = ()  # extra flags for every operator instance (tuning experiments)
+    # The scaling phase: WorkspaceSecrets existing after each step (cumulative; each step's new ones are created
+    # at once). Empty: objects/10, /4, /2 and objects (1,000 -> 100, 250, 500, 1,000; 10,000 -> 1,000 ... 10,000).
+    scaling_sizes: tuple[int, ...] = ()
     phases: tuple[str, ...] = ("imports", "keygen", "baseline", "baseline_full", "throughput", "unrelated", "restart", "latency", "gc",
                                "credentials", "sharding")
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "scaling_sizes": list(self.sizes())}
+
+    def sizes(self) -> tuple[int, ...]:
+        """The scaling phase's steps, increasing (see scaling_sizes)."""
+        sizes = self.scaling_sizes or tuple(self.objects // d for d in (10, 4, 2, 1))
+        return tuple(sorted({s for s in sizes if s > 0}))
 
 
 MODES: dict[str, BenchConfig] = {
     "smoke": BenchConfig(
         mode="smoke", objects=20, latency_rate=5, latency_seconds=2, gc_rate=10, gc_count=8, credential_objects=3,
         unrelated_secrets=50, shard_objects=20, keygen={"ed25519": 20, "ecdsa": 20, "rsa-3072": 1, "rsa-4096": 1},
-        wait_for_cleanup=False,
+        wait_for_cleanup=False, scaling_sizes=(10, 20),
+        # Every phase, the opt-in scaling phase included, so that CI notices when any of them breaks.
+        phases=(*BenchConfig.__dataclass_fields__["phases"].default, "scaling"),
     ),
     "default": BenchConfig(mode="default", objects=1_000),
     "long": BenchConfig(mode="long", objects=10_000, gc_count=600, credential_objects=100),
+    # Cost per object as the number of objects grows, 1,000 -> 10,000 on one control plane (opt-in elsewhere:
+    # `--phases ...,scaling`; `--sizes` picks the steps).
+    "scaling": BenchConfig(mode="scaling", objects=10_000, scaling_sizes=(1_000, 2_500, 5_000, 10_000), phases=("scaling",)),
 }
 
 

@@ -12,6 +12,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from . import opmetrics
 from .procstat import ProcSample, Sampler, sample
 
 
@@ -33,6 +34,7 @@ class OperatorUnderTest:
         self.env = env or {}
         self.process: subprocess.Popen[bytes] | None = None
         self.port = 0
+        self.metrics_port = 0
         self.sampler: Sampler | None = None
         self.started_at = 0.0
 
@@ -42,15 +44,18 @@ class OperatorUnderTest:
         return self.process.pid
 
     def start(self, timeout: float = 90) -> float:
-        """Start and wait until its liveness endpoint answers; returns the seconds that took."""
+        """Start and wait until its liveness endpoint answers; returns the seconds that took. Its metrics are
+        served on another free loopback port (`metrics()`)."""
         self.port = free_port()
+        self.metrics_port = free_port()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             log.write(f"\n===== start {time.strftime('%H:%M:%S')} {' '.join(self.args)} =====\n".encode())
             log.flush()
             self.process = subprocess.Popen(
                 [*self.command, "run", "--kubeconfig", self.kubeconfig,
-                 "--health-probe-bind-address", f"127.0.0.1:{self.port}", *self.args],
+                 "--health-probe-bind-address", f"127.0.0.1:{self.port}",
+                 "--metrics-bind-address", f"127.0.0.1:{self.metrics_port}", *self.args],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                 env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
             )
@@ -70,6 +75,16 @@ class OperatorUnderTest:
                 return response.status == 200
         except OSError:
             return False
+
+    def metrics(self) -> dict[opmetrics.Sample, float]:
+        """One scrape of the operator's /metrics (its own Prometheus endpoint)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as response:
+            return opmetrics.parse(response.read().decode())
+
+    def progress(self) -> opmetrics.Progress:
+        """What the operator has done with WorkspaceSecrets so far (reconciles, skips, queue depth)."""
+        at = time.monotonic()
+        return opmetrics.Progress.of(self.metrics(), at)
 
     def sample(self) -> ProcSample:
         s = sample(self.pid)

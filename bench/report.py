@@ -19,6 +19,8 @@ TARGETS = {
     "create_to_ready_p99_ms": 1000,
     "gc_p99_ms": 5000,
     "rss_10k_mib": 120,
+    "restart_s": 30,
+    "restart_requests_per_object": 1.0,
 }
 
 
@@ -58,6 +60,10 @@ def write(results: dict[str, Any], out_dir: Path, stem: str, plot_path: Path | N
         try:
             plot(results, plot_path)
             paths["plot"] = plot_path
+            if _get(results, "scaling", "steps"):
+                scaling_path = plot_path.with_name(plot_path.stem + "-scaling" + plot_path.suffix)
+                plot_scaling(results, scaling_path)
+                paths["scaling plot"] = scaling_path
         except ImportError:
             print("matplotlib is not installed (pip install -e '.[bench]'): no plot", file=sys.stderr)
     return paths
@@ -156,9 +162,26 @@ def markdown(r: dict[str, Any]) -> str:
                      f"RSS {_fmt(un.get('rss_before_mib'))} → {_fmt(un.get('rss_after_mib'))} MiB (Δ {_fmt(un.get('rss_delta_mib'))}), "
                      f"CPU {_fmt(un.get('operator_cpu_s_during'))} s", "RSS independent", _load(un)))
     if rs:
+        looked = rs.get("looked_at") or {}
+        resumed = (f"every object looked at {_fmt(rs.get('resume_seconds'))} s after the process started"
+                   f" ({looked.get('looked_at')}: reconciled {_counts(looked.get('reconciles'))}; found unchanged, no request: {_counts(looked.get('skipped'))})"
+                   if rs.get("all_looked_at") else
+                   f"**not every object looked at**: {looked.get('looked_at')} of {rs.get('objects')}" if looked else
+                   f"{_fmt(rs.get('resume_seconds'))} s")
+        if rs.get("objects_deleted_meanwhile"):
+            resumed += f" ({rs['objects_deleted_meanwhile']} deleted during the restart, not counted)"
+        total = rs.get("api_requests_total_per_object")
         rows.append((f"   restart with {rs.get('objects')} Ready (resume)",
-                     f"{_fmt(rs.get('resume_seconds'))} s, {rs.get('api_writes')} writes, {_fmt(rs.get('api_reads_per_object'))} reads/object, "
-                     f"RSS {_fmt(rs.get('rss_after_resume_mib'))} MiB", "0 writes", _load(rs)))
+                     f"{resumed}; idle after {_fmt(rs.get('settled_seconds'))} s; requests per object: "
+                     f"{_fmt(total)} ({_fmt(rs.get('api_reads_per_object'))} reads, {_fmt(rs.get('api_writes_per_object'))} writes; "
+                     f"{rs.get('api_writes')} writes in all); RSS {_fmt(rs.get('rss_after_resume_mib'))} MiB",
+                     f"≤ 30 s, ≤ 1 request/object, 0 writes ({_verdict(_restart_verdict(rs))})", _load(rs)))
+        if rs.get("api_requests_per_object"):
+            rows.append(("   restart: requests per object (API server's count, all clients but the harness)",
+                         ", ".join(f"{k} {v}" for k, v in rs["api_requests_per_object"].items()), "–", ""))
+        if "operator_client_requests" in rs:
+            rows.append(("   restart: the operator's own client (wso_kube_requests_total; not kopf's)",
+                         f"{_fmt(rs.get('operator_client_requests_per_object'))} per object: {_counts(rs['operator_client_requests'])}", "–", ""))
     imp = _get(r, "imports", "fresh_interpreters") or {}
     if imp:
         rows.append(("   RSS of a fresh interpreter importing ...",
@@ -184,10 +207,55 @@ def markdown(r: dict[str, Any]) -> str:
                              "no object twice", ""))
         rows.append(("   speed-up", f"{_fmt(sh.get('speedup'))}×", "–", _load(sh)))
     lines += _table(rows)
+    lines += _scaling_table(r.get("scaling") or {})
     errors = [f"- {name}: {v['error']}" for name, v in r.items() if isinstance(v, dict) and v.get("error")]
     if errors:
         lines += ["", "Errors:", *errors]
     return "\n".join(lines) + "\n"
+
+
+def _counts(counts: dict[str, int] | None) -> str:
+    return ", ".join(f"{k} {v:,}" for k, v in (counts or {}).items()) or "0"
+
+
+def _restart_verdict(rs: dict[str, Any]) -> bool | None:
+    total, seconds = rs.get("api_requests_total_per_object"), rs.get("resume_seconds")
+    if total is None:
+        return None
+    return (bool(rs.get("all_looked_at")) and seconds is not None and seconds <= TARGETS["restart_s"]
+            and total <= TARGETS["restart_requests_per_object"] and rs.get("api_writes") == 0)
+
+
+def _scaling_table(sc: dict[str, Any]) -> list[str]:
+    """One row per step of the scaling phase: the cost of the step's new objects against how many exist."""
+    steps = sc.get("steps") or []
+    if not steps:
+        return []
+    rows = [("WorkspaceSecrets existing", "new", "objects/s", "operator CPU ms/object", "kube-apiserver CPU ms/object",
+             "etcd CPU ms/object", "requests/object: reads + writes", "of which the operator's own client",
+             "reconciles + skips/object", "operator RSS MiB", "Load avg (1 min)")]
+    for st in steps:
+        cpu = st.get("cpu_ms_per_object_until_ready") or {}
+        rows.append((f"{st['objects_existing']:,}", f"{st['new_objects']:,}", _fmt(st.get("objects_per_s")),
+                     _fmt(st.get("operator_cpu_ms_per_object")), _fmt(cpu.get("kube-apiserver")), _fmt(cpu.get("etcd")),
+                     f"{_fmt(st.get('api_reads_per_object'))} + {_fmt(st.get('api_writes_per_object'))}",
+                     _counts(st.get("operator_client_requests_per_object")),
+                     _fmt(st.get("operator_looked_at_per_object")), _fmt(st.get("rss_mib")), _load(st)))
+    first, last = steps[0], steps[-1]
+    api = [(st.get("cpu_ms_per_object_until_ready") or {}).get("kube-apiserver") for st in (first, last)]
+    growth = (f"; kube-apiserver CPU per new object at {last['objects_existing']:,} vs {first['objects_existing']:,}: "
+              f"{api[1] / api[0]:.2f}× (target: within 20%)") if all(api) else ""
+    out = ["", f"Scaling (namespace {sc.get('namespace')}, {_fmt(sc.get('objects_existing_before'))} WorkspaceSecrets existed before; "
+               f"operator RSS idle {_fmt(sc.get('rss_idle_mib'))} MiB{growth}). CPU of the control plane until the step's "
+               "objects are all Ready, the operator's from idle to idle; requests are the API server's count minus the "
+               "harness's own, until the operator is idle (the controller-manager's included: its garbage collector looks "
+               "up owners), and the operator's own client's (wso_kube_requests_total by verb; a LIST is a GET there; "
+               "kopf's watches not included).", ""]
+    out += _table(rows)
+    out += ["", "Requests per new object, by step:", ""]
+    out += [f"- {st['objects_existing']:,}: " + ", ".join(f"{k} {v}" for k, v in (st.get("api_requests_per_object") or {}).items())
+            for st in steps]
+    return out
 
 
 def _rss_verdict(r: dict[str, Any]) -> bool | None:
@@ -271,6 +339,64 @@ def plot(r: dict[str, Any], path: Path) -> None:
     fig.suptitle(f"workspace-secrets-operator benchmark, mode {_get(r, 'config', 'mode')} — "
                  f"{_get(r, 'meta', 'machine', 'cores')} cores, load avg at start {la[0] if la else '?'} "
                  "(shared machine: compare ratios, not absolute numbers)", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_scaling(r: dict[str, Any], path: Path) -> None:
+    """The scaling phase: cost of a new object (CPU, requests) and the operator's RSS against the number of
+    WorkspaceSecrets existing."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = _get(r, "scaling", "steps") or []
+    x = [st["objects_existing"] for st in steps]
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    ax = axes[0]
+    for label, values in (("operator (idle to idle)", [st.get("operator_cpu_ms_per_object") for st in steps]),
+                          ("kube-apiserver", [(st.get("cpu_ms_per_object_until_ready") or {}).get("kube-apiserver") for st in steps]),
+                          ("etcd", [(st.get("cpu_ms_per_object_until_ready") or {}).get("etcd") for st in steps])):
+        if any(v is not None for v in values):
+            ax.plot(x, [v if v is not None else float("nan") for v in values], marker="o", label=label)
+    ax.set_xlabel("WorkspaceSecrets existing")
+    ax.set_ylabel("CPU ms per new WorkspaceSecret")
+    ax.set_ylim(bottom=0)
+    ax.set_title("CPU per new object vs objects existing")
+    ax.legend(fontsize=8)
+
+    ax = axes[1]
+    ax.plot(x, [st.get("api_reads_per_object") for st in steps], marker="o", label="reads (GET, LIST, WATCH), all clients")
+    ax.plot(x, [st.get("api_writes_per_object") for st in steps], marker="o", label="writes, all clients")
+    ax.plot(x, [sum((st.get("operator_client_requests_per_object") or {}).values()) for st in steps], marker="d", ls=":",
+            label="of all: the operator's own client")
+    ax.plot(x, [st.get("operator_looked_at_per_object") for st in steps], marker="x", ls="--", label="reconciles + skips")
+    ax.set_xlabel("WorkspaceSecrets existing")
+    ax.set_ylabel("per new WorkspaceSecret")
+    ax.set_ylim(bottom=0)
+    ax2 = ax.twinx()
+    ax2.plot(x, [st.get("objects_per_s") for st in steps], color="#888", marker="s", lw=0.8, label="objects/s")
+    ax2.set_ylabel("objects/s (grey)")
+    ax2.set_ylim(bottom=0)
+    ax.set_title("API requests per new object, throughput")
+    ax.legend(fontsize=8, loc="lower left")
+
+    ax = axes[2]
+    x0 = _get(r, "scaling", "objects_existing_before") or 0
+    ax.plot([x0, *x], [_get(r, "scaling", "rss_idle_mib"), *[st.get("rss_mib") for st in steps]], marker="o",
+            label="idle (before the first step, after each)")
+    ax.plot(x, [st.get("peak_rss_mib") for st in steps], marker="^", lw=0.8, label="peak during the step")
+    ax.set_xlabel("WorkspaceSecrets existing")
+    ax.set_ylabel("operator RSS (MiB)")
+    ax.set_ylim(0, max([v for line in ax.lines for v in line.get_ydata() if v is not None] or [1]) * 1.1)
+    ax.set_title("Operator memory vs objects")
+    ax.legend(fontsize=8, loc="lower right")
+    la = _get(r, "meta", "machine", "loadavg_at_start")
+    fig.suptitle(f"workspace-secrets-operator scaling, mode {_get(r, 'config', 'mode')} — {_get(r, 'meta', 'machine', 'cores')} cores, "
+                 f"load avg at start {la[0] if la else '?'} (shared machine: compare shapes and ratios)", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

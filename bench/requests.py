@@ -18,7 +18,7 @@ from .kube import BenchKube
 Key = tuple[str, str, str]  # (verb, resource, subresource)
 _LINE = re.compile(r'^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$')
 _LABEL = re.compile(r'(\w+)="([^"]*)"')
-RESOURCES_OF_INTEREST = ("workspacesecrets", "secrets", "events", "pods", "serviceaccounts")
+RESOURCES_OF_INTEREST = ("workspacesecrets", "secrets", "events", "pods", "serviceaccounts", "usertokens", "oauthapplications")
 
 
 def server_counts(kube: BenchKube) -> Counter[Key]:

@@ -35,6 +35,7 @@ from workspace_secrets.user_keys.sshkeys import KeySpec, KeyType
 from workspace_secrets.runtime.kube import KubeError, core_path
 
 from . import kube as k
+from . import opmetrics
 from .config import BenchConfig
 from .operator import OperatorUnderTest
 from .procstat import MIB, LoadWatch, control_plane_pids, cpu_seconds
@@ -109,7 +110,6 @@ class Bench:
     def operator(self, name: str, *extra: str) -> OperatorUnderTest:
         args = ["--api-concurrency", str(self.config.api_concurrency),
                 "--providers-config", str(self.providers_file), "--operator-namespace", _ns("system"),
-                "--metrics-port", "0",  # several instances run at once (sharding); metrics are not measured
                 *self.config.operator_args, *extra]
         traced = None
         if self.config.traced:  # where the memory goes: tracemalloc, dumped on SIGUSR1 (bench/traced_operator.py)
@@ -437,24 +437,117 @@ class Bench:
                 "operator_requests": {key: v for key, v in requests.items() if not key.startswith("POST secrets")},
                 "peak_rss_mib_so_far": _mib(after.peak_rss)}
 
+    def existing_workspace_secrets(self) -> tuple[set[str], int]:
+        """The uids of the WorkspaceSecrets in the cluster not being deleted, and how many of those sit in a terminating
+        namespace (gone soon: an operator may or may not still see them). Paged, never one 10k-object response."""
+        terminating = {ns["metadata"]["name"] for ns in self.kube.call("GET", "/api/v1/namespaces")["items"]
+                       if ns["metadata"].get("deletionTimestamp")}
+        live: set[str] = set()
+        in_terminating = 0
+        token = None
+        while True:
+            page = self.kube.call("GET", k.WS_COLLECTION, query={"limit": "500", **({"continue": token} if token else {})})
+            for item in page.get("items", ()):
+                if not item["metadata"].get("deletionTimestamp"):
+                    live.add(item["metadata"]["uid"])
+                    in_terminating += item["metadata"]["namespace"] in terminating
+            token = page["metadata"].get("continue")
+            if not token:
+                return live, in_terminating
+
+    def wait_looked_at(self, op: OperatorUnderTest, uids: set[str], *, since: float, timeout: float,
+                       uncertain: int = 0) -> dict[str, Any]:
+        """Until the operator has looked at every WorkspaceSecret of `uids` -- reconciled (any result) or found
+        unchanged without a request (wso_reconciles_skipped_total) -- and its work queue is empty, read from its
+        /metrics: a signal that does not depend on the operator sending requests. The counters start at 0 with the
+        process. `uncertain` of them (in terminating namespaces) need not be seen. When the count stalls short of
+        the goal, the objects are listed again: one deleted meanwhile (e.g. by the garbage collector) cannot be
+        looked at, and the goal becomes those still there; the time is then when the count first reached it.
+        An object counted twice (queued again by an event) could end the wait while another is still in a worker;
+        at most --workers of them, and only then."""
+        goal = len(uids) - uncertain
+        deadline = time.monotonic() + timeout
+        timeline: list[tuple[float, int, int]] = []
+        last_say = changed = time.monotonic()
+        progress, done, relisted = None, False, None
+        while time.monotonic() < deadline:
+            try:
+                current = op.progress()
+            except OSError:  # not serving yet
+                time.sleep(0.25)
+                continue
+            if progress is None or current.looked_at != progress.looked_at or current.depth:
+                changed = current.at
+            progress = current
+            timeline.append((round(progress.at - since, 2), progress.looked_at, int(progress.depth)))
+            done = progress.looked_at >= goal and progress.depth == 0
+            if done:
+                break
+            stalled = progress.at - changed
+            if relisted is None and progress.looked_at and stalled > 10:
+                still, _ = self.existing_workspace_secrets()
+                relisted = len(uids - still)
+                goal = len(uids & still) - uncertain
+                reached = next((entry for entry in timeline if entry[1] >= goal and entry[2] == 0), None)
+                if reached is not None:
+                    done = True
+                    break
+            # Idle short of the goal (30 s; 120 s before the first: the initial lists may take a while): it won't get there.
+            if stalled > (30 if progress.looked_at else 120):
+                break
+            if time.monotonic() - last_say > 15:
+                last_say = time.monotonic()
+                self.say(f"   ... looked at: {progress.looked_at}/{goal}, queue depth {int(progress.depth)}")
+            time.sleep(0.25)
+        if progress is None:
+            raise TimeoutError(f"operator {op.name}: no metrics after {timeout:.0f}s")
+        reached = next((entry for entry in timeline if entry[1] >= goal and entry[2] == 0), None) if done else None
+        return {"all_looked_at": done, "seconds": reached[0] if reached else None, "goal": goal,
+                "deleted_meanwhile": relisted, "progress": progress.to_json(),
+                # (seconds since start, objects looked at, queue depth), thinned to <= ~200 points
+                "timeline": timeline[:: max(1, len(timeline) // 200)] + timeline[-1:]}
+
     def restart(self) -> dict[str, Any]:
-        """Restart with every WorkspaceSecret already Ready (and the unrelated Secrets present): kopf's
-        resume handlers reconcile each once. Nothing has changed, so nothing may be written."""
+        """Restart with every WorkspaceSecret already Ready (and the unrelated Secrets present). Nothing has changed,
+        so nothing may be written, and few requests are needed (the initial lists tell what is there). Measured:
+        the time from starting the process until it has looked at every WorkspaceSecret (its own reconcile and
+        skip counters, so a design that sends no request for an unchanged object is timed truthfully), the API
+        requests of the whole restart (until the operator is idle again) split into reads and writes, per object."""
+        # The garbage collector's warm-up deletes its probe WorkspaceSecret once it knows the CRD (~30 s after setup):
+        # not during this window, where its requests would count as the restart's.
+        self._gc_warm.wait(240)
+        uids, terminating = self.existing_workspace_secrets()
+        objects = len(uids)
         last = self._main().stop()
         op = self.operator("main-restarted")
         window = RequestWindow(self.kube)
         startup = op.start()
-        start = time.monotonic()
+        looked = self.wait_looked_at(op, uids, uncertain=terminating, since=op.started_at, timeout=300 + objects / 20)
         after = op.settle(quiet_cpu=0.05, window=3, timeout=300)
         requests = window.close()
+        own = opmetrics.client_requests(op.metrics())
         self.main = op
-        objects = self.results.get("throughput", {}).get("objects", 0)
-        return {"objects": objects, "startup_seconds": round(startup, 2),
-                "resume_seconds": round(after.at - start, 1), "cpu_s": round(after.cpu, 2),
+        total, written = sum(requests.values()), writes(requests)
+        return {"objects": objects, "objects_in_terminating_namespaces": terminating,
+                "objects_deleted_meanwhile": looked["deleted_meanwhile"],
+                "startup_seconds": round(startup, 2),
+                # process start -> every object looked at (reconciled or skipped) and the queue empty; None: not reached
+                "resume_seconds": looked["seconds"], "all_looked_at": looked["all_looked_at"],
+                "looked_at": looked["progress"], "looked_at_timeline": looked["timeline"],
+                # process start -> the operator idle (CPU < 5% over 3 s): includes those 3 s; the measure before 2026-11-30
+                "settled_seconds": round(after.at - op.started_at, 1),
+                "cpu_s": round(after.cpu, 2),
                 "rss_after_resume_mib": round(after.rss_mib, 1), "peak_rss_mib": _mib(after.peak_rss),
                 "rss_before_restart_mib": round(last.rss_mib, 1) if last else None,
-                "api_requests": requests, "api_writes": writes(requests),
-                "api_reads_per_object": round((sum(requests.values()) - writes(requests)) / objects, 2) if objects else None}
+                "api_requests": requests, "api_requests_per_object": per_object(requests, objects),
+                "api_writes": written, "api_reads": total - written,
+                "api_requests_total_per_object": round(total / objects, 2) if objects else None,
+                "api_writes_per_object": round(written / objects, 2) if objects else None,
+                "api_reads_per_object": round((total - written) / objects, 2) if objects else None,
+                # the operator's own client by verb (its wso_kube_requests_total; kopf's lists and watches not included):
+                # the API server's count above also has the controller-manager's
+                "operator_client_requests": own,
+                "operator_client_requests_per_object": round(sum(own.values()) / objects, 2) if objects else None}
 
     # --- 3. latency ----------------------------------------------------------------------------------
     def latency(self) -> dict[str, Any]:
@@ -660,6 +753,72 @@ class Bench:
         one, many = runs["one_instance"]["objects_per_s"], runs[f"{cfg.shard_instances}_instances"]["objects_per_s"]
         return {**runs, "speedup": round(many / one, 2) if one else None}
 
+    # --- scaling: the cost of a new object as the number of objects grows ---------------------------------
+    def scaling(self) -> dict[str, Any]:
+        """WorkspaceSecrets created in steps in one namespace of one control plane (config.sizes(): how many exist
+        there after each step; each step's new ones created at once, their anchor Pods first, untimed). Per step:
+        objects/s; CPU per new object of the operator (idle to idle) and of the control plane (until all Ready, as
+        in the throughput phase; until the operator is idle too); API requests per new object by verb and resource
+        (the API server's count minus the harness's, until the operator is idle); the operator's reconciles and
+        skips per new object (a resync inside a step shows there); its RSS once idle. The question: does the cost
+        of one more object grow with the number that exist?"""
+        ns, sizes, per_user = _ns("scaling"), self.config.sizes(), self.config.workspaces_per_user
+        self.kube.ensure_namespace(ns)
+        op = self._main()
+        existing_before = len(self.existing_workspace_secrets()[0])
+        ready = self.ws_recorder(ns)
+        idle = op.settle()
+        steps: list[dict[str, Any]] = []
+        done = 0
+        for size in sizes:
+            n = size - done
+            names = [f"ws-{i:05d}" for i in range(done, size)]
+            users = [f"sc-{i // per_user:05d}" for i in range(done, size)]
+            self.say(f"   step to {size}: {n} anchor Pods (untimed), then {n} WorkspaceSecrets at once")
+            self.pods(ns, names, "scaling", users)
+            before = op.settle()
+            progress_before, own_before = op.progress(), opmetrics.client_requests(op.metrics())
+            window = RequestWindow(self.kube)
+            cpu = self.cpu_now()
+            start = time.monotonic()
+            self.create_all([(k.ws_path(ns), k.workspace_secret(name, user, name, "scaling")) for name, user in zip(names, users)])
+            keys = {f"{ns}/{name}" for name in names}
+            self.wait_all(ready, "ready", keys, timeout=120 + n / 2, what=f"Ready (step to {size})")
+            times = ready.times("ready")
+            seconds = max(times[key] for key in keys) - start
+            cpu_to_ready = self.cpu_since(cpu)
+            after = op.settle(timeout=120)
+            cpu_to_idle = self.cpu_since(cpu)
+            requests = window.close()
+            progress = op.progress().minus(progress_before)
+            own = {verb: v - own_before.get(verb, 0) for verb, v in opmetrics.client_requests(op.metrics()).items()}
+            done = size
+            written = writes(requests)
+            per_new = lambda cpu_s: {_role(name): round(v / n * 1000, 2) for name, v in sorted(cpu_s.items())}  # noqa: E731
+            step = {
+                "objects_in_namespace": size, "objects_existing": existing_before + size, "new_objects": n,
+                "seconds_to_all_ready": round(seconds, 2), "objects_per_s": round(n / seconds, 1),
+                "ready_since_step_start": summary(times[key] - start for key in keys),
+                "operator_cpu_ms_per_object": round((after.cpu - before.cpu) / n * 1000, 2),
+                "cpu_ms_per_object_until_ready": per_new(cpu_to_ready),
+                "cpu_ms_per_object_until_idle": per_new(cpu_to_idle),
+                "api_requests": requests, "api_requests_per_object": per_object(requests, n),
+                "api_reads_per_object": round((sum(requests.values()) - written) / n, 2),
+                "api_writes_per_object": round(written / n, 2),
+                "operator_looked_at_per_object": round(progress.looked_at / n, 2), "operator_progress": progress.to_json(),
+                "operator_client_requests_per_object": {verb: round(v / n, 2) for verb, v in own.items() if v},
+                "rss_mib": round(after.rss_mib, 1), "peak_rss_mib": _mib(op.sampler.peak_between(start, after.at) if op.sampler else after.peak_rss),
+                "rss_growth_per_object_kib": round((after.rss - idle.rss) / size / 1024, 2),
+                "loadavg_1m": self.load.between(start, after.at),
+            }
+            steps.append(step)
+            self.say(f"   {size}: {step['objects_per_s']} objects/s, operator {step['operator_cpu_ms_per_object']} ms, "
+                     f"kube-apiserver {step['cpu_ms_per_object_until_ready'].get('kube-apiserver')} ms per object, "
+                     f"{step['api_reads_per_object']} reads + {step['api_writes_per_object']} writes per object, RSS {step['rss_mib']} MiB")
+        ready.stop()
+        return {"namespace": ns, "sizes": list(sizes), "objects_existing_before": existing_before,
+                "rss_idle_mib": round(idle.rss_mib, 1), "steps": steps}
+
 
 def _event(namespace: str, ws: WorkspaceSecret, reason: str) -> dict[str, Any]:
     """An Event of the operator's shape and size (kube/events.py)."""
@@ -705,6 +864,11 @@ async def _loop_stall(spec: KeySpec, keys: int, *, threaded: bool) -> dict[str, 
     await tick
     return {"keys": keys, "wall_s": round(elapsed, 3), "max_loop_stall_ms": round(max(gaps, default=0) * 1000, 1),
             "ticks_delivered_pct": round(100 * len(gaps) * 0.01 / max(elapsed, 1e-9), 1)}
+
+
+def _role(process: str) -> str:
+    """cpu_now()'s names, with every operator instance as "operator"."""
+    return "operator" if process.startswith("operator ") else process
 
 
 def _brief(result: dict[str, Any]) -> str:

@@ -61,7 +61,7 @@ class OperatorConfig:
     api_burst: int = 100  # bursts above api_qps, when that is set
     # The API client's transport (hidden flag, while measured): "threads" (urllib3 in a thread pool, a thread per
     # watch) or "aio" (one aiohttp session on the event loop: runtime/kube_aio.py).
-    api_client: str = "threads"
+    api_client: str = "aio"
     workers: int = 16  # WorkspaceSecret reconciles running at a time, and likewise UserToken passes (each queue its own workers)
     resync_interval: float = 300.0  # seconds between safety-net resyncs of every WorkspaceSecret
     sweep_interval: float = 600.0  # seconds between orphan sweeps at the credential providers

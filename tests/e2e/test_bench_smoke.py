@@ -2,7 +2,8 @@
 
 A benchmark is not a test, so nothing here looks at a timing. What is checked is that each phase
 completed and measured what it claims to (every object it created was seen Ready, every Secret it
-expected to be collected was), so that a change to the operator or the harness that breaks a phase is
+expected to be collected was, the restarted operator's metrics show it looked at every object, the scaling
+phase ran its steps), so that a change to the operator or the harness that breaks a phase is
 noticed before someone needs the numbers.
 
 The harness starts its own local control plane (unless the e2e run targets an external cluster): the
@@ -45,4 +46,11 @@ def test_benchmark_smoke_mode_completes_every_phase(tmp_path: Path) -> None:
     for run in ("one_instance", "2_instances"):
         assert r["sharding"][run]["all_handled"] and r["sharding"][run]["handled_twice"] == 0
     assert set(r["keygen"]["per_type"]) == {"ed25519", "ecdsa", "rsa-3072", "rsa-4096"}
+    # The restart is timed by the operator's own metrics (reconciled or found unchanged), not by its requests.
+    assert r["restart"]["all_looked_at"] and r["restart"]["resume_seconds"] is not None, r["restart"].get("looked_at")
+    assert r["restart"]["api_requests_total_per_object"] is not None and "operator_client_requests" in r["restart"]
+    steps = r["scaling"]["steps"]
+    assert [s["objects_in_namespace"] for s in steps] == [10, 20] and [s["new_objects"] for s in steps] == [10, 10]
+    assert all(s["objects_per_s"] > 0 and s["operator_looked_at_per_object"] >= 1 for s in steps), steps
+    assert all("kube-apiserver" in s["cpu_ms_per_object_until_ready"] for s in steps) or external
     assert (report.parent / report.name.replace(".json", ".md")).read_text().startswith("### Run")

@@ -507,6 +507,24 @@ def test_secret_events_wake_the_token():
     assert calls == [(NS, "gl", 0.0)]
 
 
+def test_a_new_user_key_wakes_only_the_users_uploading_tokens_without_a_list():
+    """A user's key Secret appearing wakes the UserTokens that upload it (addSSHKey), found in the index kopf's events
+    keep -- never by listing the namespace's UserTokens (O(N) per new user, issue #18)."""
+    controller, kube, _, calls = scheduled_setup([NOW])
+    body = kube.objects[UT_PATH]
+    user = body["spec"]["user"]
+    key_secret = {"metadata": {"namespace": NS, "name": "ssh-key", "labels": {c.LABEL_COMPONENT: c.COMPONENT_USER_SSH_KEY, c.LABEL_USER: user}}}
+    controller.observe(None, body)
+    calls.clear()
+    asyncio.run(controller.secret_changed("ADDED", key_secret))
+    assert calls == []  # no addSSHKey: nothing to upload
+    controller.observe("MODIFIED", {**body, "spec": {**body["spec"], "addSSHKey": True}})
+    calls.clear()
+    asyncio.run(controller.secret_changed("ADDED", key_secret))
+    assert calls == [(NS, "gl", 0.0)]
+    assert not [p for v, p in kube.calls if v == "LIST"]
+
+
 def test_the_work_queue_runs_passes_and_is_paused_on_a_standby_replica():
     """The App's wiring in small: a WorkQueue over reconcile_by_name, scheduling through add_after."""
     from workspace_secrets.runtime.workqueue import WorkQueue

@@ -221,7 +221,7 @@ def _proxy_settings(
 
 
 def make_kube(
-    api_client: str = "threads", *, kubeconfig: str | None = None, max_concurrency: int = 16, qps: float = 0,
+    api_client: str = "aio", *, kubeconfig: str | None = None, max_concurrency: int = 16, qps: float = 0,
     burst: int = 100,
 ) -> Kube:
     """The operator's API client: "threads" (Kube: urllib3 in a thread pool) or "aio" (AioKube)."""

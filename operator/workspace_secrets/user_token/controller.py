@@ -44,7 +44,7 @@ from workspace_secrets.oauth.registry import PROVIDERS as OAUTH_TYPES
 from workspace_secrets.oauth.registry import ProviderCache
 from workspace_secrets.runtime.errors import RetryLater
 from workspace_secrets.runtime.events import EventRecorder
-from workspace_secrets.runtime.kube import Kube, group_path
+from workspace_secrets.runtime.kube import Kube
 from workspace_secrets.runtime.metrics import RECONCILE_DURATION, RECONCILES, TOKENS
 from workspace_secrets.user_keys.service import UserKeys
 from workspace_secrets.user_token.cleanup import finalize_locked
@@ -121,7 +121,9 @@ class UserTokenController:
         meta = obj.get("metadata") or {}
         labels = meta.get("labels") or {}
         if labels.get(c.LABEL_COMPONENT) == c.COMPONENT_USER_SSH_KEY:
-            for name in await self.names_for_user(meta["namespace"], labels.get(c.LABEL_USER, "")):
+            # Only tokens with addSSHKey upload it: from the index every kopf event keeps (a LIST of the namespace's
+            # UserTokens per new user would cost the API server O(N) for each of N users).
+            for name in sorted(self._uploaders.get((meta.get("namespace", ""), labels.get(c.LABEL_USER, "")), ())):
                 self.wake(meta["namespace"], name)
         elif labels.get(c.LABEL_COMPONENT) == c.COMPONENT_WORKSPACE_SECRET:
             # A workspace's key appeared, changed or went: the user's addSSHKey tokens keep the provider in step.
@@ -274,10 +276,6 @@ class UserTokenController:
     def served_paths(self) -> list[str]:
         """The UserToken collections this operator serves (its namespaces, or the cluster)."""
         return self._ctx.served_paths()
-
-    async def names_for_user(self, namespace: str, user: str) -> list[str]:
-        listing = await self._ctx.kube.list(group_path(c.API_VERSION, namespace, c.USER_TOKEN_PLURAL))
-        return [i["metadata"]["name"] for i in listing.get("items", ()) if (i.get("spec") or {}).get("user") == user]
 
     # --- deletion ------------------------------------------------------------------------------------------
     async def finalize(self, body: Mapping[str, Any]) -> None:

@@ -25,7 +25,7 @@ from workspace_secrets.api.workspace_secret import SpecError, WorkspaceSecret
 from workspace_secrets.credentials.manager import CredentialManager
 from workspace_secrets.runtime.errors import RetryLater
 from workspace_secrets.runtime.events import EventRecorder
-from workspace_secrets.runtime.kube import Kube, core_path
+from workspace_secrets.runtime.kube import Kube, KubeError, core_path
 from workspace_secrets.runtime.metrics import RECONCILE_DURATION, RECONCILES, RECONCILES_SKIPPED
 from workspace_secrets.user_keys.naming import is_reserved_secret_name
 from workspace_secrets.user_keys.service import UserKeys
@@ -69,6 +69,9 @@ class WorkspaceSecretController:
         # below: a user's key rotation or own Secret's change queues their workspaces with no LIST.
         self._by_user: dict[tuple[str, str], set[str]] = {}
         self._user_of: dict[tuple[str, str], str] = {}
+        # The resourceVersion of the watch event that queued a WorkspaceSecret, until its reconcile reads it: that read
+        # is then served from the API server's watch cache ("not older than" that event) instead of etcd.
+        self._queued_rv: dict[tuple[str, str], str] = {}
         self._events = events
         self._clock = clock
         self._schedule = schedule or (lambda namespace, name, delay: None)
@@ -109,6 +112,7 @@ class WorkspaceSecretController:
             self._gate.forget(*key)
             self._index_tokens(key, frozenset())
             self._index_user(key, None)
+            self._queued_rv.pop(key, None)
             return
         self._index_tokens(key, ws_tokens.token_names(body))
         self._index_user(key, (body.get("spec") or {}).get("user"))
@@ -117,6 +121,8 @@ class WorkspaceSecretController:
         if self.unchanged(body):  # e.g. the initial listing after a restart: nothing to do, and no request to know it
             self._handled[key] = hash(policy.essence(body))
             return
+        if meta.get("resourceVersion"):
+            self._queued_rv[key] = str(meta["resourceVersion"])
         self._schedule(key[0], key[1], 0.0)
 
     def unchanged(self, body: Mapping[str, Any]) -> bool:
@@ -267,7 +273,7 @@ class WorkspaceSecretController:
         fetch the latest object, then reconcile it."""
         key = (namespace, name)
         async with self._lock(namespace, name):
-            body = await self._kube.get(ws_path(namespace, name))
+            body = await self._read(key)
             if body is None:
                 self._handled.pop(key, None)
                 self._index_tokens(key, frozenset())
@@ -283,6 +289,18 @@ class WorkspaceSecretController:
             except BaseException:
                 self._handled.pop(key, None)  # the queue retries it; any event meanwhile queues it too
                 raise
+
+    async def _read(self, key: tuple[str, str]) -> dict[str, Any] | None:
+        """The WorkspaceSecret's latest state: from the watch cache when a watch event queued it (at least that new),
+        else (a timer, a Secret's change, a resync) a quorum read."""
+        seen = self._queued_rv.pop(key, None)
+        if seen is not None:
+            try:
+                return await self._kube.get(ws_path(*key), resource_version=seen)
+            except KubeError as exc:
+                if exc.status != 504:  # the watch cache could not catch up in time: read from etcd
+                    raise
+        return await self._kube.get(ws_path(*key))
 
     async def revoke_credentials(self, body: Mapping[str, Any]) -> tuple[list[str], list[str]]:
         """On deletion: revoke every credential of this WorkspaceSecret. Returns (revoked ids, errors)."""
