@@ -1,10 +1,12 @@
 """The same `Kube`, on asyncio: one aiohttp session on the event loop, no thread pool, no watch threads.
 
 Why: the threaded client runs urllib3 in a pool of `max_concurrency` threads plus one thread per watch, each
-with its own stack and TLS state; kopf already brings aiohttp, so an asyncio transport costs no new dependency.
-Chosen with the hidden `--api-client aio` (WSO_API_CLIENT=aio) while it is measured against the threaded
-client (docs/developers/benchmarks.md); the verbs, the rate limiter, the metrics and the error mapping are
-`Kube`'s own (this class only replaces how a request is sent), so the two behave alike for every caller.
+with its own stack and TLS state; kopf already brings aiohttp, so an asyncio transport costs no new dependency. The default; the hidden
+`--api-client threads` (WSO_API_CLIENT=threads) still picks the threaded client, for comparison
+(docs/developers/benchmarks.md). The verbs, the rate limiter, the metrics and the error mapping are `Kube`'s own
+(this class only replaces how a request is sent), so the two behave alike for every caller. A watch read here has
+backpressure: while its handler runs nothing more is read (the threaded client's watch thread parsed and queued
+events without bound during a burst).
 
 Auth and TLS come from the same `kubernetes` Configuration as the threaded client (kubeconfig or in-cluster):
 the bearer token through `auth_settings()` (which calls the refresh hook: the in-cluster token file, exec

@@ -27,8 +27,9 @@ from workspace_secrets.user_keys.sshkeys import KeySpec, KeyType, SSHKeyPair
 if TYPE_CHECKING:
     from workspace_secrets.runtime.secret_index import SecretIndex
 
-#: Parsed keys kept, by (namespace, name, resourceVersion); cleared when it grows past this.
-CACHE_SIZE = 4096
+#: Parsed keys kept, by (namespace, name, resourceVersion); cleared when it grows past this. Small: a generated key
+#: parses in well under a millisecond, and each entry holds a private key (memory per user at 10,000 users).
+CACHE_SIZE = 256
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,11 @@ class UserKeys:
         else:
             self._workspace_fingerprints[where] = fingerprint
         return changed
+
+    def forget_workspace_key(self, secret: Mapping[str, Any]) -> None:
+        """Drop what workspace_key_changed remembers of this workspace Secret."""
+        meta = secret.get("metadata") or {}
+        self._workspace_fingerprints.pop((meta.get("namespace", ""), meta.get("name", "")), None)
 
     def _load(self, secret: Mapping[str, Any], user: str) -> SSHKeyPair:
         meta = secret["metadata"]

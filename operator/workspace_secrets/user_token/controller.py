@@ -126,9 +126,14 @@ class UserTokenController:
             for name in sorted(self._uploaders.get((meta.get("namespace", ""), labels.get(c.LABEL_USER, "")), ())):
                 self.wake(meta["namespace"], name)
         elif labels.get(c.LABEL_COMPONENT) == c.COMPONENT_WORKSPACE_SECRET:
-            # A workspace's key appeared, changed or went: the user's addSSHKey tokens keep the provider in step.
-            if self._ctx.user_keys.workspace_key_changed(event_type, obj):
-                for name in sorted(self._uploaders.get((meta.get("namespace", ""), labels.get(c.LABEL_USER, "")), ())):
+            # A workspace's key appeared, changed or went: the user's addSSHKey tokens keep the provider in step. Only
+            # the keys of users with such tokens are remembered (a fingerprint per workspace Secret of every user
+            # would be memory for nobody; a token made later reads the keys in use on its own first pass).
+            uploaders = self._uploaders.get((meta.get("namespace", ""), labels.get(c.LABEL_USER, "")))
+            if not uploaders:
+                self._ctx.user_keys.forget_workspace_key(obj)
+            elif self._ctx.user_keys.workspace_key_changed(event_type, obj):
+                for name in sorted(uploaders):
                     self.wake(meta["namespace"], name)
         elif labels.get(c.LABEL_COMPONENT) == c.COMPONENT_USER_TOKEN and event_type == "DELETED":
             for owner in meta.get("ownerReferences") or ():

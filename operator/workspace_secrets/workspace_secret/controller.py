@@ -12,6 +12,7 @@ Entry points: `observe` (every kopf watch event of a WorkspaceSecret), `secret_c
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 import weakref
 from collections.abc import Callable, Mapping
@@ -106,7 +107,8 @@ class WorkspaceSecretController:
         work queue runs a bounded number of reconciles at a time, each on the object's latest state, so
         a burst of 10,000 creations holds 10,000 keys in memory, not 10,000 bodies and handlers."""
         meta = body.get("metadata") or {}
-        key = (meta.get("namespace", ""), meta.get("name", ""))
+        # Interned: these names are kept in several maps for every object (one string each, not one per map).
+        key = (sys.intern(meta.get("namespace", "")), sys.intern(meta.get("name", "")))
         if event_type == "DELETED":
             self._handled.pop(key, None)
             self._gate.forget(*key)
@@ -174,6 +176,7 @@ class WorkspaceSecretController:
                 if not names:
                     del self._by_user[(key[0], before)]
         if user:
+            user = sys.intern(user)
             self._user_of[key] = user
             self._by_user.setdefault((key[0], user), set()).add(key[1])
         else:
@@ -271,7 +274,7 @@ class WorkspaceSecretController:
     async def reconcile_by_name(self, namespace: str, name: str) -> None:
         """What the work queue runs for every key (watch events, our Secrets' changes, resyncs, re-checks):
         fetch the latest object, then reconcile it."""
-        key = (namespace, name)
+        key = (sys.intern(namespace), sys.intern(name))
         async with self._lock(namespace, name):
             body = await self._read(key)
             if body is None:

@@ -6,6 +6,7 @@ the events of our own writes."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -72,7 +73,7 @@ class Secrets:
 
     def remember(self, obj: Mapping[str, Any], component: str, operation: str) -> None:
         meta = obj["metadata"]
-        self.written[(meta["namespace"], meta["name"])] = meta["resourceVersion"]
+        self.written[(sys.intern(meta["namespace"]), sys.intern(meta["name"]))] = meta["resourceVersion"]
         SECRET_WRITES.labels(component=component, operation=operation).inc()
 
     async def apply(self, ws: WorkspaceSecret, key: SSHKeyPair, *, running: bool = True,
