@@ -239,3 +239,23 @@ def test_a_binding_after_the_secret_was_created_gets_its_own_event():
     op.reconcile("late")
     assert sorted(e["reason"] for e in op.kube.list_objects(EVENTS)) == ["SecretCreated", "WorkspaceBound"]
     assert op.ws("late")["status"]["inputsDigest"]
+
+
+def test_the_resync_queues_only_objects_whose_inputs_changed():
+    """App._enqueue_all (the periodic resync and a takeover): one paged list, and only objects the digest does not
+    vouch for are queued."""
+    from workspace_secrets import app as app_module
+    from workspace_secrets.settings import OperatorConfig
+
+    op = ready_op("same")
+    op.create("touched")
+    op.reconcile("touched")
+    op.kube.edit(f"{WS}/touched", {"metadata": {"annotations": {"touch": "1"}}})
+    app = app_module.App(OperatorConfig(namespaces=(NS,)))
+    queued: list[tuple[str, str]] = []
+    app.kube, app.workspace_secrets = op.kube, op.controller  # type: ignore[assignment]
+    app.queue = type("Queue", (), {"add": lambda self, key: queued.append(key)})()  # type: ignore[assignment]
+    calls = len(op.kube.calls)
+    asyncio.run(app._enqueue_all())
+    assert queued == [(NS, "touched")]
+    assert [v for v, _ in op.kube.calls[calls:]] == ["LIST"]
