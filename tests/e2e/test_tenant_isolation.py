@@ -133,6 +133,25 @@ def test_a_user_creates_their_own_workspace_secret_but_not_another_users(kubectl
     assert api.get_ws(module_namespace, "alice-steals") is None
 
 
+def test_no_user_can_write_the_status_digest_that_lets_the_operator_skip_a_workspace(kubectl, api, module_namespace, wso_operator):
+    """status.inputsDigest tells the operator after a restart or on a resync that nothing changed (issue #18): whoever
+    could write it could keep a Secret the operator would otherwise repair. Users get only `get` on status, and a
+    status sent with a create is dropped (the status subresource)."""
+    manifest = ws_manifest("bob-digest", "bob")
+    manifest["status"] = {"inputsDigest": "v1-forged-at-create"}
+    assert kubectl.apply(manifest, user="bob").returncode == 0
+    api.create_pod(module_namespace, "bob-digest-pod", user="bob")
+    wait_for(lambda: ((api.get_ws(module_namespace, "bob-digest") or {}).get("status") or {}).get("inputsDigest"),
+             timeout=60, what="the operator's own digest")
+    recorded = api.get_ws(module_namespace, "bob-digest")["status"]["inputsDigest"]
+    assert recorded != "v1-forged-at-create"
+    for who in ("bob", "alice"):  # the owner, and another user
+        result = kubectl("patch", "wss", "bob-digest", "--subresource=status", "--type=merge",
+                         "-p", json.dumps({"status": {"inputsDigest": "v1-forged"}}), user=who)
+        assert result.returncode != 0 and "forbidden" in result.stderr.lower(), result.stderr
+    assert api.get_ws(module_namespace, "bob-digest")["status"]["inputsDigest"] == recorded
+
+
 def test_a_user_cannot_edit_another_users_workspace_secret(kubectl, api, module_namespace):
     assert kubectl.apply(ws_manifest("bob-ws", "bob"), user="bob").returncode == 0
     before = api.get_ws(module_namespace, "bob-ws")

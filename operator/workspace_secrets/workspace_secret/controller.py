@@ -164,8 +164,9 @@ class WorkspaceSecretController:
             return None
         return list(index.names_for_user(ws.namespace, ws.user))
 
-    def _index_user(self, key: tuple[str, str], user: str | None) -> None:
-        """Record that WorkspaceSecret `key` belongs to `user` (None: deleted)."""
+    def _index_user(self, key: tuple[str, str], user: Any) -> None:
+        """Record that WorkspaceSecret `key` belongs to `user` (None: deleted; anything but a name counts as none)."""
+        user = user if isinstance(user, str) and user else None
         before = self._user_of.get(key)
         if before == user:
             return
@@ -175,7 +176,7 @@ class WorkspaceSecretController:
                 names.discard(key[1])
                 if not names:
                     del self._by_user[(key[0], before)]
-        if user:
+        if user is not None:
             user = sys.intern(user)
             self._user_of[key] = user
             self._by_user.setdefault((key[0], user), set()).add(key[1])
