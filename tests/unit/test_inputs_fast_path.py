@@ -259,3 +259,16 @@ def test_the_resync_queues_only_objects_whose_inputs_changed():
     asyncio.run(app._enqueue_all())
     assert queued == [(NS, "touched")]
     assert [v for v, _ in op.kube.calls[calls:]] == ["LIST"]
+
+
+def test_a_user_secret_the_watch_cache_cannot_serve_in_time_is_read_from_etcd():
+    op = Operator()
+    op.kube.put(SECRETS, {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "alice-npmrc", "labels": {c.LABEL_USER: "alice"},
+                                                                             "annotations": {c.ANNOTATION_USER_ENV: "NPM_TOKEN=npmrc"}},
+                          "data": {"npmrc": "eA=="}})
+    op.sync()
+    op.create("alice-ws")
+    op.kube.fail("GET", f"{SECRETS}/alice-npmrc", 504, times=1)  # "Too large resource version": the cache lags
+    op.reconcile("alice-ws")
+    assert op.kube.requests("GET", f"{SECRETS}/alice-npmrc") == [f"{SECRETS}/alice-npmrc"] * 2
+    assert op.ws("alice-ws")["status"]["userSecrets"] == ["alice-npmrc"]

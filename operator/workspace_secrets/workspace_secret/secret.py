@@ -18,7 +18,7 @@ from workspace_secrets.credentials.ledger import ROLLOUT_POLL_MAX, ROLLOUT_TIMEO
 from workspace_secrets.credentials.ledger import dump as ledger_dump
 from workspace_secrets.credentials.manager import CredentialManager, CredentialOutcome
 from workspace_secrets.runtime.errors import RetryLater
-from workspace_secrets.runtime.kube import Conflict, Kube, core_path
+from workspace_secrets.runtime.kube import Conflict, Kube, KubeError, core_path
 from workspace_secrets.runtime.metrics import SECRET_WRITES
 from workspace_secrets.user_keys.sshkeys import SSHKeyPair
 from workspace_secrets.workspace_secret import policy, user_secrets
@@ -197,7 +197,13 @@ class Secrets:
             if len(versions) <= USER_SECRETS_BY_NAME:
                 found = []
                 for name, rv in versions:
-                    secret = await self._kube.get(core_path(ws.namespace, "secrets", name), resource_version=rv or None)
+                    path = core_path(ws.namespace, "secrets", name)
+                    try:
+                        secret = await self._kube.get(path, resource_version=rv or None)
+                    except KubeError as exc:
+                        if exc.status != 504:
+                            raise
+                        secret = await self._kube.get(path)  # the watch cache could not catch up in time: etcd
                     labels = ((secret or {}).get("metadata") or {}).get("labels") or {}
                     # Deleted or relabelled since (its watch event brings the workspace back anyway); never one of
                     # ours, exactly as the LIST's selector says.
