@@ -267,7 +267,7 @@ class App:
             await self._connect_runner.cleanup()
         if self._transport is not None:
             await self._transport.close()
-        self.kube.close()
+        await self.kube.aclose()
         if self.webhook is not None:
             self.webhook.cleanup()
 

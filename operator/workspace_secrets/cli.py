@@ -583,7 +583,7 @@ async def _serve(config: OperatorConfig, health_bind: tuple[str, int] | None, li
         if elector is not None:
             await elector.release()
         if kube is not None:
-            kube.close()
+            await kube.aclose()
         if health is not None:
             await health.stop()
         signals.remove()

@@ -573,6 +573,9 @@ class FakeKube:
             self._closed = True
             self._lock.notify_all()
 
+    async def aclose(self) -> None:
+        self.close()
+
     # --- TokenRequest / TokenReview ---------------------------------------------------------------------
     def review_token(self, token: str, audience: str | None = None) -> IssuedToken | None:
         """The token's identity if it would authenticate now (as a TokenReview answers), else None."""

@@ -450,3 +450,29 @@ def test_make_kube_picks_the_transport(monkeypatch: pytest.MonkeyPatch) -> None:
     aio.close()
     with pytest.raises(ValueError):
         make_kube("gevent")
+
+
+def test_closing_on_the_loop_closes_the_session_without_a_warning(recwarn):
+    """`await aclose()` is what the App and the leader election use; a sync close() on the loop schedules the
+    session's close instead of leaving a coroutine un-awaited (a RuntimeWarning on stderr broke JSON logs)."""
+    import asyncio as _asyncio
+    import gc
+
+    import kubernetes
+
+    from workspace_secrets.runtime.kube_aio import AioKube
+
+    async def scenario() -> None:
+        for closing in ("aclose", "close"):
+            kube = AioKube(kubernetes.client.Configuration(host="https://127.0.0.1:1"))
+            session, _ = kube._open()
+            if closing == "aclose":
+                await kube.aclose()
+            else:
+                kube.close()
+                await _asyncio.sleep(0.05)
+            assert session.closed
+
+    _asyncio.run(scenario())
+    gc.collect()
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)], [str(w.message) for w in recwarn]

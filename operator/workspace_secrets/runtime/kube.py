@@ -79,6 +79,10 @@ class Kube:
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._api.close()
 
+    async def aclose(self) -> None:
+        """Close on the event loop (what callers on the loop use: the asyncio client must await its session)."""
+        self.close()
+
     # --- plumbing -------------------------------------------------------------------------------
     def _request(
         self,

@@ -68,11 +68,14 @@ class AioKube(Kube):
         return self._configuration
 
     def close(self) -> None:
-        """Close the connections (synchronously, like the threaded client's close; aiohttp's own cleanup of the
-        transports finishes on the loop)."""
+        """Close the connections without awaiting (prefer `await aclose()` on the loop): the session's close is
+        scheduled on the running loop; without one the process is ending and the sockets go with it."""
         session, self._session = self._session, None
-        if session is not None and not session.closed and session.connector is not None:
-            session.connector.close()
+        if session is not None and not session.closed:
+            try:
+                asyncio.get_running_loop().create_task(session.close())
+            except RuntimeError:
+                pass
 
     async def aclose(self) -> None:
         session, self._session = self._session, None
