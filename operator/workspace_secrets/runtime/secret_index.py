@@ -183,7 +183,7 @@ def _key(obj: Mapping[str, Any]) -> tuple[str, str] | None:
     namespace, name = meta.get("namespace"), meta.get("name")
     if not isinstance(namespace, str) or not isinstance(name, str) or not namespace or not name:
         return None
-    return sys.intern(namespace), sys.intern(name)  # names shared with the controllers' maps of the same objects
+    return sys.intern(namespace), name
 
 
 def _entry(obj: Mapping[str, Any]) -> Entry:
