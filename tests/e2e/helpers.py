@@ -105,6 +105,12 @@ class Api:
         events = self.core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}").items
         return [e for e in events if e.involved_object.kind == c.WORKSPACE_SECRET_KIND]
 
+    def wait_event(self, namespace: str, name: str, reason: str, *, timeout: float = 10) -> client.CoreV1Event:
+        """The WorkspaceSecret's Event with this reason, once it is there (Events are posted around the writes
+        a test waits for, not atomically with them)."""
+        return wait_for(lambda: next((e for e in self.events_for(namespace, name) if e.reason == reason), None),
+                        timeout=timeout, what=f"a {reason} Event of {name}")
+
     # Workspaces
     def create_deployment(self, namespace: str, name: str, labels: dict | None = None, annotations: dict | None = None,
                           *, user: str | None = None) -> client.V1Deployment:

@@ -150,7 +150,7 @@ def test_while_running_credentials_follow_the_workspace_pods(api, namespace, wso
     data = api.secret_data(namespace, "lena")
     assert not [k for k in data if k.startswith("aws.AWS_") and k != "aws.AWS_SHARED_CREDENTIALS_FILE" and k != "aws.AWS_CONFIG_FILE"]
     assert {u["UserName"] for u in admin.list_users(PathPrefix="/workspace-secrets/")["Users"]} == before, "the IAM user is released"
-    assert "CredentialRevoked" in {e.reason for e in api.events_for(namespace, "lena")}
+    api.wait_event(namespace, "lena", "CredentialRevoked")
     # WhileExists: the token lived through it all.
     assert entries(api, namespace, "lena")["kube"]["id"] == token_id and "kube.token" in data
 
@@ -185,7 +185,8 @@ def test_env_delivery_restarts_the_deployment_and_revokes_only_after_the_rollout
     api.patch_ws(namespace, "vic", {"spec": {"credentials": [{"name": "aws", "provider": "aws-dev", "lifecycle": "WhileExists",
                                                                "delivery": "Env", "overlap": "5s"}]}})
     wait_for(template_stamp, timeout=FOLLOWS_WITHIN, what="pod template stamped")
-    assert "WorkspaceRestarted" in {e.reason for e in api.events_for(namespace, "vic")}
+    # The Event is posted after the stamp (with the reconcile's other Events): wait for it, do not race it.
+    api.wait_event(namespace, "vic", "WorkspaceRestarted")
     # The controller-manager rolls: a new ReplicaSet for the stamped template.
     wait_for(lambda: any((rs.spec.template.metadata.annotations or {}).get(c.ANNOTATION_RESTARTED_AT)
                          for rs in api.apps.list_namespaced_replica_set(namespace).items), timeout=30, what="new ReplicaSet")

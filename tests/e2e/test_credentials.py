@@ -69,7 +69,7 @@ def test_kubernetes_token_works_while_the_workspace_lives_and_dies_with_it(api, 
     assert kubeconfig["users"][0]["user"] == {"tokenFile": f"{c.DEFAULT_MOUNT_PATH}/kube.token"}
     assert kubeconfig["contexts"][0]["context"]["namespace"] == namespace and token not in str(kubeconfig)
     assert {e["name"]: e["key"] for e in status["env"]}["KUBECONFIG"] == "kube.KUBECONFIG"
-    assert "CredentialIssued" in {e.reason for e in api.events_for(namespace, "tok")}
+    api.wait_event(namespace, "tok", "CredentialIssued")
 
     api.delete_ws(namespace, "tok")
     wait_for(lambda: api.get_ws(namespace, "tok") is None, timeout=60, what="WorkspaceSecret gone")
@@ -181,7 +181,7 @@ def test_kill_between_minting_and_recording_leaks_nothing(api, namespace, wso_op
     keys = [k["AccessKeyId"] for u in iam_users for k in admin.list_access_keys(UserName=u["UserName"])["AccessKeyMetadata"]
             if _tag(admin, u["UserName"], "workspace-secrets.io/uid") == ws["metadata"]["uid"]]
     assert keys == [recorded] == [user["id"]], "exactly one live key, the recorded one: the orphan was revoked"
-    assert "CredentialRevoked" in {e.reason for e in api.events_for(namespace, "crash")}
+    api.wait_event(namespace, "crash", "CredentialRevoked")
 
 
 def _tag(admin, user: str, key: str) -> str | None:

@@ -145,7 +145,7 @@ def test_the_coder_template_before_its_user_connects(cluster, namespace, wso_ope
         entries = {e["name"]: e for e in (ws.get("status") or {}).get("credentials") or ()}
         return (entries.get("kube") or {}).get("phase") == "Stopped" and "kube.token" not in (api.get_secret(namespace, "erin-workspace-secrets").data or {})
     wait_for(kube_stopped, timeout=30, what="credential kube Stopped and gone from the Secret")
-    assert "CredentialRevoked" in {e.reason for e in api.events_for(namespace, "erin-workspace-secrets")}
+    api.wait_event(namespace, "erin-workspace-secrets", "CredentialRevoked")
 
 
 def pod_env_names(pod) -> set[str]:

@@ -292,8 +292,11 @@ def test_a_service_reaches_its_pod_from_a_pod_and_from_the_api_server(
                                    "-o", "jsonpath={.items[*].endpoints[*].conditions.ready}") == "true",
           timeout=90, what="the web Service's endpoint to be ready")
     cluster_ip = node_cluster.json("-n", ns, "get", "service", "web")["spec"]["clusterIP"]
+    # kube-proxy programs the Service's rules a moment after the endpoint is ready: curl retries, and its
+    # messages about the refused attempts go to a file, so the log holds only what the Service answered.
     phase, log = _run_pod(node_cluster, ns, "web-client",
-                          f"curl -sS --retry 5 --retry-all-errors --max-time 5 http://{cluster_ip}/")
+                          f"curl -sS --retry 5 --retry-all-errors --max-time 5 http://{cluster_ip}/ 2>/tmp/curl.err"
+                          " || { cat /tmp/curl.err; exit 1; }")
     assert (phase, log.strip()) == ("Succeeded", "served-by-web"), log
     via_api = node_cluster.kubectl("get", "--raw", f"/api/v1/namespaces/{ns}/services/web:http/proxy/")
     assert via_api.strip() == "served-by-web"

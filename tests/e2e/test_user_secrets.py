@@ -67,7 +67,7 @@ def test_conflicts_are_reported_and_nothing_is_overwritten(api, namespace, wso_o
     env = api.get_ws(namespace, "c1")["status"]["env"]
     assert [e for e in env if e["name"] == "GIT_SSH_COMMAND"] == [{"name": "GIT_SSH_COMMAND", "key": "GIT_SSH_COMMAND"}]
     assert not [e for e in env if e["name"] == "TOKEN"]
-    assert "UserSecretConflict" in {e.reason for e in api.events_for(namespace, "c1")}
+    api.wait_event(namespace, "c1", "UserSecretConflict")
 
 
 def test_dangerous_env_names_and_foreign_secret_types_are_never_delivered(api, namespace, wso_operator):

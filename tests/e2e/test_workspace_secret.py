@@ -129,7 +129,7 @@ def test_a_foreign_secret_is_never_overwritten(api, namespace, wso_operator):
     cond = api.wait_condition(namespace, "clash", status="False", reason="SecretConflict")
     assert "'taken'" in cond["message"] and "left untouched" in cond["message"]
     assert api.secret_digests(namespace, "taken") == {"token": digest(b"platform-owned")}
-    assert "SecretConflict" in {e.reason for e in api.events_for(namespace, "clash")}
+    api.wait_event(namespace, "clash", "SecretConflict")
 
 
 def test_bring_your_own_key(api, namespace, wso_operator, tmp_path):
@@ -227,7 +227,7 @@ def test_rotation_replaces_the_key_in_every_workspace_of_the_user(api, namespace
     wait_for(lambda: api.get_ws(namespace, "r2")["status"]["sshKeyFingerprint"] == after, timeout=20, what="r2 follows")
     assert api.secret_digests(namespace, "r1")[c.KEY_SSH_PRIVATE] == api.secret_digests(namespace, "r2")[c.KEY_SSH_PRIVATE]
     assert api.get_ws(namespace, "r1")["status"]["sshKeyRotation"] == "2026-11-29"
-    assert "SSHKeyRotated" in {e.reason for e in api.events_for(namespace, "r1")}
+    api.wait_event(namespace, "r1", "SSHKeyRotated")
     # The same annotation value again is not a new request.
     api.patch_ws(namespace, "r1", {"metadata": {"annotations": {"touch": "again"}}})
     api.wait_condition(namespace, "r1")

@@ -130,7 +130,7 @@ def test_token_reaches_the_workspace_and_follows_a_refresh_within_seconds(stage:
     status = s.api.get_ws(s.ns, "alice-ws")["status"]
     assert status["tokens"][0]["connectURL"] == link and status["tokens"][0]["delivered"] is False
     assert s.api.condition(s.ns, "alice-ws")["status"] == "False"
-    assert "TokenNotConnected" in {e.reason for e in s.api.events_for(s.ns, "alice-ws")}
+    s.api.wait_event(s.ns, "alice-ws", "TokenNotConnected")
 
     started = time.monotonic()
     s.connect("alice-gh", "alice")

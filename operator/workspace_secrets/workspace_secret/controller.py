@@ -436,9 +436,10 @@ class WorkspaceSecretController:
             await self._status.post(ws, ws_tokens.announcements(body.get("status") or {}, ws_tokens.condition(ws, tokens)))
             if (wake := ws_tokens.next_check(tokens, self._clock())) is not None:
                 self._schedule(ws.namespace, ws.name, wake)
-        await self._status.write(body, policy.conditions(ws, obs), policy.desired_status(ws, obs))
         if creds is not None:
             await self._status.post(ws, creds.events)
+        await self._status.write(body, policy.conditions(ws, obs), policy.desired_status(ws, obs))
+        if creds is not None:
             if creds.wake_at is not None:
                 self._schedule(ws.namespace, ws.name, max(0.0, (creds.wake_at - self._clock()).total_seconds()))
             elif creds.problems:
