@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta, timezone
@@ -19,7 +20,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from prometheus_client import REGISTRY
 
-from workspace_secrets.runtime import pki
+from workspace_secrets.runtime import kube_aio, pki
 from workspace_secrets.runtime.kube import Conflict, Kube, KubeError, NotFound
 from workspace_secrets.runtime.kube_aio import AioKube, _proxy_settings, make_kube
 from workspace_secrets.runtime.watch import LabelSelectedWatch
@@ -121,7 +122,9 @@ def test_verbs_send_json_with_the_configured_bearer_token_and_parse_the_answer()
     serve(routes, scenario)
 
 
-def test_the_refresh_hook_runs_before_every_request_and_its_token_is_sent() -> None:
+def test_the_refresh_hook_runs_again_once_its_headers_are_older_than_the_reuse_time_and_its_token_is_sent(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kube_aio, "AUTH_REUSE_SECONDS", 0.0)  # every request finds the last refresh too old
     tokens = iter(f"t{i}" for i in range(1, 100))
 
     def refresh(config: kubernetes.client.Configuration) -> None:
@@ -137,6 +140,42 @@ def test_the_refresh_hook_runs_before_every_request_and_its_token_is_sent() -> N
         await kube.get(SECRETS + "/a")
         await kube.get(SECRETS + "/a")
         assert [r.headers["Authorization"] for r in seen] == ["Bearer t1", "Bearer t2"]
+
+    serve(routes, scenario, configure=lambda config: setattr(config, "refresh_api_key_hook", refresh))
+
+
+def test_the_refresh_hook_runs_off_the_loop_once_for_concurrent_requests_and_again_after_a_401() -> None:
+    """An exec plugin or a token file read must not stall the event loop (every watch and reconcile shares it)."""
+    calls: list[tuple[int, bool]] = []  # (thread, whether that thread runs an event loop)
+    tokens = iter(f"t{i}" for i in range(1, 100))
+
+    def refresh(config: kubernetes.client.Configuration) -> None:
+        try:
+            asyncio.get_running_loop()
+            on_a_loop = True
+        except RuntimeError:
+            on_a_loop = False
+        calls.append((threading.get_ident(), on_a_loop))
+        config.api_key["authorization"] = next(tokens)
+
+    def routes(app: web.Application) -> None:
+        async def get(request: web.Request) -> web.Response:
+            if request.match_info["name"] == "denied":
+                return status(401, "Unauthorized")
+            return web.json_response({})
+
+        app.router.add_get(SECRETS + "/{name}", get)
+
+    async def scenario(kube: AioKube, seen: list[web.Request]) -> None:
+        await asyncio.gather(*(kube.get(SECRETS + "/a") for _ in range(5)))
+        assert len(calls) == 1, "five requests at once share one refresh"
+        with pytest.raises(KubeError) as denied:
+            await kube.get(SECRETS + "/denied")
+        assert denied.value.status == 401
+        await kube.get(SECRETS + "/a")  # within the reuse time, but the token was refused: refreshed
+        assert len(calls) == 2
+        assert [r.headers["Authorization"] for r in seen] == ["Bearer t1"] * 6 + ["Bearer t2"]
+        assert not any(on_a_loop for _, on_a_loop in calls) and threading.get_ident() not in {t for t, _ in calls}
 
     serve(routes, scenario, configure=lambda config: setattr(config, "refresh_api_key_hook", refresh))
 

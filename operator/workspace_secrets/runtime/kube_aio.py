@@ -12,8 +12,9 @@ Auth and TLS come from the same `kubernetes` Configuration as the threaded clien
 the bearer token through `auth_settings()` (which calls the refresh hook: the in-cluster token file, exec
 plugins), client certificate and key, CA file or data, `verify_ssl`, `assert_hostname`, `tls_server_name`, and
 an HTTP(S) proxy with `no_proxy` and proxy headers. SOCKS proxies are refused (aiohttp has no SOCKS support):
-use the threaded client for those. Note that a token refresh hook runs on the event loop; the hooks only do
-I/O when the token has expired (reading a file, or running an exec plugin once).
+use the threaded client for those. A token refresh hook (the in-cluster token file, an exec plugin) may block:
+it runs in a worker thread, never on the event loop, one refresh at a time, and the headers it produced are
+reused for AUTH_REUSE_SECONDS (a 401 answer drops them, so the next request refreshes at once).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import asyncio
 import json
 import logging
 import ssl
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 from urllib.parse import urlencode
@@ -36,6 +38,10 @@ from workspace_secrets.runtime.ratelimit import RateLimiter
 
 JSON = dict[str, Any]
 log = logging.getLogger(__name__)
+
+#: Seconds the auth headers from a token refresh hook are reused before the hook runs again. Short against any
+#: token's life (a ServiceAccount token lives an hour, an exec plugin's minutes), long against a burst's requests.
+AUTH_REUSE_SECONDS = 1.0
 
 
 class AioKube(Kube):
@@ -56,6 +62,9 @@ class AioKube(Kube):
         self._proxy, self._proxy_headers = _proxy_settings(configuration)
         self._server_hostname = configuration.tls_server_name or None
         self._user_agent = f"OpenAPI-Generator/{kubernetes.__version__}/python"
+        #: (monotonic time, headers) of the last token refresh, and the lock that makes it one at a time.
+        self._auth: tuple[float, dict[str, str]] | None = None
+        self._auth_lock: asyncio.Lock | None = None
 
     @classmethod
     def from_environment(
@@ -96,14 +105,34 @@ class AioKube(Kube):
         assert self._slots is not None
         return self._session, self._slots
 
-    def _headers(self, accept: str | None, content_type: str | None) -> dict[str, str]:
-        headers = {"Accept": accept or "application/json", "User-Agent": self._user_agent}
-        for setting in self._configuration.auth_settings().values():  # calls the token refresh hook if any
-            if setting.get("in") == "header" and setting.get("value"):
-                headers[setting["key"]] = setting["value"]
+    def _configured_auth(self) -> dict[str, str]:
+        """The Configuration's auth headers (calls its token refresh hook, if any: may block)."""
+        return {setting["key"]: setting["value"] for setting in self._configuration.auth_settings().values()
+                if setting.get("in") == "header" and setting.get("value")}
+
+    async def _auth_headers(self) -> dict[str, str]:
+        """Without a refresh hook: the configured token (no I/O). With one: the hook's fresh headers, made in a
+        worker thread (reading a token file or running an exec plugin must not stall the loop), one refresh at a
+        time, reused for AUTH_REUSE_SECONDS."""
+        if self._configuration.refresh_api_key_hook is None:
+            return self._configured_auth()
+        if self._auth_lock is None:
+            self._auth_lock = asyncio.Lock()
+        async with self._auth_lock:  # requests waiting here reuse the refresh the first one made
+            if self._auth is None or time.monotonic() - self._auth[0] >= AUTH_REUSE_SECONDS:
+                self._auth = (time.monotonic(), await asyncio.to_thread(self._configured_auth))
+            return self._auth[1]
+
+    async def _headers(self, accept: str | None, content_type: str | None) -> dict[str, str]:
+        headers = {"Accept": accept or "application/json", "User-Agent": self._user_agent, **await self._auth_headers()}
         if content_type:
             headers["Content-Type"] = content_type
         return headers
+
+    def _rejected(self, status: int) -> None:
+        """A 401: the reused headers' token is no longer accepted; the next request refreshes it."""
+        if status == 401:
+            self._auth = None
 
     def _url(self, path: str, query: Mapping[str, str] | None) -> URL:
         url = self._configuration.host.rstrip("/") + path
@@ -142,10 +171,11 @@ class AioKube(Kube):
             payload = json.dumps(body).encode()
         else:
             content_type = None
+        headers = await self._headers(accept, content_type)
         async with slots:
             try:
                 async with session.request(
-                    method, self._url(path, query), data=payload, headers=self._headers(accept, content_type),
+                    method, self._url(path, query), data=payload, headers=headers,
                     **self._request_kwargs(timeout),
                 ) as response:
                     raw = await response.read()
@@ -156,6 +186,7 @@ class AioKube(Kube):
                 raise
         KUBE_REQUESTS.labels(verb=method, code=str(status)).inc()
         if not 200 <= status <= 299:
+            self._rejected(status)
             raise _error(status, raw, retry_after)
         return json.loads(raw) if raw else None
 
@@ -165,9 +196,10 @@ class AioKube(Kube):
         """Yield the JSON lines of a watch, on the loop (no thread). `on_connected` is called once the server
         accepted the watch (200), before the first event. Not paced by the rate limiter, as before."""
         session, _ = self._open()
+        headers = await self._headers(None, None)
         try:
             response = await session.request(
-                "GET", self._url(path, query), headers=self._headers(None, None), **self._request_kwargs((10, timeout)),
+                "GET", self._url(path, query), headers=headers, **self._request_kwargs((10, timeout)),
             )
         except Exception:
             KUBE_REQUESTS.labels(verb="WATCH", code="error").inc()
@@ -175,6 +207,7 @@ class AioKube(Kube):
         try:
             KUBE_REQUESTS.labels(verb="WATCH", code=str(response.status)).inc()
             if not 200 <= response.status <= 299:
+                self._rejected(response.status)
                 raise _error(response.status, await response.read(), response.headers.get("Retry-After"))
             if on_connected is not None:
                 on_connected()
