@@ -94,6 +94,7 @@ class App:
     def __init__(self, config: OperatorConfig) -> None:
         self.config = config
         self.tasks: list[asyncio.Task[Any]] = []
+        self._missed_events_pass: asyncio.Task[None] | None = None
         self.pod_injection = None
         self.webhook = None
         self.watches = []
@@ -185,10 +186,11 @@ class App:
         controller = self.workspace_secrets
         paths = self._secret_paths()
         self._secret_handlers.append(self._while_active(controller.secret_changed))
-        self.watches = [LabelSelectedWatch(kube, path, c.MANAGED_SELECTOR, self._managed_secret_changed, index=self._managed_indexes[path])
+        self.watches = [LabelSelectedWatch(kube, path, c.MANAGED_SELECTOR, self._managed_secret_changed, index=self._managed_indexes[path],
+                                           on_missed_events=self._secret_events_missed)
                         for path in paths]
         self.watches += [LabelSelectedWatch(kube, path, c.USER_SECRETS_SELECTOR, self._while_active(controller.user_secret_changed),
-                                            index=self._user_indexes[path])
+                                            index=self._user_indexes[path], on_missed_events=self._secret_events_missed)
                          for path in paths]
         await self._prime(self.watches)
         # The workspaces' pods (labelled with a WorkspaceSecret): gated pods are released, WhileRunning credentials
@@ -341,6 +343,16 @@ class App:
                         self.user_token_queue.add((item["metadata"]["namespace"], item["metadata"]["name"]))
             except Exception as exc:  # noqa: BLE001 - the per-key schedules and kopf's events cover the rest
                 log.warning("UserToken listing on activation failed: %s", exc)
+
+    def _secret_events_missed(self) -> None:
+        """An indexed Secret watch relisted and found changes it had missed: the WorkspaceSecrets are looked at now
+        (not at the next resync). Those whose inputs did not change cost no request (controller.unchanged compares
+        their recorded digest with the refreshed index), those whose did are reconciled. One pass at a time."""
+        pending = self._missed_events_pass
+        if not self.active.is_set() or (pending is not None and not pending.done()):
+            return
+        self._missed_events_pass = asyncio.create_task(self._enqueue_all(), name="resync-after-missed-events")
+        self.tasks.append(self._missed_events_pass)
 
     async def _enqueue_all(self) -> None:
         """Queue every WorkspaceSecret once (deduplicated, so a burst never exceeds the worker count) -- except those

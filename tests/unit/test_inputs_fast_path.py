@@ -5,6 +5,7 @@ resync cost no request per unchanged object -- and the indexes that replaced per
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from fakes.kube import FakeKube
 from prometheus_client import REGISTRY
@@ -272,3 +273,60 @@ def test_a_user_secret_the_watch_cache_cannot_serve_in_time_is_read_from_etcd():
     op.reconcile("alice-ws")
     assert op.kube.requests("GET", f"{SECRETS}/alice-npmrc") == [f"{SECRETS}/alice-npmrc"] * 2
     assert op.ws("alice-ws")["status"]["userSecrets"] == ["alice-npmrc"]
+
+
+def test_a_relist_that_finds_missed_changes_reconciles_the_workspaces_they_concern_and_only_those():
+    """The users' Secret watch was away longer than the API server keeps history (410 Gone) while alice edited her
+    own Secret: the relist refreshes the index, and the WorkspaceSecrets are looked at at once (not at the next
+    resync); the digest sends only alice's to the work queue."""
+    import time
+
+    from workspace_secrets import app as app_module
+    from workspace_secrets.runtime.watch import LabelSelectedWatch
+    from workspace_secrets.settings import OperatorConfig
+
+    op = Operator()
+    for user in ("alice", "bob"):
+        op.kube.put(SECRETS, {"apiVersion": "v1", "kind": "Secret", "data": {"npmrc": "eA=="},
+                              "metadata": {"name": f"{user}-npmrc", "labels": {c.LABEL_USER: user}}})
+    op.sync()
+    for user in ("alice", "bob"):
+        op.create(f"{user}-ws", user=user)
+        op.reconcile(f"{user}-ws")
+    app = app_module.App(OperatorConfig(namespaces=(NS,)))
+    queued: list[tuple[str, str]] = []
+    app.kube, app.workspace_secrets = op.kube, op.controller  # type: ignore[assignment]
+    app.queue = type("Queue", (), {"add": lambda self, key: queued.append(key)})()  # type: ignore[assignment]
+
+    async def until(predicate, what: str) -> None:
+        deadline = time.monotonic() + 10
+        while not predicate():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            await asyncio.sleep(0.01)
+
+    async def main() -> None:
+        app.active = asyncio.Event()
+        app.active.set()
+        watch = LabelSelectedWatch(op.kube, SECRETS, c.USER_SECRETS_SELECTOR, lambda t, o: None, index=op.users,  # type: ignore[arg-type]
+                                   on_missed_events=app._secret_events_missed)
+        assert await watch.prime()
+        assert not queued, "the first list misses nothing"
+        task = asyncio.create_task(watch.run())
+        try:
+            await until(lambda: watch.healthy, "the watch")
+            down = op.kube.fail("WATCH", SECRETS, 503, times=None)
+            op.kube.end_watches()
+            await until(lambda: not watch.healthy, "the watch to notice")
+            op.kube.edit(f"{SECRETS}/alice-npmrc", {"data": {"npmrc": "eQ=="}})
+            op.kube.compact()
+            down.times = 0
+            await until(lambda: bool(queued), "the WorkspaceSecrets to be looked at")
+        finally:
+            task.cancel()
+            op.kube.close()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await asyncio.gather(*app.tasks, return_exceptions=True)
+
+    asyncio.run(main())
+    assert queued == [(NS, "alice-ws")]

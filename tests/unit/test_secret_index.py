@@ -83,6 +83,19 @@ def test_a_relist_replaces_everything_it_held():
     assert index.names_for_user(NS, "carol") == [("b", "5")]
 
 
+def test_a_full_list_says_whether_it_changed_what_the_index_held():
+    index = SecretIndex()
+    assert index.replace([meta("a", "1")], "1")  # the first list: everything is new
+    assert not index.replace([meta("a", "1")], "9"), "the same Secrets at the same versions: nothing was missed"
+    assert index.replace([meta("a", "2")], "10"), "a new resourceVersion"
+    assert index.replace([meta("a", "2"), meta("b", "3")], "11"), "one more"
+    assert index.replace([meta("b", "3")], "12"), "one less"
+    assert index.replace([meta("b", "3", user="bob")], "12"), "another user at the same version (never in practice)"
+    # Per namespace: only that namespace's entries count.
+    index.replace([meta("x", "1", namespace="other")], "13", namespace="other")
+    assert not index.replace([meta("b", "3", user="bob"), meta("x", "7", namespace="other")], "14", namespace=NS)
+
+
 def test_per_namespace_watches_share_one_index_and_it_is_synced_when_all_have_listed():
     index = SecretIndex()
     index.expect("one")
@@ -275,7 +288,6 @@ def test_a_relist_after_410_replaces_the_index_with_what_changed_while_it_was_no
     kube.put(SECRETS, secret("stays"))
     kube.put(SECRETS, secret("goes"))
     index = SecretIndex()
-    watch = LabelSelectedWatch(kube, SECRETS, USER_SELECTOR, lambda t, o: None, index=index)  # type: ignore[arg-type]
 
     async def main() -> None:
         task = asyncio.create_task(watch.run())
@@ -292,12 +304,45 @@ def test_a_relist_after_410_replaces_the_index_with_what_changed_while_it_was_no
             await until(lambda: len(kube.requests("LIST")) > lists and watch.healthy, "a relist and a new watch", timeout=10)
             assert sorted(index) == [(NS, "came"), (NS, "stays")]
             assert index.names_for_user(NS, "alice") == [("stays", kube.objects[f"{SECRETS}/stays"]["metadata"]["resourceVersion"])]
+            assert missed == [1], "the owner hears once that events were missed"
             kube.put(SECRETS, secret("after"))
             await until(lambda: (NS, "after") in index, "the event after the relist")
         finally:
             await stop(task, kube)
 
+    missed: list[int] = []
+    watch = LabelSelectedWatch(kube, SECRETS, USER_SELECTOR, lambda t, o: None, index=index,  # type: ignore[arg-type]
+                               on_missed_events=lambda: missed.append(1))
     asyncio.run(main())
+    assert missed == [1]
+
+
+def test_a_relist_that_finds_nothing_changed_and_the_first_list_say_nothing_was_missed():
+    kube = FakeKube()
+    kube.put(SECRETS, secret("stays"))
+    index = SecretIndex()
+    missed: list[int] = []
+    watch = LabelSelectedWatch(kube, SECRETS, USER_SELECTOR, lambda t, o: None, index=index,  # type: ignore[arg-type]
+                               on_missed_events=lambda: missed.append(1))
+
+    async def main() -> None:
+        assert await watch.prime()
+        task = asyncio.create_task(watch.run())
+        try:
+            await until(lambda: watch.healthy, "the watch")
+            down = kube.fail("WATCH", SECRETS, 503, times=None)
+            kube.end_watches()
+            await until(lambda: not watch.healthy, "the watch to notice")
+            kube.put(f"/api/v1/namespaces/{NS}/configmaps", {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}})
+            kube.compact()  # history lost, but no Secret changed meanwhile
+            lists = len(kube.requests("LIST"))
+            down.times = 0
+            await until(lambda: len(kube.requests("LIST")) > lists and watch.healthy, "a relist and a new watch", timeout=10)
+        finally:
+            await stop(task, kube)
+
+    asyncio.run(main())
+    assert missed == []
 
 
 def test_a_failed_prime_leaves_the_list_to_run_and_the_index_unsynced():

@@ -521,7 +521,7 @@ def test_one_managed_secret_watch_per_path_feeds_both_controllers(monkeypatch):
     watches: list[tuple[str, str]] = []
 
     class Watch:
-        def __init__(self, kube: Any, path: str, selector: str, handler: Any, index: Any = None) -> None:
+        def __init__(self, kube: Any, path: str, selector: str, handler: Any, index: Any = None, on_missed_events: Any = None) -> None:
             watches.append((path, selector))
             self.healthy = True
             self.indexed = False

@@ -8,8 +8,9 @@ and `app.kubernetes.io/component`), in a tuple. Never Secret data, never the ful
 object stays a few hundred bytes (repeated strings -- namespaces, users, components -- are interned). A secondary
 index maps (namespace, user) to the names.
 
-Fed by `replace()` (a full list: the watch's list before it starts watching, and its relist after 410 Gone) and
-`apply()` (each watch event, before the watch's handler runs). `synced` is False until every watch that feeds the
+Fed by `replace()` (a full list: the watch's list before it starts watching, and its relist after 410 Gone; it says
+whether the content changed, i.e. whether the watch missed events) and `apply()` (each watch event, before the
+watch's handler runs). `synced` is False until every watch that feeds the
 index has listed once: until then callers must not trust an absence (ask the API server instead).
 
 Pure: no I/O. Used from the event loop only (no locking).
@@ -67,10 +68,11 @@ class SecretIndex:
         return self._expected <= self._listed
 
     # --- feeding ---------------------------------------------------------------------------------------
-    def replace(self, items: Iterable[Mapping[str, Any]], resource_version: str, *, namespace: str | None = None) -> None:
+    def replace(self, items: Iterable[Mapping[str, Any]], resource_version: str, *, namespace: str | None = None) -> bool:
         """A full list: the index holds exactly `items` afterwards. With `namespace`, only that namespace's entries
-        are replaced (a per-namespace watch sharing the index with others); without, all of them."""
-        self.replace_entries(self.entries_of(items), resource_version, namespace=namespace)
+        are replaced (a per-namespace watch sharing the index with others); without, all of them. True if that
+        changed what the index held (a Secret added, removed, or at another resourceVersion)."""
+        return self.replace_entries(self.entries_of(items), resource_version, namespace=namespace)
 
     @staticmethod
     def entries_of(items: Iterable[Mapping[str, Any]]) -> list[tuple[str, str, Entry]]:
@@ -84,12 +86,16 @@ class SecretIndex:
         return out
 
     def replace_entries(self, entries: Iterable[tuple[str, str, Entry]], resource_version: str, *,
-                        namespace: str | None = None) -> None:
+                        namespace: str | None = None) -> bool:
         """`replace()` with the entries `entries_of()` made."""
         objects: dict[str, dict[str, Entry]] = {}
         for ns, name, entry in entries:
             if namespace is None or ns == namespace:
                 objects.setdefault(ns, {})[name] = entry
+        if namespace is None:
+            changed = objects != self._objects
+        else:
+            changed = objects.get(namespace, {}) != self._objects.get(namespace, {})
         if namespace is None:
             self._objects = objects
             self._by_user = {}
@@ -104,6 +110,7 @@ class SecretIndex:
         scope = _intern(namespace)
         self._listed.add(scope)
         self.list_resource_versions[scope] = resource_version
+        return changed
 
     def apply(self, event_type: str, obj: Mapping[str, Any]) -> None:
         """One watch event: ADDED and MODIFIED store the object's entry, DELETED removes it (BOOKMARK, ERROR and

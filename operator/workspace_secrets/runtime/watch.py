@@ -9,7 +9,10 @@ With a SecretIndex (runtime/secret_index.py), the (re)list is instead a full lis
 (no Secret data, in pages) that replaces the index's content, and the watch goes on from that list's
 resourceVersion, so the index misses no change; every event updates the index before the handler runs (whatever
 the handler does with it, e.g. nothing on a standby replica). `prime()` does the first list at once (before kopf
-delivers the objects whose reconciling asks the index); `run()` then watches from there.
+delivers the objects whose reconciling asks the index); `run()` then watches from there. A relist (after 410 Gone:
+the watch was away longer than the API server keeps history) that finds the index's content changed means events
+were missed: `on_missed_events` is called then, for the owner to look at what depends on them (the handler gets no
+events for the gap: a list of metadata is not the objects they carried).
 
 Health: `healthy` is True only while the API server has accepted a watch request; `unhealthy_for()`
 says for how long it has not been, which the liveness probe compares with a threshold (a watch that
@@ -51,8 +54,11 @@ class LabelSelectedWatch:
         timeout_seconds: int = 300,
         max_backoff: float = 30.0,
         index: SecretIndex | None = None,
+        on_missed_events: Callable[[], None] | None = None,
     ) -> None:
         self._kube = kube
+        self._on_missed_events = on_missed_events
+        self._listed_before = False
         self._path = path
         self._selector = label_selector
         self._handler = handler
@@ -126,7 +132,11 @@ class LabelSelectedWatch:
         version = ""
         async for page, version in self._kube.list_metadata_pages(self._path, label_selector=self._selector):
             entries += SecretIndex.entries_of(page)
-        self._index.replace_entries(entries, version, namespace=self._namespace)
+        changed = self._index.replace_entries(entries, version, namespace=self._namespace)
+        relisted, self._listed_before = self._listed_before, True
+        if relisted and changed and self._on_missed_events is not None:
+            log.info("relisting %s found changes the watch missed", self._path)
+            self._on_missed_events()
         return version
 
     def _index_then_handle(self, event_type: str, obj: dict[str, Any]) -> Awaitable[None] | None:
