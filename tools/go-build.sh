@@ -22,6 +22,7 @@ k8s_ldflags() {
 go_build() {
   if [ -x "$1/$3" ]; then return; fi
   echo "building $3 ..." >&2
-  (cd "$tools/$2" && go build -ldflags "$5" -o "$1/$3.tmp" "$4") >&2
-  mv "$1/$3.tmp" "$1/$3"
+  # The temporary name is this shell's own: two builds at once (two checkouts sharing the cache) do not collide.
+  (cd "$tools/$2" && go build -ldflags "$5" -o "$1/$3.tmp.$$" "$4") >&2
+  mv -f "$1/$3.tmp.$$" "$1/$3"
 }

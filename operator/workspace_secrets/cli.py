@@ -644,16 +644,17 @@ async def _until_stopped(work: Awaitable[Any], stopping: asyncio.Event) -> bool:
 
 
 class _ObserveSuccessFilter(logging.Filter):
-    """kopf logs every event handler's success at INFO; for the WorkspaceSecret `observe` handler that
-    is a line per watch event of every object (three per new object), saying nothing the operator's
-    own lines do not. Kept with --verbose."""
+    """kopf logs every event handler's success at INFO; for the UserToken `usertoken-observe` handler that
+    is a line per watch event of every token (every status write of a refresh), saying nothing the
+    operator's own lines do not. Kept with --verbose. (WorkspaceSecrets are watched by the operator's own
+    watch, which logs no line per event.)"""
 
     def __init__(self, *, verbose: bool) -> None:
         super().__init__()
         self._verbose = verbose
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return self._verbose or record.getMessage() != "Handler 'observe' succeeded."
+        return self._verbose or record.getMessage() != "Handler 'usertoken-observe' succeeded."
 
 
 def _quiet_client_libraries() -> None:

@@ -194,7 +194,7 @@ def test_operator_recovers_its_watches_after_apiserver_and_etcd_restarts(api, cl
             api.create_ws(namespace, "before", spec("ana"))
             api.wait_condition(namespace, "before")
 
-            # kube-apiserver: a clean restart, then a crash (SIGKILL). kopf's watch must see new objects
+            # kube-apiserver: a clean restart, then a crash (SIGKILL). our WorkspaceSecret watch must see new objects
             # afterwards (the WorkspaceSecret becomes Ready), and ours must see Secret edits (drift repair).
             for step, kill in (("after-apiserver-restart", False), ("after-apiserver-crash", True)):
                 plane.restart("kube-apiserver", kill=kill)
@@ -220,7 +220,7 @@ def test_operator_recovers_its_watches_after_apiserver_and_etcd_restarts(api, cl
                                      what="the liveness probe to fail while the API server is down")
             finally:
                 plane.start_component("kube-apiserver")
-            assert "Secret watch disconnected for longer than 4s" in operator.log_text()
+            assert "watch disconnected for longer than 4s" in operator.log_text()
             wait_for(operator.healthy, timeout=60, interval=1, what="the liveness probe to pass again")
             _create_when_served(api, namespace, "after-outage", spec("ana"))
             api.wait_condition(namespace, "after-outage", timeout=60)
@@ -297,11 +297,11 @@ def test_throttling_and_errors_back_off_without_a_hot_loop_and_converge(api, clu
             assert operator.running
             wait_for(operator.healthy, timeout=45, interval=1, what="liveness passing again after the faults")
 
-            # A failure kopf does not retry -- an ERROR event in its watch stream -- ends kopf's orchestrator,
-            # and with it the process (a Pod restarts it): no half-alive operator that no longer sees
-            # new WorkspaceSecrets while its liveness endpoint still answers 200.
+            # A failure kopf does not retry -- an ERROR event in its watch stream (kopf watches the UserTokens) --
+            # ends kopf's orchestrator, and with it the process (a Pod restarts it): no half-alive operator that no
+            # longer sees new UserTokens while its liveness endpoint still answers 200. (Our own watches retry it.)
             def kopf_watch(method: str, path: str) -> bool:
-                return path.endswith(f"/{c.WORKSPACE_SECRET_PLURAL}")
+                return path.endswith(f"/{c.USER_TOKEN_PLURAL}")
             with proxy.failing(Fault(500, watch_error=True, match=kopf_watch)):
                 # kopf may still be in its request backoff from the windows above (1, 1, 2, 3, 5, 8, 13, 21 s)
                 # when its reconnect meets the error: allow for the whole schedule.

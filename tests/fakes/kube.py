@@ -311,6 +311,30 @@ class FakeKube:
             if token is None:
                 return
 
+    async def list_versioned_pages(self, path: str, *, label_selector: str | None = None,
+                                   page_size: int = 500) -> AsyncIterator[tuple[list[JSON], str]]:
+        """Like list_pages, every page with the snapshot's resourceVersion."""
+        token: str | None = None
+        version = ""
+        while True:
+            await asyncio.sleep(0)
+            with self._lock:
+                self._request("LIST", path)
+                if token is None:
+                    listing = self._list(parse(path), label_selector)
+                    version = listing["metadata"]["resourceVersion"]
+                    items = listing["items"]
+                else:
+                    items = self._snapshots.pop(token)
+                page, rest = items[:page_size], items[page_size:]
+                token = None
+                if rest:
+                    token = uuid.uuid4().hex
+                    self._snapshots[token] = rest
+            yield page, version
+            if token is None:
+                return
+
     async def list_metadata_pages(self, path: str, *, label_selector: str | None = None,
                                   page_size: int = 500) -> AsyncIterator[tuple[list[JSON], str]]:
         """Like the API server's PartialObjectMetadataList: metadata only, every page with the snapshot's version."""

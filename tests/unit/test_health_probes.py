@@ -19,7 +19,7 @@ def ok() -> dict:
 
 
 def failing() -> dict:
-    raise RuntimeError("Secret watch disconnected for longer than 60s")
+    raise RuntimeError("watch disconnected for longer than 60s")
 
 
 @pytest.mark.parametrize(("state", "check", "expected"), [

@@ -207,3 +207,32 @@ def test_an_unhealthy_watch_reports_for_how_long():
         await stop(task, kube)
 
     asyncio.run(main())
+
+
+def test_with_deliver_listed_every_listed_object_reaches_the_handler_at_start_and_after_each_relist():
+    """The WorkspaceSecrets' watch (our own, not kopf's): the (re)list hands every object over with type None, page by
+    page, and the watch goes on from that list's resourceVersion, so no change is lost or replayed."""
+    path = f"/apis/{c.API_VERSION}/namespaces/{NS}/{c.WORKSPACE_SECRET_PLURAL}"
+    kube = FakeKube()
+    for name in ("a", "b"):
+        kube.put(path, {"apiVersion": c.API_VERSION, "kind": c.WORKSPACE_SECRET_KIND, "metadata": {"name": name}, "spec": {}})
+
+    async def scenario(kube, watch, seen):
+        await until(lambda: len(seen) >= 2, "the initial listing")
+        kube.put(path, {"apiVersion": c.API_VERSION, "kind": c.WORKSPACE_SECRET_KIND, "metadata": {"name": "c"}, "spec": {}})
+        await until(lambda: ("ADDED", "c") in seen, "a change after the listing")
+        kube.expire_watches()  # away for longer than the history: a relist, delivered again
+        await until(lambda: seen.count((None, "c")) == 1, "the relist")
+        kube.remove(f"{path}/a")
+        await until(lambda: ("DELETED", "a") in seen, "a change after the relist")
+
+    seen = watching(scenario, kube=kube, path=path, selector="", deliver_listed=True)
+    assert seen == [(None, "a"), (None, "b"), ("ADDED", "c"), (None, "a"), (None, "b"), (None, "c"), ("DELETED", "a")]
+    assert all("labelSelector" not in q or q["labelSelector"] == "" for q in kube.watch_queries)
+
+
+def test_a_watch_either_delivers_its_list_or_indexes_it():
+    from workspace_secrets.runtime.secret_index import SecretIndex
+
+    with pytest.raises(ValueError):
+        LabelSelectedWatch(FakeKube(), SECRETS, "", lambda t, o: None, index=SecretIndex(), deliver_listed=True)

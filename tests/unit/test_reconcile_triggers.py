@@ -85,7 +85,7 @@ def test_kopfs_per_event_success_lines_of_observe_are_kept_only_when_verbose() -
         return logging.LogRecord("kopf.objects", logging.INFO, __file__, 1, message, None, None)
 
     quiet, verbose = _ObserveSuccessFilter(verbose=False), _ObserveSuccessFilter(verbose=True)
-    assert not quiet.filter(record("Handler 'observe' succeeded."))
-    assert quiet.filter(record("Handler 'revoke-credentials' succeeded."))
-    assert quiet.filter(record("Handler 'observe' failed with an exception and will try again in 60 seconds: x"))
-    assert verbose.filter(record("Handler 'observe' succeeded."))
+    assert not quiet.filter(record("Handler 'usertoken-observe' succeeded."))
+    assert quiet.filter(record("Handler 'usertoken-cleanup' succeeded."))
+    assert quiet.filter(record("Handler 'usertoken-observe' failed with an exception and will try again in 60 seconds: x"))
+    assert verbose.filter(record("Handler 'usertoken-observe' succeeded."))

@@ -521,7 +521,8 @@ def test_one_managed_secret_watch_per_path_feeds_both_controllers(monkeypatch):
     watches: list[tuple[str, str]] = []
 
     class Watch:
-        def __init__(self, kube: Any, path: str, selector: str, handler: Any, index: Any = None, on_missed_events: Any = None) -> None:
+        def __init__(self, kube: Any, path: str, selector: str, handler: Any, index: Any = None, on_missed_events: Any = None,
+                     deliver_listed: bool = False) -> None:
             watches.append((path, selector))
             self.healthy = True
             self.indexed = False
@@ -572,4 +573,7 @@ def test_one_managed_secret_watch_per_path_feeds_both_controllers(monkeypatch):
     # The only other Secret watch is the users' own Secrets (not managed by the operator: disjoint).
     assert {s for _, s in secret_watches} == {c.MANAGED_SELECTOR, c.USER_SECRETS_SELECTOR}
     assert len(secret_watches) == 2 * len(namespaces)
+    # The WorkspaceSecrets: one watch of our own per namespace (not kopf's), unselected.
+    assert sorted(p for p, s in watches if p.endswith(f"/{c.WORKSPACE_SECRET_PLURAL}") and s == "") == sorted(
+        f"/apis/{c.API_VERSION}/namespaces/{ns}/{c.WORKSPACE_SECRET_PLURAL}" for ns in namespaces)
     assert (ws_queued, ut_queued) == (1, 1)  # the WorkspaceSecret naming the token, and the UserToken itself

@@ -36,7 +36,9 @@ ANNOTATION_ROTATION_REQUEST: Final = f"{GROUP}/rotation-request"
 ANNOTATION_SSH_FINGERPRINT: Final = f"{GROUP}/ssh-key-fingerprint"
 ANNOTATION_CREDENTIALS: Final = f"{GROUP}/credentials"  # ledger of issued credential ids (never values)
 COMPONENT_TOKEN_ANCHOR: Final = "token-anchor"
-FINALIZER_CREDENTIALS: Final = f"{GROUP}/revoke-credentials"
+#: The finalizer on every object the operator must clean up after before it goes: WorkspaceSecrets with dynamic
+#: credentials (set and removed by the controller itself) and UserTokens (kopf's, under the same name).
+FINALIZER: Final = f"{GROUP}/finalizer"
 
 # Keys of the workspace Secret (documented in docs/users/workspacesecret.md and in the CRD's descriptions).
 KEY_SSH_PRIVATE: Final = "ssh-privatekey"  # kubernetes.io/ssh-auth's required key

@@ -1,3 +1,3 @@
 """Thin kopf registrations: an event becomes a controller call. Importing this package registers them."""
 
-from workspace_secrets.handlers import operator, user_token, workspace_secret  # noqa: F401
+from workspace_secrets.handlers import operator, user_token  # noqa: F401

@@ -6,7 +6,7 @@ Why an on.event handler and no create/update/resume handlers and no per-token da
 driven by time (refresh ahead of expiry, validation, a device-flow poll) as much as by changes. Each pass returns
 when something is due next and the work queue holds the key until then, so one queue of keys with bounded
 workers does what one kopf daemon per token did, on the reconcile model WorkspaceSecrets use (see
-handlers/workspace_secret.py), and the echoes of our own status writes cost nothing.
+app.py's _workspace_secret_event), and the echoes of our own status writes cost nothing.
 
 The delete handler matches every UserToken, so kopf keeps its finalizer on each: a token is revoked at the
 provider before it goes (with the skip-revocation escape hatch).

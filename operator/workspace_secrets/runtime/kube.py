@@ -190,6 +190,21 @@ class Kube:
             if not token:
                 return
 
+    async def list_versioned_pages(self, path: str, *, label_selector: str | None = None,
+                                   page_size: int = 500) -> AsyncIterator[tuple[list[JSON], str]]:
+        """A paged list of whole objects, each page with the list's resourceVersion (the same on every page: that of
+        its snapshot, from which a watch continues without a gap). A consistent read: what the API server holds now."""
+        token: str | None = None
+        while True:
+            query = {"limit": str(page_size), **({"labelSelector": label_selector} if label_selector else {}),
+                     **({"continue": token} if token else {})}
+            page = await self._run("GET", path, query=query)
+            meta = page.get("metadata") or {}
+            yield page.get("items") or [], meta.get("resourceVersion", "")
+            token = meta.get("continue")
+            if not token:
+                return
+
     async def list_metadata_pages(self, path: str, *, label_selector: str | None = None,
                                   page_size: int = 500) -> AsyncIterator[tuple[list[JSON], str]]:
         """A paged list of the objects' metadata only (PartialObjectMetadataList): no Secret data crosses the wire

@@ -14,6 +14,11 @@ the watch was away longer than the API server keeps history) that finds the inde
 were missed: `on_missed_events` is called then, for the owner to look at what depends on them (the handler gets no
 events for the gap: a list of metadata is not the objects they carried).
 
+With `deliver_listed` (our own CRDs' objects, which the operator reads whole: WorkspaceSecrets), the (re)list is a
+full paged list whose every object goes to the handler with the event type None (kopf's convention for its initial
+listing), page by page (no page is kept), and the watch goes on from that list's resourceVersion: the handler sees
+every object once at start and after every 410 Gone, then every change.
+
 Health: `healthy` is True only while the API server has accepted a watch request; `unhealthy_for()`
 says for how long it has not been, which the liveness probe compares with a threshold (a watch that
 reconnects within seconds after an API server restart is normal; one that cannot for minutes is not).
@@ -40,7 +45,8 @@ log = logging.getLogger(__name__)
 #: A watch that the server ends sooner than this counts as a failure for backoff purposes.
 _MIN_STREAM_SECONDS = 1.0
 
-Handler = Callable[[str, dict[str, Any]], Awaitable[None] | None]
+#: (event type -- None for an object of a (re)list with deliver_listed --, object)
+Handler = Callable[[str | None, dict[str, Any]], Awaitable[None] | None]
 
 
 class LabelSelectedWatch:
@@ -55,8 +61,12 @@ class LabelSelectedWatch:
         max_backoff: float = 30.0,
         index: SecretIndex | None = None,
         on_missed_events: Callable[[], None] | None = None,
+        deliver_listed: bool = False,
     ) -> None:
+        if deliver_listed and index is not None:
+            raise ValueError("a watch delivers its listed objects or indexes them, not both")
         self._kube = kube
+        self._deliver_listed = deliver_listed
         self._on_missed_events = on_missed_events
         self._listed_before = False
         self._path = path
@@ -123,6 +133,8 @@ class LabelSelectedWatch:
 
     async def _list(self) -> str:
         """The resourceVersion to watch from; with an index, after replacing its content with a full list."""
+        if self._deliver_listed:
+            return await self._list_and_deliver()
         if self._index is None:
             # Only the resourceVersion: existing objects are the resync's business, and listing
             # them all here would hold every owned Secret (with its data) in memory at once.
@@ -137,6 +149,19 @@ class LabelSelectedWatch:
         if relisted and changed and self._on_missed_events is not None:
             log.info("relisting %s found changes the watch missed", self._path)
             self._on_missed_events()
+        return version
+
+    async def _list_and_deliver(self) -> str:
+        """A full paged list, each object handed to the handler (type None) as its page arrives."""
+        version = ""
+        async for page, version in self._kube.list_versioned_pages(self._path, label_selector=self._selector or None):
+            for obj in page:
+                try:
+                    result = self._handler(None, obj)  # type: ignore[arg-type]
+                    if asyncio.iscoroutine(result):
+                        await result
+                except Exception:
+                    log.exception("watch handler failed for a listed object")
         return version
 
     def _index_then_handle(self, event_type: str, obj: dict[str, Any]) -> Awaitable[None] | None:

@@ -5,8 +5,13 @@ binding.py (the workspace ownerReference), secret.py (the workspace Secret), sta
 and policy.py decides (pure). Every step is idempotent and keyed by deterministic names, so the reconcile can
 run twice, crash halfway, or run after a restart and converge to the same state.
 
-Entry points: `observe` (every kopf watch event of a WorkspaceSecret), `secret_changed` / `user_secret_changed`
-(the label-selected Secret watches), `reconcile_by_name` (what the work queue runs), `finalize` (deletion).
+Entry points: `observe` (every event of the operator's WorkspaceSecret watch), `secret_changed` / `user_secret_changed`
+(the label-selected Secret watches), `reconcile_by_name` (what the work queue runs, deletion included).
+
+The finalizer (c.FINALIZER) is the controller's own: a WorkspaceSecret gets it before its first dynamic credential is
+minted and keeps it while any is live, so that its deletion waits for the revocation; one without credentials never
+has it, so deleting it (or its workspace) never waits for the operator. The name is the one kopf's delete handler
+used, so objects from before carry on.
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ __all__ = ["ObjectGone", "RetryLater", "WorkspaceSecretController"]
 
 #: Seconds between looks at a workspace whose only pods are stopping (WhileRunning credentials are revoked once none is left).
 STOPPING_RECHECK = 5.0
+#: A failed revocation on deletion is tried again after 1 s, doubling up to this.
+FINALIZE_MAX_BACKOFF = 60.0
 
 
 class WorkspaceSecretController:
@@ -95,6 +102,9 @@ class WorkspaceSecretController:
         self._token_users: dict[tuple[str, str], set[str]] = {}
         self._uses_tokens: dict[tuple[str, str], frozenset[str]] = {}
         self._gate = Gate(kube, events, self._schedule)
+        # Deleted WorkspaceSecrets whose revocation failed -> the attempts so far: retried on their own schedule (with
+        # backoff), not on every watch event (each failure's status write is one).
+        self._finalizing: dict[tuple[str, str], int] = {}
 
     @property
     def credentials(self) -> CredentialManager:
@@ -115,10 +125,17 @@ class WorkspaceSecretController:
             self._index_tokens(key, frozenset())
             self._index_user(key, None)
             self._queued_rv.pop(key, None)
+            self._finalizing.pop(key, None)
             return
         self._index_tokens(key, ws_tokens.token_names(body))
         self._index_user(key, (body.get("spec") or {}).get("user"))
-        if meta.get("deletionTimestamp") or self._handled.get(key) == hash(policy.essence(body)):
+        if meta.get("deletionTimestamp"):
+            # Being deleted: if our finalizer holds it, its credentials are revoked now (once; a failed attempt is
+            # retried on its own backoff, see _finalize_deleted). Without it, the garbage collector does the rest.
+            if c.FINALIZER in (meta.get("finalizers") or ()) and key not in self._finalizing:
+                self._schedule(key[0], key[1], 0.0)
+            return
+        if self._handled.get(key) == hash(policy.essence(body)):
             return
         if self.unchanged(body):  # e.g. the initial listing after a restart: nothing to do, and no request to know it
             self._handled[key] = hash(policy.essence(body))
@@ -284,8 +301,13 @@ class WorkspaceSecretController:
                 self._index_user(key, None)
                 self._gate.forget(namespace, name)  # a pod label may name any WorkspaceSecret: nothing is kept for one that is not there
                 return
-            self._index_tokens(key, ws_tokens.token_names(body))  # the newest state: a kopf event may still be on its way
+            self._index_tokens(key, ws_tokens.token_names(body))  # the newest state: a watch event may still be on its way
             self._index_user(key, (body.get("spec") or {}).get("user"))
+            if body["metadata"].get("deletionTimestamp"):
+                self._handled.pop(key, None)
+                if c.FINALIZER in (body["metadata"].get("finalizers") or ()):
+                    await self._finalize_deleted(key, body)
+                return  # without our finalizer: the workspace Secret goes with it through its ownerReference
             # Recorded before our writes, so that their echoes (arriving while we work) are recognized.
             self._handled[key] = hash(policy.essence(body))
             try:
@@ -314,13 +336,56 @@ class WorkspaceSecretController:
             existing = None
         return await self.credentials.revoke_all(ws, existing)
 
+    async def _finalize_deleted(self, key: tuple[str, str], body: Mapping[str, Any]) -> None:
+        """A deleted WorkspaceSecret held by our finalizer: revoke its credentials, then let it go. A failure keeps
+        the finalizer (the deletion waits) and is retried after 1 s, doubling up to FINALIZE_MAX_BACKOFF; the
+        abandon-cleanup annotation is the documented way out. An exception (the API server) is the queue's to retry."""
+        attempt = self._finalizing.get(key, 0)
+        self._finalizing[key] = attempt + 1  # before the attempt: events meanwhile (our own status write) queue nothing
+        try:
+            outcome = await self.finalize(body, attempt=attempt)
+        except SpecError as exc:
+            outcome = (f"The spec is invalid ({exc}); the credentials cannot be looked up. Fix the spec, or annotate "
+                       f"{c.ANNOTATION_ABANDON_CLEANUP}=true to give up revoking them.")
+            if attempt == 0 or attempt % 5 == 0:
+                await self._events.warning(body, "RevocationFailed", outcome)
+        if outcome is not None:
+            self._schedule(key[0], key[1], min(2.0 ** min(attempt, 6), FINALIZE_MAX_BACKOFF))
+            return
+        await self._set_finalizer(body, present=False)
+        self._finalizing.pop(key, None)
+
+    async def _set_finalizer(self, body: Mapping[str, Any], *, present: bool) -> Mapping[str, Any]:
+        """Add or remove our finalizer; another writer's finalizers are never overwritten (a lost race is RetryLater).
+        Returns the object as written (or as given, when nothing had to change)."""
+        meta = body["metadata"]
+        finalizers = list(meta.get("finalizers") or ())
+        if (c.FINALIZER in finalizers) == present:
+            return body
+        path = ws_path(meta["namespace"], meta["name"])
+        try:
+            if present:  # on the object as read: a compare-and-swap on its resourceVersion
+                return await self._kube.merge_patch(path, {"metadata": {"finalizers": [*finalizers, c.FINALIZER],
+                                                                        "resourceVersion": meta["resourceVersion"]}})
+            # Removed wherever it is now, whatever else changed since the read (a status write of this very
+            # reconcile did): the test operation makes it fail rather than remove another finalizer.
+            at = finalizers.index(c.FINALIZER)
+            return await self._kube.json_patch(path, [{"op": "test", "path": f"/metadata/finalizers/{at}", "value": c.FINALIZER},
+                                                      {"op": "remove", "path": f"/metadata/finalizers/{at}"}])
+        except KubeError as exc:
+            if exc.status in (409, 422):
+                raise RetryLater("WorkspaceSecret changed while its finalizer was updated") from None
+            if exc.status == 404:
+                raise ObjectGone() from None
+            raise
+
     async def finalize(self, body: Mapping[str, Any], *, attempt: int = 0) -> str | None:
         """Deletion of a WorkspaceSecret with credentials. Returns None when done, else why not (retry)."""
+        if ((body.get("metadata") or {}).get("annotations") or {}).get(c.ANNOTATION_ABANDON_CLEANUP) == "true":
+            await self._events.warning(body, "CleanupAbandoned", f"{c.ANNOTATION_ABANDON_CLEANUP}=true: credentials were NOT revoked; revoke them at the providers by hand (see status.credentials for their ids).")
+            return None
         ws = WorkspaceSecret.from_body(body)
         ref = event_ref(ws)
-        if ws.abandon_cleanup:
-            await self._events.warning(ref, "CleanupAbandoned", f"{c.ANNOTATION_ABANDON_CLEANUP}=true: credentials were NOT revoked; revoke them at the providers by hand (see status.credentials for their ids).")
-            return None
         revoked, errors = await self.revoke_credentials(body)
         if not errors:
             if revoked:
@@ -393,6 +458,9 @@ class WorkspaceSecretController:
             await self._gate.tell_invalid(ws.namespace, ws.name, ws.user, f"{reserved.reason}: {reserved.message}")
             return "problem"
 
+        if ws.credentials:
+            # Before anything is minted: the deletion of an object holding live credentials waits for their revocation.
+            body = await self._set_finalizer(body, present=True)
         key, source, rotation, problem, key_version = await self._keys.key(ws)
         workspace_uid, workspace_problem = await bind(self._kube, body, ws)
         pods = await self._gate.pods(ws)  # before the Secret: WhileRunning credentials follow pods.running
@@ -414,6 +482,11 @@ class WorkspaceSecretController:
             # revoked all the same (a key problem must not keep them alive).
             written = SecretOutcome(credentials=await self._secrets.stop(ws))
         creds = written.credentials
+
+        live_credentials = creds.status if creds is not None else (ws.status.get("credentials") or None)
+        if not ws.credentials and not live_credentials:
+            # None asked for and none left (the last were revoked above): a deletion need not wait for the operator.
+            await self._set_finalizer(body, present=False)
 
         credential_problems: tuple[Problem, ...] = ()
         if creds is not None:

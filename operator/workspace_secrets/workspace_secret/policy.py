@@ -201,8 +201,9 @@ def reserved_name_problem(ws: WorkspaceSecret, reserved: bool) -> Problem | None
 
 
 # --- when to reconcile ---------------------------------------------------------------------------
-#: Annotations only kopf writes on a WorkspaceSecret: its diff base and the progress of the
-#: revoke-credentials delete handler. Their changes are never a reason to reconcile again.
+#: Annotations only kopf wrote on a WorkspaceSecret while it handled them (its diff base, the progress of the old
+#: revoke-credentials delete handler): objects from then may still carry them, and their changes are never a reason
+#: to reconcile again.
 KOPF_BOOKKEEPING_ANNOTATIONS = frozenset({f"{c.GROUP}/last-handled-configuration", f"{c.GROUP}/revoke-credentials"})
 
 
