@@ -338,27 +338,8 @@ class FakeKube:
     async def list_metadata_pages(self, path: str, *, label_selector: str | None = None,
                                   page_size: int = 500) -> AsyncIterator[tuple[list[JSON], str]]:
         """Like the API server's PartialObjectMetadataList: metadata only, every page with the snapshot's version."""
-        token: str | None = None
-        version = ""
-        while True:
-            await asyncio.sleep(0)
-            with self._lock:
-                self._request("LIST", path)
-                if token is None:
-                    listing = self._list(parse(path), label_selector)
-                    version = listing["metadata"]["resourceVersion"]
-                    items = [{"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]}
-                             for o in listing["items"]]
-                else:
-                    items = self._snapshots.pop(token)
-                page, rest = items[:page_size], items[page_size:]
-                token = None
-                if rest:
-                    token = uuid.uuid4().hex
-                    self._snapshots[token] = rest
-            yield page, version
-            if token is None:
-                return
+        async for page, version in self.list_versioned_pages(path, label_selector=label_selector, page_size=page_size):
+            yield [{"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]} for o in page], version
 
     async def resource_version(self, path: str, *, label_selector: str | None = None) -> str:
         await asyncio.sleep(0)

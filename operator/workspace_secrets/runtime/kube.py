@@ -177,33 +177,30 @@ class Kube:
             query.update(resourceVersion=not_older_than, resourceVersionMatch="NotOlderThan")
         return await self._run("GET", path, query=query or None)
 
-    async def list_pages(self, path: str, *, label_selector: str | None = None, page_size: int = 500) -> AsyncIterator[list[JSON]]:
-        """A list in pages of `page_size` items: memory stays bounded by the page, not the collection
-        (10,000 Secrets with their data would be tens of megabytes of JSON in one response)."""
+    async def _pages(self, path: str, label_selector: str | None, page_size: int, accept: str | None = None) -> AsyncIterator[JSON]:
+        """The raw pages of one paged list (one snapshot: every page carries its resourceVersion)."""
         token: str | None = None
         while True:
             query = {"limit": str(page_size), **({"labelSelector": label_selector} if label_selector else {}),
                      **({"continue": token} if token else {})}
-            page = await self._run("GET", path, query=query)
-            yield page.get("items", [])
+            page = await self._run("GET", path, query=query, accept=accept)
+            yield page
             token = (page.get("metadata") or {}).get("continue")
             if not token:
                 return
+
+    async def list_pages(self, path: str, *, label_selector: str | None = None, page_size: int = 500) -> AsyncIterator[list[JSON]]:
+        """A list in pages of `page_size` items: memory stays bounded by the page, not the collection
+        (10,000 Secrets with their data would be tens of megabytes of JSON in one response)."""
+        async for page in self._pages(path, label_selector, page_size):
+            yield page.get("items") or []
 
     async def list_versioned_pages(self, path: str, *, label_selector: str | None = None,
                                    page_size: int = 500) -> AsyncIterator[tuple[list[JSON], str]]:
         """A paged list of whole objects, each page with the list's resourceVersion (the same on every page: that of
         its snapshot, from which a watch continues without a gap). A consistent read: what the API server holds now."""
-        token: str | None = None
-        while True:
-            query = {"limit": str(page_size), **({"labelSelector": label_selector} if label_selector else {}),
-                     **({"continue": token} if token else {})}
-            page = await self._run("GET", path, query=query)
-            meta = page.get("metadata") or {}
-            yield page.get("items") or [], meta.get("resourceVersion", "")
-            token = meta.get("continue")
-            if not token:
-                return
+        async for page in self._pages(path, label_selector, page_size):
+            yield page.get("items") or [], (page.get("metadata") or {}).get("resourceVersion", "")
 
     async def list_metadata_pages(self, path: str, *, label_selector: str | None = None,
                                   page_size: int = 500) -> AsyncIterator[tuple[list[JSON], str]]:
@@ -211,20 +208,12 @@ class Kube:
         or sits in memory. Yields (items, the list's resourceVersion) per page -- every page of one list carries the
         same resourceVersion, that of its snapshot, from which a watch continues without a gap. Each item holds the
         object's `metadata` and nothing of its own fields. A consistent read (no resourceVersion): what the API server holds now."""
-        token: str | None = None
-        while True:
-            query = {"limit": str(page_size), **({"labelSelector": label_selector} if label_selector else {}),
-                     **({"continue": token} if token else {})}
-            page = await self._run("GET", path, query=query, accept=METADATA_LIST)
+        async for page in self._pages(path, label_selector, page_size, accept=METADATA_LIST):
             items = page.get("items") or []
             if page.get("kind") != "PartialObjectMetadataList":
                 # A server that ignored the metadata-only Accept (an aggregated API may): keep nothing but metadata.
                 items = [{"metadata": item.get("metadata") or {}} for item in items]
-            meta = page.get("metadata") or {}
-            yield items, meta.get("resourceVersion", "")
-            token = meta.get("continue")
-            if not token:
-                return
+            yield items, (page.get("metadata") or {}).get("resourceVersion", "")
 
     async def resource_version(self, path: str, *, label_selector: str | None = None) -> str:
         """The collection's current resourceVersion, to start a watch from, without fetching its items
