@@ -25,7 +25,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -329,9 +329,17 @@ class App:
         (a first one again: overdue refreshes are spread)."""
         if getattr(self, "user_tokens", None) is not None:
             self.user_tokens.forget_passes()
-        self.tasks.append(asyncio.create_task(self._enqueue_all(), name="resync-on-activation"))
-        self.tasks.append(asyncio.create_task(self._enqueue_user_tokens(), name="user-tokens-on-activation"))
-        self.tasks.append(asyncio.create_task(self._enqueue_gated_pods(), name="gated-pods-on-activation"))
+        self._spawn(self._enqueue_all(), "resync-on-activation")
+        self._spawn(self._enqueue_user_tokens(), "user-tokens-on-activation")
+        self._spawn(self._enqueue_gated_pods(), "gated-pods-on-activation")
+
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """A one-off pass (after an activation, a relist), kept in `tasks` until it is done: `stop()` cancels it, and
+        finished ones are dropped here, so that a long-lived process does not accumulate them."""
+        self.tasks = [t for t in self.tasks if not t.done()]
+        task = asyncio.create_task(work, name=name)
+        self.tasks.append(task)
+        return task
 
     async def _enqueue_gated_pods(self) -> None:
         """Once this replica is active: the pods waiting at the gate since before (the pod watch only sees
@@ -366,8 +374,7 @@ class App:
         pending = self._missed_events_pass
         if not self.active.is_set() or (pending is not None and not pending.done()):
             return
-        self._missed_events_pass = asyncio.create_task(self._enqueue_all(), name="resync-after-missed-events")
-        self.tasks.append(self._missed_events_pass)
+        self._missed_events_pass = self._spawn(self._enqueue_all(), "resync-after-missed-events")
 
     async def _enqueue_all(self) -> None:
         """Queue every WorkspaceSecret once (deduplicated, so a burst never exceeds the worker count) -- except those

@@ -330,3 +330,32 @@ def test_a_relist_that_finds_missed_changes_reconciles_the_workspaces_they_conce
 
     asyncio.run(main())
     assert queued == [(NS, "alice-ws")]
+
+
+def test_one_off_passes_are_kept_for_stop_only_while_they_run():
+    """A relist or an activation starts a one-off pass (App._spawn): stop() must be able to cancel a running one, and a
+    long-lived process must not keep every finished one."""
+    from workspace_secrets import app as app_module
+    from workspace_secrets.settings import OperatorConfig
+
+    app = app_module.App(OperatorConfig(namespaces=(NS,)))
+
+    async def main() -> None:
+        release = asyncio.Event()
+
+        async def quick() -> None:
+            return None
+
+        async def waiting() -> None:
+            await release.wait()
+
+        first = app._spawn(quick(), "first")
+        await first
+        running = app._spawn(waiting(), "running")
+        assert app.tasks == [running], "the finished pass is dropped"
+        third = app._spawn(quick(), "third")
+        assert app.tasks == [running, third], "the running one is kept"
+        release.set()
+        await asyncio.gather(running, third)
+
+    asyncio.run(main())
