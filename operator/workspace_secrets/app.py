@@ -472,7 +472,7 @@ def _configure_kopf(settings: kopf.OperatorSettings, config: OperatorConfig) -> 
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 10
     settings.networking.request_timeout = 60
-    # Page kopf's initial listing of WorkspaceSecrets (10,000 objects in one response is a memory
+    # Page kopf's initial listing of UserTokens (thousands of objects in one response is a memory
     # spike), and let its per-object workers exit soon: the observe handler only queues a key, so a
     # worker lingering for kopf's default 5 s only holds on to the last body it saw.
     settings.watching.chunk_size = 500
