@@ -177,3 +177,23 @@ def test_losing_the_race_to_add_the_finalizer_mints_nothing_and_is_retried():
     assert world.kube.token_requests == [], "nothing minted without the finalizer"
     world.reconcile("ws")
     assert world.finalizers("ws") == [c.FINALIZER] and world.kube.token_requests
+
+
+def test_an_invalid_spec_on_deletion_keeps_the_finalizer_says_what_to_do_and_abandon_still_works():
+    """An object stored before a schema rule (the CRD refuses this today) cannot be parsed on deletion: the finalizer
+    stays (its credentials are live), a Warning says to fix the spec or abandon the cleanup, and the annotation works."""
+    world = World()
+    world.create("ws")
+    world.reconcile("ws")
+    token = world.token("ws")
+    world.kube.edit(f"{WS}/ws", {"spec": {"workspaceRef": {"kind": "Nope"}}})
+    world.kube.remove(f"{WS}/ws")
+    world.scheduled.clear()
+    world.reconcile("ws")
+    assert world.finalizers("ws") == [c.FINALIZER] and world.scheduled == [("ws", 1.0)]
+    warnings = [e for e in world.kube.list_objects(f"/api/v1/namespaces/{NS}/events") if e["reason"] == "RevocationFailed"]
+    assert warnings and "spec is invalid" in warnings[-1]["message"] and c.ANNOTATION_ABANDON_CLEANUP in warnings[-1]["message"]
+    world.kube.edit(f"{WS}/ws", {"metadata": {"annotations": {c.ANNOTATION_ABANDON_CLEANUP: "true"}}})
+    world.reconcile("ws")
+    assert world.obj("ws") is None
+    assert world.kube.review_token(token) is not None, "abandoned, as the annotation says"
